@@ -1,0 +1,113 @@
+"""The kinds tcpmesh knows: API group, versions, REST plural and kubectl short names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tcpmesh.api import models
+
+ISTIO_NETWORKING = "networking.istio.io"
+ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    kind: str
+    group: str  # "" for the core group
+    versions: tuple[str, ...]  # the first is the preferred (storage) version
+    plural: str
+    short_names: tuple[str, ...]
+    model: type[models.Resource]
+    namespaced: bool = True
+    # Objects the runtime writes (pods, endpoints) cannot be applied by users.
+    user_writable: bool = True
+
+    @property
+    def singular(self) -> str:
+        return self.kind.lower()
+
+    @property
+    def preferred_api_version(self) -> str:
+        return self.api_version(self.versions[0])
+
+    def api_version(self, version: str) -> str:
+        return f"{self.group}/{version}" if self.group else version
+
+    def accepts_api_version(self, api_version: str) -> bool:
+        return any(self.api_version(v) == api_version for v in self.versions)
+
+    def api_path(self, namespace: str | None, name: str | None = None) -> str:
+        """The Kubernetes-style REST path of a collection or an object."""
+        prefix = f"/apis/{self.group}/{self.versions[0]}" if self.group else "/api/v1"
+        path = prefix
+        if self.namespaced and namespace is not None:
+            path += f"/namespaces/{namespace}"
+        path += f"/{self.plural}"
+        if name is not None:
+            path += f"/{name}"
+        return path
+
+
+KINDS: tuple[KindInfo, ...] = (
+    KindInfo("Deployment", "apps", ("v1",), "deployments", ("deploy",), models.Deployment),
+    KindInfo("Service", "", ("v1",), "services", ("svc",), models.Service),
+    KindInfo("Pod", "", ("v1",), "pods", ("po",), models.Pod, user_writable=False),
+    KindInfo(
+        "Endpoints", "", ("v1",), "endpoints", ("ep",), models.Endpoints, user_writable=False
+    ),
+    KindInfo("Gateway", ISTIO_NETWORKING, ISTIO_VERSIONS, "gateways", ("gw",), models.Gateway),
+    KindInfo(
+        "VirtualService",
+        ISTIO_NETWORKING,
+        ISTIO_VERSIONS,
+        "virtualservices",
+        ("vs",),
+        models.VirtualService,
+    ),
+    KindInfo(
+        "DestinationRule",
+        ISTIO_NETWORKING,
+        ISTIO_VERSIONS,
+        "destinationrules",
+        ("dr",),
+        models.DestinationRule,
+    ),
+)
+
+_BY_KIND = {info.kind: info for info in KINDS}
+
+
+class UnknownKind(LookupError):
+    pass
+
+
+def by_kind(kind: str) -> KindInfo:
+    """The registry entry of a canonical Kind name such as ``VirtualService``."""
+    try:
+        return _BY_KIND[kind]
+    except KeyError:
+        raise UnknownKind(kind) from None
+
+
+def resolve(name: str) -> KindInfo:
+    """Resolve what a user types (kind, plural, singular or short name, any case).
+
+    ``virtualservices.networking.istio.io`` style qualified names are accepted too.
+    """
+    wanted = name.lower()
+    group = None
+    if "." in wanted:
+        wanted, group = wanted.split(".", 1)
+    for info in KINDS:
+        if group is not None and info.group != group:
+            continue
+        if wanted in (info.kind.lower(), info.plural, info.singular, *info.short_names):
+            return info
+    raise UnknownKind(name)
+
+
+def by_plural(group: str, plural: str) -> KindInfo:
+    for info in KINDS:
+        if info.group == group and info.plural == plural:
+            return info
+    raise UnknownKind(f"{plural}.{group}" if group else plural)

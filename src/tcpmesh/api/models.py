@@ -1,0 +1,397 @@
+"""Typed models of the resources tcpmesh understands.
+
+Field names follow the Kubernetes and Istio JSON/YAML spelling (camelCase) through
+aliases; Python code uses snake_case. Unknown fields are rejected (``extra="forbid"``)
+so that a typo such as ``wieght`` is an error naming its path instead of a silently
+ignored setting. Fields that tcpmesh carries but does not act on (HTTP routes, TLS,
+resource requests...) are typed loosely as ``Any`` so real-world manifests still load.
+
+Semantic checks with Istio's messages live in :mod:`tcpmesh.api.validation`, not here:
+these models only check shape and types.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        alias_generator=to_camel,
+        strict=False,
+    )
+
+
+# ---------------------------------------------------------------- metadata
+
+
+class OwnerReference(Model):
+    api_version: str
+    kind: str
+    name: str
+    uid: str = ""
+    controller: bool | None = None
+    block_owner_deletion: bool | None = None
+
+
+class ObjectMeta(Model):
+    name: str = ""
+    generate_name: str | None = None
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    uid: str | None = None
+    resource_version: str | None = None
+    generation: int | None = None
+    creation_timestamp: str | None = None
+    deletion_timestamp: str | None = None
+    owner_references: list[OwnerReference] = Field(default_factory=list)
+    finalizers: list[str] = Field(default_factory=list)
+
+
+class LabelSelectorRequirement(Model):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = Field(default_factory=list)
+
+
+class LabelSelector(Model):
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- core/v1 + apps/v1
+
+
+class ContainerPort(Model):
+    container_port: int
+    name: str | None = None
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+    host_port: int | None = None
+    host_ip: str | None = Field(default=None, alias="hostIP")
+
+
+class EnvVar(Model):
+    name: str
+    value: str | None = None
+    value_from: Any = None
+
+
+class Container(Model):
+    name: str
+    image: str = ""
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    command: list[str] | None = None
+    args: list[str] | None = None
+    working_dir: str | None = None
+    ports: list[ContainerPort] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list)
+    env_from: Any = None
+    resources: Any = None
+    readiness_probe: Any = None
+    liveness_probe: Any = None
+    startup_probe: Any = None
+    lifecycle: Any = None
+    security_context: Any = None
+    volume_mounts: Any = None
+    stdin: bool | None = None
+    tty: bool | None = None
+    termination_message_path: str | None = None
+    termination_message_policy: str | None = None
+
+
+class PodSpec(Model):
+    containers: list[Container]
+    init_containers: list[Container] = Field(default_factory=list)
+    restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
+    host_network: bool = False
+    termination_grace_period_seconds: int | None = None
+    service_account_name: str | None = None
+    service_account: str | None = None
+    node_selector: dict[str, str] | None = None
+    node_name: str | None = None
+    affinity: Any = None
+    tolerations: Any = None
+    volumes: Any = None
+    security_context: Any = None
+    image_pull_secrets: Any = None
+    dns_policy: str | None = None
+    hostname: str | None = None
+    priority_class_name: str | None = None
+    scheduler_name: str | None = None
+    topology_spread_constraints: Any = None
+
+
+class PodTemplateSpec(Model):
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: PodSpec
+
+
+class DeploymentSpec(Model):
+    replicas: int = 1
+    selector: LabelSelector
+    template: PodTemplateSpec
+    strategy: Any = None
+    min_ready_seconds: int | None = None
+    revision_history_limit: int | None = None
+    progress_deadline_seconds: int | None = None
+    paused: bool | None = None
+
+
+class ServicePort(Model):
+    port: int
+    name: str | None = None
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+    target_port: int | str | None = None
+    node_port: int | None = None
+    app_protocol: str | None = None
+
+
+class ServiceSpec(Model):
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"] = "ClusterIP"
+    selector: dict[str, str] | None = None
+    ports: list[ServicePort] = Field(default_factory=list)
+    cluster_ip: str | None = Field(default=None, alias="clusterIP")
+    cluster_ips: list[str] | None = Field(default=None, alias="clusterIPs")
+    external_ips: list[str] | None = Field(default=None, alias="externalIPs")
+    external_name: str | None = None
+    external_traffic_policy: Literal["Cluster", "Local"] | None = None
+    internal_traffic_policy: Literal["Cluster", "Local"] | None = None
+    load_balancer_ip: str | None = Field(default=None, alias="loadBalancerIP")
+    load_balancer_source_ranges: list[str] | None = None
+    session_affinity: Literal["None", "ClientIP"] | None = None
+    ip_families: list[str] | None = None
+    ip_family_policy: str | None = None
+    publish_not_ready_addresses: bool | None = None
+    allocate_load_balancer_node_ports: bool | None = None
+
+
+class ObjectReference(Model):
+    kind: str = "Pod"
+    name: str
+    namespace: str | None = None
+    uid: str | None = None
+
+
+class EndpointAddress(Model):
+    ip: str
+    target_ref: ObjectReference | None = None
+    hostname: str | None = None
+    node_name: str | None = None
+
+
+class EndpointPort(Model):
+    port: int
+    name: str | None = None
+    protocol: str = "TCP"
+    app_protocol: str | None = None
+
+
+class EndpointSubset(Model):
+    addresses: list[EndpointAddress] = Field(default_factory=list)
+    not_ready_addresses: list[EndpointAddress] = Field(default_factory=list)
+    ports: list[EndpointPort] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- networking.istio.io
+
+
+class PortSelector(Model):
+    number: int = 0
+
+
+class Destination(Model):
+    host: str = ""
+    subset: str | None = None
+    port: PortSelector | None = None
+
+
+class RouteDestination(Model):
+    destination: Destination | None = None
+    weight: int = 0
+
+
+class L4MatchAttributes(Model):
+    destination_subnets: list[str] = Field(default_factory=list)
+    port: int = 0
+    source_subnet: str | None = None
+    source_labels: dict[str, str] = Field(default_factory=dict)
+    gateways: list[str] = Field(default_factory=list)
+    source_namespace: str | None = None
+
+
+class TCPRoute(Model):
+    match: list[L4MatchAttributes | None] = Field(default_factory=list)
+    route: list[RouteDestination | None] = Field(default_factory=list)
+
+
+class VirtualServiceSpec(Model):
+    hosts: list[str] = Field(default_factory=list)
+    gateways: list[str] = Field(default_factory=list)
+    http: list[Any] = Field(default_factory=list)
+    tls: list[Any] = Field(default_factory=list)
+    tcp: list[TCPRoute] = Field(default_factory=list)
+    export_to: list[str] = Field(default_factory=list)
+
+
+class GatewayPort(Model):
+    number: int = 0
+    protocol: str = ""
+    name: str = ""
+    target_port: int | None = None
+
+
+class Server(Model):
+    port: GatewayPort | None = None
+    bind: str | None = None
+    hosts: list[str] = Field(default_factory=list)
+    tls: Any = None
+    default_endpoint: str | None = None
+    name: str | None = None
+
+
+class GatewaySpec(Model):
+    selector: dict[str, str] = Field(default_factory=dict)
+    servers: list[Server | None] = Field(default_factory=list)
+
+
+class ConsistentHashLB(Model):
+    http_header_name: str | None = None
+    http_cookie: Any = None
+    use_source_ip: bool | None = None
+    http_query_parameter_name: str | None = None
+    ring_hash: Any = None
+    maglev: Any = None
+    minimum_ring_size: int | None = None
+
+
+class LoadBalancerSettings(Model):
+    simple: (
+        Literal["UNSPECIFIED", "LEAST_CONN", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN", "LEAST_REQUEST"]
+        | None
+    ) = None
+    consistent_hash: ConsistentHashLB | None = None
+    locality_lb_setting: Any = None
+    warmup_duration_secs: str | None = None
+    warmup: Any = None
+
+
+class TcpKeepalive(Model):
+    probes: int | None = None
+    time: str | None = None
+    interval: str | None = None
+
+
+class TCPSettings(Model):
+    max_connections: int | None = None
+    connect_timeout: str | None = None
+    tcp_keepalive: TcpKeepalive | None = None
+    max_connection_duration: str | None = None
+    idle_timeout: str | None = None
+
+
+class ConnectionPoolSettings(Model):
+    tcp: TCPSettings | None = None
+    http: Any = None
+
+
+class OutlierDetection(Model):
+    split_external_local_origin_errors: bool | None = None
+    consecutive_local_origin_failures: int | None = None
+    consecutive_gateway_errors: int | None = None
+    consecutive_5xx_errors: int | None = Field(default=None, alias="consecutive5xxErrors")
+    consecutive_errors: int | None = None
+    interval: str | None = None
+    base_ejection_time: str | None = None
+    max_ejection_percent: int | None = None
+    min_health_percent: int | None = None
+
+
+class PortTrafficPolicy(Model):
+    port: PortSelector | None = None
+    load_balancer: LoadBalancerSettings | None = None
+    connection_pool: ConnectionPoolSettings | None = None
+    outlier_detection: OutlierDetection | None = None
+    tls: Any = None
+
+
+class TrafficPolicy(Model):
+    load_balancer: LoadBalancerSettings | None = None
+    connection_pool: ConnectionPoolSettings | None = None
+    outlier_detection: OutlierDetection | None = None
+    tls: Any = None
+    port_level_settings: list[PortTrafficPolicy] = Field(default_factory=list)
+    tunnel: Any = None
+    proxy_protocol: Any = None
+    retry_budget: Any = None
+
+
+class Subset(Model):
+    name: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    traffic_policy: TrafficPolicy | None = None
+
+
+class WorkloadSelector(Model):
+    match_labels: dict[str, str] = Field(default_factory=dict)
+
+
+class DestinationRuleSpec(Model):
+    host: str = ""
+    traffic_policy: TrafficPolicy | None = None
+    subsets: list[Subset | None] = Field(default_factory=list)
+    export_to: list[str] = Field(default_factory=list)
+    workload_selector: WorkloadSelector | None = None
+
+
+# ---------------------------------------------------------------- top-level objects
+
+
+class Resource(Model):
+    """Fields common to every top-level object."""
+
+    api_version: str
+    kind: str
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    status: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace or "default"
+
+
+class Deployment(Resource):
+    spec: DeploymentSpec
+
+
+class Pod(Resource):
+    spec: PodSpec
+
+
+class Service(Resource):
+    spec: ServiceSpec = Field(default_factory=ServiceSpec)
+
+
+class Endpoints(Resource):
+    subsets: list[EndpointSubset] = Field(default_factory=list)
+
+
+class Gateway(Resource):
+    spec: GatewaySpec = Field(default_factory=GatewaySpec)
+
+
+class VirtualService(Resource):
+    spec: VirtualServiceSpec = Field(default_factory=VirtualServiceSpec)
+
+
+class DestinationRule(Resource):
+    spec: DestinationRuleSpec = Field(default_factory=DestinationRuleSpec)

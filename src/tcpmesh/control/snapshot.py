@@ -1,0 +1,205 @@
+"""The Snapshot: the whole routing table of one proxy, immutable and versioned.
+
+It is the one contract between the control plane and every data plane. Its shape
+mirrors Envoy's (listeners → tcp_proxy routes → weighted clusters → endpoints) so that
+the xDS translation is mechanical and the built-in proxy consults the same objects per
+connection. Every Istio semantic question is answered while building it; a data plane
+only looks names up.
+
+Durations are float seconds; ``None`` means "not set / disabled" as documented per field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+LbPolicy = Literal["LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", "PASSTHROUGH", "RING_HASH"]
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_IDLE_TIMEOUT = 3600.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str
+    port: int
+    labels: tuple[tuple[str, str], ...] = ()
+    ready: bool = True
+    # "namespace/pod-name" of the workload behind the address, for stats and describe.
+    workload: str = ""
+
+    def label_dict(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+@dataclass(frozen=True)
+class TcpKeepalive:
+    probes: int | None = None
+    time: float | None = None
+    interval: float | None = None
+
+
+@dataclass(frozen=True)
+class OutlierDetection:
+    consecutive_errors: int = 5
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_percent: int = 10
+    min_health_percent: int = 0
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """``outbound|<port>|<subset>|<fqdn>``; no endpoints → connections close with UH."""
+
+    name: str
+    service: str
+    port: int
+    subset: str = ""
+    lb_policy: LbPolicy = "LEAST_REQUEST"
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    # None: unlimited (Istio's default thresholds are MaxUint32).
+    max_connections: int | None = None
+    outlier_detection: OutlierDetection | None = None
+    tcp_keepalive: TcpKeepalive | None = None
+    endpoints: tuple[Endpoint, ...] = ()
+
+    @property
+    def ready_endpoints(self) -> tuple[Endpoint, ...]:
+        return tuple(e for e in self.endpoints if e.ready)
+
+
+@dataclass(frozen=True)
+class WeightedCluster:
+    """A share of a route. ``cluster_name`` may name no cluster: such a share closes with NC."""
+
+    cluster_name: str
+    weight: int
+
+
+@dataclass(frozen=True)
+class L4Match:
+    """Match criteria decided per connection (everything else was decided at build time).
+
+    An empty tuple matches every destination address.
+    """
+
+    destination_subnets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TcpRoute:
+    destinations: tuple[WeightedCluster, ...]
+    # Where the route comes from, e.g. "VirtualService default/tcp-echo tcp[0]".
+    source: str
+    stat_prefix: str
+    match: L4Match = L4Match()
+    # None disables the idle timeout (Istio/Envoy "0s").
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
+    max_connection_duration: float | None = None
+    hash_policy: Literal["source_ip"] | None = None
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str
+    address: str
+    port: int
+    routes: tuple[TcpRoute, ...]
+    # "namespace/name" of the Gateway whose server opened this port.
+    gateway: str = ""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: str
+    listeners: tuple[Listener, ...] = ()
+    clusters: tuple[Cluster, ...] = ()
+    _by_name: dict[str, Cluster] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {c.name: c for c in self.clusters})
+
+    def cluster(self, name: str) -> Cluster | None:
+        return self._by_name.get(name)
+
+    def listener(self, name: str) -> Listener | None:
+        return next((lst for lst in self.listeners if lst.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "listeners": [asdict(lst) for lst in self.listeners],
+            "clusters": [asdict(c) for c in self.clusters],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Snapshot:
+        return cls(
+            version=data["version"],
+            listeners=tuple(_listener_from_dict(d) for d in data["listeners"]),
+            clusters=tuple(_cluster_from_dict(d) for d in data["clusters"]),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Snapshot:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def build(cls, listeners: tuple[Listener, ...], clusters: tuple[Cluster, ...]) -> Snapshot:
+        """A snapshot whose version is a digest of its content: equal tables, equal versions."""
+        body = Snapshot("", listeners, clusters).to_json()
+        version = hashlib.sha256(body.encode()).hexdigest()[:16]
+        return cls(version, listeners, clusters)
+
+
+def _listener_from_dict(d: dict[str, Any]) -> Listener:
+    routes = tuple(
+        TcpRoute(
+            destinations=tuple(WeightedCluster(**w) for w in r["destinations"]),
+            source=r["source"],
+            stat_prefix=r["stat_prefix"],
+            match=L4Match(destination_subnets=tuple(r["match"]["destination_subnets"])),
+            idle_timeout=r["idle_timeout"],
+            max_connection_duration=r["max_connection_duration"],
+            hash_policy=r["hash_policy"],
+        )
+        for r in d["routes"]
+    )
+    return Listener(
+        name=d["name"], address=d["address"], port=d["port"], routes=routes, gateway=d["gateway"]
+    )
+
+
+def _cluster_from_dict(d: dict[str, Any]) -> Cluster:
+    od = d["outlier_detection"]
+    ka = d["tcp_keepalive"]
+    return Cluster(
+        name=d["name"],
+        service=d["service"],
+        port=d["port"],
+        subset=d["subset"],
+        lb_policy=d["lb_policy"],
+        connect_timeout=d["connect_timeout"],
+        max_connections=d["max_connections"],
+        outlier_detection=OutlierDetection(**od) if od is not None else None,
+        tcp_keepalive=TcpKeepalive(**ka) if ka is not None else None,
+        endpoints=tuple(
+            Endpoint(
+                address=e["address"],
+                port=e["port"],
+                labels=tuple((k, v) for k, v in e["labels"]),
+                ready=e["ready"],
+                workload=e["workload"],
+            )
+            for e in d["endpoints"]
+        ),
+    )
