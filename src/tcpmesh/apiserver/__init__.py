@@ -1,0 +1,22 @@
+"""The HTTP API of a running mesh, its credentials file and the CLI's client.
+
+The server is imported lazily: the CLI only needs the client, and aiohttp alone would
+add a fifth of a second to every command.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tcpmesh.apiserver.server import Admit, SnapshotSource, create_app
+
+__all__ = ["Admit", "SnapshotSource", "create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from tcpmesh.apiserver import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
