@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up, then lint, type-check and run the whole test suite (unit and integration).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bash scripts/setup.sh dev
+.venv/bin/ruff check src tests
+.venv/bin/ruff format --check src tests
+.venv/bin/mypy
+exec .venv/bin/pytest -p no:cacheprovider "$@"

@@ -1,0 +1,3 @@
+from tcpmesh.cli import main
+
+main()

@@ -1,0 +1,117 @@
+"""``tcpmesh describe``: an object, its status, and what it means for routing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from tcpmesh.api import kinds
+from tcpmesh.apiserver.client import ApiClient
+from tcpmesh.control.snapshot import Snapshot, TcpRoute
+
+ROUTING_KINDS = ("Gateway", "VirtualService", "DestinationRule", "Service")
+
+
+def describe_object(client: ApiClient, info: kinds.KindInfo, obj: dict[str, Any]) -> str:
+    meta = obj["metadata"]
+    lines = [
+        f"Name:         {meta['name']}",
+        f"Namespace:    {meta.get('namespace', 'default')}",
+        f"Kind:         {obj['kind']}",
+        f"API Version:  {obj['apiVersion']}",
+        f"Labels:       {_pairs(meta.get('labels'))}",
+        f"Annotations:  {_pairs(meta.get('annotations'))}",
+        f"Created:      {meta.get('creationTimestamp', '<unknown>')}",
+        f"Generation:   {meta.get('generation', '<unknown>')}",
+    ]
+    for section in ("spec", "subsets", "status"):
+        if obj.get(section):
+            lines.append(f"{section.capitalize()}:")
+            lines.extend("  " + line for line in _yaml(obj[section]).splitlines())
+    if obj["kind"] in ROUTING_KINDS:
+        lines.append("Routing:")
+        lines.extend("  " + line for line in routing_lines(client, obj))
+    return "\n".join(lines) + "\n"
+
+
+def routing_lines(client: ApiClient, obj: dict[str, Any]) -> list[str]:
+    """The listeners, routes and clusters of the gateway snapshots that involve ``obj``."""
+    kind = obj["kind"]
+    namespace = obj["metadata"].get("namespace", "default")
+    name = obj["metadata"]["name"]
+    lines: list[str] = []
+    for pod in client.list("Pod", None):
+        labels = pod["metadata"].get("labels") or {}
+        if labels.get("istio") != "ingressgateway":
+            continue
+        node = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+        data = client.snapshot(node)
+        if data is None:
+            continue
+        snapshot = Snapshot.from_dict(data)
+        for listener in snapshot.listeners:
+            for route in listener.routes:
+                if _route_involves(kind, namespace, name, listener.gateway, route):
+                    lines.append(
+                        f"gateway {node} listener {listener.name} ({listener.address}:{listener.port}) "
+                        f"from {route.source}:"
+                    )
+                    total = sum(d.weight for d in route.destinations) or 1
+                    for dest in route.destinations:
+                        cluster = snapshot.cluster(dest.cluster_name)
+                        if cluster is None:
+                            state = "no such cluster: connections close with NC"
+                        else:
+                            ready = len(cluster.ready_endpoints)
+                            state = f"{ready} ready endpoint(s)" + ("" if ready else ": UH")
+                        lines.append(
+                            f"  {100 * dest.weight / total:5.1f}%  {dest.cluster_name}  ({state})"
+                        )
+        if kind in ("Service", "DestinationRule"):
+            for cluster in snapshot.clusters:
+                if _cluster_involves(kind, namespace, name, obj, cluster.service):
+                    endpoints = ", ".join(
+                        f"{e.address}:{e.port}{'' if e.ready else ' (not ready)'}"
+                        for e in cluster.endpoints
+                    )
+                    lines.append(f"cluster {cluster.name}: {endpoints or 'no endpoints'}")
+        break
+    return lines or ["<no routes or clusters>"]
+
+
+def _route_involves(
+    kind: str,
+    namespace: str,
+    name: str,
+    gateway: str,
+    route: TcpRoute,
+) -> bool:
+    if kind == "VirtualService":
+        return route.source.startswith(f"VirtualService {namespace}/{name} ")
+    if kind == "Gateway":
+        return gateway == f"{namespace}/{name}"
+    fqdn_suffix = f"|{name}.{namespace}.svc.cluster.local"
+    return kind == "Service" and any(
+        d.cluster_name.endswith(fqdn_suffix) for d in route.destinations
+    )
+
+
+def _cluster_involves(
+    kind: str, namespace: str, name: str, obj: dict[str, Any], service: str
+) -> bool:
+    if kind == "Service":
+        return service == f"{name}.{namespace}.svc.cluster.local"
+    host = str(obj.get("spec", {}).get("host", ""))
+    fqdn = host if "." in host else f"{host}.{namespace}.svc.cluster.local"
+    return service == fqdn
+
+
+def _pairs(mapping: dict[str, str] | None) -> str:
+    if not mapping:
+        return "<none>"
+    return "\n              ".join(f"{k}={v}" for k, v in sorted(mapping.items()))
+
+
+def _yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)

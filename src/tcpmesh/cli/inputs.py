@@ -1,0 +1,63 @@
+"""Reading what the user points ``-f`` at: files, directories and standard input."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tcpmesh.api import InvalidInput, load_documents_with_warnings
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class InputError(Exception):
+    """A file that cannot be read; the message names it."""
+
+
+def manifest_sources(paths: Iterable[str]) -> list[tuple[str, str]]:
+    """(source label, text) for each file; a directory contributes its manifests by name."""
+    sources: list[tuple[str, str]] = []
+    for raw in paths:
+        if raw == "-":
+            sources.append(("<stdin>", sys.stdin.read()))
+            continue
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in MANIFEST_SUFFIXES)
+            if not files:
+                raise InputError(f'error: no manifests (*.yaml, *.yml, *.json) in "{raw}"')
+        else:
+            files = [path]
+        for file in files:
+            try:
+                sources.append((str(file), file.read_text()))
+            except FileNotFoundError:
+                raise InputError(f'error: the path "{file}" does not exist') from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InputError(f'error: cannot read "{file}": {exc}') from None
+    return sources
+
+
+def load_manifests(
+    paths: Iterable[str], namespace: str | None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every document of every file, all validated before any is used.
+
+    Raises InvalidInput carrying the errors of all files at once.
+    """
+    objects: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    errors: list[str] = []
+    for source, text in manifest_sources(paths):
+        try:
+            docs, doc_warnings = load_documents_with_warnings(text, source, namespace)
+        except InvalidInput as exc:
+            errors.extend(exc.messages)
+            continue
+        objects.extend(docs)
+        warnings.extend(doc_warnings)
+    if errors:
+        raise InvalidInput(errors)
+    return objects, warnings

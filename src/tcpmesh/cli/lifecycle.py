@@ -1,0 +1,170 @@
+"""Starting and stopping the local mesh: ``up``, ``down`` and the readiness wait."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tcpmesh.apiserver.client import ApiClient, ApiError, Unreachable
+from tcpmesh.apiserver.credentials import read_credentials
+from tcpmesh.mesh import Mesh, MeshConfig, run_mesh
+
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+
+
+def default_state_dir() -> Path:
+    explicit = os.environ.get("TCPMESH_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "tcpmesh"
+
+
+def running_client(state_dir: Path) -> ApiClient | None:
+    """A client for the mesh of this state directory, or None when none answers."""
+    try:
+        client = ApiClient.from_state_dir(state_dir)
+        return client if client.healthz() else None
+    except Unreachable:
+        return None
+
+
+def wait_until_ready(
+    state_dir: Path, deadline: float, alive: Callable[[], bool]
+) -> ApiClient:
+    """Poll until the API answers and the ingress gateway pod is ready."""
+    last_problem = "the API server did not start"
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError("the mesh process exited during start-up")
+        client = running_client(state_dir)
+        if client is not None:
+            try:
+                if client.status().get("gatewayReady"):
+                    return client
+                last_problem = "the ingress gateway is not ready"
+            except (ApiError, Unreachable) as exc:
+                last_problem = str(exc)
+        time.sleep(0.1)
+    raise TimeoutError(f"the mesh did not become ready in {READY_TIMEOUT:.0f}s: {last_problem}")
+
+
+def start_detached(config: MeshConfig) -> tuple[ApiClient, int]:
+    """Start ``tcpmesh up`` in its own session and return once it is ready."""
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = config.state_dir / "mesh.log"
+    argv = [
+        sys.executable,
+        "-m",
+        "tcpmesh",
+        "--state-dir",
+        str(config.state_dir),
+        "up",
+        "--address",
+        config.address,
+        "--dataplane",
+        config.dataplane,
+    ]
+    if config.workers:
+        argv += ["--workers", str(config.workers)]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        client = wait_until_ready(
+            config.state_dir,
+            time.monotonic() + READY_TIMEOUT,
+            lambda: process.poll() is None,
+        )
+    except (RuntimeError, TimeoutError) as exc:
+        if process.poll() is None:
+            process.terminate()
+        raise RuntimeError(f"{exc}; see {log_path}:\n{tail(log_path)}") from None
+    return client, process.pid
+
+
+def run_foreground(
+    config: MeshConfig, on_ready: Callable[[Mesh], list[str]] | None = None
+) -> None:
+    """Run the mesh in this process until SIGTERM/SIGINT."""
+
+    async def main() -> None:
+        ready = asyncio.Event()
+        mesh_task = asyncio.create_task(run_mesh(config, ready, on_ready))
+        await asyncio.wait(
+            [mesh_task, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED
+        )
+        await mesh_task
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+
+
+def stop_mesh(state_dir: Path) -> int | None:
+    """SIGTERM the mesh process of this state directory and wait for it; its pid or None."""
+    credentials = read_credentials(state_dir)
+    if credentials is None or not _is_tcpmesh_process(credentials.pid):
+        return None
+    os.kill(credentials.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline and _is_alive(credentials.pid):
+        time.sleep(0.05)
+    if _is_alive(credentials.pid):
+        raise TimeoutError(f"tcpmesh (pid {credentials.pid}) did not stop in {STOP_TIMEOUT:.0f}s")
+    return credentials.pid
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    # A zombie has exited; only its parent's wait() is missing.
+    return not (stat.exists() and stat.read_text().split(") ", 1)[-1].startswith("Z"))
+
+
+def _is_tcpmesh_process(pid: int) -> bool:
+    """Never signal a pid that was reused by an unrelated program."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"tcpmesh" in cmdline
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def summarize(status: dict[str, Any]) -> list[str]:
+    listeners = ", ".join(f"{x['address']}:{x['port']}" for x in status.get("listeners", []))
+    return [
+        f"tcpmesh is running (pid {status['pid']}), API {status['api']}",
+        f"state directory: {status['stateDir']}",
+        f"data plane: {status['dataplane']} ({status['workers']} workers), "
+        f"gateway address {status['address']}, "
+        f"{'ready' if status.get('gatewayReady') else 'NOT ready'}",
+        f"listeners: {listeners or 'none'}",
+    ]

@@ -1,0 +1,388 @@
+"""The ``tcpmesh`` command: kubectl and istioctl habits in one program.
+
+Every command turns expected failures into one readable line on stderr and a non-zero
+exit; a traceback is shown only with TCPMESH_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from tcpmesh.api import InvalidInput, kinds
+from tcpmesh.apiserver.client import ApiClient, ApiError, Unreachable
+from tcpmesh.cli import lifecycle, printers
+from tcpmesh.cli.inputs import InputError, load_manifests
+from tcpmesh.cli.jsonpath import JsonPathError, render
+from tcpmesh.mesh import AlreadyRunning, Mesh, MeshConfig
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Context:
+    def __init__(self, state_dir: Path, namespace: str | None) -> None:
+        self.state_dir = state_dir
+        self.namespace = namespace
+
+    def client(self) -> ApiClient:
+        return ApiClient.from_state_dir(self.state_dir)
+
+    def ns(self, local: str | None) -> str:
+        return local or self.namespace or "default"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
+def friendly_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except InvalidInput as exc:
+            fail("\n".join(exc.messages))
+        except (InputError, JsonPathError, AlreadyRunning) as exc:
+            fail(str(exc))
+        except ApiError as exc:
+            fail(f"Error from server ({exc.reason}): {exc.message}")
+        except Unreachable as exc:
+            fail(f"error: {exc}")
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            if os.environ.get("TCPMESH_DEBUG"):
+                traceback.print_exc()
+            fail(f"error: {exc}")
+
+    return wrapper  # type: ignore[return-value]
+
+
+namespace_option = click.option(
+    "-n", "--namespace", "namespace", default=None, help="The namespace of the objects."
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the mesh keeps its state [env TCPMESH_STATE_DIR; default ~/.local/state/tcpmesh].",
+)
+@namespace_option
+@click.version_option(package_name="tcpmesh")
+@click.pass_context
+def cli(ctx: click.Context, state_dir: Path | None, namespace: str | None) -> None:
+    """A service mesh for TCP traffic that speaks the Istio networking API."""
+    ctx.obj = Context(state_dir or lifecycle.default_state_dir(), namespace)
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+@cli.command()
+@click.option("-f", "--filename", "files", multiple=True, help="Apply these once the mesh is ready.")
+@click.option("--dataplane", type=click.Choice(["python", "envoy"]), default="python")
+@click.option("--address", default="127.0.0.1", show_default=True, help="Gateway address.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Data plane processes.")
+@click.option("--detach", is_flag=True, help="Return once the mesh is ready.")
+@pass_context
+@friendly_errors
+def up(
+    ctx: Context,
+    files: tuple[str, ...],
+    dataplane: str,
+    address: str,
+    workers: int | None,
+    detach: bool,
+) -> None:
+    """Start the local mesh: API server, store, runtime, control plane and ingress gateway."""
+    if dataplane == "envoy":
+        fail(
+            "error: --dataplane envoy is not available in this version of tcpmesh; "
+            "use --dataplane python"
+        )
+    objects, warnings = load_manifests(files, ctx.namespace) if files else ([], [])
+    for warning in warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    config = MeshConfig(ctx.state_dir, address, workers, dataplane)
+    if lifecycle.running_client(ctx.state_dir) is not None:
+        fail(f"error: tcpmesh is already running from {ctx.state_dir}")
+    if detach:
+        client, pid = lifecycle.start_detached(config)
+        if objects:
+            _print_apply_results(client.apply(objects, dry_run=False), dry_run=False)
+        for line in lifecycle.summarize(client.status()):
+            click.echo(line)
+        return
+
+    def apply_files(mesh: Mesh) -> list[str]:
+        results = mesh.store.apply(objects) if objects else []
+        return [
+            _apply_line(r.object["kind"], r.object["metadata"]["name"], r.action, False)
+            for r in results
+        ]
+
+    lifecycle.run_foreground(config, apply_files)
+
+
+@cli.command()
+@pass_context
+@friendly_errors
+def down(ctx: Context) -> None:
+    """Stop the local mesh; the state directory is kept."""
+    pid = lifecycle.stop_mesh(ctx.state_dir)
+    if pid is None:
+        click.echo(f"tcpmesh is not running (state directory {ctx.state_dir})")
+    else:
+        click.echo(f"tcpmesh stopped (pid {pid}); state kept in {ctx.state_dir}")
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@pass_context
+@friendly_errors
+def status(ctx: Context, output: str) -> None:
+    """What runs, where, and whether it is healthy."""
+    client = lifecycle.running_client(ctx.state_dir)
+    if client is None:
+        fail(f"tcpmesh is not running (state directory {ctx.state_dir}); start it with `tcpmesh up`")
+    state = client.status()
+    if output == "json":
+        click.echo(json.dumps(state, indent=2))
+        return
+    for line in lifecycle.summarize(state):
+        click.echo(line)
+    rows = [
+        [p["namespace"], p["name"], "1/1" if p["ready"] else "0/1", p["phase"], str(p["restarts"]), p["podIP"] or "<none>"]
+        for p in state["pods"]
+    ]
+    click.echo(printers.format_columns(["NAMESPACE", "POD", "READY", "STATUS", "RESTARTS", "IP"], rows))
+    if not state.get("gatewayReady"):
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------- objects
+
+
+def _apply_line(kind: str, name: str, action: str, dry_run: bool) -> str:
+    info = kinds.by_kind(kind)
+    qualified = f"{info.singular}.{info.group}" if info.group else info.singular
+    return f"{qualified}/{name} {action}{' (dry run)' if dry_run else ''}"
+
+
+def _print_apply_results(response: dict[str, Any], dry_run: bool) -> None:
+    for warning in response.get("warnings", []):
+        click.echo(f"Warning: {warning}", err=True)
+    for result in response["results"]:
+        click.echo(_apply_line(result["kind"], result["name"], result["action"], dry_run))
+
+
+@cli.command()
+@click.option("-f", "--filename", "files", multiple=True, required=True, help="FILE, DIR or -.")
+@namespace_option
+@click.option("--dry-run", is_flag=True, help="Validate and show what would change; write nothing.")
+@pass_context
+@friendly_errors
+def apply(ctx: Context, files: tuple[str, ...], namespace: str | None, dry_run: bool) -> None:
+    """Create or update objects; every document is validated before any is written."""
+    objects, warnings = load_manifests(files, namespace or ctx.namespace)
+    for warning in warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    if not objects:
+        fail("error: no objects passed to apply")
+    response = ctx.client().apply(objects, dry_run=dry_run)
+    response["warnings"] = [w for w in response.get("warnings", []) if w not in warnings]
+    _print_apply_results(response, dry_run)
+
+
+@cli.command()
+@click.argument("kind", required=False)
+@click.argument("names", nargs=-1)
+@click.option("-f", "--filename", "files", multiple=True, help="Delete the objects in these files.")
+@namespace_option
+@click.option("--ignore-not-found", is_flag=True)
+@pass_context
+@friendly_errors
+def delete(
+    ctx: Context,
+    kind: str | None,
+    names: tuple[str, ...],
+    files: tuple[str, ...],
+    namespace: str | None,
+    ignore_not_found: bool,
+) -> None:
+    """Delete objects named on the command line or in files."""
+    client = ctx.client()
+    targets: list[tuple[kinds.KindInfo, str, str]] = []
+    if files:
+        objects, _ = load_manifests(files, namespace or ctx.namespace)
+        targets = [
+            (kinds.by_kind(o["kind"]), o["metadata"]["namespace"], o["metadata"]["name"])
+            for o in objects
+        ]
+    elif kind and names:
+        info = _resolve_kind(kind)
+        targets = [(info, ctx.ns(namespace), name) for name in names]
+    else:
+        fail("error: give KIND NAME... or -f FILE")
+    failed = False
+    for info, ns, name in targets:
+        try:
+            client.delete(info.kind, ns, name)
+        except ApiError as exc:
+            if exc.status == 404 and ignore_not_found:
+                continue
+            click.echo(f"Error from server ({exc.reason}): {exc.message}", err=True)
+            failed = True
+            continue
+        qualified = f"{info.singular}.{info.group}" if info.group else info.singular
+        click.echo(f'{qualified} "{name}" deleted')
+    if failed:
+        sys.exit(1)
+
+
+def _resolve_kind(name: str) -> kinds.KindInfo:
+    try:
+        return kinds.resolve(name)
+    except kinds.UnknownKind:
+        fail(f'error: the server doesn\'t have a resource type "{name}"')
+
+
+@cli.command()
+@click.argument("kind")
+@click.argument("name", required=False)
+@namespace_option
+@click.option("-A", "--all-namespaces", is_flag=True)
+@click.option("-o", "--output", default=None, help="wide, yaml, json, name or jsonpath=TEMPLATE.")
+@pass_context
+@friendly_errors
+def get(
+    ctx: Context,
+    kind: str,
+    name: str | None,
+    namespace: str | None,
+    all_namespaces: bool,
+    output: str | None,
+) -> None:
+    """Show objects, kubectl style."""
+    info = _resolve_kind(kind)
+    client = ctx.client()
+    ns = None if all_namespaces else ctx.ns(namespace)
+    if name is not None:
+        objects = [client.get(info.kind, ctx.ns(namespace), name)]
+        data: Any = objects[0]
+    else:
+        objects = client.list(info.kind, ns)
+        data = {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": objects}
+    if output is None or output == "wide":
+        if not objects:
+            click.echo(printers.no_resources_message(ns), err=True)
+            return
+        click.echo(printers.print_table(info, objects, wide=output == "wide", all_namespaces=all_namespaces), nl=False)
+    elif output == "yaml":
+        click.echo(printers.to_yaml(data), nl=False)
+    elif output == "json":
+        click.echo(printers.to_json(data))
+    elif output == "name":
+        qualified = f"{info.singular}.{info.group}" if info.group else info.singular
+        for obj in objects:
+            click.echo(f"{qualified}/{obj['metadata']['name']}")
+    elif output.startswith("jsonpath="):
+        click.echo(render(output.removeprefix("jsonpath="), data), nl=False)
+    else:
+        fail(
+            f'error: unable to match a printer suitable for the output format "{output}", '
+            "allowed formats are: json,jsonpath,name,wide,yaml"
+        )
+
+
+@cli.command()
+@click.argument("kind")
+@click.argument("name")
+@namespace_option
+@pass_context
+@friendly_errors
+def describe(ctx: Context, kind: str, name: str, namespace: str | None) -> None:
+    """An object, its status and the routes it produces."""
+    from tcpmesh.cli.describe import describe_object
+
+    info = _resolve_kind(kind)
+    client = ctx.client()
+    obj = client.get(info.kind, ctx.ns(namespace), name)
+    click.echo(describe_object(client, info, obj), nl=False)
+
+
+@cli.command()
+@click.argument("pod")
+@namespace_option
+@pass_context
+@friendly_errors
+def logs(ctx: Context, pod: str, namespace: str | None) -> None:
+    """A pod's output."""
+    click.echo(ctx.client().pod_log(ctx.ns(namespace), pod.removeprefix("pod/")), nl=False)
+
+
+# ---------------------------------------------------------------- traffic
+
+
+@cli.command()
+@click.argument("target", metavar="HOST:PORT")
+@click.option("-c", "--count", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--concurrency", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--message", default=None, help="The line to send [default: the current date].")
+@click.option("--expect", default=None, help="Expected split, e.g. v1=80,v2=20.")
+@click.option("--alpha", type=click.FloatRange(min=0, max=1, min_open=True), default=1e-6, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True)
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@friendly_errors
+def send(
+    target: str,
+    count: int,
+    concurrency: int,
+    message: str | None,
+    expect: str | None,
+    alpha: float,
+    timeout: float,
+    output: str,
+) -> None:
+    """Open N connections, send a line on each, and count the replies by their first word."""
+    from tcpmesh.cli import send as send_module
+
+    code = send_module.main(
+        target,
+        count=count,
+        concurrency=concurrency,
+        message=message,
+        expect=expect,
+        alpha=alpha,
+        timeout=timeout,
+        output=output,
+    )
+    sys.exit(code)
+
+
+@cli.command()
+@click.option("--keep", is_flag=True, help="Leave the mesh and the sample running at the end.")
+@pass_context
+@friendly_errors
+def demo(ctx: Context, keep: bool) -> None:
+    """The seed's TCP traffic-shifting walkthrough, end to end, narrated."""
+    from tcpmesh.cli.demo import run_demo
+
+    sys.exit(run_demo(ctx.state_dir, keep=keep))
+
+
+def main() -> None:
+    cli(prog_name="tcpmesh")

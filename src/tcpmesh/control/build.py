@@ -1,0 +1,473 @@
+"""``build_snapshot``: Istio's gateway TCP semantics as one pure function.
+
+References (istio/istio): pilot/pkg/networking/core/gateway.go
+(buildGatewayNetworkFiltersFromTCPRoutes), networkfilter.go (buildOutboundNetworkFilters),
+cluster_builder.go (subset clusters), model/push_context.go (VirtualServicesForGateway),
+model/gateway.go (mergeGateways). Each rule below names the behaviour it reproduces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from tcpmesh.api import models, parse_duration
+from tcpmesh.control.resources import (
+    MeshResources,
+    ProxyNode,
+    creation_order_key,
+    labels_match,
+    resolve_gateway_name,
+    resolve_host,
+    service_fqdn,
+)
+from tcpmesh.control.snapshot import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    Cluster,
+    Endpoint,
+    L4Match,
+    LbPolicy,
+    Listener,
+    OutlierDetection,
+    Snapshot,
+    TcpKeepalive,
+    TcpRoute,
+    WeightedCluster,
+)
+
+# Protocols whose gateway servers become plain tcp_proxy listeners. HTTP-family servers
+# need an HTTP connection manager, which the L4 data planes of tcpmesh do not have.
+OPAQUE_TCP_PROTOCOLS = frozenset({"TCP", "MONGO", "MYSQL", "REDIS"})
+
+
+def build_snapshot(resources: MeshResources, node: ProxyNode) -> Snapshot:
+    clusters = tuple(sorted(_build_clusters(resources), key=lambda c: c.name))
+    listeners = tuple(_build_listeners(resources, node))
+    return Snapshot.build(listeners, clusters)
+
+
+# ---------------------------------------------------------------- listeners
+
+
+def gateways_for_node(resources: MeshResources, node: ProxyNode) -> list[models.Gateway]:
+    labels = node.label_dict()
+    selected = [g for g in resources.gateways if labels_match(g.spec.selector, labels)]
+    return sorted(selected, key=creation_order_key)
+
+
+def exposed_ports(resources: MeshResources, node: ProxyNode) -> dict[int, int]:
+    """Gateway server port → port to listen on, for the ports the node's Services expose.
+
+    A server number names a Service port (or its targetPort, as Istio's port translation
+    allows); the proxy listens on the Service port, because that is what clients dial on
+    the load balancer address, which is the node's own address here.
+    """
+    labels = node.label_dict()
+    mapping: dict[int, int] = {}
+    for service in resources.services:
+        selector = service.spec.selector
+        if not selector or not labels_match(selector, labels):
+            continue
+        for port in service.spec.ports:
+            mapping.setdefault(port.port, port.port)
+            if isinstance(port.target_port, int):
+                mapping.setdefault(port.target_port, port.port)
+    return mapping
+
+
+def _build_listeners(resources: MeshResources, node: ProxyNode) -> Iterable[Listener]:
+    ports = exposed_ports(resources, node)
+    taken: set[int] = set()
+    for gateway in gateways_for_node(resources, node):
+        gateway_name = f"{gateway.namespace}/{gateway.name}"
+        for server in gateway.spec.servers:
+            if server is None or server.port is None:
+                continue
+            if server.port.protocol.upper() not in OPAQUE_TCP_PROTOCOLS or server.tls:
+                continue
+            number = server.port.number
+            listen_port = ports.get(number)
+            # mergeGateways keeps one plain-text TCP server per port; later ones are dropped.
+            if listen_port is None or number in taken:
+                continue
+            taken.add(number)
+            route = _gateway_route(resources, node, gateway, gateway_name, server, number)
+            if route is None:
+                continue  # "listener missed network filter": nothing listens on the port
+            yield Listener(
+                name=f"0.0.0.0_{number}",
+                address=node.address,
+                port=listen_port,
+                routes=(route,),
+                gateway=gateway_name,
+            )
+
+
+def virtual_services_for_gateway(
+    resources: MeshResources, node: ProxyNode, gateway_name: str
+) -> list[models.VirtualService]:
+    """VirtualServicesForGateway: private, then exported to the proxy's namespace, then public."""
+    private: list[models.VirtualService] = []
+    exported: list[models.VirtualService] = []
+    public: list[models.VirtualService] = []
+    for vs in sorted(resources.virtual_services, key=creation_order_key):
+        bound = {resolve_gateway_name(g, vs.namespace) for g in vs.spec.gateways or ["mesh"]}
+        if gateway_name not in bound:
+            continue
+        export_to = vs.spec.export_to
+        if not export_to or "*" in export_to:
+            public.append(vs)
+        elif vs.namespace == node.namespace and "." in export_to:
+            private.append(vs)
+        elif node.namespace in export_to:
+            exported.append(vs)
+    return private + exported + public
+
+
+def _gateway_route(
+    resources: MeshResources,
+    node: ProxyNode,
+    gateway: models.Gateway,
+    gateway_name: str,
+    server: models.Server,
+    port: int,
+) -> TcpRoute | None:
+    server_hosts = [_server_host(h, gateway.namespace) for h in server.hosts]
+    for vs in virtual_services_for_gateway(resources, node, gateway_name):
+        if not _vs_matches_server_hosts(vs, server_hosts):
+            continue
+        for index, rule in enumerate(vs.spec.tcp):
+            if not rule.route or not _l4_match_fits(rule, vs.namespace, gateway_name, port):
+                continue
+            return _tcp_route(resources, vs, index, rule, port)
+    return None
+
+
+def _server_host(host: str, gateway_namespace: str) -> tuple[str, str]:
+    """A server host as (namespace or "*", dns name); ``./h`` means the gateway's namespace."""
+    if "/" not in host:
+        return "*", host
+    namespace, dns = host.split("/", 1)
+    return (gateway_namespace if namespace == "." else namespace), dns
+
+
+def _vs_matches_server_hosts(vs: models.VirtualService, server_hosts: list[tuple[str, str]]) -> bool:
+    for namespace, dns in server_hosts:
+        if namespace not in ("*", vs.namespace):
+            continue
+        if any(hosts_overlap(resolve_host(h, vs.namespace), dns) for h in vs.spec.hosts):
+            return True
+    return False
+
+
+def hosts_overlap(a: str, b: str) -> bool:
+    """Istio host.Name.Matches in either direction: ``*`` and ``*.suffix`` wildcards."""
+    if a == b or a == "*" or b == "*":
+        return True
+    if a.startswith("*") and b.endswith(a[1:]):
+        return True
+    return b.startswith("*") and a.endswith(b[1:])
+
+
+def _l4_match_fits(rule: models.TCPRoute, namespace: str, gateway_name: str, port: int) -> bool:
+    """l4MultiMatch on a gateway: only ``port`` and ``gateways`` count."""
+    if not rule.match:
+        return True
+    for match in rule.match:
+        if match is None:
+            continue
+        if match.port not in (0, port):
+            continue
+        gateways = {resolve_gateway_name(g, namespace) for g in match.gateways}
+        if gateways and gateway_name not in gateways:
+            continue
+        return True
+    return False
+
+
+def _tcp_route(
+    resources: MeshResources,
+    vs: models.VirtualService,
+    index: int,
+    rule: models.TCPRoute,
+    listener_port: int,
+) -> TcpRoute:
+    entries = [r for r in rule.route if r is not None and r.destination is not None]
+    named = [
+        (
+            _cluster_name_for(resources, r.destination, vs.namespace, listener_port),
+            r.weight,
+        )
+        for r in entries
+        if r.destination is not None
+    ]
+    if len(named) == 1:
+        destinations: tuple[WeightedCluster, ...] = (WeightedCluster(named[0][0], 100),)
+        stat_prefix = named[0][0]
+    else:
+        destinations = tuple(WeightedCluster(name, w) for name, w in named if w > 0)
+        stat_prefix = f"{vs.name}.{vs.namespace}"
+    first = entries[0].destination if entries else None
+    tcp, hash_by_source_ip = _route_policy(resources, first, vs.namespace)
+    return TcpRoute(
+        destinations=destinations,
+        source=f"VirtualService {vs.namespace}/{vs.name} tcp[{index}]",
+        stat_prefix=stat_prefix,
+        match=L4Match(),
+        idle_timeout=_idle_timeout(tcp),
+        max_connection_duration=_optional_duration(tcp.max_connection_duration if tcp else None),
+        hash_policy="source_ip" if hash_by_source_ip else None,
+    )
+
+
+def _cluster_name_for(
+    resources: MeshResources,
+    destination: models.Destination,
+    namespace: str,
+    listener_port: int,
+) -> str:
+    fqdn = resolve_host(destination.host, namespace)
+    port = destination.port.number if destination.port and destination.port.number else 0
+    if not port:
+        service = find_service(resources, fqdn)
+        if service is not None and len(service.spec.ports) == 1:
+            port = service.spec.ports[0].port
+        else:
+            port = listener_port
+    return cluster_name(port, destination.subset or "", fqdn)
+
+
+def cluster_name(port: int, subset: str, fqdn: str) -> str:
+    return f"outbound|{port}|{subset}|{fqdn}"
+
+
+def find_service(resources: MeshResources, fqdn: str) -> models.Service | None:
+    return next(
+        (s for s in resources.services if service_fqdn(s.name, s.namespace) == fqdn), None
+    )
+
+
+def _route_policy(
+    resources: MeshResources, destination: models.Destination | None, namespace: str
+) -> tuple[models.TCPSettings | None, bool]:
+    """Listener-level settings come from the DR of route[0]'s host, top level only."""
+    if destination is None:
+        return None, False
+    fqdn = resolve_host(destination.host, namespace)
+    rule = destination_rule_for(resources, fqdn, namespace)
+    if rule is None or rule.spec.traffic_policy is None:
+        return None, False
+    policy = rule.spec.traffic_policy
+    tcp = policy.connection_pool.tcp if policy.connection_pool else None
+    by_source_ip = _uses_source_ip_hash(policy.load_balancer)
+    for subset in rule.spec.subsets:
+        if subset is not None and subset.name == destination.subset and subset.traffic_policy:
+            by_source_ip = by_source_ip or _uses_source_ip_hash(subset.traffic_policy.load_balancer)
+    return tcp, by_source_ip
+
+
+def _uses_source_ip_hash(lb: models.LoadBalancerSettings | None) -> bool:
+    return bool(lb and lb.consistent_hash and lb.consistent_hash.use_source_ip)
+
+
+def _idle_timeout(tcp: models.TCPSettings | None) -> float | None:
+    if tcp is None or tcp.idle_timeout is None:
+        return DEFAULT_IDLE_TIMEOUT
+    seconds = parse_duration(tcp.idle_timeout)
+    return None if seconds == 0 else seconds
+
+
+def _optional_duration(value: str | None) -> float | None:
+    return None if value is None else parse_duration(value)
+
+
+# ---------------------------------------------------------------- clusters
+
+
+def destination_rule_for(
+    resources: MeshResources, fqdn: str, preferred_namespace: str
+) -> models.DestinationRule | None:
+    """The DR for a host: an exact host beats a wildcard; the client's namespace first."""
+    candidates = [dr for dr in resources.destination_rules if _dr_applies(dr, fqdn)]
+    if not candidates:
+        return None
+
+    def rank(dr: models.DestinationRule) -> tuple[int, int, tuple[str, str, str]]:
+        wildcard = int(resolve_host(dr.spec.host, dr.namespace) != fqdn)
+        foreign = int(dr.namespace != preferred_namespace)
+        return wildcard, foreign, creation_order_key(dr)
+
+    return min(candidates, key=rank)
+
+
+def _dr_applies(rule: models.DestinationRule, fqdn: str) -> bool:
+    host = resolve_host(rule.spec.host, rule.namespace)
+    return host == fqdn or (host.startswith("*") and fqdn.endswith(host[1:]))
+
+
+def _build_clusters(resources: MeshResources) -> Iterable[Cluster]:
+    pods = {(p.namespace, p.name): p for p in resources.pods}
+    endpoints = {(e.namespace, e.name): e for e in resources.endpoints}
+    for service in resources.services:
+        fqdn = service_fqdn(service.name, service.namespace)
+        rule = destination_rule_for(resources, fqdn, service.namespace)
+        service_endpoints = endpoints.get((service.namespace, service.name))
+        for port in service.spec.ports:
+            members = tuple(_endpoints_for_port(service_endpoints, port, pods))
+            yield _cluster(fqdn, port.port, "", members, _policies(rule, None, port.port))
+            if rule is None:
+                continue
+            seen: set[str] = set()
+            for subset in rule.spec.subsets:
+                # A subset defined twice: the first definition wins.
+                if subset is None or subset.name in seen:
+                    continue
+                seen.add(subset.name)
+                selected = tuple(
+                    e for e in members if labels_match(subset.labels, e.label_dict())
+                )
+                policies = _policies(rule, subset, port.port)
+                yield _cluster(fqdn, port.port, subset.name, selected, policies)
+
+
+def _endpoints_for_port(
+    service_endpoints: models.Endpoints | None,
+    port: models.ServicePort,
+    pods: dict[tuple[str, str], models.Pod],
+) -> Iterable[Endpoint]:
+    if service_endpoints is None:
+        return
+    for subset in service_endpoints.subsets:
+        target = _endpoint_port(subset.ports, port)
+        if target is None:
+            continue
+        for address, ready in [(a, True) for a in subset.addresses] + [
+            (a, False) for a in subset.not_ready_addresses
+        ]:
+            labels: dict[str, str] = {}
+            workload = ""
+            ref = address.target_ref
+            if ref is not None:
+                namespace = ref.namespace or service_endpoints.namespace
+                pod = pods.get((namespace, ref.name))
+                labels = pod.metadata.labels if pod is not None else {}
+                workload = f"{namespace}/{ref.name}"
+            yield Endpoint(
+                address=address.ip,
+                port=target,
+                labels=tuple(sorted(labels.items())),
+                ready=ready,
+                workload=workload,
+            )
+
+
+def _endpoint_port(ports: Sequence[models.EndpointPort], port: models.ServicePort) -> int | None:
+    if len(ports) == 1 and (ports[0].name or None) == (port.name or None):
+        return ports[0].port
+    return next((p.port for p in ports if p.name and p.name == port.name), None)
+
+
+PolicyParts = tuple[
+    models.LoadBalancerSettings | None,
+    models.ConnectionPoolSettings | None,
+    models.OutlierDetection | None,
+]
+
+
+def _policies(
+    rule: models.DestinationRule | None, subset: models.Subset | None, port: int
+) -> PolicyParts:
+    """Merge order of Istio's MergeTrafficPolicy: DR, DR port level, subset, subset port level."""
+    lb: models.LoadBalancerSettings | None = None
+    pool: models.ConnectionPoolSettings | None = None
+    outlier: models.OutlierDetection | None = None
+    layers: list[models.TrafficPolicy | models.PortTrafficPolicy] = []
+    for policy in (
+        rule.spec.traffic_policy if rule else None,
+        subset.traffic_policy if subset else None,
+    ):
+        if policy is None:
+            continue
+        layers.append(policy)
+        layers.extend(
+            p for p in policy.port_level_settings if p.port is not None and p.port.number == port
+        )
+    for layer in layers:
+        lb = layer.load_balancer or lb
+        pool = layer.connection_pool or pool
+        outlier = layer.outlier_detection or outlier
+    return lb, pool, outlier
+
+
+def _cluster(
+    fqdn: str, port: int, subset: str, endpoints: tuple[Endpoint, ...], policies: PolicyParts
+) -> Cluster:
+    lb, pool, outlier = policies
+    tcp = pool.tcp if pool else None
+    return Cluster(
+        name=cluster_name(port, subset, fqdn),
+        service=fqdn,
+        port=port,
+        subset=subset,
+        lb_policy=_lb_policy(lb),
+        connect_timeout=(
+            parse_duration(tcp.connect_timeout)
+            if tcp and tcp.connect_timeout
+            else DEFAULT_CONNECT_TIMEOUT
+        ),
+        max_connections=tcp.max_connections if tcp else None,
+        outlier_detection=_outlier(outlier),
+        tcp_keepalive=_keepalive(tcp.tcp_keepalive if tcp else None),
+        endpoints=endpoints,
+    )
+
+
+def _lb_policy(lb: models.LoadBalancerSettings | None) -> LbPolicy:
+    if lb is None:
+        return "LEAST_REQUEST"
+    if lb.consistent_hash is not None:
+        return "RING_HASH"
+    simple = lb.simple or "UNSPECIFIED"
+    if simple in ("ROUND_ROBIN", "RANDOM", "PASSTHROUGH"):
+        return simple  # type: ignore[return-value]
+    return "LEAST_REQUEST"  # UNSPECIFIED, LEAST_REQUEST and the deprecated LEAST_CONN
+
+
+def _outlier(od: models.OutlierDetection | None) -> OutlierDetection | None:
+    if od is None:
+        return None
+    defaults = OutlierDetection()
+    # For TCP, Envoy counts connect failures as 5xx unless local-origin errors are split.
+    if od.split_external_local_origin_errors:
+        consecutive = od.consecutive_local_origin_failures
+    else:
+        consecutive = od.consecutive_5xx_errors or od.consecutive_errors
+    return OutlierDetection(
+        consecutive_errors=consecutive if consecutive is not None else defaults.consecutive_errors,
+        interval=parse_duration(od.interval) if od.interval else defaults.interval,
+        base_ejection_time=(
+            parse_duration(od.base_ejection_time)
+            if od.base_ejection_time
+            else defaults.base_ejection_time
+        ),
+        max_ejection_percent=(
+            od.max_ejection_percent
+            if od.max_ejection_percent is not None
+            else defaults.max_ejection_percent
+        ),
+        min_health_percent=(
+            od.min_health_percent
+            if od.min_health_percent is not None
+            else defaults.min_health_percent
+        ),
+    )
+
+
+def _keepalive(ka: models.TcpKeepalive | None) -> TcpKeepalive | None:
+    if ka is None:
+        return None
+    return TcpKeepalive(
+        probes=ka.probes,
+        time=parse_duration(ka.time) if ka.time else None,
+        interval=parse_duration(ka.interval) if ka.interval else None,
+    )

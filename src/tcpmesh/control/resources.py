@@ -1,0 +1,114 @@
+"""The inputs of the snapshot builder: typed resources and the proxy asking for config."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tcpmesh.api import from_dict, models
+
+DOMAIN_SUFFIX = "svc.cluster.local"
+
+
+@dataclass(frozen=True)
+class ProxyNode:
+    """The gateway proxy a snapshot is built for (Istio's "proxy" / xDS node)."""
+
+    namespace: str
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    address: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def label_dict(self) -> dict[str, str]:
+        return dict(self.labels)
+
+    @classmethod
+    def from_pod(cls, pod: models.Pod, address: str | None = None) -> ProxyNode:
+        status = pod.status or {}
+        return cls(
+            namespace=pod.namespace,
+            name=pod.name,
+            labels=tuple(sorted(pod.metadata.labels.items())),
+            address=address or str(status.get("podIP") or "127.0.0.1"),
+        )
+
+
+@dataclass(frozen=True)
+class MeshResources:
+    services: tuple[models.Service, ...] = ()
+    endpoints: tuple[models.Endpoints, ...] = ()
+    pods: tuple[models.Pod, ...] = ()
+    gateways: tuple[models.Gateway, ...] = ()
+    virtual_services: tuple[models.VirtualService, ...] = ()
+    destination_rules: tuple[models.DestinationRule, ...] = ()
+
+    @classmethod
+    def from_objects(cls, objects: Iterable[Mapping[str, Any]]) -> MeshResources:
+        """Sort stored dicts into typed buckets; kinds the builder does not use are skipped."""
+        buckets: dict[type[models.Resource], list[Any]] = {
+            models.Service: [],
+            models.Endpoints: [],
+            models.Pod: [],
+            models.Gateway: [],
+            models.VirtualService: [],
+            models.DestinationRule: [],
+        }
+        for obj in objects:
+            if obj.get("kind") == "Deployment":
+                continue
+            resource = from_dict(dict(obj))
+            bucket = buckets.get(type(resource))
+            if bucket is not None:
+                bucket.append(resource)
+        return cls(
+            services=tuple(buckets[models.Service]),
+            endpoints=tuple(buckets[models.Endpoints]),
+            pods=tuple(buckets[models.Pod]),
+            gateways=tuple(buckets[models.Gateway]),
+            virtual_services=tuple(buckets[models.VirtualService]),
+            destination_rules=tuple(buckets[models.DestinationRule]),
+        )
+
+
+def creation_order_key(resource: models.Resource) -> tuple[str, str, str]:
+    """Istio's configCompareByCreationTime: creation time, then name, then namespace."""
+    return (resource.metadata.creation_timestamp or "", resource.name, resource.namespace)
+
+
+def service_fqdn(name: str, namespace: str) -> str:
+    return f"{name}.{namespace}.{DOMAIN_SUFFIX}"
+
+
+def resolve_host(host: str, namespace: str) -> str:
+    """ResolveShortnameToFQDN: a name without a dot lives in the rule's namespace."""
+    if host == "*" or "." in host or _is_ip(host):
+        return host
+    return service_fqdn(host, namespace)
+
+
+def resolve_gateway_name(name: str, namespace: str) -> str:
+    """resolveGatewayName: ``name`` → ``ns/name``; legacy ``name.ns.svc...`` → ``ns/name``."""
+    if name == "mesh" or "/" in name:
+        return name
+    if "." in name:
+        short, ns = name.split(".")[:2]
+        return f"{ns}/{short}"
+    return f"{namespace}/{name}"
+
+
+def labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,275 @@
+"""``tcpmesh up``: the composition root that starts every component of a local mesh.
+
+One process owns the store and runs the API server, the runtime (pods) and the control
+plane; the gateway proxy runs as a pod of its own, so it keeps serving its last snapshot
+when this process goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from tcpmesh.api import validate_object
+from tcpmesh.apiserver import create_app
+from tcpmesh.apiserver.credentials import remove_credentials, write_credentials
+from tcpmesh.control.plane import ControlPlane
+from tcpmesh.runtime import Runtime
+from tcpmesh.store import Store
+
+log = logging.getLogger("tcpmesh.mesh")
+
+GATEWAY_NAMESPACE = "istio-system"
+GATEWAY_NAME = "istio-ingressgateway"
+GATEWAY_LABELS = {"app": "istio-ingressgateway", "istio": "ingressgateway"}
+GATEWAY_IMAGE = "docker.io/istio/proxyv2:1.24.0"
+STATUS_PORT = 15021
+GATEWAY_READY_TIMEOUT = 60.0
+# The ports of Istio's demo profile ingress gateway Service.
+GATEWAY_PORTS = (
+    ("status-port", 15021, 15021),
+    ("http2", 80, 8080),
+    ("https", 443, 8443),
+    ("tcp", 31400, 31400),
+    ("tls", 15443, 15443),
+)
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    state_dir: Path
+    address: str = "127.0.0.1"
+    workers: int | None = None
+    dataplane: str = "python"
+
+    @property
+    def effective_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+def default_gateway_objects(config: MeshConfig) -> list[dict[str, Any]]:
+    """The ``istio-system/istio-ingressgateway`` Service and workload that ``up`` creates."""
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": GATEWAY_NAME,
+            "namespace": GATEWAY_NAMESPACE,
+            "labels": dict(GATEWAY_LABELS),
+        },
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": dict(GATEWAY_LABELS),
+            "ports": [
+                {"name": name, "port": port, "targetPort": target, "protocol": "TCP"}
+                for name, port, target in GATEWAY_PORTS
+            ],
+        },
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": GATEWAY_NAME,
+            "namespace": GATEWAY_NAMESPACE,
+            "labels": dict(GATEWAY_LABELS),
+        },
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": dict(GATEWAY_LABELS)},
+            "template": {
+                "metadata": {"labels": dict(GATEWAY_LABELS)},
+                "spec": {
+                    # The load balancer address is this machine's: the proxy listens on it.
+                    "hostNetwork": True,
+                    "containers": [
+                        {
+                            "name": "istio-proxy",
+                            "image": GATEWAY_IMAGE,
+                            "args": ["proxy", "router"],
+                            "env": [
+                                {"name": "TCPMESH_WORKERS", "value": str(config.effective_workers)},
+                                {"name": "TCPMESH_STATUS_PORT", "value": str(STATUS_PORT)},
+                            ],
+                            "ports": [
+                                {"name": "status-port", "containerPort": STATUS_PORT},
+                            ],
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    return [service, deployment]
+
+
+@contextlib.contextmanager
+def single_instance(state_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock so two meshes never share one state directory."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = state_dir / "mesh.lock"
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise AlreadyRunning(
+                f"tcpmesh is already running from {state_dir} (pid {owner})"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+
+
+class Mesh:
+    def __init__(self, config: MeshConfig) -> None:
+        self.config = config
+        self.store = Store(config.state_dir / "store.db")
+        self.runtime = Runtime(self.store, config.state_dir, config.address)
+        self.control = ControlPlane(self.store)
+        self.started_at = time.time()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        self.store.apply(default_gateway_objects(self.config))
+        await self.control.start()
+        token = secrets.token_urlsafe(32)
+        app = create_app(
+            self.store,
+            token,
+            admit=_admit,
+            snapshots=self.control,
+            status=self.status,
+            pod_log=self.runtime.pod_log_path,
+        )
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        write_credentials(self.config.state_dir, self.url, token, os.getpid())
+        await self.runtime.start()
+        log.info("tcpmesh API on %s, gateway address %s", self.url, self.config.address)
+
+    async def stop(self) -> None:
+        remove_credentials(self.config.state_dir)
+        await self.runtime.stop()
+        await self.control.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self.store.close()
+
+    def gateway_pods(self) -> list[dict[str, Any]]:
+        return self.store.list(
+            "Pod", GATEWAY_NAMESPACE, label_selector={"istio": "ingressgateway"}
+        )
+
+    def status(self) -> dict[str, Any]:
+        pods = self.store.list("Pod")
+        gateway_pods = [p for p in pods if p["metadata"].get("labels", {}).get("istio") == "ingressgateway"]
+        listeners: list[dict[str, Any]] = []
+        for pod in gateway_pods:
+            node = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+            snapshot = self.control.snapshot(node)
+            if snapshot is None:
+                continue
+            listeners.extend(
+                {"name": lst.name, "address": lst.address, "port": lst.port, "node": node}
+                for lst in snapshot.listeners
+            )
+        return {
+            "pid": os.getpid(),
+            "api": self.url,
+            "stateDir": str(self.config.state_dir),
+            "address": self.config.address,
+            "dataplane": self.config.dataplane,
+            "workers": self.config.effective_workers,
+            "uptimeSeconds": round(time.time() - self.started_at, 1),
+            "storeRevision": self.store.revision,
+            "pods": [_pod_summary(p) for p in pods],
+            "gatewayReady": any(_pod_ready(p) for p in gateway_pods),
+            "listeners": listeners,
+        }
+
+
+def _admit(objects: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    errors: list[str] = []
+    warnings: list[str] = []
+    for obj in objects:
+        obj_errors, obj_warnings = validate_object(obj)
+        errors.extend(obj_errors)
+        warnings.extend(obj_warnings)
+    return errors, warnings
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _pod_summary(pod: dict[str, Any]) -> dict[str, Any]:
+    status = pod.get("status") or {}
+    return {
+        "namespace": pod["metadata"]["namespace"],
+        "name": pod["metadata"]["name"],
+        "phase": status.get("phase", "Pending"),
+        "ready": _pod_ready(pod),
+        "podIP": status.get("podIP"),
+        "restarts": sum(c.get("restartCount", 0) for c in status.get("containerStatuses") or []),
+    }
+
+
+async def run_mesh(
+    config: MeshConfig,
+    ready: asyncio.Event | None = None,
+    on_ready: Callable[[Mesh], list[str]] | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT, then stop everything this process started.
+
+    ``on_ready`` runs once the ingress gateway is ready (``up -f`` applies its files there);
+    the lines it returns are printed.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    mesh = Mesh(config)
+    try:
+        await mesh.start()
+        deadline = loop.time() + GATEWAY_READY_TIMEOUT
+        while not mesh.status()["gatewayReady"] and loop.time() < deadline and not stop.is_set():
+            await asyncio.sleep(0.05)
+        if on_ready is not None:
+            for line in on_ready(mesh):
+                print(line, flush=True)
+        print(f"tcpmesh is up: API {mesh.url}, gateway {config.address}", flush=True)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        await mesh.stop()

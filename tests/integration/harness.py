@@ -1,0 +1,119 @@
+"""Drive a real mesh the way a user does: the ``tcpmesh`` command and plain sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / "src" / "tcpmesh" / "samples" / "tcp-echo"
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+class MeshHarness:
+    def __init__(self, state_dir: Path, address: str, workers: int = 2) -> None:
+        self.state_dir = state_dir
+        self.address = address
+        self.workers = workers
+
+    def tcpmesh(self, *args: str, stdin: str | None = None, check: bool = True) -> Result:
+        completed = subprocess.run(
+            [sys.executable, "-m", "tcpmesh", "--state-dir", str(self.state_dir), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        result = Result(completed.returncode, completed.stdout, completed.stderr)
+        if check and result.code != 0:
+            raise AssertionError(f"tcpmesh {' '.join(args)} exited {result.code}: {result.stderr}")
+        return result
+
+    def up(self) -> None:
+        self.tcpmesh("up", "--detach", "--address", self.address, "--workers", str(self.workers))
+
+    def down(self) -> None:
+        self.tcpmesh("down", check=False)
+        self.kill_leftover_pods()
+
+    def kill_leftover_pods(self) -> None:
+        """Stop pod processes this test's mesh started, should ``down`` have failed."""
+        for pid_file in (self.state_dir / "pods").glob("*/*.pid"):
+            try:
+                pid = int(pid_file.read_text().strip())
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except (OSError, ValueError):
+                continue
+            if b"tcpmesh" in cmdline and str(self.state_dir).encode() in _environ(pid):
+                os.killpg(pid, signal.SIGKILL)
+
+    def apply(self, *files: Path) -> Result:
+        args: list[str] = ["apply"]
+        for file in files:
+            args += ["-f", str(file)]
+        return self.tcpmesh(*args)
+
+    def get_json(self, *args: str) -> Any:
+        return json.loads(self.tcpmesh("get", *args, "-o", "json").stdout)
+
+    def wait_for(self, what: str, predicate: Callable[[], bool], timeout: float = 30.0) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if predicate():
+                return time.monotonic() - start
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+    def deployments_ready(self, *names: str) -> bool:
+        for name in names:
+            status = self.get_json("deployment", name).get("status") or {}
+            if status.get("readyReplicas", 0) < 1:
+                return False
+        return True
+
+    def pods(self, namespace: str = "default") -> list[dict[str, Any]]:
+        return list(self.get_json("pods", "-n", namespace)["items"])
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""
+
+
+def exchange(address: str, port: int, line: str, hold: float = 0.0, timeout: float = 5.0) -> str:
+    """``(echo LINE; sleep HOLD) | nc ADDRESS PORT``: send, half-close, read to EOF."""
+    with socket.create_connection((address, port), timeout=timeout) as sock:
+        sock.sendall(line.encode() + b"\n")
+        if hold:
+            time.sleep(hold)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks).decode()
+
+
+def first_word(address: str, port: int) -> str:
+    reply = exchange(address, port, "probe")
+    return reply.split(" ", 1)[0] if reply else ""
