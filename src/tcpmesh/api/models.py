@@ -52,6 +52,10 @@ class ObjectMeta(Model):
     deletion_timestamp: str | None = None
     owner_references: list[OwnerReference] = Field(default_factory=list)
     finalizers: list[str] = Field(default_factory=list)
+    # Written by real API servers; accepted so that `kubectl get -o yaml` output applies.
+    deletion_grace_period_seconds: int | None = None
+    self_link: str | None = None
+    managed_fields: Any = None
 
 
 class LabelSelectorRequirement(Model):
@@ -272,7 +276,9 @@ class ConsistentHashLB(Model):
 
 class LoadBalancerSettings(Model):
     simple: (
-        Literal["UNSPECIFIED", "LEAST_CONN", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN", "LEAST_REQUEST"]
+        Literal[
+            "UNSPECIFIED", "LEAST_CONN", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN", "LEAST_REQUEST"
+        ]
         | None
     ) = None
     consistent_hash: ConsistentHashLB | None = None

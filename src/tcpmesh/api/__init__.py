@@ -1,0 +1,20 @@
+"""The resource API: parsing, defaulting and validation of Kubernetes and Istio objects.
+
+Objects travel as plain dicts in Kubernetes JSON shape; :func:`from_dict` gives the typed
+model (:mod:`tcpmesh.api.models`) when code wants attributes instead of keys.
+"""
+
+from tcpmesh.api.durations import parse_duration
+from tcpmesh.api.errors import InvalidInput
+from tcpmesh.api.objects import from_dict, to_dict, validate_object
+from tcpmesh.api.parse import load_documents, load_documents_with_warnings
+
+__all__ = [
+    "InvalidInput",
+    "from_dict",
+    "load_documents",
+    "load_documents_with_warnings",
+    "parse_duration",
+    "to_dict",
+    "validate_object",
+]

@@ -1,0 +1,639 @@
+"""Semantic validation of typed resources, with Istio's and Kubernetes' own messages.
+
+Shape and types are the models' business (:mod:`tcpmesh.api.models`); this module checks
+what a webhook or the Kubernetes API server would reject or warn about once the shape is
+right. Messages are verbatim from ``istio/istio`` ``pkg/config/validation`` (Istio 1.15+
+weight rules) and from Kubernetes' field errors (``Invalid value: ...``, ``Required
+value``). Every finding carries the field path it is about, in Kubernetes style
+(``spec.tcp[0].route[1].weight``).
+
+tcpmesh adds one warning of its own: a multi-destination route whose weights do not add
+up to 100 is accepted (as Istio does since 1.15) but the effective split is spelled out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from tcpmesh.api import models, names
+from tcpmesh.api.durations import parse_duration_ns
+from tcpmesh.api.names import quote
+
+MESH_GATEWAY = "mesh"
+_MS = 1_000_000
+_TLS_PROTOCOLS = {"https", "tls"}
+_HTTP_PROTOCOLS = {"http", "http2", "http_proxy", "grpc", "grpc-web"}
+_PROTOCOLS = {"tcp", "udp", "mongo", "redis", "mysql"} | _TLS_PROTOCOLS | _HTTP_PROTOCOLS
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: str
+    message: str
+    warning: bool = False
+
+
+def _error(path: str, message: str) -> Finding:
+    return Finding(path, message)
+
+
+def _warning(path: str, message: str) -> Finding:
+    return Finding(path, message, warning=True)
+
+
+def validate(resource: models.Resource) -> list[Finding]:
+    """Every error and warning about one resource, in a stable order, without repeats."""
+    findings = list(_metadata(resource))
+    if isinstance(resource, models.VirtualService):
+        findings += _virtual_service(resource.spec)
+    elif isinstance(resource, models.DestinationRule):
+        findings += _destination_rule(resource.spec)
+    elif isinstance(resource, models.Gateway):
+        findings += _gateway(resource)
+    elif isinstance(resource, models.Deployment):
+        findings += _deployment(resource.spec)
+    elif isinstance(resource, models.Service):
+        findings += _service(resource.spec)
+    return list(dict.fromkeys(findings))
+
+
+# ---------------------------------------------------------------- metadata
+
+
+def _metadata(resource: models.Resource) -> Iterator[Finding]:
+    name = resource.metadata.name
+    if not name:
+        yield _error("metadata.name", "Required value: name is required")
+    else:
+        # Services become DNS names, hence the stricter rule Kubernetes applies to them.
+        if isinstance(resource, models.Service):
+            problems = names.k8s_dns1035_problems(name)
+        else:
+            problems = names.k8s_subdomain_problems(name)
+        for problem in problems:
+            yield _error("metadata.name", f"Invalid value: {quote(name)}: {problem}")
+    namespace = resource.metadata.namespace
+    if namespace:
+        for problem in names.k8s_label_problems(namespace):
+            yield _error("metadata.namespace", f"Invalid value: {quote(namespace)}: {problem}")
+
+
+# ---------------------------------------------------------------- VirtualService
+
+
+def _virtual_service(spec: models.VirtualServiceSpec) -> Iterator[Finding]:
+    if not spec.hosts:
+        # No hosts means a delegate, which only carries HTTP routes.
+        if spec.gateways:
+            yield _error(
+                "spec.gateways", "delegate virtual service must have no gateways specified"
+            )
+        if spec.tls:
+            yield _error("spec.tls", "delegate virtual service must have no tls route specified")
+        if spec.tcp:
+            yield _error("spec.tcp", "delegate virtual service must have no tcp route specified")
+    applies_to_mesh = not spec.gateways or MESH_GATEWAY in spec.gateways
+    for i, gateway in enumerate(spec.gateways):
+        yield from _gateway_name(f"spec.gateways[{i}]", gateway)
+
+    all_hosts_valid = True
+    for i, host in enumerate(spec.hosts):
+        problem = names.validate_wildcard_domain(host)
+        if problem:
+            if not names.is_ip(host):
+                yield _error(f"spec.hosts[{i}]", problem)
+                all_hosts_valid = False
+        elif applies_to_mesh and host == "*":
+            yield _error(
+                f"spec.hosts[{i}]",
+                "wildcard host * is not allowed for virtual services bound to the mesh gateway",
+            )
+            all_hosts_valid = False
+    if all_hosts_valid:
+        for i, first in enumerate(spec.hosts):
+            for j in range(i + 1, len(spec.hosts)):
+                if names.hosts_overlap(first, spec.hosts[j]):
+                    yield _error(
+                        f"spec.hosts[{j}]",
+                        f"duplicate hosts in virtual service: {first} & {spec.hosts[j]}",
+                    )
+
+    if not spec.http and not spec.tcp and not spec.tls:
+        yield _error("spec", "http, tcp or tls must be provided in virtual service")
+    for i, route in enumerate(spec.tcp):
+        yield from _tcp_route(f"spec.tcp[{i}]", route)
+    yield from _unreachable_tcp_rules(spec.tcp)
+
+
+def _gateway_name(path: str, name: str) -> Iterator[Finding]:
+    namespace, slash, gateway = name.partition("/")
+    if not slash:
+        if "." in name:
+            parts = name.split(".")
+            yield _warning(
+                path,
+                f"using legacy gatewayName format {quote(name)}; prefer the "
+                f"<namespace>/<name> format: {quote(parts[1] + '/' + parts[0])}",
+            )
+        problem = names.validate_fqdn(name)
+        if problem:
+            yield _error(path, problem)
+        return
+    if not namespace or not gateway:
+        yield _error(path, "config namespace and gateway name cannot be empty")
+    if not names.is_dns1123_label(namespace):
+        yield _error(path, f"invalid value for namespace: {quote(namespace)}")
+    if not names.is_dns1123_label(gateway):
+        yield _error(path, f"invalid value for gateway name: {quote(gateway)}")
+
+
+def _tcp_route(path: str, route: models.TCPRoute) -> Iterator[Finding]:
+    for i, match in enumerate(route.match):
+        where = f"{path}.match[{i}]"
+        if match is None:
+            yield _error(where, "tcp match may not be nil")
+            continue
+        for j, subnet in enumerate(match.destination_subnets):
+            problem = names.validate_ip_subnet(subnet)
+            if problem:
+                yield _error(f"{where}.destinationSubnets[{j}]", problem)
+        if match.port != 0:
+            problem = names.validate_port(match.port)
+            if problem:
+                yield _error(f"{where}.port", problem)
+        for problem in names.validate_labels(match.source_labels):
+            yield _error(f"{where}.sourceLabels", problem)
+        for j, gateway in enumerate(match.gateways):
+            yield from _gateway_name(f"{where}.gateways[{j}]", gateway)
+    if not route.route:
+        yield _error(f"{path}.route", "TCP route is required")
+    yield from _route_destinations(f"{path}.route", route.route)
+    yield from _weight_split(f"{path}.route", route.route)
+
+
+def _route_destinations(
+    path: str, routes: Sequence[models.RouteDestination | None]
+) -> Iterator[Finding]:
+    total = 0
+    for i, route in enumerate(routes):
+        where = f"{path}[{i}]"
+        if route is None:
+            yield _error(where, "weight may not be nil")
+            continue
+        if route.destination is None:
+            yield _error(f"{where}.destination", "destination is required")
+        else:
+            yield from _destination(f"{where}.destination", route.destination)
+        if route.weight < 0:
+            yield _error(f"{where}.weight", f"weight {route.weight} < 0")
+        total += route.weight
+    if len(routes) > 1 and total == 0:
+        yield _error(path, "total destination weight = 0")
+
+
+def _destination(path: str, destination: models.Destination) -> Iterator[Finding]:
+    if destination.host == "*":
+        yield _error(f"{path}.host", "invalid destination host *")
+    else:
+        problem = names.validate_wildcard_domain(destination.host)
+        if problem:
+            yield _error(f"{path}.host", problem)
+    if destination.subset and not names.is_dns1123_label(destination.subset):
+        yield _error(f"{path}.subset", f"subset name is invalid: {destination.subset}")
+    if destination.port is not None:
+        problem = names.validate_port(destination.port.number)
+        if problem:
+            yield _error(f"{path}.port.number", problem)
+
+
+def _weight_split(path: str, routes: Sequence[models.RouteDestination | None]) -> Iterator[Finding]:
+    """Warn when relative weights do not read as percentages, and say what they mean."""
+    if len(routes) < 2 or any(r is None or r.weight < 0 for r in routes):
+        return
+    total = sum(r.weight for r in routes if r is not None)
+    if total in (0, 100):
+        return
+    shares = ", ".join(
+        f"{_destination_label(r.destination)} {100 * r.weight / total:.1f}%"
+        for r in routes
+        if r is not None and r.weight > 0
+    )
+    yield _warning(path, f"total destination weight {total} != 100; effective split: {shares}")
+
+
+def _destination_label(destination: models.Destination | None) -> str:
+    if destination is None:
+        return "<no destination>"
+    label = destination.host
+    if destination.subset:
+        label += f"/{destination.subset}"
+    if destination.port is not None:
+        label += f":{destination.port.number}"
+    return label
+
+
+def _unreachable_tcp_rules(routes: Sequence[models.TCPRoute]) -> Iterator[Finding]:
+    """Istio's ``analyzeUnreachableTCPRules``: rules and matches that can never fire."""
+    first_rule_of: dict[str, int] = {}
+    catch_all = -1
+    for n, route in enumerate(routes):
+        rule = f"spec.tcp[{n}]"
+        if not route.match:
+            if catch_all >= 0:
+                yield _warning(
+                    rule,
+                    f"virtualService rule #{n} not used (only the last rule can have no matches)",
+                )
+            catch_all = n
+            continue
+        duplicates = 0
+        for m, match in enumerate(route.match):
+            if catch_all >= 0:
+                yield _warning(
+                    rule,
+                    f"virtualService rule #{n} not used (route without matches defined before)",
+                )
+                continue
+            key = json.dumps(
+                match.model_dump(exclude_defaults=True) if match else None, sort_keys=True
+            )
+            if key in first_rule_of:
+                yield _warning(
+                    f"{rule}.match[{m}]",
+                    f"virtualService rule #{n} match #{m} is not used "
+                    f"(duplicate/overlapping match in rule #{first_rule_of[key]})",
+                )
+                duplicates += 1
+            else:
+                first_rule_of[key] = n
+        if duplicates == len(route.match):
+            yield _warning(
+                rule, f"virtualService rule #{n} not used (all matches used by prior rules)"
+            )
+
+
+# ---------------------------------------------------------------- DestinationRule
+
+
+def _destination_rule(spec: models.DestinationRuleSpec) -> Iterator[Finding]:
+    problem = names.validate_wildcard_domain(spec.host)
+    if problem:
+        yield _error("spec.host", problem)
+    yield from _traffic_policy("spec.trafficPolicy", spec.traffic_policy)
+    seen: set[str] = set()
+    for i, subset in enumerate(spec.subsets):
+        path = f"spec.subsets[{i}]"
+        if subset is None:
+            yield _error(path, "subset may not be null")
+            continue
+        if subset.name in seen:
+            yield _error(f"{path}.name", f"duplicate subset names: {subset.name}")
+        seen.add(subset.name)
+        if not subset.name:
+            yield _error(f"{path}.name", "subset name cannot be empty")
+        elif not names.is_dns1123_label(subset.name):
+            yield _error(f"{path}.name", f"subset name is invalid: {subset.name}")
+        for problem in names.validate_labels(subset.labels):
+            yield _error(f"{path}.labels", problem)
+        yield from _traffic_policy(f"{path}.trafficPolicy", subset.traffic_policy)
+
+
+def _traffic_policy(path: str, policy: models.TrafficPolicy | None) -> Iterator[Finding]:
+    if policy is None:
+        return
+    fields = (
+        policy.outlier_detection,
+        policy.connection_pool,
+        policy.load_balancer,
+        policy.tls,
+        policy.port_level_settings or None,
+        policy.tunnel,
+        policy.proxy_protocol,
+        policy.retry_budget,
+    )
+    if all(value is None for value in fields):
+        yield _error(path, "traffic policy must have at least one field")
+        return
+    if policy.tunnel is not None and policy.proxy_protocol is not None:
+        yield _error(path, "tunnel and proxyProtocol must not be set together")
+        return
+    yield from _outlier_detection(f"{path}.outlierDetection", policy.outlier_detection)
+    yield from _connection_pool(f"{path}.connectionPool", policy.connection_pool)
+    for i, port_policy in enumerate(policy.port_level_settings):
+        where = f"{path}.portLevelSettings[{i}]"
+        if port_policy.port is None:
+            yield _error(f"{where}.port", "portTrafficPolicy must have valid port")
+        parts = (
+            port_policy.outlier_detection,
+            port_policy.connection_pool,
+            port_policy.load_balancer,
+            port_policy.tls,
+        )
+        if all(value is None for value in parts):
+            yield _error(where, "port traffic policy must have at least one field")
+            continue
+        yield from _outlier_detection(f"{where}.outlierDetection", port_policy.outlier_detection)
+        yield from _connection_pool(f"{where}.connectionPool", port_policy.connection_pool)
+
+
+def _connection_pool(path: str, pool: models.ConnectionPoolSettings | None) -> Iterator[Finding]:
+    if pool is None:
+        return
+    if pool.http is None and pool.tcp is None:
+        yield _error(path, "connection pool must have at least one field")
+        return
+    tcp = pool.tcp
+    if tcp is None:
+        return
+    if tcp.max_connections is not None and tcp.max_connections < 0:
+        yield _error(f"{path}.tcp.maxConnections", "max connections must be non-negative")
+    yield from _duration(f"{path}.tcp.connectTimeout", tcp.connect_timeout)
+    yield from _duration(f"{path}.tcp.maxConnectionDuration", tcp.max_connection_duration)
+    # "0s" switches the idle timeout off, so it is the one duration allowed below 1ms.
+    yield from _duration(f"{path}.tcp.idleTimeout", tcp.idle_timeout, zero_disables=True)
+    if tcp.tcp_keepalive is not None:
+        yield from _duration(f"{path}.tcp.tcpKeepalive.time", tcp.tcp_keepalive.time)
+        yield from _duration(f"{path}.tcp.tcpKeepalive.interval", tcp.tcp_keepalive.interval)
+
+
+def _outlier_detection(path: str, outlier: models.OutlierDetection | None) -> Iterator[Finding]:
+    if outlier is None:
+        return
+    yield from _duration(f"{path}.baseEjectionTime", outlier.base_ejection_time)
+    if outlier.consecutive_errors:
+        yield _warning(
+            f"{path}.consecutiveErrors",
+            "outlier detection consecutive errors is deprecated, use consecutiveGatewayErrors "
+            "or consecutive5xxErrors instead",
+        )
+    local_failures = outlier.consecutive_local_origin_failures or 0
+    if not outlier.split_external_local_origin_errors and local_failures > 0:
+        yield _error(
+            f"{path}.consecutiveLocalOriginFailures",
+            "outlier detection consecutive local origin failures is specified, but split "
+            "external local origin errors is set to false",
+        )
+    yield from _duration(f"{path}.interval", outlier.interval)
+    for field, value in (
+        ("maxEjectionPercent", outlier.max_ejection_percent),
+        ("minHealthPercent", outlier.min_health_percent),
+    ):
+        if value is not None and not 0 <= value <= 100:
+            yield _error(f"{path}.{field}", f"percentage {value} is not in range 0..100")
+
+
+def _duration(path: str, value: str | None, *, zero_disables: bool = False) -> Iterator[Finding]:
+    if value is None:
+        return
+    try:
+        nanos = parse_duration_ns(value)
+    except ValueError as exc:
+        yield _error(path, str(exc))
+        return
+    if zero_disables and abs(nanos) < _MS:
+        return
+    if nanos < _MS:
+        yield _error(path, "duration must be greater than 1ms")
+    elif nanos % _MS:
+        yield _error(path, "only durations to ms precision are supported")
+
+
+# ---------------------------------------------------------------- Gateway
+
+
+def _gateway(gateway: models.Gateway) -> Iterator[Finding]:
+    name = gateway.metadata.name
+    # Gateway names become parts of "<namespace>/<name>" references, so no dots.
+    if name and not names.is_dns1123_label(name):
+        yield _error("metadata.name", f"invalid gateway name: {quote(name)}")
+    servers = gateway.spec.servers
+    if not servers:
+        yield _error("spec.servers", "gateway must have at least one server")
+    port_names: set[str] = set()
+    for i, server in enumerate(servers):
+        path = f"spec.servers[{i}]"
+        if server is None:
+            yield _error(path, "server may not be nil")
+            continue
+        yield from _server(path, server)
+        if server.port is not None and server.port.name:
+            if server.port.name in port_names:
+                yield _error(
+                    f"{path}.port.name",
+                    f"port names in servers must be unique: duplicate name {server.port.name}",
+                )
+            port_names.add(server.port.name)
+
+
+def _server(path: str, server: models.Server) -> Iterator[Finding]:
+    if not server.hosts:
+        yield _error(f"{path}.hosts", "server config must contain at least one host")
+    for i, host in enumerate(server.hosts):
+        for problem in names.validate_gateway_host(host):
+            yield _error(f"{path}.hosts[{i}]", problem)
+    bind = server.bind or ""
+    port_findings = list(_server_port(f"{path}.port", server.port, bind))
+    yield from port_findings
+    if bind and not bind.startswith("unix://") and not names.is_ip(bind):
+        yield _error(f"{path}.bind", f"{bind} is not a valid IP")
+    if port_findings or server.port is None:
+        return  # Istio judges TLS settings only against a well-formed port
+    protocol = server.port.protocol.lower()
+    if protocol in _TLS_PROTOCOLS and server.tls is None:
+        yield _error(f"{path}.tls", "server must have TLS settings for HTTPS/TLS protocols")
+    elif protocol not in _TLS_PROTOCOLS and server.tls is not None:
+        if protocol not in _HTTP_PROTOCOLS:
+            yield _error(f"{path}.tls", "server cannot have TLS settings for non HTTPS/TLS ports")
+        elif not _only_https_redirect(server.tls):
+            yield _error(f"{path}.tls", "server cannot have TLS settings for plain text HTTP ports")
+
+
+def _server_port(path: str, port: models.GatewayPort | None, bind: str) -> Iterator[Finding]:
+    if port is None:
+        yield _error(path, "port is required")
+        return
+    if port.protocol.lower() not in _PROTOCOLS:
+        yield _error(
+            f"{path}.protocol",
+            f"invalid protocol {quote(port.protocol)}, supported protocols are HTTP, HTTP2, "
+            "GRPC, GRPC-WEB, MONGO, REDIS, MYSQL, TCP",
+        )
+    if port.number > 0 or not bind.startswith("unix://"):
+        problem = names.validate_port(port.number)
+        if problem:
+            yield _error(f"{path}.number", problem)
+    if port.target_port is not None and port.target_port > 0:
+        yield _error(f"{path}.targetPort", "targetPort has no impact on Gateways")
+    if not port.name:
+        yield _error(f"{path}.name", f"port name must be set: {_port_text(port)}")
+
+
+def _port_text(port: models.GatewayPort) -> str:
+    """The protobuf text form Go prints for ``%v`` of a Port."""
+    parts = []
+    if port.number:
+        parts.append(f"number:{port.number}")
+    if port.protocol:
+        parts.append(f"protocol:{quote(port.protocol)}")
+    if port.name:
+        parts.append(f"name:{quote(port.name)}")
+    if port.target_port:
+        parts.append(f"target_port:{port.target_port}")
+    return " ".join(parts)
+
+
+def _only_https_redirect(tls: object) -> bool:
+    return isinstance(tls, dict) and all(not v for k, v in tls.items() if k != "httpsRedirect")
+
+
+# ---------------------------------------------------------------- Deployment, Service
+
+_EMPTY_SELECTOR = (
+    "v1.LabelSelector{MatchLabels:map[string]string(nil), "
+    "MatchExpressions:[]v1.LabelSelectorRequirement(nil)}"
+)
+
+
+def _deployment(spec: models.DeploymentSpec) -> Iterator[Finding]:
+    if spec.replicas < 0:
+        yield _error(
+            "spec.replicas", f"Invalid value: {spec.replicas}: must be greater than or equal to 0"
+        )
+    selector = spec.selector
+    selector_problems = list(_selector_requirements(selector))
+    yield from selector_problems
+    labels = spec.template.metadata.labels
+    if selector_problems:
+        pass  # a malformed selector matches nothing; its own errors say why
+    elif not selector.match_labels and not selector.match_expressions:
+        yield _error(
+            "spec.selector",
+            f"Invalid value: {_EMPTY_SELECTOR}: empty selector is invalid for deployment",
+        )
+    elif not selector_matches(selector, labels):
+        yield _error(
+            "spec.template.metadata.labels",
+            f"Invalid value: {_go_map(labels)}: `selector` does not match template `labels`",
+        )
+    restart = spec.template.spec.restart_policy
+    if restart != "Always":
+        yield _error(
+            "spec.template.spec.restartPolicy",
+            f'Unsupported value: {quote(restart)}: supported values: "Always"',
+        )
+    yield from _pod_spec("spec.template.spec", spec.template.spec)
+
+
+def _selector_requirements(selector: models.LabelSelector) -> Iterator[Finding]:
+    for i, requirement in enumerate(selector.match_expressions):
+        path = f"spec.selector.matchExpressions[{i}].values"
+        if requirement.operator in ("In", "NotIn") and not requirement.values:
+            yield _error(
+                path, "Required value: must be specified when `operator` is 'In' or 'NotIn'"
+            )
+        elif requirement.operator in ("Exists", "DoesNotExist") and requirement.values:
+            yield _error(
+                path,
+                "Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+            )
+
+
+def selector_matches(selector: models.LabelSelector, labels: dict[str, str]) -> bool:
+    """Kubernetes label-selector semantics (matchLabels and matchExpressions, ANDed)."""
+    if any(labels.get(key) != value for key, value in selector.match_labels.items()):
+        return False
+    for requirement in selector.match_expressions:
+        present = requirement.key in labels
+        value = labels.get(requirement.key)
+        if requirement.operator == "In" and value not in requirement.values:
+            return False
+        if requirement.operator == "NotIn" and present and value in requirement.values:
+            return False
+        if requirement.operator == "Exists" and not present:
+            return False
+        if requirement.operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def _go_map(labels: dict[str, str]) -> str:
+    if not labels:
+        return "map[string]string(nil)"
+    body = ", ".join(f"{quote(k)}:{quote(labels[k])}" for k in sorted(labels))
+    return f"map[string]string{{{body}}}"
+
+
+def _pod_spec(path: str, spec: models.PodSpec) -> Iterator[Finding]:
+    if not spec.containers:
+        yield _error(f"{path}.containers", "Required value")
+    seen: set[str] = set()
+    groups = (("initContainers", spec.init_containers), ("containers", spec.containers))
+    for group, containers in groups:
+        for i, container in enumerate(containers):
+            where = f"{path}.{group}[{i}]"
+            if not container.name:
+                yield _error(f"{where}.name", "Required value")
+            else:
+                yield from _invalid(
+                    f"{where}.name", container.name, names.k8s_label_problems(container.name)
+                )
+                if container.name in seen:
+                    yield _error(f"{where}.name", f"Duplicate value: {quote(container.name)}")
+                seen.add(container.name)
+            yield from _container_ports(f"{where}.ports", container.ports)
+
+
+def _container_ports(path: str, ports: Iterable[models.ContainerPort]) -> Iterator[Finding]:
+    seen: set[str] = set()
+    for i, port in enumerate(ports):
+        where = f"{path}[{i}]"
+        problem = names.k8s_port_number_problem(port.container_port)
+        if problem:
+            yield _error(
+                f"{where}.containerPort", f"Invalid value: {port.container_port}: {problem}"
+            )
+        if port.host_port:
+            problem = names.k8s_port_number_problem(port.host_port)
+            if problem:
+                yield _error(f"{where}.hostPort", f"Invalid value: {port.host_port}: {problem}")
+        if port.name:
+            yield from _invalid(f"{where}.name", port.name, names.k8s_port_name_problems(port.name))
+            if port.name in seen:
+                yield _error(f"{where}.name", f"Duplicate value: {quote(port.name)}")
+            seen.add(port.name)
+
+
+def _service(spec: models.ServiceSpec) -> Iterator[Finding]:
+    headless = spec.cluster_ip == "None"
+    if not spec.ports and spec.type != "ExternalName" and not headless:
+        yield _error("spec.ports", "Required value")
+    seen: set[str] = set()
+    for i, port in enumerate(spec.ports):
+        where = f"spec.ports[{i}]"
+        if not port.name:
+            # One port may stay anonymous; with several, names tell them apart.
+            if len(spec.ports) > 1:
+                yield _error(f"{where}.name", "Required value")
+        else:
+            yield from _invalid(f"{where}.name", port.name, names.k8s_label_problems(port.name))
+            if port.name in seen:
+                yield _error(f"{where}.name", f"Duplicate value: {quote(port.name)}")
+            seen.add(port.name)
+        problem = names.k8s_port_number_problem(port.port)
+        if problem:
+            yield _error(f"{where}.port", f"Invalid value: {port.port}: {problem}")
+        target = port.target_port
+        # 0 and "" mean "same as port", which is how Kubernetes defaults them.
+        if isinstance(target, int) and target != 0:
+            problem = names.k8s_port_number_problem(target)
+            if problem:
+                yield _error(f"{where}.targetPort", f"Invalid value: {target}: {problem}")
+        elif isinstance(target, str) and target:
+            yield from _invalid(f"{where}.targetPort", target, names.k8s_port_name_problems(target))
+
+
+def _invalid(path: str, value: str, problems: Iterable[str]) -> Iterator[Finding]:
+    for problem in problems:
+        yield _error(path, f"Invalid value: {quote(value)}: {problem}")
