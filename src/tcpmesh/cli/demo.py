@@ -91,15 +91,25 @@ def run_demo(state_dir: Path, *, keep: bool) -> int:
         narrator.run("-n", "istio-system", "get", "service", "istio-ingressgateway")
         narrator.step("Step 4: verify", "Find the gateway address and port as the seed does:")
         host = narrator.run(
-            "-n", "istio-system", "get", "service", "istio-ingressgateway",
-            "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}",
+            "-n",
+            "istio-system",
+            "get",
+            "service",
+            "istio-ingressgateway",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
         )
         port = narrator.run(
-            "-n", "istio-system", "get", "service", "istio-ingressgateway",
-            "-o", 'jsonpath={.spec.ports[?(@.name=="tcp")].port}',
+            "-n",
+            "istio-system",
+            "get",
+            "service",
+            "istio-ingressgateway",
+            "-o",
+            'jsonpath={.spec.ports[?(@.name=="tcp")].port}',
         )
         click.echo(f"INGRESS_HOST={host} INGRESS_PORT={port}")
-        click.echo("Every connection must answer \"one\":")
+        click.echo('Every connection must answer "one":')
         narrator.run("send", f"{host}:{port}", "-c", "20", "--expect", "v1=100")
         narrator.step(
             "Step 5: shift 20% of the traffic to v2",

@@ -54,8 +54,8 @@ def routing_lines(client: ApiClient, obj: dict[str, Any]) -> list[str]:
             for route in listener.routes:
                 if _route_involves(kind, namespace, name, listener.gateway, route):
                     lines.append(
-                        f"gateway {node} listener {listener.name} ({listener.address}:{listener.port}) "
-                        f"from {route.source}:"
+                        f"gateway {node} listener {listener.name} "
+                        f"({listener.address}:{listener.port}) from {route.source}:"
                     )
                     total = sum(d.weight for d in route.destinations) or 1
                     for dest in route.destinations:

@@ -38,9 +38,7 @@ def running_client(state_dir: Path) -> ApiClient | None:
         return None
 
 
-def wait_until_ready(
-    state_dir: Path, deadline: float, alive: Callable[[], bool]
-) -> ApiClient:
+def wait_until_ready(state_dir: Path, deadline: float, alive: Callable[[], bool]) -> ApiClient:
     """Poll until the API answers and the ingress gateway pod is ready."""
     last_problem = "the API server did not start"
     while time.monotonic() < deadline:
@@ -97,9 +95,7 @@ def start_detached(config: MeshConfig) -> tuple[ApiClient, int]:
     return client, process.pid
 
 
-def run_foreground(
-    config: MeshConfig, on_ready: Callable[[Mesh], list[str]] | None = None
-) -> None:
+def run_foreground(config: MeshConfig, on_ready: Callable[[Mesh], list[str]] | None = None) -> None:
     """Run the mesh in this process until SIGTERM/SIGINT."""
 
     async def main() -> None:

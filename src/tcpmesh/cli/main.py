@@ -92,7 +92,9 @@ pass_context = click.make_pass_decorator(Context)
 
 
 @cli.command()
-@click.option("-f", "--filename", "files", multiple=True, help="Apply these once the mesh is ready.")
+@click.option(
+    "-f", "--filename", "files", multiple=True, help="Apply these once the mesh is ready."
+)
 @click.option("--dataplane", type=click.Choice(["python", "envoy"]), default="python")
 @click.option("--address", default="127.0.0.1", show_default=True, help="Gateway address.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Data plane processes.")
@@ -120,7 +122,7 @@ def up(
     if lifecycle.running_client(ctx.state_dir) is not None:
         fail(f"error: tcpmesh is already running from {ctx.state_dir}")
     if detach:
-        client, pid = lifecycle.start_detached(config)
+        client, _ = lifecycle.start_detached(config)
         if objects:
             _print_apply_results(client.apply(objects, dry_run=False), dry_run=False)
         for line in lifecycle.summarize(client.status()):
@@ -157,7 +159,9 @@ def status(ctx: Context, output: str) -> None:
     """What runs, where, and whether it is healthy."""
     client = lifecycle.running_client(ctx.state_dir)
     if client is None:
-        fail(f"tcpmesh is not running (state directory {ctx.state_dir}); start it with `tcpmesh up`")
+        fail(
+            f"tcpmesh is not running (state directory {ctx.state_dir}); start it with `tcpmesh up`"
+        )
     state = client.status()
     if output == "json":
         click.echo(json.dumps(state, indent=2))
@@ -165,10 +169,19 @@ def status(ctx: Context, output: str) -> None:
     for line in lifecycle.summarize(state):
         click.echo(line)
     rows = [
-        [p["namespace"], p["name"], "1/1" if p["ready"] else "0/1", p["phase"], str(p["restarts"]), p["podIP"] or "<none>"]
+        [
+            p["namespace"],
+            p["name"],
+            "1/1" if p["ready"] else "0/1",
+            p["phase"],
+            str(p["restarts"]),
+            p["podIP"] or "<none>",
+        ]
         for p in state["pods"]
     ]
-    click.echo(printers.format_columns(["NAMESPACE", "POD", "READY", "STATUS", "RESTARTS", "IP"], rows))
+    click.echo(
+        printers.format_columns(["NAMESPACE", "POD", "READY", "STATUS", "RESTARTS", "IP"], rows)
+    )
     if not state.get("gatewayReady"):
         sys.exit(1)
 
@@ -285,12 +298,22 @@ def get(
         data: Any = objects[0]
     else:
         objects = client.list(info.kind, ns)
-        data = {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": objects}
+        data = {
+            "apiVersion": "v1",
+            "kind": "List",
+            "metadata": {"resourceVersion": ""},
+            "items": objects,
+        }
     if output is None or output == "wide":
         if not objects:
             click.echo(printers.no_resources_message(ns), err=True)
             return
-        click.echo(printers.print_table(info, objects, wide=output == "wide", all_namespaces=all_namespaces), nl=False)
+        click.echo(
+            printers.print_table(
+                info, objects, wide=output == "wide", all_namespaces=all_namespaces
+            ),
+            nl=False,
+        )
     elif output == "yaml":
         click.echo(printers.to_yaml(data), nl=False)
     elif output == "json":
@@ -343,8 +366,12 @@ def logs(ctx: Context, pod: str, namespace: str | None) -> None:
 @click.option("--concurrency", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--message", default=None, help="The line to send [default: the current date].")
 @click.option("--expect", default=None, help="Expected split, e.g. v1=80,v2=20.")
-@click.option("--alpha", type=click.FloatRange(min=0, max=1, min_open=True), default=1e-6, show_default=True)
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True)
+@click.option(
+    "--alpha", type=click.FloatRange(min=0, max=1, min_open=True), default=1e-6, show_default=True
+)
+@click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True
+)
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 @friendly_errors
 def send(

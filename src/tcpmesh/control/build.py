@@ -151,7 +151,9 @@ def _server_host(host: str, gateway_namespace: str) -> tuple[str, str]:
     return (gateway_namespace if namespace == "." else namespace), dns
 
 
-def _vs_matches_server_hosts(vs: models.VirtualService, server_hosts: list[tuple[str, str]]) -> bool:
+def _vs_matches_server_hosts(
+    vs: models.VirtualService, server_hosts: list[tuple[str, str]]
+) -> bool:
     for namespace, dns in server_hosts:
         if namespace not in ("*", vs.namespace):
             continue
@@ -242,9 +244,7 @@ def cluster_name(port: int, subset: str, fqdn: str) -> str:
 
 
 def find_service(resources: MeshResources, fqdn: str) -> models.Service | None:
-    return next(
-        (s for s in resources.services if service_fqdn(s.name, s.namespace) == fqdn), None
-    )
+    return next((s for s in resources.services if service_fqdn(s.name, s.namespace) == fqdn), None)
 
 
 def _route_policy(
@@ -323,9 +323,7 @@ def _build_clusters(resources: MeshResources) -> Iterable[Cluster]:
                 if subset is None or subset.name in seen:
                     continue
                 seen.add(subset.name)
-                selected = tuple(
-                    e for e in members if labels_match(subset.labels, e.label_dict())
-                )
+                selected = tuple(e for e in members if labels_match(subset.labels, e.label_dict()))
                 policies = _policies(rule, subset, port.port)
                 yield _cluster(fqdn, port.port, subset.name, selected, policies)
 
@@ -427,9 +425,8 @@ def _lb_policy(lb: models.LoadBalancerSettings | None) -> LbPolicy:
         return "LEAST_REQUEST"
     if lb.consistent_hash is not None:
         return "RING_HASH"
-    simple = lb.simple or "UNSPECIFIED"
-    if simple in ("ROUND_ROBIN", "RANDOM", "PASSTHROUGH"):
-        return simple  # type: ignore[return-value]
+    if lb.simple == "ROUND_ROBIN" or lb.simple == "RANDOM" or lb.simple == "PASSTHROUGH":
+        return lb.simple
     return "LEAST_REQUEST"  # UNSPECIFIED, LEAST_REQUEST and the deprecated LEAST_CONN
 
 

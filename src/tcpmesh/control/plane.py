@@ -13,7 +13,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from tcpmesh.api import from_dict, models
 from tcpmesh.control.build import build_snapshot
 from tcpmesh.control.resources import MeshResources, ProxyNode
 from tcpmesh.control.snapshot import Snapshot
@@ -103,15 +102,9 @@ class ControlPlane:
                 last_version = snapshot.version
                 yield snapshot.to_json()
             async with self._changed:
-                await self._changed.wait_for(lambda g=generation: self._generation != g)
+                while self._generation == generation:
+                    await self._changed.wait()
 
-    @property
-    def resources(self) -> MeshResources:
-        return self._resources
-
-    def pod(self, namespace: str, name: str) -> models.Pod | None:
-        obj = self._objects.get(("Pod", namespace, name))
-        return from_dict(obj) if obj is not None else None  # type: ignore[return-value]
 
 
 def _key(obj: dict[str, Any]) -> ObjectKey:
