@@ -1,0 +1,176 @@
+"""Endpoints controller: each Service with a selector gets an ``Endpoints`` of its pods.
+
+Follows Kubernetes' endpoints controller: ready pods go to ``addresses``, the others to
+``notReadyAddresses``; a named ``targetPort`` is looked up in each pod's containerPorts,
+and a pod without that port is left out of that port (pods with different resolved
+ports end up in different subsets). Services of type LoadBalancer get this machine's
+address as their load balancer ingress.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from tcpmesh.runtime.objects import (
+    Obj,
+    key_of,
+    labels_of,
+    meta,
+    name_of,
+    namespace_of,
+    pod_is_ready,
+)
+from tcpmesh.runtime.storeapi import StoreLike
+
+log = logging.getLogger(__name__)
+
+
+def resolve_target_port(service_port: Mapping[str, Any], pod: Mapping[str, Any]) -> int | None:
+    """The pod port a service port sends to, or None when the pod has no such named port."""
+    target = service_port.get("targetPort")
+    if target is None or target == "":
+        return int(service_port["port"])
+    if isinstance(target, int) or target.isdigit():
+        return int(target)
+    protocol = service_port.get("protocol") or "TCP"
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == target and (port.get("protocol") or "TCP") == protocol:
+                return int(port["containerPort"])
+    return None
+
+
+def _belongs_in_endpoints(pod: Mapping[str, Any]) -> bool:
+    """Kubernetes' ShouldPodBeInEndpoints: an IP, and not finished for good."""
+    status = pod.get("status") or {}
+    if not status.get("podIP") or meta(pod).get("deletionTimestamp"):
+        return False
+    policy = (pod.get("spec") or {}).get("restartPolicy") or "Always"
+    phase = status.get("phase")
+    if policy == "Never":
+        return phase not in ("Failed", "Succeeded")
+    if policy == "OnFailure":
+        return phase != "Succeeded"
+    return True
+
+
+def _address(pod: Mapping[str, Any]) -> Obj:
+    return {
+        "ip": pod["status"]["podIP"],
+        "targetRef": {
+            "kind": "Pod",
+            "name": name_of(pod),
+            "namespace": namespace_of(pod),
+            "uid": meta(pod).get("uid") or "",
+        },
+    }
+
+
+def _address_key(address: Mapping[str, Any]) -> tuple[int, str]:
+    try:
+        ip = int(ipaddress.ip_address(address["ip"]))
+    except ValueError:
+        ip = 0
+    return ip, str(address["targetRef"]["name"])
+
+
+def endpoint_subsets(service: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> list[Obj]:
+    """The ``subsets`` of the Service's Endpoints, in a stable order."""
+    spec = service.get("spec") or {}
+    selector: Mapping[str, str] = spec.get("selector") or {}
+    service_ports: list[Mapping[str, Any]] = spec.get("ports") or []
+    publish_not_ready = bool(spec.get("publishNotReadyAddresses"))
+    groups: dict[str, tuple[list[Obj], list[Obj], list[Obj]]] = {}
+    for pod in pods:
+        if namespace_of(pod) != namespace_of(service) or not _belongs_in_endpoints(pod):
+            continue
+        labels = labels_of(pod)
+        if any(labels.get(k) != v for k, v in selector.items()):
+            continue
+        ports: list[Obj] = []
+        for service_port in service_ports:
+            target = resolve_target_port(service_port, pod)
+            if target is None:
+                continue
+            port: Obj = {"port": target, "protocol": service_port.get("protocol") or "TCP"}
+            if service_port.get("name"):
+                port["name"] = service_port["name"]
+            if service_port.get("appProtocol"):
+                port["appProtocol"] = service_port["appProtocol"]
+            ports.append(port)
+        if service_ports and not ports:
+            continue
+        ports.sort(key=lambda p: (p.get("name", ""), p["port"]))
+        group_key = repr([sorted(p.items()) for p in ports])
+        ready, not_ready, _ = groups.setdefault(group_key, ([], [], ports))
+        (ready if publish_not_ready or pod_is_ready(pod) else not_ready).append(_address(pod))
+    subsets = []
+    for group_key in sorted(groups):
+        ready, not_ready, ports = groups[group_key]
+        subset: Obj = {}
+        if ready:
+            subset["addresses"] = sorted(ready, key=_address_key)
+        if not_ready:
+            subset["notReadyAddresses"] = sorted(not_ready, key=_address_key)
+        subset["ports"] = ports
+        subsets.append(subset)
+    return subsets
+
+
+def has_selector(service: Mapping[str, Any]) -> bool:
+    spec = service.get("spec") or {}
+    return bool(spec.get("selector")) and spec.get("type") != "ExternalName"
+
+
+def load_balancer_status(service: Mapping[str, Any], node_address: str) -> Obj:
+    """``status.loadBalancer`` for the Service: this machine is the load balancer."""
+    if (service.get("spec") or {}).get("type") == "LoadBalancer":
+        return {"ingress": [{"ip": node_address}]}
+    return {}
+
+
+def _sync_endpoints_of(store: StoreLike, service: Obj, pods: list[Obj]) -> None:
+    subsets = endpoint_subsets(service, pods)
+    labels = dict(labels_of(service))
+    existing = store.get("Endpoints", *key_of(service))
+    if existing is None:
+        metadata: Obj = {"name": name_of(service), "namespace": namespace_of(service)}
+        if labels:
+            metadata["labels"] = labels
+        store.create(
+            {"apiVersion": "v1", "kind": "Endpoints", "metadata": metadata, "subsets": subsets}
+        )
+    elif (existing.get("subsets") or []) != subsets or dict(labels_of(existing)) != labels:
+        metadata = {**existing["metadata"], "labels": labels}
+        store.replace({**existing, "metadata": metadata, "subsets": subsets})
+
+
+def _sync_load_balancer(store: StoreLike, service: Obj, node_address: str) -> None:
+    status = service.get("status") or {}
+    wanted = load_balancer_status(service, node_address)
+    if (status.get("loadBalancer") or {}) != wanted:
+        store.update_status("Service", *key_of(service), {**status, "loadBalancer": wanted})
+
+
+def sync_services(store: StoreLike, node_address: str) -> None:
+    """Reconcile the Endpoints and load balancer status of every Service."""
+    services = store.list("Service")
+    pods = store.list("Pod")
+    for service in services:
+        try:
+            if has_selector(service):
+                _sync_endpoints_of(store, service, pods)
+            _sync_load_balancer(store, service, node_address)
+        except Exception:
+            log.exception("service %s/%s: reconcile failed", *key_of(service))
+    service_keys = {key_of(s) for s in services}
+    for endpoints in store.list("Endpoints"):
+        # Kubernetes deletes a Service's Endpoints along with the Service.
+        if key_of(endpoints) not in service_keys:
+            try:
+                store.delete("Endpoints", *key_of(endpoints))
+            except Exception:
+                log.exception("endpoints %s/%s: delete failed", *key_of(endpoints))

@@ -1,0 +1,330 @@
+"""Kubelet: every Pod object becomes OS processes, one per container, on the pod's IP.
+
+A container that exits is started again with exponential back-off (restartPolicy
+Always, or OnFailure after a failure); readiness is a TCP connect to each of its
+containerPorts. The pod's status is written back to the store whenever it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tcpmesh.runtime import process
+from tcpmesh.runtime.images import ImageNotRunnable, container_argv
+from tcpmesh.runtime.ipam import FIRST_POD_IP, allocate_ip, is_pod_ip
+from tcpmesh.runtime.launch import expand, pod_identity, pod_variables, process_environment
+from tcpmesh.runtime.objects import Obj, key_of, meta, now_rfc3339
+from tcpmesh.runtime.podstatus import (
+    ContainerRecord,
+    pod_status,
+    previous_containers,
+    stopped_by_shutdown,
+)
+from tcpmesh.runtime.storeapi import StoreLike
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 10.0
+BACKOFF_RESET_AFTER = 10.0
+GRACE_DEFAULT = 30.0
+GRACE_CAP = 5.0
+PROBE_INTERVAL_UNREADY = 0.5
+PROBE_INTERVAL_READY = 2.0
+PROBE_TIMEOUT = 1.0
+
+
+def format_duration(seconds: float) -> str:
+    """Go's duration style, as kubelet messages print it: 500ms, 1s, 10s."""
+    return f"{round(seconds * 1000)}ms" if seconds < 1 else f"{seconds:g}s"
+
+
+async def tcp_ready(host: str, ports: list[int]) -> bool:
+    """Whether every port accepts a TCP connection."""
+    for port in ports:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return True
+
+
+def should_run(pod: Mapping[str, Any]) -> bool:
+    """Pods that finished for good stay finished; pods stopped with the mesh start again."""
+    phase = (pod.get("status") or {}).get("phase")
+    return phase not in ("Succeeded", "Failed") or stopped_by_shutdown(pod)
+
+
+class PodWorker:
+    """The processes of one pod, their restarts, probes and status."""
+
+    def __init__(self, kubelet: Kubelet, pod: Obj, pod_ip: str) -> None:
+        self._kubelet = kubelet
+        self.pod = pod
+        self.pod_ip = pod_ip
+        self.namespace, self.name = key_of(pod)
+        self.uid = meta(pod).get("uid")
+        spec = pod.get("spec") or {}
+        self._restart_policy: str = spec.get("restartPolicy") or "Always"
+        grace = spec.get("terminationGracePeriodSeconds")
+        self._grace = min(GRACE_DEFAULT if grace is None else float(grace), GRACE_CAP)
+        status = pod.get("status") or {}
+        self._start_time: str = status.get("startTime") or now_rfc3339()
+        self._previous_status: Obj = dict(status)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pids: dict[str, tuple[int, list[str]]] = {}
+        before = previous_containers(pod)
+        self.containers = [
+            (ContainerRecord.resume(c["name"], str(c.get("image", "")), before.get(c["name"])), c)
+            for c in spec.get("containers") or []
+        ]
+
+    def start(self) -> None:
+        self.publish()
+        self._tasks = [
+            asyncio.create_task(self._run_container(record, spec), name=f"pod {self.name}")
+            for record, spec in self.containers
+        ]
+
+    async def stop(self, *, shutdown: bool) -> None:
+        """Stop every process; ``shutdown`` records the mesh going down in the status."""
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        process.write_pid_file(self._kubelet.pid_path(self.namespace, self.name), {})
+        if shutdown:
+            self.publish(shutdown=True)
+
+    def status(self, *, shutdown: bool = False) -> Obj:
+        return pod_status(
+            [record for record, _ in self.containers],
+            restart_policy=self._restart_policy,
+            pod_ip=self.pod_ip,
+            host_ip=self._kubelet.node_address,
+            start_time=self._start_time,
+            previous=self._previous_status,
+            shutdown=shutdown,
+        )
+
+    def publish(self, *, shutdown: bool = False) -> None:
+        """Write the status if it changed and the pod (this very one) still exists."""
+        status = self.status(shutdown=shutdown)
+        if status == self._previous_status:
+            return
+        store = self._kubelet.store
+        try:
+            current = store.get("Pod", self.namespace, self.name)
+            if current is None or meta(current).get("uid") != self.uid:
+                return
+            store.update_status("Pod", self.namespace, self.name, status)
+        except Exception:
+            log.exception("pod %s/%s: status update failed", self.namespace, self.name)
+            return
+        self._previous_status = status
+        self._kubelet.changed()
+
+    async def _run_container(self, record: ContainerRecord, spec: Mapping[str, Any]) -> None:
+        try:
+            argv = container_argv(spec)
+        except ImageNotRunnable as exc:
+            # Like an image that cannot be pulled: the pod waits, nothing crashes.
+            record.waiting("ErrImagePull", str(exc))
+            self.publish()
+            return
+        host_ip = self._kubelet.node_address
+        variables = pod_variables(self.pod, spec, self.pod_ip, host_ip, self._kubelet.state_dir)
+        argv = [expand(arg, variables) for arg in argv]
+        env = process_environment(variables)
+        ports = [int(p["containerPort"]) for p in spec.get("ports") or [] if "containerPort" in p]
+        backoff = BACKOFF_BASE
+        first = True
+        while not self._stop.is_set():
+            if not first:
+                record.restart_count += 1
+            first = False
+            started = time.monotonic()
+            await self._run_once(record, argv, env, spec.get("workingDir"), ports)
+            if self._stop.is_set():
+                return
+            exit_code = (record.state.get("terminated") or {}).get("exitCode")
+            if self._restart_policy == "Never" or (
+                self._restart_policy == "OnFailure" and exit_code == 0
+            ):
+                return
+            if time.monotonic() - started >= BACKOFF_RESET_AFTER:
+                backoff = BACKOFF_BASE
+            record.waiting(
+                "CrashLoopBackOff",
+                f"back-off {format_duration(backoff)} restarting failed container={record.name} "
+                f"pod={self.name}_{self.namespace}({self.uid})",
+            )
+            self.publish()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), backoff)
+            backoff = min(backoff * 2, BACKOFF_CAP)
+
+    async def _run_once(
+        self,
+        record: ContainerRecord,
+        argv: list[str],
+        env: Mapping[str, str],
+        cwd: str | None,
+        ports: list[int],
+    ) -> None:
+        """Run the container's process until it exits or the pod is stopped."""
+        log_path = self._kubelet.log_path(self.namespace, self.name)
+        try:
+            proc = await process.spawn(argv, env, cwd, log_path)
+        except OSError as exc:
+            record.terminated(128, "StartError", f"failed to start {argv[0]!r}: {exc}")
+            self.publish()
+            return
+        record.running(proc.pid)
+        record.ready = not ports
+        self._pids[record.name] = (proc.pid, argv)
+        process.write_pid_file(self._kubelet.pid_path(self.namespace, self.name), self._pids)
+        self.publish()
+        waiter = asyncio.ensure_future(proc.wait())
+        stop = asyncio.ensure_future(self._stop.wait())
+        probe = asyncio.ensure_future(self._probe(record, ports)) if ports else None
+        try:
+            await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if proc.returncode is None:
+                await process.terminate(proc, self._grace)
+        finally:
+            for task in (waiter, stop, probe):
+                if task is not None:
+                    task.cancel()
+            # Like a container's cgroup: what the process started goes with it (and if
+            # this task was cancelled, the process itself goes too).
+            process.signal_group(proc.pid, signal.SIGKILL)
+        self._pids.pop(record.name, None)
+        process.write_pid_file(self._kubelet.pid_path(self.namespace, self.name), self._pids)
+        record.terminated(proc.returncode)
+        self.publish()
+
+    async def _probe(self, record: ContainerRecord, ports: list[int]) -> None:
+        while True:
+            ready = await tcp_ready(self.pod_ip, ports)
+            if ready != record.ready:
+                record.ready = ready
+                self.publish()
+            await asyncio.sleep(PROBE_INTERVAL_READY if ready else PROBE_INTERVAL_UNREADY)
+
+
+class Kubelet:
+    """Keeps one `PodWorker` per Pod object in the store."""
+
+    def __init__(
+        self,
+        store: StoreLike,
+        state_dir: Path,
+        node_address: str,
+        on_change: Callable[[], None] = lambda: None,
+        first_pod_ip: str = FIRST_POD_IP,
+    ) -> None:
+        self.store = store
+        self.first_pod_ip = first_pod_ip
+        self.state_dir = state_dir
+        self.node_address = node_address
+        self.changed = on_change
+        self.workers: dict[tuple[str, str], PodWorker] = {}
+        # Pods being stopped keep their IP reserved until their processes are gone.
+        self._stopping: dict[PodWorker, asyncio.Task[None]] = {}
+
+    def log_path(self, namespace: str, name: str) -> Path:
+        return self.state_dir / "pods" / namespace / f"{name}.log"
+
+    def pid_path(self, namespace: str, name: str) -> Path:
+        return self.state_dir / "pods" / namespace / f"{name}.pid"
+
+    async def clean_up(self, pods: list[Obj]) -> None:
+        """Stop the processes a crashed mesh left running; drop logs of pods now gone."""
+        pods_dir = self.state_dir / "pods"
+        if not pods_dir.is_dir():
+            return
+        await asyncio.gather(
+            *(
+                process.kill_leftovers(
+                    pid_file, pod_identity(*self._file_key(pid_file), self.state_dir), GRACE_CAP
+                )
+                for pid_file in pods_dir.glob("*/*.pid")
+            )
+        )
+        known = {key_of(p) for p in pods}
+        for log_file in pods_dir.glob("*/*.log"):
+            if self._file_key(log_file) not in known:
+                log_file.unlink(missing_ok=True)
+
+    @staticmethod
+    def _file_key(path: Path) -> tuple[str, str]:
+        return path.parent.name, path.stem
+
+    def used_ips(self, pods: list[Obj]) -> set[str]:
+        used = {w.pod_ip for w in (*self.workers.values(), *self._stopping)}
+        used.update(str((p.get("status") or {}).get("podIP") or "") for p in pods)
+        used.add(self.node_address)
+        return used
+
+    def _pod_ip(self, pod: Obj, pods: list[Obj]) -> str:
+        """The pod's IP: the one it had (a restarted node keeps them), else a free one."""
+        if (pod.get("spec") or {}).get("hostNetwork"):
+            return self.node_address
+        kept = str((pod.get("status") or {}).get("podIP") or "")
+        taken = self.used_ips([p for p in pods if key_of(p) != key_of(pod)])
+        if is_pod_ip(kept, self.first_pod_ip) and kept not in taken:
+            return kept
+        return allocate_ip(taken, self.first_pod_ip)
+
+    def sync(self, pods: list[Obj]) -> None:
+        """Start workers for new pods, stop workers whose pod is gone or replaced."""
+        current = {key_of(p): p for p in pods}
+        for key, worker in list(self.workers.items()):
+            pod = current.get(key)
+            if pod is None or meta(pod).get("uid") != worker.uid:
+                del self.workers[key]
+                self._stop_worker(worker, remove_files=pod is None)
+        for key, pod in current.items():
+            if key in self.workers or not should_run(pod):
+                continue
+            if any(key_of(w.pod) == key for w in self._stopping):
+                continue  # a pod re-created under the same name waits for the old one
+            try:
+                worker = PodWorker(self, pod, self._pod_ip(pod, pods))
+                self.workers[key] = worker
+                worker.start()
+                log.info("pod %s/%s: started on %s", *key, worker.pod_ip)
+            except Exception:
+                log.exception("pod %s/%s: cannot start", *key)
+
+    def _stop_worker(self, worker: PodWorker, *, remove_files: bool) -> None:
+        async def stop() -> None:
+            try:
+                await worker.stop(shutdown=False)
+                if remove_files:
+                    self.log_path(worker.namespace, worker.name).unlink(missing_ok=True)
+            finally:
+                self._stopping.pop(worker, None)
+                log.info("pod %s/%s: stopped", worker.namespace, worker.name)
+                self.changed()
+
+        self._stopping[worker] = asyncio.create_task(stop())
+
+    async def shutdown(self) -> None:
+        """Stop every pod process; pods stay in the store, marked as stopped with the node."""
+        workers, self.workers = list(self.workers.values()), {}
+        await asyncio.gather(
+            *(w.stop(shutdown=True) for w in workers),
+            *self._stopping.values(),
+            return_exceptions=True,
+        )

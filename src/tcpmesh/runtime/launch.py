@@ -1,0 +1,88 @@
+"""What a container process gets besides its program: environment and $(VAR) expansion.
+
+Every pod process sees POD_NAME, POD_NAMESPACE, POD_IP and TCPMESH_STATE_DIR, then the
+container's own ``env`` (literal values and the common ``fieldRef`` paths), on top of
+the mesh's own environment so that PATH and the Python installation keep working.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_REFERENCE = re.compile(r"\$\$|\$\(([^()]*)\)")
+_SUBSCRIPT = re.compile(r"^metadata\.(labels|annotations)\['([^']*)'\]$")
+
+
+def expand(text: str, variables: Mapping[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion: defined names are replaced, ``$$`` escapes ``$``."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return variables.get(match.group(1), match.group(0))
+
+    return _REFERENCE.sub(substitute, text)
+
+
+def field_ref(path: str, pod: Mapping[str, Any], pod_ip: str, host_ip: str) -> str | None:
+    """The value of a downward-API ``fieldRef``, or None for a path tcpmesh does not know."""
+    metadata = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    simple = {
+        "metadata.name": metadata.get("name"),
+        "metadata.namespace": metadata.get("namespace") or "default",
+        "metadata.uid": metadata.get("uid"),
+        "spec.nodeName": spec.get("nodeName") or host_ip,
+        "spec.serviceAccountName": spec.get("serviceAccountName") or "default",
+        "status.podIP": pod_ip,
+        "status.podIPs": pod_ip,
+        "status.hostIP": host_ip,
+        "status.hostIPs": host_ip,
+    }
+    if path in simple:
+        return str(simple[path] or "")
+    if match := _SUBSCRIPT.match(path):
+        return str((metadata.get(match.group(1)) or {}).get(match.group(2), ""))
+    return None
+
+
+def pod_identity(namespace: str, name: str, state_dir: Path) -> dict[str, str]:
+    """Variables that only the processes of this very pod have, across meshes."""
+    return {"POD_NAME": name, "POD_NAMESPACE": namespace, "TCPMESH_STATE_DIR": str(state_dir)}
+
+
+def pod_variables(
+    pod: Mapping[str, Any], container: Mapping[str, Any], pod_ip: str, host_ip: str, state_dir: Path
+) -> dict[str, str]:
+    """The variables a container defines: tcpmesh's, then the container's ``env`` in order."""
+    metadata = pod.get("metadata") or {}
+    pod_name = str(metadata.get("name", ""))
+    variables = pod_identity(str(metadata.get("namespace") or "default"), pod_name, state_dir)
+    variables["POD_IP"] = pod_ip
+    for var in container.get("env") or []:
+        name = var["name"]
+        if var.get("value") is not None:
+            variables[name] = expand(str(var["value"]), variables)
+        elif ref := (var.get("valueFrom") or {}).get("fieldRef"):
+            value = field_ref(str(ref.get("fieldPath", "")), pod, pod_ip, host_ip)
+            if value is None:
+                log.warning("pod %s: env %s: fieldRef %s not supported", pod_name, name, ref)
+            else:
+                variables[name] = value
+        elif var.get("valueFrom"):
+            log.warning("pod %s: env %s: only value and fieldRef are supported", pod_name, name)
+        else:
+            variables[name] = ""
+    return variables
+
+
+def process_environment(variables: Mapping[str, str]) -> dict[str, str]:
+    # Unbuffered Python output makes a pod's log follow what it does.
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **variables}
