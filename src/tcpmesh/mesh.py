@@ -185,13 +185,13 @@ class Mesh:
         self.store.close()
 
     def gateway_pods(self) -> list[dict[str, Any]]:
-        return self.store.list(
-            "Pod", GATEWAY_NAMESPACE, label_selector={"istio": "ingressgateway"}
-        )
+        return self.store.list("Pod", GATEWAY_NAMESPACE, label_selector={"istio": "ingressgateway"})
 
     def status(self) -> dict[str, Any]:
         pods = self.store.list("Pod")
-        gateway_pods = [p for p in pods if p["metadata"].get("labels", {}).get("istio") == "ingressgateway"]
+        gateway_pods = [
+            p for p in pods if p["metadata"].get("labels", {}).get("istio") == "ingressgateway"
+        ]
         listeners: list[dict[str, Any]] = []
         for pod in gateway_pods:
             node = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"

@@ -85,12 +85,18 @@ def gateway(name: str = "tcp-echo-gateway", port: int = 31400, **extra: Any) -> 
     return {
         "apiVersion": "networking.istio.io/v1alpha3",
         "kind": "Gateway",
-        "metadata": meta(name, extra.pop("namespace", "default"), extra.pop("created", "2026-01-01T00:00:00Z")),
+        "metadata": meta(
+            name, extra.pop("namespace", "default"), extra.pop("created", "2026-01-01T00:00:00Z")
+        ),
         "spec": {
             "selector": extra.pop("selector", {"istio": "ingressgateway"}),
             "servers": [
                 {
-                    "port": {"number": port, "name": "tcp", "protocol": extra.pop("protocol", "TCP")},
+                    "port": {
+                        "number": port,
+                        "name": "tcp",
+                        "protocol": extra.pop("protocol", "TCP"),
+                    },
                     "hosts": ["*"],
                 }
             ],
@@ -98,7 +104,9 @@ def gateway(name: str = "tcp-echo-gateway", port: int = 31400, **extra: Any) -> 
     }
 
 
-def route(subset: str | None, weight: int | None = None, port: int | None = 9000, host: str = "tcp-echo") -> dict:
+def route(
+    subset: str | None, weight: int | None = None, port: int | None = 9000, host: str = "tcp-echo"
+) -> dict:
     destination: dict[str, Any] = {"host": host}
     if subset is not None:
         destination["subset"] = subset
@@ -138,7 +146,10 @@ def destination_rule(traffic_policy: dict | None = None, subsets: list[dict] | N
         "host": "tcp-echo",
         "subsets": subsets
         if subsets is not None
-        else [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}],
+        else [
+            {"name": "v1", "labels": {"version": "v1"}},
+            {"name": "v2", "labels": {"version": "v2"}},
+        ],
     }
     if traffic_policy is not None:
         spec["trafficPolicy"] = traffic_policy
@@ -391,14 +402,19 @@ def test_destination_rule_tcp_settings_reach_route_and_clusters() -> None:
 def test_subset_and_port_level_policies_override_in_istio_order() -> None:
     policy = {
         "loadBalancer": {"simple": "RANDOM"},
-        "portLevelSettings": [{"port": {"number": 9000}, "loadBalancer": {"simple": "ROUND_ROBIN"}}],
+        "portLevelSettings": [
+            {"port": {"number": 9000}, "loadBalancer": {"simple": "ROUND_ROBIN"}}
+        ],
     }
     subsets = [
         {"name": "v1", "labels": {"version": "v1"}},
         {
             "name": "v2",
             "labels": {"version": "v2"},
-            "trafficPolicy": {"connectionPool": {"tcp": {"connectTimeout": "2s"}}, "loadBalancer": {"simple": "LEAST_REQUEST"}},
+            "trafficPolicy": {
+                "connectionPool": {"tcp": {"connectTimeout": "2s"}},
+                "loadBalancer": {"simple": "LEAST_REQUEST"},
+            },
         },
     ]
     objects = seed(virtual_service([route("v1")]))
@@ -411,7 +427,10 @@ def test_subset_and_port_level_policies_override_in_istio_order() -> None:
 
 
 def test_first_definition_of_a_duplicated_subset_wins() -> None:
-    subsets = [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v1", "labels": {"version": "v2"}}]
+    subsets = [
+        {"name": "v1", "labels": {"version": "v1"}},
+        {"name": "v1", "labels": {"version": "v2"}},
+    ]
     objects = seed(virtual_service([route("v1")]))
     objects[6] = destination_rule(subsets=subsets)
     cluster = build(objects).cluster(V1)
@@ -429,7 +448,9 @@ def test_version_is_a_content_digest() -> None:
 
 def test_snapshot_round_trips_through_json() -> None:
     objects = seed(virtual_service([route("v1", 80), route("v2", 20)]))
-    objects[6] = destination_rule({"connectionPool": {"tcp": {"tcpKeepalive": {"probes": 2}}}, "outlierDetection": {}})
+    objects[6] = destination_rule(
+        {"connectionPool": {"tcp": {"tcpKeepalive": {"probes": 2}}}, "outlierDetection": {}}
+    )
     snapshot = build(objects)
     assert Snapshot.from_json(snapshot.to_json()) == snapshot
 
