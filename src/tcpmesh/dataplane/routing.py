@@ -1,0 +1,96 @@
+"""Where a new connection goes, decided once when it opens, without I/O.
+
+The order of checks is Envoy's tcp_proxy: route (filter chain) match, weighted cluster
+pick, cluster lookup (NC), circuit breaker (UO), then a host from the load balancer (UH).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from dataclasses import dataclass
+
+from tcpmesh.control.snapshot import Cluster, Endpoint, Listener, Snapshot, TcpRoute
+from tcpmesh.dataplane.balancer import LoadBalancer, RandomSource, pick_weighted
+
+# Envoy response flags used by the proxy.
+NO_ROUTE = "NR"
+NO_CLUSTER = "NC"
+NO_HEALTHY_UPSTREAM = "UH"
+UPSTREAM_OVERFLOW = "UO"
+UPSTREAM_CONNECT_FAILURE = "UF"
+DURATION_TIMEOUT = "DT"
+
+
+@functools.lru_cache(maxsize=1024)
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(cidr, strict=False)
+
+
+@functools.lru_cache(maxsize=4096)
+def _address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def route_matches(route: TcpRoute, local_ip: str) -> bool:
+    subnets = route.match.destination_subnets
+    if not subnets:
+        return True
+    addr = _address(local_ip)
+    if addr is None:
+        return False
+    for cidr in subnets:
+        net = _network(cidr)
+        if addr.version == net.version and addr in net:
+            return True
+    return False
+
+
+def match_route(listener: Listener, local_ip: str) -> TcpRoute | None:
+    """The listener's first route whose match fits the address the client connected to."""
+    return next((r for r in listener.routes if route_matches(r, local_ip)), None)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of the open-time choices; ``flag`` set means: close at once."""
+
+    route: TcpRoute | None
+    cluster_name: str = ""
+    cluster: Cluster | None = None
+    endpoint: Endpoint | None = None
+    flag: str | None = None
+
+
+def decide(
+    snapshot: Snapshot,
+    listener: Listener | None,
+    local_ip: str,
+    client_ip: str | None,
+    rng: RandomSource,
+    balancer: LoadBalancer,
+) -> Decision:
+    """Pick route, cluster and endpoint. A decision without flag counts against
+    ``max_connections`` until the caller reports ``connection_finished``."""
+    route = match_route(listener, local_ip) if listener is not None else None
+    if route is None:
+        return Decision(None, flag=NO_ROUTE)
+    weighted = pick_weighted(route.destinations, rng)
+    if weighted is None:
+        return Decision(route, flag=NO_CLUSTER)
+    cluster = snapshot.cluster(weighted.cluster_name)
+    if cluster is None:
+        return Decision(route, weighted.cluster_name, flag=NO_CLUSTER)
+    if (
+        cluster.max_connections is not None
+        and balancer.open_connections(cluster.name) >= cluster.max_connections
+    ):
+        return Decision(route, cluster.name, cluster, flag=UPSTREAM_OVERFLOW)
+    endpoint = balancer.pick(cluster, client_ip, hash_source_ip=route.hash_policy == "source_ip")
+    if endpoint is None:
+        return Decision(route, cluster.name, cluster, flag=NO_HEALTHY_UPSTREAM)
+    balancer.connection_started(cluster.name)
+    return Decision(route, cluster.name, cluster, endpoint)

@@ -1,0 +1,144 @@
+"""The parent of the worker processes: start them, restart the dead, pass signals on.
+
+``python -m tcpmesh.dataplane [--snapshot-file PATH] [--workers N]``
+
+Workers are separate interpreters (``python -m tcpmesh.dataplane.worker``), each with its
+own event loop and listening sockets bound with SO_REUSEPORT, so the kernel spreads
+new connections over them. SIGTERM/SIGINT are forwarded as SIGTERM and the parent
+exits once every worker is gone; SIGHUP is forwarded (workers serving a snapshot file
+re-read it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+log = logging.getLogger("tcpmesh.dataplane")
+
+RESTART_INITIAL = 0.2
+RESTART_MAX = 5.0
+# A worker that lived this long before dying is restarted without delay growth.
+STABLE_AFTER = 10.0
+STOP_TIMEOUT = 10.0
+POLL_INTERVAL = 0.05
+
+
+@dataclass
+class _Slot:
+    index: int
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    restart_at: float = 0.0
+    delay: float = RESTART_INITIAL
+
+
+class Supervisor:
+    def __init__(self, workers: int, worker_args: list[str]) -> None:
+        self._slots = [_Slot(i) for i in range(max(1, workers))]
+        self._worker_args = worker_args
+        self._stopping = False
+        self._stop_deadline = 0.0
+        self._pending_signals: list[int] = []
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._pending_signals.append(signum)
+
+    def _spawn(self, slot: _Slot) -> None:
+        env = dict(os.environ)
+        env["TCPMESH_WORKER_INDEX"] = str(slot.index)
+        env["TCPMESH_SUPERVISOR_PID"] = str(os.getpid())
+        cmd = [sys.executable, "-m", "tcpmesh.dataplane.worker", "--index", str(slot.index)]
+        slot.process = subprocess.Popen([*cmd, *self._worker_args], env=env)
+        slot.started = time.monotonic()
+        log.info("started worker %d (pid %d)", slot.index, slot.process.pid)
+
+    def _signal_workers(self, signum: int) -> None:
+        for slot in self._slots:
+            if slot.process is not None and slot.process.poll() is None:
+                slot.process.send_signal(signum)
+
+    def _handle_signals(self) -> None:
+        while self._pending_signals:
+            signum = self._pending_signals.pop(0)
+            if signum == signal.SIGHUP:
+                self._signal_workers(signal.SIGHUP)
+            elif not self._stopping:
+                log.info("stopping workers (signal %d)", signum)
+                self._stopping = True
+                self._stop_deadline = time.monotonic() + STOP_TIMEOUT
+                self._signal_workers(signal.SIGTERM)
+
+    def _reap(self, now: float) -> None:
+        for slot in self._slots:
+            proc = slot.process
+            if proc is None or proc.poll() is None:
+                continue
+            slot.process = None
+            if self._stopping:
+                continue
+            lived = now - slot.started
+            slot.delay = RESTART_INITIAL if lived >= STABLE_AFTER else slot.delay
+            slot.restart_at = now + slot.delay
+            log.warning(
+                "worker %d (pid %d) exited with %s; restarting in %.1fs",
+                slot.index,
+                proc.pid,
+                proc.returncode,
+                slot.delay,
+            )
+            slot.delay = min(slot.delay * 2, RESTART_MAX)
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        for slot in self._slots:
+            self._spawn(slot)
+        while True:
+            self._handle_signals()
+            now = time.monotonic()
+            self._reap(now)
+            alive = [s for s in self._slots if s.process is not None]
+            if self._stopping:
+                if not alive:
+                    return 0
+                if now > self._stop_deadline:
+                    log.warning("workers did not stop in %.0fs; killing them", STOP_TIMEOUT)
+                    self._signal_workers(signal.SIGKILL)
+                    self._stop_deadline = now + STOP_TIMEOUT
+            else:
+                for slot in self._slots:
+                    if slot.process is None and now >= slot.restart_at:
+                        self._spawn(slot)
+            time.sleep(POLL_INTERVAL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tcpmesh.dataplane")
+    parser.add_argument("--snapshot-file", type=Path, default=None, help="serve this snapshot")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes")
+    # The istio/proxyv2 image's arguments (proxy router ...) mean nothing here.
+    args, ignored = parser.parse_known_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, os.environ.get("TCPMESH_LOG_LEVEL", "INFO").upper(), logging.INFO),
+        format="%(asctime)s dataplane %(levelname)s %(message)s",
+    )
+    if ignored:
+        log.info("ignoring arguments %s", " ".join(ignored))
+    workers = args.workers
+    if workers is None:
+        env_workers = os.environ.get("TCPMESH_WORKERS", "")
+        workers = int(env_workers) if env_workers.strip() else (os.cpu_count() or 1)
+    worker_args: list[str] = []
+    if args.snapshot_file is not None:
+        worker_args += ["--snapshot-file", str(args.snapshot_file.resolve())]
+    return Supervisor(workers, worker_args).run()
