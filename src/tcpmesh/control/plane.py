@@ -106,7 +106,6 @@ class ControlPlane:
                     await self._changed.wait()
 
 
-
 def _key(obj: dict[str, Any]) -> ObjectKey:
     meta = obj["metadata"]
     return obj["kind"], meta.get("namespace", "default"), meta["name"]
