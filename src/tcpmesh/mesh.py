@@ -172,8 +172,10 @@ class Mesh:
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}"
-        write_credentials(self.config.state_dir, self.url, token, os.getpid())
+        # Pods first: until the runtime has rewritten their status, a Ready condition in the
+        # store may be left over from a mesh that crashed, and `up` must not trust it.
         await self.runtime.start()
+        write_credentials(self.config.state_dir, self.url, token, os.getpid())
         log.info("tcpmesh API on %s, gateway address %s", self.url, self.config.address)
 
     async def stop(self) -> None:
