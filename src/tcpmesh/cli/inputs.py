@@ -49,6 +49,17 @@ def load_manifests(
     """
     objects: list[dict[str, Any]] = []
     warnings: list[str] = []
+    for _, docs, doc_warnings in load_manifests_by_source(paths, namespace):
+        objects.extend(docs)
+        warnings.extend(doc_warnings)
+    return objects, warnings
+
+
+def load_manifests_by_source(
+    paths: Iterable[str], namespace: str | None
+) -> list[tuple[str, list[dict[str, Any]], list[str]]]:
+    """(source, objects, warnings) per file; InvalidInput with the errors of all files."""
+    loaded: list[tuple[str, list[dict[str, Any]], list[str]]] = []
     errors: list[str] = []
     for source, text in manifest_sources(paths):
         try:
@@ -56,8 +67,7 @@ def load_manifests(
         except InvalidInput as exc:
             errors.extend(exc.messages)
             continue
-        objects.extend(docs)
-        warnings.extend(doc_warnings)
+        loaded.append((source, docs, doc_warnings))
     if errors:
         raise InvalidInput(errors)
-    return objects, warnings
+    return loaded

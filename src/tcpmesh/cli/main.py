@@ -20,9 +20,9 @@ import click
 from tcpmesh.api import InvalidInput, kinds
 from tcpmesh.apiserver.client import ApiClient, ApiError, Unreachable
 from tcpmesh.cli import lifecycle, printers
-from tcpmesh.cli.inputs import InputError, load_manifests
+from tcpmesh.cli.inputs import InputError, load_manifests, load_manifests_by_source
 from tcpmesh.cli.jsonpath import JsonPathError, render
-from tcpmesh.mesh import AlreadyRunning, Mesh, MeshConfig
+from tcpmesh.mesh import AlreadyRunning, Mesh, MeshConfig, default_gateway_objects
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -345,6 +345,55 @@ def describe(ctx: Context, kind: str, name: str, namespace: str | None) -> None:
     client = ctx.client()
     obj = client.get(info.kind, ctx.ns(namespace), name)
     click.echo(describe_object(client, info, obj), nl=False)
+
+
+@cli.command()
+@click.option("-f", "--filename", "files", multiple=True, help="Also analyze these files.")
+@namespace_option
+@click.option("-A", "--all-namespaces", is_flag=True)
+@pass_context
+@friendly_errors
+def analyze(
+    ctx: Context, files: tuple[str, ...], namespace: str | None, all_namespaces: bool
+) -> None:
+    """istioctl-analyze-style checks across resources; exit 1 on errors."""
+    from tcpmesh.analysis import analyze as run_analysis
+    from tcpmesh.analysis import format_message
+
+    objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+    client = lifecycle.running_client(ctx.state_dir)
+    if client is not None:
+        for info in kinds.KINDS:
+            for obj in client.list(info.kind, None):
+                objects[_object_key(obj)] = obj
+    elif not files:
+        fail(f"error: nothing to analyze: tcpmesh is not running ({ctx.state_dir}) and no -f given")
+    else:
+        # What `tcpmesh up` would create, so files are analyzed as they would be applied.
+        for obj in default_gateway_objects(MeshConfig(ctx.state_dir)):
+            objects[_object_key(obj)] = obj
+    sources: dict[tuple[str, str, str], str] = {}
+    if files:
+        for source, loaded, _ in load_manifests_by_source(files, namespace or ctx.namespace):
+            for obj in loaded:
+                objects[_object_key(obj)] = obj
+                sources[_object_key(obj)] = source
+    scope = None if all_namespaces or not (namespace or ctx.namespace) else ctx.ns(namespace)
+    messages = [
+        m for m in run_analysis(objects.values(), sources) if scope is None or m.namespace == scope
+    ]
+    for message in messages:
+        click.echo(format_message(message))
+    if not messages:
+        where = f"namespace: {scope}" if scope else "all namespaces"
+        click.echo(f"\u2714 No validation issues found when analyzing {where}.")
+    if any(m.is_error for m in messages):
+        sys.exit(1)
+
+
+def _object_key(obj: dict[str, Any]) -> tuple[str, str, str]:
+    meta = obj["metadata"]
+    return obj["kind"], meta.get("namespace") or "default", meta["name"]
 
 
 @cli.command()
