@@ -21,7 +21,7 @@ from tcpmesh.api import InvalidInput, kinds
 from tcpmesh.apiserver.client import ApiClient, ApiError, Unreachable
 from tcpmesh.cli import lifecycle, printers
 from tcpmesh.cli.inputs import InputError, load_manifests, load_manifests_by_source
-from tcpmesh.cli.jsonpath import JsonPathError, render
+from tcpmesh.cli.jsonpath import JsonPathError, compile_template
 from tcpmesh.mesh import AlreadyRunning, Mesh, MeshConfig, default_gateway_objects
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -190,9 +190,12 @@ def status(ctx: Context, output: str) -> None:
 
 
 def _apply_line(kind: str, name: str, action: str, dry_run: bool) -> str:
-    info = kinds.by_kind(kind)
-    qualified = f"{info.singular}.{info.group}" if info.group else info.singular
-    return f"{qualified}/{name} {action}{' (dry run)' if dry_run else ''}"
+    return f"{_qualified(kinds.by_kind(kind))}/{name} {action}{' (dry run)' if dry_run else ''}"
+
+
+def _qualified(info: kinds.KindInfo) -> str:
+    """kubectl's resource.group spelling, e.g. ``virtualservice.networking.istio.io``."""
+    return f"{info.singular}.{info.group}" if info.group else info.singular
 
 
 def _print_apply_results(response: dict[str, Any], dry_run: bool) -> None:
@@ -260,8 +263,7 @@ def delete(
             click.echo(f"Error from server ({exc.reason}): {exc.message}", err=True)
             failed = True
             continue
-        qualified = f"{info.singular}.{info.group}" if info.group else info.singular
-        click.echo(f'{qualified} "{name}" deleted')
+        click.echo(f'{_qualified(info)} "{name}" deleted')
     if failed:
         sys.exit(1)
 
@@ -289,46 +291,61 @@ def get(
     all_namespaces: bool,
     output: str | None,
 ) -> None:
-    """Show objects, kubectl style."""
-    info = _resolve_kind(kind)
+    """Show objects, kubectl style (KIND may be a comma-separated list, or KIND/NAME)."""
+    if "/" in kind and name is None:
+        kind, name = kind.split("/", 1)
+    infos = [_resolve_kind(k) for k in kind.split(",") if k]
+    if name is not None and len(infos) != 1:
+        fail("error: a NAME goes with exactly one KIND")
+    template = None
+    if output is not None and output.startswith("jsonpath="):
+        template = compile_template(output.removeprefix("jsonpath="))
+    elif output not in (None, "wide", "yaml", "json", "name"):
+        fail(
+            f'error: unable to match a printer suitable for the output format "{output}", '
+            "allowed formats are: json,jsonpath,name,wide,yaml"
+        )
     client = ctx.client()
     ns = None if all_namespaces else ctx.ns(namespace)
-    if name is not None:
-        objects = [client.get(info.kind, ctx.ns(namespace), name)]
-        data: Any = objects[0]
-    else:
-        objects = client.list(info.kind, ns)
-        data = {
+    found = [
+        (
+            info,
+            [client.get(info.kind, ctx.ns(namespace), name)]
+            if name
+            else client.list(info.kind, ns),
+        )
+        for info in infos
+    ]
+    objects = [obj for _, objs in found for obj in objs]
+    data: Any = (
+        objects[0]
+        if name
+        else {
             "apiVersion": "v1",
             "kind": "List",
             "metadata": {"resourceVersion": ""},
             "items": objects,
         }
-    if output is None or output == "wide":
-        if not objects:
-            click.echo(printers.no_resources_message(ns), err=True)
-            return
-        click.echo(
-            printers.print_table(
-                info, objects, wide=output == "wide", all_namespaces=all_namespaces
-            ),
-            nl=False,
-        )
+    )
+    if template is not None:
+        click.echo(template.render(data), nl=False)
     elif output == "yaml":
         click.echo(printers.to_yaml(data), nl=False)
     elif output == "json":
         click.echo(printers.to_json(data))
     elif output == "name":
-        qualified = f"{info.singular}.{info.group}" if info.group else info.singular
-        for obj in objects:
-            click.echo(f"{qualified}/{obj['metadata']['name']}")
-    elif output.startswith("jsonpath="):
-        click.echo(render(output.removeprefix("jsonpath="), data), nl=False)
+        for info, objs in found:
+            for obj in objs:
+                click.echo(f"{_qualified(info)}/{obj['metadata']['name']}")
+    elif not objects:
+        click.echo(printers.no_resources_message(ns), err=True)
     else:
-        fail(
-            f'error: unable to match a printer suitable for the output format "{output}", '
-            "allowed formats are: json,jsonpath,name,wide,yaml"
-        )
+        tables = [
+            printers.print_table(info, objs, wide=output == "wide", all_namespaces=all_namespaces)
+            for info, objs in found
+            if objs
+        ]
+        click.echo("\n".join(tables), nl=False)
 
 
 @cli.command()
