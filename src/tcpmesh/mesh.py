@@ -26,7 +26,7 @@ from tcpmesh.api import validate_object
 from tcpmesh.apiserver import create_app
 from tcpmesh.apiserver.credentials import remove_credentials, write_credentials
 from tcpmesh.control.plane import ControlPlane
-from tcpmesh.runtime import Runtime
+from tcpmesh.runtime import Runtime, pod_is_ready
 from tcpmesh.store import Store
 
 log = logging.getLogger("tcpmesh.mesh")
@@ -191,9 +191,7 @@ class Mesh:
 
     def status(self) -> dict[str, Any]:
         pods = self.store.list("Pod")
-        gateway_pods = [
-            p for p in pods if p["metadata"].get("labels", {}).get("istio") == "ingressgateway"
-        ]
+        gateway_pods = self.gateway_pods()
         listeners: list[dict[str, Any]] = []
         for pod in gateway_pods:
             node = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
@@ -214,7 +212,7 @@ class Mesh:
             "uptimeSeconds": round(time.time() - self.started_at, 1),
             "storeRevision": self.store.revision,
             "pods": [_pod_summary(p) for p in pods],
-            "gatewayReady": any(_pod_ready(p) for p in gateway_pods),
+            "gatewayReady": any(pod_is_ready(p) for p in gateway_pods),
             "listeners": listeners,
         }
 
@@ -229,18 +227,13 @@ def _admit(objects: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     return errors, warnings
 
 
-def _pod_ready(pod: dict[str, Any]) -> bool:
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
 def _pod_summary(pod: dict[str, Any]) -> dict[str, Any]:
     status = pod.get("status") or {}
     return {
         "namespace": pod["metadata"]["namespace"],
         "name": pod["metadata"]["name"],
         "phase": status.get("phase", "Pending"),
-        "ready": _pod_ready(pod),
+        "ready": pod_is_ready(pod),
         "podIP": status.get("podIP"),
         "restarts": sum(c.get("restartCount", 0) for c in status.get("containerStatuses") or []),
     }

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tcpmesh.api import from_dict, models
+from tcpmesh.api.names import is_ip
 
 DOMAIN_SUFFIX = "svc.cluster.local"
 
@@ -87,7 +87,7 @@ def service_fqdn(name: str, namespace: str) -> str:
 
 def resolve_host(host: str, namespace: str) -> str:
     """ResolveShortnameToFQDN: a name without a dot lives in the rule's namespace."""
-    if host == "*" or "." in host or _is_ip(host):
+    if host == "*" or "." in host or is_ip(host):
         return host
     return service_fqdn(host, namespace)
 
@@ -104,11 +104,3 @@ def resolve_gateway_name(name: str, namespace: str) -> str:
 
 def labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
