@@ -253,7 +253,18 @@ async def run_mesh(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    mesh = Mesh(config)
+    with single_instance(config.state_dir):
+        await _serve(Mesh(config), config, stop, ready, on_ready)
+
+
+async def _serve(
+    mesh: Mesh,
+    config: MeshConfig,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None,
+    on_ready: Callable[[Mesh], list[str]] | None,
+) -> None:
+    loop = asyncio.get_running_loop()
     try:
         await mesh.start()
         deadline = loop.time() + GATEWAY_READY_TIMEOUT

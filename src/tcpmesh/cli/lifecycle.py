@@ -10,11 +10,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tcpmesh.apiserver.client import ApiClient, ApiError, Unreachable
 from tcpmesh.apiserver.credentials import read_credentials
-from tcpmesh.mesh import Mesh, MeshConfig, run_mesh
+
+if TYPE_CHECKING:
+    from tcpmesh.mesh import Mesh, MeshConfig
 
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -97,6 +99,7 @@ def start_detached(config: MeshConfig) -> tuple[ApiClient, int]:
 
 def run_foreground(config: MeshConfig, on_ready: Callable[[Mesh], list[str]] | None = None) -> None:
     """Run the mesh in this process until SIGTERM/SIGINT."""
+    from tcpmesh.mesh import run_mesh
 
     async def main() -> None:
         ready = asyncio.Event()

@@ -22,7 +22,6 @@ from tcpmesh.apiserver.client import ApiClient, ApiError, Unreachable
 from tcpmesh.cli import lifecycle, printers
 from tcpmesh.cli.inputs import InputError, load_manifests, load_manifests_by_source
 from tcpmesh.cli.jsonpath import JsonPathError, compile_template
-from tcpmesh.mesh import AlreadyRunning, Mesh, MeshConfig, default_gateway_objects
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,7 +50,7 @@ def friendly_errors(func: F) -> F:
             return func(*args, **kwargs)
         except InvalidInput as exc:
             fail("\n".join(exc.messages))
-        except (InputError, JsonPathError, AlreadyRunning) as exc:
+        except (InputError, JsonPathError) as exc:
             fail(str(exc))
         except ApiError as exc:
             fail(f"Error from server ({exc.reason}): {exc.message}")
@@ -110,6 +109,8 @@ def up(
     detach: bool,
 ) -> None:
     """Start the local mesh: API server, store, runtime, control plane and ingress gateway."""
+    from tcpmesh.mesh import Mesh, MeshConfig
+
     if dataplane == "envoy":
         fail(
             "error: --dataplane envoy is not available in this version of tcpmesh; "
@@ -376,6 +377,7 @@ def analyze(
     """istioctl-analyze-style checks across resources; exit 1 on errors."""
     from tcpmesh.analysis import analyze as run_analysis
     from tcpmesh.analysis import format_message
+    from tcpmesh.mesh import MeshConfig, default_gateway_objects
 
     objects: dict[tuple[str, str, str], dict[str, Any]] = {}
     client = lifecycle.running_client(ctx.state_dir)
