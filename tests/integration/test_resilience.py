@@ -13,7 +13,7 @@ from tests.integration.harness import SAMPLES, MeshHarness, first_word
 
 pytestmark = pytest.mark.integration
 
-ADDRESS = "127.0.0.1"
+ADDRESS = "127.0.0.21"
 PORT = 31400
 
 
