@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
+import random
+import socket
 
 import pytest
 
-from tcpmesh.runtime.ipam import allocate_ip, is_pod_ip, pod_ips
+from tcpmesh.runtime.ipam import allocate_ip, is_pod_ip, pod_ips, port_is_free
 
 
 def test_the_first_pod_gets_127_1_0_1() -> None:
@@ -49,3 +52,19 @@ def test_unrelated_addresses_in_use_do_not_matter() -> None:
 )
 def test_is_pod_ip(address: str, expected: bool) -> None:
     assert is_pod_ip(address) is expected
+
+
+@pytest.mark.integration
+def test_addresses_where_a_pod_port_is_taken_are_skipped() -> None:
+    # Another mesh, or a process one left behind, listens on the first address.
+    first = f"127.{random.randint(100, 250)}.{random.randint(0, 255)}.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+        other.bind((first, 0))
+        other.listen()
+        port = other.getsockname()[1]
+        assert allocate_ip(set(), first, ports=[port]) == str(ipaddress.IPv4Address(first) + 1)
+        # Without ports to check, or when only another port is taken, nothing is skipped.
+        assert allocate_ip(set(), first) == first
+        free = next(p for p in range(port + 1, port + 100) if port_is_free(first, p))
+        assert allocate_ip(set(), first, ports=[free]) == first
+    assert allocate_ip(set(), first, ports=[port]) == first

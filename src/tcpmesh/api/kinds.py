@@ -70,6 +70,22 @@ KINDS: tuple[KindInfo, ...] = (
         ("dr",),
         models.DestinationRule,
     ),
+    KindInfo(
+        "ServiceEntry",
+        ISTIO_NETWORKING,
+        ISTIO_VERSIONS,
+        "serviceentries",
+        ("se",),
+        models.ServiceEntry,
+    ),
+    KindInfo(
+        "WorkloadEntry",
+        ISTIO_NETWORKING,
+        ISTIO_VERSIONS,
+        "workloadentries",
+        ("we",),
+        models.WorkloadEntry,
+    ),
 )
 
 _BY_KIND = {info.kind: info for info in KINDS}

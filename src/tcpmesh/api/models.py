@@ -355,6 +355,45 @@ class DestinationRuleSpec(Model):
     workload_selector: WorkloadSelector | None = None
 
 
+class ServiceEntryPort(Model):
+    """Istio's ``ServicePort``: a port of a ServiceEntry (not a Kubernetes ServicePort)."""
+
+    number: int = 0
+    protocol: str = ""
+    name: str = ""
+    target_port: int = 0
+
+
+class WorkloadEntrySpec(Model):
+    """A workload outside Kubernetes; also the shape of a ServiceEntry's ``endpoints``."""
+
+    address: str = ""
+    ports: dict[str, int] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    network: str = ""
+    locality: str = ""
+    weight: int = 0
+    service_account: str = ""
+
+
+class EntryWorkloadSelector(Model):
+    """Istio's networking WorkloadSelector: plain ``labels``, unlike the DR's ``matchLabels``."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ServiceEntrySpec(Model):
+    hosts: list[str] = Field(default_factory=list)
+    addresses: list[str] = Field(default_factory=list)
+    ports: list[ServiceEntryPort | None] = Field(default_factory=list)
+    location: Literal["MESH_EXTERNAL", "MESH_INTERNAL"] = "MESH_EXTERNAL"
+    resolution: Literal["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"] = "NONE"
+    endpoints: list[WorkloadEntrySpec | None] = Field(default_factory=list)
+    workload_selector: EntryWorkloadSelector | None = None
+    export_to: list[str] = Field(default_factory=list)
+    subject_alt_names: list[str] = Field(default_factory=list)
+
+
 # ---------------------------------------------------------------- top-level objects
 
 
@@ -401,3 +440,12 @@ class VirtualService(Resource):
 
 class DestinationRule(Resource):
     spec: DestinationRuleSpec = Field(default_factory=DestinationRuleSpec)
+
+
+class ServiceEntry(Resource):
+    # Required, as in Istio's CRD schema: an entry without a spec describes nothing.
+    spec: ServiceEntrySpec
+
+
+class WorkloadEntry(Resource):
+    spec: WorkloadEntrySpec

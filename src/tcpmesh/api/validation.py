@@ -56,6 +56,10 @@ def validate(resource: models.Resource) -> list[Finding]:
         findings += _deployment(resource.spec)
     elif isinstance(resource, models.Service):
         findings += _service(resource.spec)
+    elif isinstance(resource, models.ServiceEntry):
+        findings += _service_entry(resource)
+    elif isinstance(resource, models.WorkloadEntry):
+        findings += _workload_entry("spec", resource.spec, None, allow_fqdn=True)
     return list(dict.fromkeys(findings))
 
 
@@ -486,6 +490,314 @@ def _port_text(port: models.GatewayPort) -> str:
 
 def _only_https_redirect(tls: object) -> bool:
     return isinstance(tls, dict) and all(not v for k, v in tls.items() if k != "httpsRedirect")
+
+
+# ---------------------------------------------------------------- ServiceEntry, WorkloadEntry
+
+UNIX_ADDRESS_PREFIX = "unix://"
+AUTOALLOCATE_LABEL = "networking.istio.io/enable-autoallocate-ip"
+# protocol.Instance.IsTCP: the protocols Envoy proxies as opaque TCP.
+_TCP_FAMILY = {"tcp", "mongo", "redis", "mysql"} | _TLS_PROTOCOLS
+
+
+def _service_entry(entry: models.ServiceEntry) -> Iterator[Finding]:
+    """ValidateServiceEntry, in Istio's order."""
+    spec = entry.spec
+    selector = spec.workload_selector
+    if selector is not None:
+        problems = list(_entry_selector(selector))
+        if problems:
+            yield from problems
+            return  # Istio reports a malformed selector alone
+        if not selector.labels:
+            yield _warning(
+                "spec.workloadSelector",
+                "service entry: workload selector specified without labels, will be applied to "
+                "all services in namespace",
+            )
+        if spec.endpoints:
+            yield _error(
+                "spec", "only one of WorkloadSelector or Endpoints is allowed in Service Entry"
+            )
+
+    if not spec.hosts:
+        yield _error("spec.hosts", "service entry must have at least one host")
+    for i, host in enumerate(spec.hosts):
+        if host == "*":
+            yield _error(f"spec.hosts[{i}]", f"invalid host {host}")
+            continue
+        problem = names.validate_wildcard_domain(host)
+        if problem:
+            yield _error(f"spec.hosts[{i}]", problem)
+        if "*" in host and len(host) != 1 and not host.startswith("*."):
+            yield _warning(f"spec.hosts[{i}]", f"partial wildcard {quote(host)} not allowed")
+
+    for i, address in enumerate(spec.addresses):
+        problem = names.validate_ip_subnet(address)
+        if problem:
+            yield _error(f"spec.addresses[{i}]", problem)
+    if any("/" in a for a in spec.addresses) and spec.resolution not in ("NONE", "STATIC"):
+        yield _error(
+            "spec.addresses", "CIDR addresses are allowed only for NONE/STATIC resolution types"
+        )
+
+    port_names = {p.name for p in spec.ports if p is not None}
+    yield from _entry_ports(entry)
+
+    if spec.resolution == "NONE":
+        if spec.endpoints:
+            yield _error(
+                "spec.endpoints", "no endpoints should be provided for resolution type none"
+            )
+        if selector is not None:
+            yield _warning(
+                "spec.workloadSelector",
+                "workloadSelector should not be set when resolution mode is NONE",
+            )
+    elif spec.resolution == "STATIC":
+        for i, endpoint in enumerate(spec.endpoints):
+            if endpoint is None:
+                yield _error(f"spec.endpoints[{i}]", "endpoint cannot be nil")
+            else:
+                yield from _workload_entry(
+                    f"spec.endpoints[{i}]", endpoint, port_names, allow_fqdn=False
+                )
+    else:
+        yield from _dns_entry(spec, port_names)
+
+    # Plain TCP carries no host name, so a proxy could not tell several hosts apart.
+    if spec.resolution != "NONE" and len(spec.hosts) > 1:
+        for i, port in enumerate(spec.ports):
+            if port is None:
+                yield _error(f"spec.ports[{i}]", "ports cannot be nil")
+                continue
+            protocol = port.protocol.lower()
+            if protocol not in _HTTP_PROTOCOLS and protocol not in _TLS_PROTOCOLS:
+                yield _error("spec.ports", "multiple hosts provided with non-HTTP, non-TLS ports")
+                break
+
+    yield from _export_to(entry.namespace, spec.export_to, service_entry=True)
+
+
+def _entry_selector(selector: models.EntryWorkloadSelector) -> Iterator[Finding]:
+    """ValidateAlphaWorkloadSelector."""
+    for key in sorted(selector.labels):
+        pair = quote(f"{key}={selector.labels[key]}")
+        if not key:
+            yield _error(
+                "spec.workloadSelector.labels", f"empty key is not supported in selector: {pair}"
+            )
+        if "*" in key or "*" in selector.labels[key]:
+            yield _error(
+                "spec.workloadSelector.labels", f"wildcard is not supported in selector: {pair}"
+            )
+
+
+def _auto_allocates_address(entry: models.ServiceEntry) -> bool:
+    """ShouldV2AutoAllocateIP with PILOT_ENABLE_IP_AUTOALLOCATE at its default (on)."""
+    opted_out = entry.metadata.labels.get(AUTOALLOCATE_LABEL, "").lower() == "false"
+    return entry.spec.resolution != "NONE" and not opted_out and not entry.spec.addresses
+
+
+def _entry_ports(entry: models.ServiceEntry) -> Iterator[Finding]:
+    spec = entry.spec
+    auto_address = _auto_allocates_address(entry)
+    seen_names: set[str] = set()
+    seen_numbers: set[int] = set()
+    for i, port in enumerate(spec.ports):
+        path = f"spec.ports[{i}]"
+        if port is None:
+            yield _error(path, "service entry port may not be null")
+            continue
+        if port.name in seen_names:
+            yield _error(
+                f"{path}.name", f"service entry port name {quote(port.name)} already defined"
+            )
+        seen_names.add(port.name)
+        if port.number in seen_numbers:
+            yield _error(f"{path}.number", f"service entry port {port.number} already defined")
+        seen_numbers.add(port.number)
+        if port.target_port != 0:
+            problem = names.validate_port(port.target_port)
+            if problem:
+                yield _error(f"{path}.targetPort", problem)
+        if not spec.addresses and not auto_address and port.protocol in ("", "TCP"):
+            yield _warning(
+                path,
+                "addresses are required for ports serving TCP (or unset) protocol when IP "
+                "Autoallocation is not enabled",
+            )
+        if not names.is_dns1123_label(port.name):
+            yield _error(f"{path}.name", f"invalid port name: {port.name}")
+        if port.protocol and port.protocol.lower() not in _PROTOCOLS:
+            yield _error(f"{path}.protocol", f"unsupported protocol: {port.protocol}")
+        problem = names.validate_port(port.number)
+        if problem:
+            yield _error(f"{path}.number", problem)
+
+
+def _dns_entry(spec: models.ServiceEntrySpec, port_names: set[str]) -> Iterator[Finding]:
+    """The DNS and DNS_ROUND_ROBIN branch of ValidateServiceEntry."""
+    mode = spec.resolution
+    if not spec.endpoints:
+        for i, host in enumerate(spec.hosts):
+            problem = names.validate_fqdn(host)
+            if problem:
+                yield _error(
+                    f"spec.hosts[{i}]",
+                    "hosts must be FQDN or contain only prefix wildcards if no endpoints are "
+                    f"provided for resolution mode {mode}, {problem}",
+                )
+                break
+    if mode == "DNS_ROUND_ROBIN" and len(spec.endpoints) > 1:
+        yield _error(
+            "spec.endpoints", f"there must only be 0 or 1 endpoint for resolution mode {mode}"
+        )
+    for i, endpoint in enumerate(spec.endpoints):
+        path = f"spec.endpoints[{i}]"
+        if endpoint is None:
+            yield _error(path, "endpoint cannot be nil")
+            continue
+        address = endpoint.address
+        if not names.is_ip(address) and names.validate_fqdn(address):
+            yield _error(
+                f"{path}.address",
+                f"endpoint address {quote(address)} is not a valid FQDN or an IP address",
+            )
+        for problem in names.validate_labels(endpoint.labels):
+            yield _error(f"{path}.labels", problem)
+        yield from _endpoint_ports(path, endpoint, port_names)
+    if spec.addresses:
+        for i, port in enumerate(spec.ports):
+            if port is None:
+                yield _error(f"spec.ports[{i}]", "ports cannot be nil")
+                continue
+            if port.protocol.lower() in _TCP_FAMILY:
+                if len(spec.hosts) > 1:
+                    yield _warning(
+                        "spec.hosts",
+                        "service entry can not have more than one host specified simultaneously "
+                        "with address and tcp port",
+                    )
+                break
+
+
+def _endpoint_ports(
+    path: str, endpoint: models.WorkloadEntrySpec, service_ports: set[str] | None
+) -> Iterator[Finding]:
+    for name in sorted(endpoint.ports):
+        port = endpoint.ports[name]
+        where = f"{path}.ports[{name}]"
+        if service_ports is not None and name not in service_ports:
+            yield _error(where, f"endpoint port {port} is not defined by the service entry")
+        if not names.is_dns1123_label(name):
+            yield _error(where, f"invalid port name: {name}")
+        problem = names.validate_port(port)
+        if problem:
+            yield _error(where, problem)
+
+
+def _workload_entry(
+    path: str,
+    entry: models.WorkloadEntrySpec,
+    service_ports: set[str] | None,
+    *,
+    allow_fqdn: bool,
+) -> Iterator[Finding]:
+    """validateWorkloadEntry: a WorkloadEntry's spec, or one of a STATIC entry's endpoints.
+
+    Without a ServiceEntry around it the resolution is unknown, so a host name passes
+    (``allow_fqdn``) as long as it is a valid FQDN.
+    """
+    address = entry.address
+    if not address:
+        if not entry.network:
+            yield _error(f"{path}.address", "address is required")
+            return
+        yield _warning(f"{path}.address", f"address is unset with network {quote(entry.network)}")
+    unix = address.startswith(UNIX_ADDRESS_PREFIX)
+    if unix:
+        problem = _unix_address_problem(address[len(UNIX_ADDRESS_PREFIX) :])
+        if problem:
+            yield _error(f"{path}.address", problem)
+        if entry.ports:
+            yield _error(f"{path}.ports", f"unix endpoint {address} must not include ports")
+    elif address and not names.is_ip(address):
+        if not allow_fqdn:
+            yield _error(
+                f"{path}.address", f"endpoint address {quote(address)} is not a valid IP address"
+            )
+        elif names.validate_fqdn(address):
+            yield _error(
+                f"{path}.address",
+                f"endpoint address {quote(address)} is not a valid FQDN or an IP address",
+            )
+    yield from _endpoint_ports(path, entry, service_ports)
+    for problem in names.validate_labels(entry.labels):
+        yield _error(f"{path}.labels", problem)
+    if unix and service_ports is not None and len(service_ports) != 1:
+        yield _error(path, "exactly 1 service port required for unix endpoints")
+    if entry.weight < 0:
+        # A uint32 in Istio's schema; this is the API server's OpenAPI message.
+        yield _error(
+            f"{path}.weight",
+            f"Invalid value: {entry.weight}: {path}.weight in body should be greater than or "
+            "equal to 0",
+        )
+
+
+def _unix_address_problem(path: str) -> str | None:
+    """ValidateUnixAddress (the part after ``unix://``)."""
+    if not path:
+        return "unix address must not be empty"
+    if path.startswith("@"):
+        return None  # an abstract socket
+    if not path.startswith("/") or path.endswith("/"):
+        return f"{path} is not an absolute path to a file"
+    return None
+
+
+def _export_to(
+    namespace: str, export_to: Sequence[str], *, service_entry: bool
+) -> Iterator[Finding]:
+    """validateExportTo; ``~`` (visible to no one) is allowed for ServiceEntries only."""
+    seen: set[str] = set()
+    for i, entry in enumerate(export_to):
+        path = f"spec.exportTo[{i}]"
+        key = namespace if entry == "." else entry
+        if key in seen:
+            if key != entry:
+                yield _error(
+                    path, f"duplicate entries in exportTo: . and current namespace {namespace}"
+                )
+            else:
+                yield _error(path, f"duplicate entries in exportTo for entry {entry}")
+        elif service_entry and entry == "~":
+            seen.add(key)
+        else:
+            problem = _visibility_problem(key)
+            if problem:
+                yield _error(path, problem)
+            else:
+                seen.add(key)
+    if "*" in seen and len(export_to) > 1:
+        yield _error(
+            "spec.exportTo",
+            "cannot have both public (*) and non-public exportTo values for a resource",
+        )
+    if "~" in seen and len(export_to) > 1:
+        yield _error("spec.exportTo", "cannot export service entry to no one (~) and someone")
+
+
+def _visibility_problem(value: str) -> str | None:
+    """visibility.Instance.Validate."""
+    if value in (".", "*"):
+        return None
+    if value == "~":
+        return "exportTo ~ (none) is not allowed for Istio configuration objects"
+    if not names.is_dns1123_label(value):
+        return "only .,*, or a valid DNS 1123 label is allowed as exportTo entry"
+    return None
 
 
 # ---------------------------------------------------------------- Deployment, Service

@@ -359,6 +359,22 @@ def _destination_rule(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row
     ]
 
 
+def _service_entry(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row:
+    return [
+        _json_cell(_get(obj, "spec", "hosts")),
+        _json_cell(_get(obj, "spec", "location")),
+        _json_cell(_get(obj, "spec", "resolution")),
+        age(_get(obj, "metadata", "creationTimestamp"), now),
+    ]
+
+
+def _workload_entry(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row:
+    return [
+        age(_get(obj, "metadata", "creationTimestamp"), now),
+        _json_cell(_get(obj, "spec", "address")),
+    ]
+
+
 def _age_only(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row:
     return [age(_get(obj, "metadata", "creationTimestamp"), now)]
 
@@ -384,6 +400,8 @@ _TABLES: dict[str, tuple[list[str], list[str], _Columns]] = {
     "Gateway": (["AGE"], [], _age_only),
     "VirtualService": (["GATEWAYS", "HOSTS", "AGE"], [], _virtual_service),
     "DestinationRule": (["HOST", "AGE"], [], _destination_rule),
+    "ServiceEntry": (["HOSTS", "LOCATION", "RESOLUTION", "AGE"], [], _service_entry),
+    "WorkloadEntry": (["AGE", "ADDRESS"], [], _workload_entry),
 }
 
 

@@ -3,6 +3,12 @@
 It keeps an in-memory copy of the kinds the builder reads, updated from the store's watch,
 and serves each proxy the snapshot built for it. Snapshots are content-addressed, so a
 change that does not alter a proxy's table is never pushed to it.
+
+DNS ServiceEntries name hosts rather than addresses. Looking them up is I/O, so it happens
+here, not in the builder: the names the entries need are resolved when they appear and
+every ``dns_refresh`` seconds after, and the answers reach the builder as
+``MeshResources.dns``. Like Envoy's DNS clusters, a failed lookup keeps the previous
+answer, and a name that does not exist has no addresses.
 """
 
 from __future__ import annotations
@@ -10,23 +16,56 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from tcpmesh.control.build import build_snapshot
+from tcpmesh.control.build import build_snapshot, dns_names
 from tcpmesh.control.resources import MeshResources, ProxyNode
 from tcpmesh.control.snapshot import Snapshot
 from tcpmesh.store import Store
 
 log = logging.getLogger(__name__)
 
-WATCHED_KINDS = ("Service", "Endpoints", "Pod", "Gateway", "VirtualService", "DestinationRule")
+WATCHED_KINDS = (
+    "Service",
+    "Endpoints",
+    "Pod",
+    "Gateway",
+    "VirtualService",
+    "DestinationRule",
+    "ServiceEntry",
+    "WorkloadEntry",
+)
+DNS_REFRESH = 30.0
+DNS_TIMEOUT = 5.0
+# getaddrinfo's "no such name" answers: the name has no addresses, which is not a failure.
+_NO_SUCH_NAME = {
+    code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if code is not None
+}
 
 ObjectKey = tuple[str, str, str]
+Resolver = Callable[[str], Awaitable[tuple[str, ...]]]
+
+
+async def resolve_ipv4(name: str) -> tuple[str, ...]:
+    """The IPv4 addresses of ``name`` in the resolver's order.
+
+    IPv4 only, as Istio's DNS clusters look up on a proxy without IPv6 addresses (V4_ONLY).
+    """
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(name, None, family=socket.AF_INET, type=socket.SOCK_STREAM)
+    return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 class ControlPlane:
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        resolver: Resolver = resolve_ipv4,
+        dns_refresh: float = DNS_REFRESH,
+    ) -> None:
         self._store = store
         self._objects: dict[ObjectKey, dict[str, Any]] = {}
         self._resources = MeshResources()
@@ -34,6 +73,12 @@ class ControlPlane:
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._cache: dict[str, tuple[int, Snapshot | None]] = {}
+        self._resolver = resolver
+        self._dns_refresh = dns_refresh
+        self._dns: dict[str, tuple[str, ...]] = {}
+        self._dns_tried: set[str] = set()
+        self._dns_due = asyncio.Event()
+        self._dns_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         revision = self._store.revision
@@ -42,12 +87,14 @@ class ControlPlane:
                 self._objects[_key(obj)] = obj
         await self._publish()
         self._task = asyncio.create_task(self._follow(revision), name="control-plane")
+        self._dns_task = asyncio.create_task(self._follow_dns(), name="control-plane dns")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._dns_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _follow(self, revision: int) -> None:
         async for event in self._store.watch(WATCHED_KINDS, since=revision):
@@ -61,14 +108,56 @@ class ControlPlane:
 
     async def _publish(self) -> None:
         try:
-            resources = MeshResources.from_objects(self._objects.values())
+            resources = MeshResources.from_objects(self._objects.values(), self._dns)
         except Exception:
             log.exception("stored objects could not be read; keeping the previous routes")
             return
+        if dns_names(resources) - self._dns_tried:
+            self._dns_due.set()  # a new name: look it up now rather than at the next refresh
         async with self._changed:
             self._resources = resources
             self._generation += 1
             self._changed.notify_all()
+
+    async def _follow_dns(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dns_due.wait(), self._dns_refresh)
+            self._dns_due.clear()
+            try:
+                await self.refresh_dns()
+            except Exception:
+                # A resolver failing in an unforeseen way must not stop later refreshes.
+                log.exception("refreshing DNS ServiceEntry addresses failed")
+
+    async def refresh_dns(self) -> bool:
+        """Look up every name the DNS entries need now, and republish if any answer changed."""
+        names = sorted(dns_names(self._resources))
+        answers = await asyncio.gather(*(self._lookup(name) for name in names))
+        updated: dict[str, tuple[str, ...]] = {}
+        for name, addresses in zip(names, answers, strict=True):
+            if addresses is None:
+                addresses = self._dns.get(name, ())
+            if addresses:
+                updated[name] = addresses
+        self._dns_tried = set(names)
+        changed = updated != self._dns
+        self._dns = updated
+        if changed:
+            await self._publish()
+        return changed
+
+    async def _lookup(self, name: str) -> tuple[str, ...] | None:
+        """The addresses of ``name``; ``None`` when the lookup failed and should be retried."""
+        try:
+            return await asyncio.wait_for(self._resolver(name), DNS_TIMEOUT)
+        except socket.gaierror as exc:
+            if exc.errno in _NO_SUCH_NAME:
+                return ()
+            log.warning("looking up %s failed: %s; keeping its previous addresses", name, exc)
+        except (OSError, TimeoutError, UnicodeError) as exc:
+            log.warning("looking up %s failed: %r; keeping its previous addresses", name, exc)
+        return None
 
     def node_for(self, node_id: str) -> ProxyNode | None:
         namespace, _, name = node_id.partition("/")

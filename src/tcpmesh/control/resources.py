@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from tcpmesh.api import from_dict, models
@@ -47,9 +47,18 @@ class MeshResources:
     gateways: tuple[models.Gateway, ...] = ()
     virtual_services: tuple[models.VirtualService, ...] = ()
     destination_rules: tuple[models.DestinationRule, ...] = ()
+    service_entries: tuple[models.ServiceEntry, ...] = ()
+    workload_entries: tuple[models.WorkloadEntry, ...] = ()
+    # Host name → IPv4 addresses, looked up by the control plane for DNS ServiceEntries so
+    # that building stays pure; a name missing here has no endpoints yet.
+    dns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
-    def from_objects(cls, objects: Iterable[Mapping[str, Any]]) -> MeshResources:
+    def from_objects(
+        cls,
+        objects: Iterable[Mapping[str, Any]],
+        dns: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> MeshResources:
         """Sort stored dicts into typed buckets; kinds the builder does not use are skipped."""
         buckets: dict[type[models.Resource], list[Any]] = {
             models.Service: [],
@@ -58,6 +67,8 @@ class MeshResources:
             models.Gateway: [],
             models.VirtualService: [],
             models.DestinationRule: [],
+            models.ServiceEntry: [],
+            models.WorkloadEntry: [],
         }
         for obj in objects:
             if obj.get("kind") == "Deployment":
@@ -73,6 +84,9 @@ class MeshResources:
             gateways=tuple(buckets[models.Gateway]),
             virtual_services=tuple(buckets[models.VirtualService]),
             destination_rules=tuple(buckets[models.DestinationRule]),
+            service_entries=tuple(buckets[models.ServiceEntry]),
+            workload_entries=tuple(buckets[models.WorkloadEntry]),
+            dns=dict(dns or {}),
         )
 
 
@@ -104,3 +118,23 @@ def resolve_gateway_name(name: str, namespace: str) -> str:
 
 def labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
+
+
+def service_entries_visible_to(
+    entries: Sequence[models.ServiceEntry], namespace: str
+) -> tuple[models.ServiceEntry, ...]:
+    """The entries a proxy in ``namespace`` sees, in the order Istio prefers them.
+
+    servicesExportedToNamespace: entries private to or exported to the namespace come
+    before public ones (no ``exportTo`` means public), each group by creation time;
+    ``~`` hides an entry from every proxy but its own workloads, so from every gateway.
+    """
+    local: list[models.ServiceEntry] = []
+    public: list[models.ServiceEntry] = []
+    for entry in sorted(entries, key=creation_order_key):
+        export_to = entry.spec.export_to
+        if not export_to or "*" in export_to:
+            public.append(entry)
+        elif namespace in export_to or ("." in export_to and entry.namespace == namespace):
+            local.append(entry)
+    return (*local, *public)

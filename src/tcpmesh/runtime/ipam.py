@@ -3,11 +3,14 @@
 Linux routes all of 127.0.0.0/8 to the loopback interface, so no interface setup is
 needed. Addresses start at 127.1.0.1 (clear of 127.0.0.1, where users run other
 things) and never end in .0 or .255, which some tools treat as network or broadcast.
+Another mesh on the same machine (or a process it left behind) may already listen on
+an address, so a new pod skips addresses where one of its ports cannot be bound.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Collection, Iterator
 
 FIRST_POD_IP = "127.1.0.1"
@@ -34,9 +37,26 @@ def is_pod_ip(address: str, first: str = FIRST_POD_IP) -> bool:
     return int(ipaddress.IPv4Address(first)) <= value <= _LAST and value & 0xFF not in (0, 0xFF)
 
 
-def allocate_ip(used: Collection[str], first: str = FIRST_POD_IP) -> str:
-    """The lowest pod address not in ``used``: stable, so the first pod is 127.1.0.1."""
+def allocate_ip(
+    used: Collection[str], first: str = FIRST_POD_IP, ports: Collection[int] = ()
+) -> str:
+    """The lowest pod address not in ``used`` where every TCP port in ``ports`` is free.
+
+    Stable, so the first pod is 127.1.0.1 unless something else already listens there.
+    """
     for address in pod_ips(first):
-        if address not in used:
+        if address not in used and all(port_is_free(address, port) for port in ports):
             return address
     raise AddressesExhausted(f"no free pod address left in {first}-127.255.255.254")
+
+
+def port_is_free(address: str, port: int) -> bool:
+    """Whether a TCP server could bind ``address:port`` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As servers do, so that connections of a process that just exited do not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True

@@ -284,7 +284,13 @@ class Kubelet:
         taken = self.used_ips([p for p in pods if key_of(p) != key_of(pod)])
         if is_pod_ip(kept, self.first_pod_ip) and kept not in taken:
             return kept
-        return allocate_ip(taken, self.first_pod_ip)
+        ports = [
+            int(p["containerPort"])
+            for c in (pod.get("spec") or {}).get("containers") or []
+            for p in c.get("ports") or []
+            if "containerPort" in p and p.get("protocol", "TCP") == "TCP"
+        ]
+        return allocate_ip(taken, self.first_pod_ip, ports)
 
     def sync(self, pods: list[Obj]) -> None:
         """Start workers for new pods, stop workers whose pod is gone or replaced."""
