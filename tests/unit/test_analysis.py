@@ -190,3 +190,24 @@ def test_errors_come_before_warnings_and_carry_their_file() -> None:
     assert format_message(messages[0]).startswith(
         "Error [IST0101] (VirtualService default/tcp-echo vs.yaml) "
     )
+
+
+def test_service_entry_hosts_are_known_destinations() -> None:
+    entry = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": meta("vms"),
+        "spec": {
+            "hosts": ["legacy.example.com"],
+            "ports": [{"number": 7000, "name": "tcp", "protocol": "TCP"}],
+            "resolution": "STATIC",
+            "endpoints": [{"address": "127.0.0.8", "labels": {"version": "v1"}}],
+        },
+    }
+    good = virtual_service([route(None, host="legacy.example.com", port=7000)], name="good")
+    bad = virtual_service([route(None, host="legacy.example.com", port=7001)], name="bad")
+    messages = analyze([*mesh(good, bad), entry])
+    assert codes(messages) == [
+        ("Error", "IST0101", 'Referenced host:port not found: "legacy.example.com:7001"')
+    ]
+    assert messages[0].name == "bad"

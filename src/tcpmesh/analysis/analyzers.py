@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tcpmesh.api import from_dict, models, validate_object
-from tcpmesh.control.build import OPAQUE_TCP_PROTOCOLS, find_service, hosts_overlap
+from tcpmesh.control.build import (
+    OPAQUE_TCP_PROTOCOLS,
+    find_service,
+    hosts_overlap,
+    service_entry_ports,
+)
 from tcpmesh.control.resources import (
     MeshResources,
     labels_match,
@@ -169,11 +174,10 @@ def _destination_messages(
     resources: MeshResources, vs: models.VirtualService, destination: models.Destination
 ) -> Iterator[Message]:
     fqdn = resolve_host(destination.host, vs.namespace)
-    service = find_service(resources, fqdn)
-    if service is None:
+    ports = _host_ports(resources, fqdn)
+    if ports is None:
         yield _message("Error", "IST0101", vs, f'Referenced host not found: "{destination.host}"')
         return
-    ports = [p.port for p in service.spec.ports]
     number = destination.port.number if destination.port else 0
     if number and number not in ports:
         text = f'Referenced host:port not found: "{destination.host}:{number}"'
@@ -195,6 +199,15 @@ def _destination_messages(
             f'"{destination.host}+{destination.subset}"'
         )
         yield _message("Error", "IST0101", vs, text)
+
+
+def _host_ports(resources: MeshResources, fqdn: str) -> list[int] | None:
+    """The ports of the Service or ServiceEntry behind a host; None when nothing is."""
+    service = find_service(resources, fqdn)
+    if service is not None:
+        return [p.port for p in service.spec.ports]
+    entry_ports = service_entry_ports(resources, fqdn)
+    return entry_ports or None
 
 
 def _hosts_in_gateways(
@@ -229,7 +242,7 @@ def _destination_rule_messages(
     for rule in resources.destination_rules:
         fqdn = resolve_host(rule.spec.host, rule.namespace)
         service = find_service(resources, fqdn)
-        if service is None and not fqdn.startswith("*"):
+        if service is None and not fqdn.startswith("*") and not _host_ports(resources, fqdn):
             text = (
                 f"The host {fqdn} defined in the DestinationRule does not match any services "
                 "in the mesh."

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from tcpmesh.api import models, parse_duration
+from tcpmesh.api.names import is_ip
 from tcpmesh.control.resources import (
     MeshResources,
     ProxyNode,
@@ -462,7 +463,7 @@ def dns_names(resources: MeshResources) -> set[str]:
                 if port is None:
                     continue
                 for instance in _entry_instances(resources, entry, host, port):
-                    if not _is_ip(instance.address) and not instance.address.startswith("*"):
+                    if not is_ip(instance.address) and not instance.address.startswith("*"):
                         names.add(instance.address)
     return names
 
@@ -596,7 +597,7 @@ def _workload_instance(
     """
     if not address or address.startswith(UNIX_ADDRESS_PREFIX):
         return []
-    if not allow_names and not _is_ip(address):
+    if not allow_names and not is_ip(address):
         return []
     target = port_map.get(port.name, 0) or port.target_port or port.number
     return [_Instance(address, target, tuple(sorted(labels.items())), ready, workload)]
@@ -642,7 +643,7 @@ def _resolve(
     """
     endpoints: list[Endpoint] = []
     for instance in instances:
-        if _is_ip(instance.address):
+        if is_ip(instance.address):
             addresses: Sequence[str] = (instance.address,)
         elif resolution == "DNS_ROUND_ROBIN":
             addresses = dns.get(instance.address, ())[:1]
@@ -661,14 +662,6 @@ def _resolve(
             for address in addresses
         ]
     return tuple(endpoints)
-
-
-def _is_ip(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
 
 
 PolicyParts = tuple[
