@@ -8,9 +8,10 @@ import yaml
 
 from tcpmesh.api import kinds
 from tcpmesh.apiserver.client import ApiClient
+from tcpmesh.control.resources import resolve_host, service_fqdn
 from tcpmesh.control.snapshot import Snapshot, TcpRoute
 
-ROUTING_KINDS = ("Gateway", "VirtualService", "DestinationRule", "Service")
+ROUTING_KINDS = ("Gateway", "VirtualService", "DestinationRule", "Service", "ServiceEntry")
 
 
 def describe_object(client: ApiClient, info: kinds.KindInfo, obj: dict[str, Any]) -> str:
@@ -38,8 +39,6 @@ def describe_object(client: ApiClient, info: kinds.KindInfo, obj: dict[str, Any]
 def routing_lines(client: ApiClient, obj: dict[str, Any]) -> list[str]:
     """The listeners, routes and clusters of the gateway snapshots that involve ``obj``."""
     kind = obj["kind"]
-    namespace = obj["metadata"].get("namespace", "default")
-    name = obj["metadata"]["name"]
     lines: list[str] = []
     for pod in client.list("Pod", None):
         labels = pod["metadata"].get("labels") or {}
@@ -52,7 +51,7 @@ def routing_lines(client: ApiClient, obj: dict[str, Any]) -> list[str]:
         snapshot = Snapshot.from_dict(data)
         for listener in snapshot.listeners:
             for route in listener.routes:
-                if _route_involves(kind, namespace, name, listener.gateway, route):
+                if _route_involves(kind, obj, listener.gateway, route):
                     lines.append(
                         f"gateway {node} listener {listener.name} "
                         f"({listener.address}:{listener.port}) from {route.source}:"
@@ -68,43 +67,40 @@ def routing_lines(client: ApiClient, obj: dict[str, Any]) -> list[str]:
                         lines.append(
                             f"  {100 * dest.weight / total:5.1f}%  {dest.cluster_name}  ({state})"
                         )
-        if kind in ("Service", "DestinationRule"):
-            for cluster in snapshot.clusters:
-                if _cluster_involves(kind, namespace, name, obj, cluster.service):
-                    endpoints = ", ".join(
-                        f"{e.address}:{e.port}{'' if e.ready else ' (not ready)'}"
-                        for e in cluster.endpoints
-                    )
-                    lines.append(f"cluster {cluster.name}: {endpoints or 'no endpoints'}")
+        hosts = _hosts_of(kind, obj)
+        for cluster in snapshot.clusters:
+            if cluster.service in hosts:
+                endpoints = ", ".join(
+                    f"{e.address}:{e.port}{'' if e.ready else ' (not ready)'}"
+                    for e in cluster.endpoints
+                )
+                lines.append(f"cluster {cluster.name}: {endpoints or 'no endpoints'}")
         break
     return lines or ["<no routes or clusters>"]
 
 
-def _route_involves(
-    kind: str,
-    namespace: str,
-    name: str,
-    gateway: str,
-    route: TcpRoute,
-) -> bool:
+def _route_involves(kind: str, obj: dict[str, Any], gateway: str, route: TcpRoute) -> bool:
+    namespace = obj["metadata"].get("namespace", "default")
+    name = obj["metadata"]["name"]
     if kind == "VirtualService":
         return route.source.startswith(f"VirtualService {namespace}/{name} ")
     if kind == "Gateway":
         return gateway == f"{namespace}/{name}"
-    fqdn_suffix = f"|{name}.{namespace}.svc.cluster.local"
-    return kind == "Service" and any(
-        d.cluster_name.endswith(fqdn_suffix) for d in route.destinations
-    )
+    hosts = _hosts_of(kind, obj)
+    return any(d.cluster_name.rsplit("|", 1)[-1] in hosts for d in route.destinations)
 
 
-def _cluster_involves(
-    kind: str, namespace: str, name: str, obj: dict[str, Any], service: str
-) -> bool:
+def _hosts_of(kind: str, obj: dict[str, Any]) -> set[str]:
+    """The FQDNs whose clusters an object shapes."""
+    namespace = obj["metadata"].get("namespace", "default")
+    spec = obj.get("spec") or {}
     if kind == "Service":
-        return service == f"{name}.{namespace}.svc.cluster.local"
-    host = str(obj.get("spec", {}).get("host", ""))
-    fqdn = host if "." in host else f"{host}.{namespace}.svc.cluster.local"
-    return service == fqdn
+        return {service_fqdn(obj["metadata"]["name"], namespace)}
+    if kind == "DestinationRule":
+        return {resolve_host(str(spec.get("host", "")), namespace)}
+    if kind == "ServiceEntry":
+        return {str(h) for h in spec.get("hosts") or []}
+    return set()
 
 
 def _pairs(mapping: dict[str, str] | None) -> str:
