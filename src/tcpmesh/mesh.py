@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -28,6 +28,10 @@ from tcpmesh.apiserver.credentials import remove_credentials, write_credentials
 from tcpmesh.control.plane import ControlPlane
 from tcpmesh.runtime import Runtime, pod_is_ready
 from tcpmesh.store import Store
+from tcpmesh.xds.envoyfiles import remove_xds_address, write_xds_address, xds_libraries_installed
+
+if TYPE_CHECKING:
+    from tcpmesh.xds.server import XdsServer
 
 log = logging.getLogger("tcpmesh.mesh")
 
@@ -35,6 +39,10 @@ GATEWAY_NAMESPACE = "istio-system"
 GATEWAY_NAME = "istio-ingressgateway"
 GATEWAY_LABELS = {"app": "istio-ingressgateway", "istio": "ingressgateway"}
 GATEWAY_IMAGE = "docker.io/istio/proxyv2:1.24.0"
+# `--dataplane envoy`: the image tcpmesh runs as Envoy fed by its xDS server.
+ENVOY_GATEWAY_IMAGE = "docker.io/envoyproxy/envoy:v1.40.0"
+# Test hook: clusters whose name contains this text are served in a form Envoy rejects.
+XDS_REJECT_ENV = "TCPMESH_XDS_TEST_REJECT"
 STATUS_PORT = 15021
 GATEWAY_READY_TIMEOUT = 60.0
 # The ports of Istio's demo profile ingress gateway Service.
@@ -65,6 +73,7 @@ class AlreadyRunning(RuntimeError):
 
 def default_gateway_objects(config: MeshConfig) -> list[dict[str, Any]]:
     """The ``istio-system/istio-ingressgateway`` Service and workload that ``up`` creates."""
+    envoy = config.dataplane == "envoy"
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -101,8 +110,8 @@ def default_gateway_objects(config: MeshConfig) -> list[dict[str, Any]]:
                     "containers": [
                         {
                             "name": "istio-proxy",
-                            "image": GATEWAY_IMAGE,
-                            "args": ["proxy", "router"],
+                            "image": ENVOY_GATEWAY_IMAGE if envoy else GATEWAY_IMAGE,
+                            "args": [] if envoy else ["proxy", "router"],
                             "env": [
                                 {"name": "TCPMESH_WORKERS", "value": str(config.effective_workers)},
                                 {"name": "TCPMESH_STATUS_PORT", "value": str(STATUS_PORT)},
@@ -153,6 +162,7 @@ class Mesh:
         self.started_at = time.time()
         self._runner: web.AppRunner | None = None
         self.url = ""
+        self.xds: XdsServer | None = None
 
     async def start(self) -> None:
         self.store.apply(default_gateway_objects(self.config))
@@ -172,15 +182,36 @@ class Mesh:
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}"
+        # Before the pods: an Envoy gateway reads the ADS address when it starts.
+        await self._start_xds()
         # Pods first: until the runtime has rewritten their status, a Ready condition in the
         # store may be left over from a mesh that crashed, and `up` must not trust it.
         await self.runtime.start()
         write_credentials(self.config.state_dir, self.url, token, os.getpid())
         log.info("tcpmesh API on %s, gateway address %s", self.url, self.config.address)
 
+    async def _start_xds(self) -> None:
+        """ADS for Envoy gateways (on this machine or others), when the libraries are here."""
+        if not xds_libraries_installed():
+            log.info("xDS server not started: grpcio and xds-protos are not installed")
+            return
+        # Pods are forked from this process while gRPC's threads run; they exec at once,
+        # so gRPC's fork handlers have nothing to protect (and would only log).
+        os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+        from tcpmesh.xds.server import XdsServer
+        from tcpmesh.xds.translate import reject_clusters
+
+        marker = os.environ.get(XDS_REJECT_ENV)
+        self.xds = XdsServer(self.control, transform=reject_clusters(marker) if marker else None)
+        port = await self.xds.start()
+        write_xds_address(self.config.state_dir, "127.0.0.1", port)
+
     async def stop(self) -> None:
         remove_credentials(self.config.state_dir)
         await self.runtime.stop()
+        if self.xds is not None:
+            remove_xds_address(self.config.state_dir)
+            await self.xds.stop()
         await self.control.stop()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -214,6 +245,7 @@ class Mesh:
             "pods": [_pod_summary(p) for p in pods],
             "gatewayReady": any(pod_is_ready(p) for p in gateway_pods),
             "listeners": listeners,
+            "xds": self.xds.status() if self.xds is not None else None,
         }
 
 

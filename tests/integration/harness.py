@@ -26,10 +26,20 @@ class Result:
 
 
 class MeshHarness:
-    def __init__(self, state_dir: Path, address: str, workers: int = 2) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        address: str,
+        workers: int = 2,
+        dataplane: str = "python",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.state_dir = state_dir
         self.address = address
         self.workers = workers
+        self.dataplane = dataplane
+        # Extra environment for every command, hence for the mesh and its pods.
+        self.env = env or {}
 
     def tcpmesh(self, *args: str, stdin: str | None = None, check: bool = True) -> Result:
         completed = subprocess.run(
@@ -39,6 +49,7 @@ class MeshHarness:
             text=True,
             timeout=120,
             check=False,
+            env={**os.environ, **self.env},
         )
         result = Result(completed.returncode, completed.stdout, completed.stderr)
         if check and result.code != 0:
@@ -46,22 +57,42 @@ class MeshHarness:
         return result
 
     def up(self) -> None:
-        self.tcpmesh("up", "--detach", "--address", self.address, "--workers", str(self.workers))
+        self.tcpmesh(
+            "up",
+            "--detach",
+            "--address",
+            self.address,
+            "--workers",
+            str(self.workers),
+            "--dataplane",
+            self.dataplane,
+        )
 
     def down(self) -> None:
         self.tcpmesh("down", check=False)
         self.kill_leftover_pods()
 
     def kill_leftover_pods(self) -> None:
-        """Stop pod processes this test's mesh started, should ``down`` have failed."""
+        """Stop pod processes this test's mesh started, should ``down`` have failed.
+
+        The runtime records ``{container: {"pid", "argv"}}`` per pod; a process counts as
+        ours only if it still runs that argv with this state directory in its environment.
+        """
+        marker = f"TCPMESH_STATE_DIR={self.state_dir}".encode()
         for pid_file in (self.state_dir / "pods").glob("*/*.pid"):
             try:
-                pid = int(pid_file.read_text().strip())
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                entries = json.loads(pid_file.read_text()).values()
             except (OSError, ValueError):
                 continue
-            if b"tcpmesh" in cmdline and str(self.state_dir).encode() in _environ(pid):
-                os.killpg(pid, signal.SIGKILL)
+            for entry in entries:
+                pid = int(entry["pid"])
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0")
+                except OSError:
+                    continue
+                argv = [os.fsencode(a) for a in entry["argv"]]
+                if cmdline.split(b"\0") == argv and marker in _environ(pid).split(b"\0"):
+                    os.killpg(pid, signal.SIGKILL)
 
     def apply(self, *files: Path) -> Result:
         args: list[str] = ["apply"]

@@ -1,4 +1,10 @@
-"""The seed walkthrough end to end on the built-in data plane, through the real CLI."""
+"""The seed walkthrough end to end through the real CLI, on both data planes.
+
+Every test runs against the built-in proxy and against Envoy fed over xDS. Envoy runs
+with a 2 s drain time, so that if a route change drained its listener (Istio's stock
+behaviour: every open TCP connection closed when the drain ends), the flip test would
+see its connections cut.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from pathlib import Path
 import pytest
 from scipy.stats import binomtest
 
+from tcpmesh.xds.envoyfiles import missing_envoy_support
 from tests.integration.harness import SAMPLES, MeshHarness, exchange, first_word
 
 pytestmark = pytest.mark.integration
@@ -22,9 +29,23 @@ ADDRESS = "127.0.0.1"
 PORT = 31400
 
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshHarness]:
-    harness = MeshHarness(tmp_path_factory.mktemp("state"), ADDRESS)
+ENVOY_DRAIN_TIME = "2"
+
+
+@pytest.fixture(scope="module", params=["python", "envoy"])
+def mesh(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MeshHarness]:
+    dataplane: str = request.param
+    env = {}
+    if dataplane == "envoy":
+        missing = missing_envoy_support()
+        if missing is not None:
+            pytest.skip(f"Envoy data plane: {missing}")
+        env["TCPMESH_ENVOY_DRAIN_TIME"] = ENVOY_DRAIN_TIME
+    harness = MeshHarness(
+        tmp_path_factory.mktemp(f"state-{dataplane}"), ADDRESS, dataplane=dataplane, env=env
+    )
     try:
         harness.up()
         harness.apply(SAMPLES / "tcp-echo-deployments.yaml", SAMPLES / "tcp-echo-service.yaml")
@@ -319,3 +340,31 @@ def test_down_then_up_brings_back_objects_pods_and_routes(mesh: MeshHarness) -> 
     assert mesh.get_json("virtualservice", "tcp-echo") == vs_before
     pods_after = {(p["metadata"]["name"], p["status"]["podIP"]) for p in mesh.pods()}
     assert pods_after == pods_before
+
+
+def test_proxy_config_prints_the_same_tables_for_both_data_planes(mesh: MeshHarness) -> None:
+    route_all_to(mesh, "v1")
+    v1 = "outbound|9000|v1|tcp-echo.default.svc.cluster.local"
+    listeners = mesh.tcpmesh("proxy-config", "listeners").stdout.splitlines()
+    assert listeners[0].split() == ["ADDRESSES", "PORT", "MATCH", "DESTINATION"]
+    assert [line.split() for line in listeners[1:]] == [[ADDRESS, str(PORT), "ALL", "Cluster:", v1]]
+    clusters = [
+        line.split() for line in mesh.tcpmesh("proxy-config", "clusters").stdout.splitlines()
+    ]
+    assert clusters[0] == ["SERVICE", "FQDN", "PORT", "SUBSET", "DIRECTION", "TYPE"]
+    echo = [row for row in clusters if row[0] == "tcp-echo.default.svc.cluster.local"]
+    assert echo == [
+        ["tcp-echo.default.svc.cluster.local", port, subset, "outbound", "EDS"]
+        for port in ("9000",)
+        for subset in ("-", "v1", "v2")
+    ]
+    pod = _gateway_pod(mesh)
+    endpoints = mesh.tcpmesh("proxy-config", "endpoints", f"{pod}.istio-system").stdout
+    v1_ips = {
+        p["status"]["podIP"] for p in mesh.pods() if p["metadata"]["labels"]["version"] == "v1"
+    }
+    rows = [line.split() for line in endpoints.splitlines()[1:]]
+    assert {r[0] for r in rows if r[3] == v1} == {f"{ip}:9000" for ip in v1_ips}
+    assert all(r[1:3] == ["HEALTHY", "OK"] for r in rows if r[3] == v1)
+    as_json = json.loads(mesh.tcpmesh("proxy-config", "listeners", "-o", "json").stdout)
+    assert [lst["name"] for lst in as_json] == [f"0.0.0.0_{PORT}"]

@@ -112,10 +112,11 @@ def up(
     from tcpmesh.mesh import Mesh, MeshConfig
 
     if dataplane == "envoy":
-        fail(
-            "error: --dataplane envoy is not available in this version of tcpmesh; "
-            "use --dataplane python"
-        )
+        from tcpmesh.xds.envoyfiles import missing_envoy_support
+
+        missing = missing_envoy_support()
+        if missing is not None:
+            fail(f"error: --dataplane envoy: {missing}")
     objects, warnings = load_manifests(files, ctx.namespace) if files else ([], [])
     for warning in warnings:
         click.echo(f"Warning: {warning}", err=True)
@@ -168,6 +169,10 @@ def status(ctx: Context, output: str) -> None:
         click.echo(json.dumps(state, indent=2))
         return
     for line in lifecycle.summarize(state):
+        click.echo(line)
+    from tcpmesh.xds.proxyconfig import status_lines
+
+    for line in status_lines(state.get("xds")):
         click.echo(line)
     rows = [
         [
@@ -423,6 +428,80 @@ def _object_key(obj: dict[str, Any]) -> tuple[str, str, str]:
 def logs(ctx: Context, pod: str, namespace: str | None) -> None:
     """A pod's output."""
     click.echo(ctx.client().pod_log(ctx.ns(namespace), pod.removeprefix("pod/")), nl=False)
+
+
+@cli.command("proxy-config")
+@click.argument("what", type=click.Choice(["listeners", "clusters", "endpoints"]))
+@click.argument("pod", required=False)
+@namespace_option
+@click.option("-o", "--output", type=click.Choice(["short", "json"]), default="short")
+@pass_context
+@friendly_errors
+def proxy_config(
+    ctx: Context, what: str, pod: str | None, namespace: str | None, output: str
+) -> None:
+    """A gateway proxy's listeners, clusters or endpoints (the built-in proxy or Envoy).
+
+    POD is NAME or NAME.NAMESPACE (default: the ingress gateway pod; namespace
+    istio-system).
+    """
+    from tcpmesh.runtime.images import builtin_image
+    from tcpmesh.xds import proxyconfig
+
+    client = ctx.client()
+    ns = namespace or ctx.namespace
+    if pod is not None and ns is None and "." in pod:
+        pod, ns = pod.split(".", 1)
+    ns = ns or "istio-system"
+    if pod is None:
+        gateways = [
+            p
+            for p in client.list("Pod", ns)
+            if (p["metadata"].get("labels") or {}).get("istio") == "ingressgateway"
+        ]
+        if not gateways:
+            fail(f"error: no gateway pod in namespace {ns}; name one")
+        pod = str(gateways[0]["metadata"]["name"])
+    pod = pod.removeprefix("pod/")
+    containers = (client.get("Pod", ns, pod).get("spec") or {}).get("containers") or [{}]
+    image = builtin_image(str(containers[0].get("image") or ""))
+    table: tuple[list[str], list[list[str]]]
+    data: Any
+    if image is not None and image.name == "envoy":
+        from tcpmesh.xds.envoyfiles import read_admin_address
+
+        admin = read_admin_address(ctx.state_dir, ns, pod)
+        if admin is None:
+            fail(f"error: Envoy of pod {ns}/{pod} has no admin interface yet")
+        if what == "endpoints":
+            clusters = proxyconfig.fetch_admin(admin, "/clusters?format=json")
+            table = proxyconfig.envoy_endpoints(clusters)
+            data = proxyconfig.envoy_endpoints_json(clusters)
+        else:
+            dump = proxyconfig.fetch_admin(admin, "/config_dump")
+            if what == "listeners":
+                table = proxyconfig.envoy_listeners(dump)
+                data = proxyconfig.envoy_listeners_json(dump)
+            else:
+                table = proxyconfig.envoy_clusters(dump)
+                data = proxyconfig.envoy_clusters_json(dump)
+    else:
+        from tcpmesh.control.snapshot import Snapshot
+
+        raw = client.snapshot(f"{ns}/{pod}")
+        if raw is None:
+            fail(f"error: no configuration for proxy {ns}/{pod}")
+        snapshot = Snapshot.from_dict(raw)
+        table = {
+            "listeners": proxyconfig.snapshot_listeners,
+            "clusters": proxyconfig.snapshot_clusters,
+            "endpoints": proxyconfig.snapshot_endpoints,
+        }[what](snapshot)
+        data = proxyconfig.snapshot_json(snapshot, what)
+    if output == "json":
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(printers.format_columns(*table))
 
 
 # ---------------------------------------------------------------- traffic

@@ -21,6 +21,7 @@ class BuiltinImage:
     # The entrypoint of the real image: a manifest that spells it out as `command`
     # still means the built-in program.
     entrypoint: str
+    owner: str = "istio"  # the image repository's owner, for messages
 
     def argv(self, args: Sequence[str]) -> list[str]:
         return [sys.executable, "-m", self.module, *args]
@@ -29,6 +30,8 @@ class BuiltinImage:
 BUILTIN_IMAGES: tuple[BuiltinImage, ...] = (
     BuiltinImage("tcp-echo-server", "tcpmesh.runtime.tcpecho", ("9000", "hello"), "/bin/tcp-echo"),
     BuiltinImage("proxyv2", "tcpmesh.dataplane", (), "/usr/local/bin/pilot-agent"),
+    # Envoy fed by the mesh's xDS server (`up --dataplane envoy`); args go to Envoy.
+    BuiltinImage("envoy", "tcpmesh.xds.gateway", (), "/docker-entrypoint.sh", "envoyproxy"),
 )
 
 
@@ -64,7 +67,7 @@ def container_argv(container: Mapping[str, Any]) -> list[str]:
         return builtin.argv(args or ())
     if command:
         return [*command, *(args or [])]
-    known = ", ".join(f"istio/{b.name}" for b in BUILTIN_IMAGES)
+    known = ", ".join(f"{b.owner}/{b.name}" for b in BUILTIN_IMAGES)
     raise ImageNotRunnable(
         f'image "{image}" is not built into tcpmesh: tcpmesh runs only its built-in images '
         f"({known}, under any registry and tag) or containers that set `command`"

@@ -1,0 +1,281 @@
+"""Snapshot → Envoy resources (Listener, Cluster, ClusterLoadAssignment, TypedExtensionConfig).
+
+The translation is pure and produces Envoy's own JSON shape (what ``/config_dump`` prints),
+so it is tested without protobuf and read back by ``proxy-config``; the ADS server parses
+it into the v3 messages.
+
+How a weight change leaves open connections alone
+-------------------------------------------------
+Envoy drains the connections of a filter chain that is changed or removed by an LDS
+update and, for tcp_proxy (which cannot drain gracefully), closes them once
+``--drain-time-s`` is over. Istio puts the whole ``tcp_proxy`` config (its
+``weighted_clusters``) inside the listener's filter chain, so every weight change cuts
+every open TCP connection of that listener (istio/istio#38616, #34989).
+
+tcpmesh keeps routing decisions out of the listener: each filter chain holds one network
+filter whose configuration comes from the Extension Config Discovery Service (ECDS,
+``config_discovery``, supported for downstream network filters since Envoy 1.28). The
+filter is named after its listener and route index, ``0.0.0.0_31400~0``, and the
+``tcp_proxy`` config (clusters and weights, stat prefix, timeouts, hash policy, access
+log) is a ``TypedExtensionConfig`` of that name. A weight change is then an ECDS update
+only: the Listener resource stays byte-identical, so Envoy never drains it; each new
+connection instantiates the filter from the newest config, while an open connection keeps
+the filter instance it was created with, and with it its upstream. Only a change of the
+listener itself (a port opened or closed, another match) still goes through Envoy's
+drain, which is then about the port, not about a weight.
+
+Alternatives weighed and rejected:
+
+- One stable cluster per route with the weights in EDS (a locality per destination):
+  the destinations' own cluster settings (load balancer, connect timeout, circuit
+  breakers, outlier detection, stats) would collapse into one cluster, and Envoy's
+  locality weighting routes around a locality without healthy hosts, turning the NC and
+  UH shares of a split into traffic for the other version.
+- Named filter chains behind ``filter_chain_matcher``, keeping old chains in the
+  listener: the old chains must stay for as long as any connection uses them, which a
+  control plane cannot observe; removing them later cuts those connections anyway, and
+  the listener grows with every change.
+
+Semantics stay in the control plane: a weighted entry whose cluster does not exist is
+kept, and Envoy closes its share with ``NC`` (tcp_proxy finds no cluster); a cluster
+whose endpoints are all not ready gets an empty ClusterLoadAssignment, so ``UH``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tcpmesh.control.snapshot import Cluster, Listener, Snapshot, TcpRoute
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+EXTENSION_CONFIG_TYPE = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+STDOUT_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+
+# The order of a push: clusters before their endpoints, before the filters that route to
+# them, before the listeners that use the filters (make-before-break).
+PUSH_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, EXTENSION_CONFIG_TYPE, LISTENER_TYPE)
+
+SHORT_NAMES = {
+    LISTENER_TYPE: "LDS",
+    CLUSTER_TYPE: "CDS",
+    ENDPOINT_TYPE: "EDS",
+    EXTENSION_CONFIG_TYPE: "ECDS",
+}
+
+# The built-in proxy's access log line (tcpmesh.dataplane.accesslog), so both data
+# planes' logs read the same and parse with one parser.
+ACCESS_LOG_FORMAT = (
+    '[%START_TIME%] "- - -" 0 %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% '
+    '- "-" "-" "-" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER% %DOWNSTREAM_LOCAL_ADDRESS% '
+    "%DOWNSTREAM_REMOTE_ADDRESS%\n"
+)
+
+# Istio's default circuit breaker thresholds (getDefaultCircuitBreakerThresholds).
+MAX_UINT32 = 4294967295
+
+ADS_SOURCE: dict[str, Any] = {"ads": {}, "resource_api_version": "V3"}
+
+Resource = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EnvoyConfig:
+    """One node's Envoy resources, by type URL and then by resource name."""
+
+    snapshot_version: str
+    resources: dict[str, dict[str, Resource]] = field(default_factory=dict)
+
+    def of(self, type_url: str) -> dict[str, Resource]:
+        return self.resources.get(type_url, {})
+
+
+def duration(seconds: float) -> str:
+    """protobuf Duration JSON: ``10s``, ``0.250s``."""
+    text = f"{seconds:.9f}".rstrip("0").rstrip(".")
+    return f"{text}s"
+
+
+def filter_name(listener: Listener, index: int) -> str:
+    """The ECDS resource that holds the tcp_proxy config of a listener's route."""
+    return f"{listener.name}~{index}"
+
+
+def translate(snapshot: Snapshot) -> EnvoyConfig:
+    listeners: dict[str, Resource] = {}
+    filters: dict[str, Resource] = {}
+    for listener in snapshot.listeners:
+        listeners[listener.name] = listener_resource(listener)
+        for index, route in enumerate(listener.routes):
+            name = filter_name(listener, index)
+            filters[name] = {
+                "@type": EXTENSION_CONFIG_TYPE,
+                "name": name,
+                "typed_config": tcp_proxy_config(route),
+            }
+    return EnvoyConfig(
+        snapshot.version,
+        {
+            CLUSTER_TYPE: {c.name: cluster_resource(c) for c in snapshot.clusters},
+            ENDPOINT_TYPE: {c.name: load_assignment(c) for c in snapshot.clusters},
+            EXTENSION_CONFIG_TYPE: filters,
+            LISTENER_TYPE: listeners,
+        },
+    )
+
+
+def listener_resource(listener: Listener) -> Resource:
+    chains = []
+    for index, route in enumerate(listener.routes):
+        chain: Resource = {
+            "name": f"{listener.name}~{index}",
+            "filters": [
+                {
+                    "name": filter_name(listener, index),
+                    "config_discovery": {
+                        "config_source": ADS_SOURCE,
+                        "type_urls": [TCP_PROXY_TYPE],
+                    },
+                }
+            ],
+        }
+        if route.match.destination_subnets:
+            chain["filter_chain_match"] = {
+                "prefix_ranges": [_cidr(s) for s in route.match.destination_subnets]
+            }
+        chains.append(chain)
+    return {
+        "@type": LISTENER_TYPE,
+        "name": listener.name,
+        "address": {"socket_address": {"address": listener.address, "port_value": listener.port}},
+        "filter_chains": chains,
+    }
+
+
+def _cidr(subnet: str) -> Resource:
+    address, _, length = subnet.partition("/")
+    if not length:
+        length = "128" if ":" in address else "32"
+    return {"address_prefix": address, "prefix_len": int(length)}
+
+
+def tcp_proxy_config(route: TcpRoute) -> Resource:
+    config: Resource = {
+        "@type": TCP_PROXY_TYPE,
+        "stat_prefix": route.stat_prefix,
+        # None disables the idle timeout, which Envoy spells 0s; unset would mean 1h.
+        "idle_timeout": duration(route.idle_timeout or 0.0),
+        "access_log": [
+            {
+                "name": "envoy.access_loggers.stdout",
+                "typed_config": {
+                    "@type": STDOUT_LOG_TYPE,
+                    "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}},
+                },
+            }
+        ],
+    }
+    if len(route.destinations) == 1:
+        config["cluster"] = route.destinations[0].cluster_name
+    else:
+        config["weighted_clusters"] = {
+            "clusters": [{"name": d.cluster_name, "weight": d.weight} for d in route.destinations]
+        }
+    if route.max_connection_duration is not None:
+        config["max_downstream_connection_duration"] = duration(route.max_connection_duration)
+    if route.hash_policy == "source_ip":
+        config["hash_policy"] = [{"source_ip": {}}]
+    return config
+
+
+def cluster_resource(cluster: Cluster) -> Resource:
+    resource: Resource = {
+        "@type": CLUSTER_TYPE,
+        "name": cluster.name,
+        "type": "EDS",
+        "eds_cluster_config": {"eds_config": ADS_SOURCE, "service_name": cluster.name},
+        "connect_timeout": duration(cluster.connect_timeout),
+        # PASSTHROUGH (Istio's ORIGINAL_DST) would send a gateway's connections back to
+        # itself; both data planes balance over the subset's endpoints instead.
+        "lb_policy": "LEAST_REQUEST" if cluster.lb_policy == "PASSTHROUGH" else cluster.lb_policy,
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "max_connections": (
+                        cluster.max_connections
+                        if cluster.max_connections is not None
+                        else MAX_UINT32
+                    ),
+                    "max_pending_requests": MAX_UINT32,
+                    "max_requests": MAX_UINT32,
+                    "max_retries": MAX_UINT32,
+                }
+            ]
+        },
+    }
+    od = cluster.outlier_detection
+    if od is not None:
+        resource["outlier_detection"] = {
+            # For TCP a failed connect is a local-origin error, counted as a 5xx while
+            # local and external errors are not split.
+            "consecutive_5xx": od.consecutive_errors,
+            "interval": duration(od.interval),
+            "base_ejection_time": duration(od.base_ejection_time),
+            "max_ejection_percent": od.max_ejection_percent,
+            "enforcing_success_rate": 0,
+        }
+        # Istio maps minHealthPercent to the panic threshold (0 disables panic mode).
+        resource["common_lb_config"] = {
+            "healthy_panic_threshold": {"value": float(od.min_health_percent)}
+        }
+    ka = cluster.tcp_keepalive
+    if ka is not None:
+        keepalive: Resource = {}
+        if ka.probes is not None:
+            keepalive["keepalive_probes"] = ka.probes
+        if ka.time is not None:
+            keepalive["keepalive_time"] = max(1, round(ka.time))
+        if ka.interval is not None:
+            keepalive["keepalive_interval"] = max(1, round(ka.interval))
+        resource["upstream_connection_options"] = {"tcp_keepalive": keepalive}
+    return resource
+
+
+def load_assignment(cluster: Cluster) -> Resource:
+    """The cluster's ready endpoints; none ready means an empty assignment, hence UH."""
+    endpoints = [
+        {
+            "endpoint": {
+                "address": {"socket_address": {"address": e.address, "port_value": e.port}},
+                "hostname": e.workload,
+            },
+            "health_status": "HEALTHY",
+        }
+        for e in cluster.ready_endpoints
+    ]
+    return {
+        "@type": ENDPOINT_TYPE,
+        "cluster_name": cluster.name,
+        "endpoints": [{"lb_endpoints": endpoints}] if endpoints else [],
+    }
+
+
+def reject_clusters(marker: str) -> Callable[[EnvoyConfig], EnvoyConfig]:
+    """A test hook: clusters whose name contains ``marker`` get a connect timeout Envoy refuses.
+
+    Envoy's validation requires ``connect_timeout > 0``; a negative one parses fine on
+    this side and is rejected (NACKed) by Envoy, as a control-plane bug would be.
+    """
+
+    def transform(config: EnvoyConfig) -> EnvoyConfig:
+        clusters = {
+            name: {**c, "connect_timeout": "-1s"} if marker in name else c
+            for name, c in config.of(CLUSTER_TYPE).items()
+        }
+        return EnvoyConfig(config.snapshot_version, {**config.resources, CLUSTER_TYPE: clusters})
+
+    return transform
