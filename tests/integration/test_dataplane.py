@@ -108,7 +108,8 @@ def test_single_route_relays_every_line(loop: str) -> None:
     run(main(), loop=loop)
 
 
-def test_weighted_split_80_20_over_2000_connections() -> None:
+@pytest.mark.parametrize("pick", ["smooth", "random"])
+def test_weighted_split_80_20_over_2000_connections(pick: str) -> None:
     n = 2000
 
     async def main() -> Counter[bytes]:
@@ -119,7 +120,7 @@ def test_weighted_split_80_20_over_2000_connections() -> None:
             [listener(port, route((cluster_name("v1"), 80), (cluster_name("v2"), 20)))],
             [cluster("v1", (V1_HOST, p1)), cluster("v2", (V2_HOST, p2))],
         )
-        proxy, records = await started_proxy(snap)
+        proxy, records = await started_proxy(snap, weighted_pick=pick)
         try:
             started = time.monotonic()
             replies = await gather_limited(n, 50, lambda i: send_line(port, b"x%d" % i))
@@ -141,10 +142,14 @@ def test_weighted_split_80_20_over_2000_connections() -> None:
             v2.close()
 
     counts = run(main(), timeout=120)
-    print("split:", dict(counts))
+    print(f"split ({pick}):", dict(counts))
     assert counts[b"one"] + counts[b"two"] == n
-    result = binomtest(counts[b"two"], n, 0.2, alternative="two-sided")
-    assert result.pvalue > 1e-6, (counts, result.pvalue)
+    if pick == "smooth":
+        # One worker, smooth weighted round robin: every 100 connections split 80/20.
+        assert counts[b"two"] == n // 5, counts
+    else:
+        result = binomtest(counts[b"two"], n, 0.2, alternative="two-sided")
+        assert result.pvalue > 1e-6, (counts, result.pvalue)
 
 
 @pytest.mark.parametrize(
@@ -679,3 +684,93 @@ def test_feed_keeps_the_last_snapshot_and_follows_a_restarted_api(tmp_path: Path
             v2.close()
 
     run(main(), timeout=60)
+
+
+def test_smooth_pick_keeps_its_place_across_snapshots_that_keep_the_route() -> None:
+    """90/10: the 6th connection of a worker goes to v2. A snapshot in between that
+    changes something else must not restart the sequence (which would give 10 x v1)."""
+
+    async def main() -> list[bytes]:
+        v1, p1 = await start_backend(V1_HOST, lambda: LineEcho(b"one"))
+        v2, p2 = await start_backend(V2_HOST, lambda: LineEcho(b"two"))
+        port, other = free_port(), free_port()
+        clusters = [cluster("v1", (V1_HOST, p1)), cluster("v2", (V2_HOST, p2))]
+        split = route((cluster_name("v1"), 90), (cluster_name("v2"), 10))
+        proxy, _ = await started_proxy(snapshot([listener(port, split)], clusters))
+        try:
+            first = [await send_line(port, b"a%d" % i) for i in range(5)]
+            proxy.apply(
+                snapshot(
+                    [listener(port, split), listener(other, route((cluster_name("v1"), 100)))],
+                    clusters,
+                )
+            )
+            await proxy.settled()
+            return first + [await send_line(port, b"b%d" % i) for i in range(5)]
+        finally:
+            await proxy.close()
+            v1.close()
+            v2.close()
+
+    words = [r.split(b" ", 1)[0] for r in run(main())]
+    assert words == [b"one"] * 5 + [b"two"] + [b"one"] * 4
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_bytes_queued_for_a_half_closed_upstream_are_delivered_before_close(loop: str) -> None:
+    """The upstream half-closes first and reads slowly; the client uploads 8 MiB and then
+    sends FIN. Both sides have sent FIN while bytes are still queued for the upstream:
+    the proxy must deliver them before it closes the upstream socket."""
+    size = 8 * 1024 * 1024
+    got: list[int] = []
+
+    class ReadOnlySink(asyncio.Protocol):
+        """Half-closes at once, then reads in bursts: 5 ms on, 20 ms off."""
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.count = 0
+            self.t: asyncio.Transport = transport  # type: ignore[assignment]
+            self.t.write_eof()
+            self.t.pause_reading()
+            asyncio.get_running_loop().call_later(0.02, self.toggle)
+
+        def toggle(self) -> None:
+            if self.t.is_closing():
+                return
+            reading = self.t.is_reading()
+            if reading:
+                self.t.pause_reading()
+            else:
+                self.t.resume_reading()
+            asyncio.get_running_loop().call_later(0.02 if reading else 0.005, self.toggle)
+
+        def data_received(self, data: bytes) -> None:
+            self.count += len(data)
+
+        def eof_received(self) -> bool:
+            got.append(self.count)
+            return False
+
+    async def main() -> None:
+        sink, p1 = await start_backend(V1_HOST, ReadOnlySink)
+        port = free_port()
+        snap = snapshot(
+            [listener(port, route((cluster_name("v1"), 100)))], [cluster("v1", (V1_HOST, p1))]
+        )
+        proxy, records = await started_proxy(snap)
+        try:
+            reader, writer = await asyncio.open_connection(PROXY_HOST, port)
+            assert await read_until_eof(reader, 5) == b""  # the upstream's FIN came through
+            writer.write(b"x" * size)
+            writer.write_eof()
+            await asyncio.wait_for(writer.drain(), 10)
+            await wait_for(lambda: bool(got), 10)
+            writer.close()
+            await wait_for(lambda: len(records) == 1)
+            assert got == [size]
+            assert records[0].bytes_received == size
+        finally:
+            await proxy.close()
+            sink.close()
+
+    run(main(), loop=loop)

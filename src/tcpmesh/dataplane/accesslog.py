@@ -13,6 +13,7 @@ the cluster the connection was routed to (for ``NC`` the name that resolved to n
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import select
@@ -23,7 +24,9 @@ from datetime import UTC, datetime
 from typing import IO
 
 
-@dataclass(frozen=True)
+# Not frozen: the proxy builds one per connection, and a frozen dataclass pays for
+# object.__setattr__ on every field.
+@dataclass(slots=True)
 class AccessLogRecord:
     start_time: float  # wall clock, seconds since the epoch
     flags: tuple[str, ...]
@@ -46,9 +49,23 @@ class AccessLogRecord:
 AccessLogSink = Callable[[AccessLogRecord], None]
 
 
+_second_cache: list[tuple[int, str]] = [(-1, "")]
+
+
 def rfc3339(ts: float) -> str:
-    dt = datetime.fromtimestamp(ts, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    """``2026-11-26T00:28:42.123Z``; the date and time part is cached per second."""
+    frac, whole = math.modf(ts)
+    micros = round(frac * 1_000_000)
+    second = int(whole)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    elif micros < 0:
+        second, micros = second - 1, micros + 1_000_000
+    cached_second, prefix = _second_cache[0]
+    if second != cached_second:
+        prefix = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _second_cache[0] = (second, prefix)
+    return f"{prefix}{micros // 1000:03d}Z"
 
 
 def format_line(rec: AccessLogRecord) -> str:
@@ -107,11 +124,12 @@ class StreamAccessLog:
     def __init__(self, stream: IO[str] | None = None, flush_interval: float = 0.2) -> None:
         self._stream = stream
         self._flush_interval = flush_interval
-        self._pending: list[str] = []
+        # Records are formatted when flushed, in one batch.
+        self._pending: list[AccessLogRecord] = []
         self._scheduled: asyncio.TimerHandle | None = None
 
     def __call__(self, rec: AccessLogRecord) -> None:
-        self._pending.append(format_line(rec))
+        self._pending.append(rec)
         if self._scheduled is None:
             try:
                 loop = asyncio.get_running_loop()
@@ -126,7 +144,7 @@ class StreamAccessLog:
             self._scheduled = None
         if not self._pending:
             return
-        data = "\n".join(self._pending) + "\n"
+        data = "\n".join([format_line(rec) for rec in self._pending]) + "\n"
         self._pending.clear()
         stream = self._stream if self._stream is not None else sys.stdout
         try:

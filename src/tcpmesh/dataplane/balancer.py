@@ -1,8 +1,12 @@
 """Cluster and endpoint choice, free of I/O so it can be tested exhaustively.
 
-The weighted cluster pick follows Envoy's ``WeightedClusterUtil::pickCluster``: draw
-``r = randrange(total)`` and walk the entries in list order over cumulative ranges. The
-endpoint pick follows Envoy's load balancers as Istio configures them, with "active
+Two weighted cluster picks: ``pick_weighted`` follows Envoy's
+``WeightedClusterUtil::pickCluster`` (draw ``r = randrange(total)`` and walk the entries in
+list order over cumulative ranges); ``SmoothWeighted`` is nginx's smooth weighted round
+robin, deterministic: every run of ``total`` connections is split exactly by weight, and
+the shares are interleaved (80/20 goes v1 v1 v2 v1 v1 ...), so a worker lands on the
+configured split after a few connections instead of within binomial noise. The endpoint
+pick follows Envoy's load balancers as Istio configures them, with "active
 requests" counted as open upstream connections, which is what a request is for raw TCP.
 """
 
@@ -49,6 +53,38 @@ def pick_weighted(
         if r < upper:
             return dest
     raise AssertionError("randrange(total) returned a value outside [0, total)")
+
+
+class SmoothWeighted:
+    """nginx's smooth weighted round robin over one route's destinations.
+
+    Each pick adds every weight to its entry's running score, takes the highest score
+    (the earlier entry on ties) and subtracts the total from it. State is per picker;
+    the proxy keeps one per route and worker.
+    """
+
+    __slots__ = ("_current", "_destinations", "_total", "_weights")
+
+    def __init__(self, destinations: Sequence[WeightedCluster]) -> None:
+        self._destinations = tuple(d for d in destinations if d.weight > 0)
+        self._weights = tuple(d.weight for d in self._destinations)
+        self._total = sum(self._weights)
+        self._current = [0] * len(self._destinations)
+
+    def pick(self) -> WeightedCluster | None:
+        dests = self._destinations
+        if len(dests) <= 1:
+            return dests[0] if dests else None
+        current = self._current
+        best = 0
+        best_score = None
+        for i, weight in enumerate(self._weights):
+            score = current[i] + weight
+            current[i] = score
+            if best_score is None or score > best_score:
+                best, best_score = i, score
+        current[best] -= self._total
+        return dests[best]
 
 
 def endpoint_key(endpoint: Endpoint) -> EndpointKey:

@@ -5,54 +5,85 @@ it is accepted, and decides route, cluster and endpoint then; it never looks aga
 a new snapshot cannot move or close it. Listening sockets are keyed by address and
 port: a snapshot that changes a listener's routes leaves its socket alone.
 
-Per-worker state: load-balancer counts, outlier ejections and the ``max_connections``
-circuit breaker are kept per worker process, so with N workers a cluster may hold up
-to N x ``max_connections`` connections (Envoy shares its breakers across its threads).
+Per-worker state: load-balancer counts, outlier ejections, the ``max_connections``
+circuit breaker and the weighted pick's position are kept per worker process, so with
+N workers a cluster may hold up to N x ``max_connections`` connections (Envoy shares its
+breakers across its threads).
+
+The weighted pick is ``smooth`` by default (nginx's smooth weighted round robin: each
+worker splits every ``sum(weights)`` consecutive connections exactly by weight) or
+``random`` (Envoy's draw), chosen per proxy (``TCPMESH_WEIGHTED_PICK`` for a worker).
+A route whose destinations are unchanged by a new snapshot keeps its position.
+
+Idle timeouts and maximum durations are enforced by one sweep per worker rather than a
+timer per connection: a connection ends at most one sweep interval (a quarter of the
+shortest timeout, between 50 ms and 1 s) after its limit, never before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import cast
+from typing import Literal
 
-from tcpmesh.control.snapshot import Cluster, Endpoint, Listener, Snapshot, TcpKeepalive
+from tcpmesh.control.snapshot import (
+    Listener,
+    Snapshot,
+    TcpKeepalive,
+    TcpRoute,
+    WeightedCluster,
+)
 from tcpmesh.dataplane.accesslog import AccessLogRecord, AccessLogSink, StreamAccessLog
-from tcpmesh.dataplane.balancer import LoadBalancer
-from tcpmesh.dataplane.pump import DEFAULT_HIGH_WATER, DOWNSTREAM, UPSTREAM, Relay, RelayProtocol
+from tcpmesh.dataplane.balancer import LoadBalancer, SmoothWeighted, pick_weighted
+from tcpmesh.dataplane.pump import DEFAULT_HIGH_WATER, DOWNSTREAM, UPSTREAM, Relay
 from tcpmesh.dataplane.routing import (
     DURATION_TIMEOUT,
     UPSTREAM_CONNECT_FAILURE,
     Decision,
     decide,
+    match_route,
 )
 from tcpmesh.dataplane.stats import ProxyStats, destination_of
 
 log = logging.getLogger("tcpmesh.dataplane")
 
 ListenerKey = tuple[str, int]
+WeightedPick = Literal["smooth", "random"]
 BACKLOG = 4096
 # Istio reports TCP byte counters periodically while connections are open.
 STATS_REPORT_INTERVAL = 5.0
+SWEEP_MIN, SWEEP_MAX = 0.05, 1.0
 
 
-@dataclass(frozen=True)
+class _ListenerPlan:
+    """What a listener's connections need, worked out once per snapshot."""
+
+    __slots__ = ("listener", "only_route")
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        routes = listener.routes
+        # The usual gateway listener: one route that matches every destination, so no
+        # per-connection address match is needed.
+        self.only_route = (
+            routes[0] if len(routes) == 1 and not routes[0].match.destination_subnets else None
+        )
+
+
 class _State:
-    snapshot: Snapshot
-    listeners: dict[ListenerKey, Listener] = field(default_factory=dict)
+    __slots__ = ("listeners", "snapshot")
 
-    @classmethod
-    def of(cls, snapshot: Snapshot) -> _State:
-        by_key: dict[ListenerKey, Listener] = {}
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.listeners: dict[ListenerKey, _ListenerPlan] = {}
         for lst in snapshot.listeners:
-            by_key.setdefault((lst.address, lst.port), lst)
-        return cls(snapshot, by_key)
+            self.listeners.setdefault((lst.address, lst.port), _ListenerPlan(lst))
 
 
 def _bind(address: str, port: int) -> socket.socket:
@@ -103,7 +134,7 @@ class _ListenSocket:
             self.sockname = sock.getsockname()[:2]
             try:
                 server = await loop.create_server(
-                    lambda: _Connection(self._proxy, self.key),
+                    functools.partial(_Connection, self._proxy, self.key),
                     sock=sock,
                     backlog=BACKLOG,
                     start_serving=False,
@@ -141,17 +172,27 @@ class Proxy:
         high_water: int = DEFAULT_HIGH_WATER,
         clock: Callable[[], float] = time.monotonic,
         bind_retry: tuple[float, float] = (0.5, 5.0),
+        weighted_pick: WeightedPick = "smooth",
     ) -> None:
+        if weighted_pick not in ("smooth", "random"):
+            raise ValueError(f"weighted_pick must be smooth or random, not {weighted_pick!r}")
         self.rng = rng if rng is not None else random.Random()
         self.balancer = LoadBalancer(self.rng, clock)
         self.access_log: AccessLogSink = access_log if access_log is not None else StreamAccessLog()
         self.stats = stats if stats is not None else ProxyStats()
         self.high_water = high_water
         self.bind_retry = bind_retry
-        self._state = _State.of(Snapshot(version=""))
+        self.weighted_pick: WeightedPick = weighted_pick
+        self._state = _State(Snapshot(version=""))
         self._listeners: dict[ListenerKey, _ListenSocket] = {}
         self._connections: set[_Connection] = set()
         self._stats_task: asyncio.Task[None] | None = None
+        # Smooth pickers by (listener, destinations): they outlive snapshots that leave
+        # the route's destinations as they were.
+        self._pickers: dict[tuple[ListenerKey, tuple[WeightedCluster, ...]], SmoothWeighted] = {}
+        self._route_pickers: dict[int, SmoothWeighted] = {}
+        self._sweep_interval = SWEEP_MAX
+        self._sweep_handle: asyncio.TimerHandle | None = None
 
     @property
     def snapshot(self) -> Snapshot:
@@ -159,7 +200,8 @@ class Proxy:
 
     def apply(self, snapshot: Snapshot) -> None:
         """Make ``snapshot`` the one new connections use; open connections are untouched."""
-        state = _State.of(snapshot)
+        state = _State(snapshot)
+        self._prepare_pickers(state)
         self._state = state
         for key in [k for k in self._listeners if k not in state.listeners]:
             self._listeners.pop(key).close()
@@ -167,8 +209,42 @@ class Proxy:
         for key in state.listeners:
             if key not in self._listeners:
                 self._listeners[key] = _ListenSocket(self, key)
+        loop = asyncio.get_running_loop()
         if self._stats_task is None:
-            self._stats_task = asyncio.get_running_loop().create_task(self._report_stats())
+            self._stats_task = loop.create_task(self._report_stats())
+        for plan in state.listeners.values():
+            for route in plan.listener.routes:
+                self._need_sweep(route)
+        if self._sweep_handle is None:
+            self._sweep_handle = loop.call_later(self._sweep_interval, self._sweep)
+
+    def _prepare_pickers(self, state: _State) -> None:
+        pickers: dict[tuple[ListenerKey, tuple[WeightedCluster, ...]], SmoothWeighted] = {}
+        by_route: dict[int, SmoothWeighted] = {}
+        for key, plan in state.listeners.items():
+            for route in plan.listener.routes:
+                if len(route.destinations) < 2:
+                    continue
+                pkey = (key, route.destinations)
+                picker = pickers.get(pkey) or self._pickers.get(pkey)
+                if picker is None:
+                    picker = SmoothWeighted(route.destinations)
+                pickers[pkey] = picker
+                by_route[id(route)] = picker
+        self._pickers = pickers
+        # Keyed by identity: the routes live as long as the state that holds them.
+        self._route_pickers = by_route
+
+    def pick(self, route: TcpRoute) -> WeightedCluster | None:
+        """The destination of a new connection on ``route``."""
+        dests = route.destinations
+        if len(dests) == 1:
+            return dests[0]
+        if self.weighted_pick == "smooth":
+            picker = self._route_pickers.get(id(route))
+            if picker is not None:
+                return picker.pick()
+        return pick_weighted(dests, self.rng)
 
     async def settled(self) -> None:
         """Wait until every current listener was bound once or failed its first bind."""
@@ -204,6 +280,9 @@ class Proxy:
             if not self._connections:
                 break
             await asyncio.sleep(0.025)
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
         if self._stats_task is not None:
             self._stats_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -224,6 +303,20 @@ class Proxy:
             for conn in list(self._connections):
                 conn.report_bytes()
 
+    def _need_sweep(self, route: TcpRoute) -> None:
+        """Sweep often enough for the route's timeouts (the interval only shrinks)."""
+        for limit in (route.idle_timeout, route.max_connection_duration):
+            if limit is not None and limit > 0:
+                wanted = min(SWEEP_MAX, max(SWEEP_MIN, limit / 4))
+                self._sweep_interval = min(self._sweep_interval, wanted)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in list(self._connections):
+            conn.check_timeouts(now)
+        self._sweep_handle = loop.call_later(self._sweep_interval, self._sweep)
+
     def _opened(self, conn: _Connection) -> None:
         self._connections.add(conn)
 
@@ -231,10 +324,7 @@ class Proxy:
         self._connections.discard(conn)
 
 
-def _apply_keepalive(transport: asyncio.BaseTransport, ka: TcpKeepalive) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
+def _apply_keepalive_sock(sock: socket.socket, ka: TcpKeepalive) -> None:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if ka.time is not None:
@@ -247,6 +337,12 @@ def _apply_keepalive(transport: asyncio.BaseTransport, ka: TcpKeepalive) -> None
         log.warning("cannot set TCP keepalive: %s", exc)
 
 
+def _apply_keepalive(transport: asyncio.BaseTransport, ka: TcpKeepalive) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        _apply_keepalive_sock(sock, ka)
+
+
 def _addr_text(addr: object) -> str:
     if isinstance(addr, tuple) and len(addr) >= 2:
         host, port = addr[0], addr[1]
@@ -254,127 +350,119 @@ def _addr_text(addr: object) -> str:
     return "-"
 
 
-class _Connection(asyncio.Protocol):
+_NO_DECISION = Decision(None)
+
+
+class _Connection(Relay):
     """One client connection: the open-time decision, the upstream connect, the log."""
 
+    __slots__ = (
+        "_activity_at",
+        "_activity_seen",
+        "_connect_failed",
+        "_decision",
+        "_key",
+        "_local",
+        "_peer",
+        "_proxy",
+        "_reported_rx",
+        "_reported_tx",
+        "_service",
+        "_start_mono",
+        "_start_wall",
+        "_upstream_open",
+        "_version",
+    )
+
     def __init__(self, proxy: Proxy, key: ListenerKey) -> None:
+        super().__init__(asyncio.get_running_loop(), proxy.high_water)
         self._proxy = proxy
         self._key = key
-        self._relay: Relay | None = None
-        self._decision = Decision(None)
-        self._connect_task: asyncio.Task[None] | None = None
+        self._decision = _NO_DECISION
         self._connect_failed = False
         self._upstream_open = False
         self._start_wall = 0.0
         self._start_mono = 0.0
-        self._local = "-"
-        self._peer = "-"
+        self._local: object = None
+        self._peer: object = None
         self._service = "unknown"
         self._version = "unknown"
-        self._reported = [0, 0]
+        self._reported_rx = 0
+        self._reported_tx = 0
+        self._activity_seen = 0
+        self._activity_at = 0.0
 
     # -- asyncio.Protocol, downstream side ----------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        transport = cast(asyncio.Transport, transport)
         proxy = self._proxy
-        loop = asyncio.get_running_loop()
         self._start_wall = time.time()
-        self._start_mono = loop.time()
+        self._start_mono = self._activity_at = self._loop.time()
         state = proxy._state
-        local = transport.get_extra_info("sockname")
-        peer = transport.get_extra_info("peername")
-        self._local, self._peer = _addr_text(local), _addr_text(peer)
-        local_ip = local[0] if isinstance(local, tuple) else ""
+        local = self._local = transport.get_extra_info("sockname")
+        peer = self._peer = transport.get_extra_info("peername")
+        plan = state.listeners.get(self._key)
+        if plan is not None and plan.only_route is not None:
+            route: TcpRoute | None = plan.only_route
+        else:
+            local_ip = local[0] if isinstance(local, tuple) else ""
+            route = match_route(plan.listener, local_ip) if plan is not None else None
         peer_ip = peer[0] if isinstance(peer, tuple) else None
-        listener = state.listeners.get(self._key)
-        decision = decide(state.snapshot, listener, local_ip, peer_ip, proxy.rng, proxy.balancer)
+        decision = decide(
+            state.snapshot,
+            plan.listener if plan is not None else None,
+            "",
+            peer_ip,
+            proxy.rng,
+            proxy.balancer,
+            pick=proxy.pick,
+            route=route,
+        )
         self._decision = decision
         self._service, self._version = destination_of(decision.cluster_name, decision.cluster)
         proxy.stats.opened(self._service, self._version, decision.flag or "-")
         if decision.flag is not None:
             if decision.flag == "NR":
-                proxy.stats.event(listener.name if listener else "", "downstream_cx_no_route")
+                name = plan.listener.name if plan is not None else ""
+                proxy.stats.event(name, "downstream_cx_no_route")
+            # Never relayed: connection_lost() must not report it a second time.
+            self.done = True
             transport.close()
             self._log(decision.flag)
             return
-        route = decision.route
-        assert route is not None and decision.cluster is not None and decision.endpoint is not None
-        relay = Relay(
-            loop,
-            self,
-            high_water=proxy.high_water,
-            idle_timeout=route.idle_timeout,
-            max_duration=route.max_connection_duration,
-        )
-        self._relay = relay
-        relay.attach(DOWNSTREAM, transport)
-        relay.start_connecting()
-        proxy._opened(self)
-        self._connect_task = loop.create_task(
-            self._connect(relay, decision.cluster, decision.endpoint)
-        )
+        cluster, endpoint = decision.cluster, decision.endpoint
+        assert route is not None and cluster is not None and endpoint is not None
+        super().connection_made(transport)
+        proxy._connections.add(self)
+        if route.idle_timeout is not None or route.max_connection_duration is not None:
+            proxy._need_sweep(route)
+        self.connect(endpoint.address, endpoint.port, cluster.connect_timeout)
 
-    def data_received(self, data: bytes) -> None:
-        if self._relay is not None:
-            self._relay.data_received(DOWNSTREAM, data)
+    # -- Relay hooks --------------------------------------------------------------------
 
-    def eof_received(self) -> bool:
-        if self._relay is not None:
-            return self._relay.eof_received(DOWNSTREAM)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._relay is not None:
-            self._relay.connection_lost(DOWNSTREAM)
-
-    def pause_writing(self) -> None:
-        if self._relay is not None:
-            self._relay.pause_writing(DOWNSTREAM)
-
-    def resume_writing(self) -> None:
-        if self._relay is not None:
-            self._relay.resume_writing(DOWNSTREAM)
-
-    # -- upstream ---------------------------------------------------------------------
-
-    async def _connect(self, relay: Relay, cluster: Cluster, endpoint: Endpoint) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(cluster.connect_timeout):
-                await loop.create_connection(
-                    lambda: RelayProtocol(relay, UPSTREAM), endpoint.address, endpoint.port
-                )
-        except asyncio.CancelledError:
-            relay.upstream_failed()
-        except (OSError, TimeoutError) as exc:
-            self._connect_failed = True
-            timed_out = isinstance(exc, TimeoutError)
-            event = "upstream_cx_connect_timeout" if timed_out else "upstream_cx_connect_fail"
-            route = self._decision.route
-            self._proxy.stats.event(route.stat_prefix if route else "", event)
-            self._proxy.balancer.connect_failed(cluster, endpoint)
-            relay.upstream_failed()
-
-    # -- RelayOwner -------------------------------------------------------------------
-
-    def upstream_connected(self, transport: asyncio.Transport) -> None:
+    def upstream_connected(self, sock: socket.socket) -> None:
         cluster, endpoint = self._decision.cluster, self._decision.endpoint
         assert cluster is not None and endpoint is not None
         self._upstream_open = True
+        self._activity_at = self._loop.time()
         self._proxy.balancer.connect_succeeded(cluster, endpoint)
         if cluster.tcp_keepalive is not None:
-            _apply_keepalive(transport, cluster.tcp_keepalive)
+            _apply_keepalive_sock(sock, cluster.tcp_keepalive)
 
-    def downstream_lost_while_connecting(self) -> None:
-        if self._connect_task is not None:
-            self._connect_task.cancel()
+    def upstream_failed(self, timed_out: bool | None) -> None:
+        if timed_out is None:
+            return  # the client left while connecting: not the upstream's fault
+        cluster, endpoint = self._decision.cluster, self._decision.endpoint
+        assert cluster is not None and endpoint is not None
+        self._connect_failed = True
+        event = "upstream_cx_connect_timeout" if timed_out else "upstream_cx_connect_fail"
+        route = self._decision.route
+        self._proxy.stats.event(route.stat_prefix if route else "", event)
+        self._proxy.balancer.connect_failed(cluster, endpoint)
 
     def relay_done(self) -> None:
-        relay = self._relay
-        assert relay is not None
-        balancer = self._proxy.balancer
+        proxy = self._proxy
+        balancer = proxy.balancer
         cluster, endpoint = self._decision.cluster, self._decision.endpoint
         assert cluster is not None and endpoint is not None
         if self._upstream_open:
@@ -383,26 +471,40 @@ class _Connection(asyncio.Protocol):
         flag = None
         if self._connect_failed:
             flag = UPSTREAM_CONNECT_FAILURE
-        elif relay.termination == "max_connection_duration":
+        elif self.termination == "max_connection_duration":
             flag = DURATION_TIMEOUT
         route = self._decision.route
-        if relay.termination and route is not None:
-            name = relay.termination
+        if self.termination and route is not None:
+            name = self.termination
             if name == "max_connection_duration":
                 name = "max_downstream_connection_duration"
-            self._proxy.stats.event(route.stat_prefix, name)
+            proxy.stats.event(route.stat_prefix, name)
         self.report_bytes(flag or "-")
-        self._proxy._closed(self)
-        self._log(flag, relay.termination)
+        proxy._connections.discard(self)
+        self._log(flag, self.termination)
+
+    # -- timeouts (called by the proxy's sweep) -----------------------------------------
+
+    def check_timeouts(self, now: float) -> None:
+        route = self._decision.route
+        if route is None or self.done:
+            return
+        limit = route.max_connection_duration
+        if limit is not None and limit > 0 and now - self._start_mono >= limit:
+            self.abort("max_connection_duration")
+            return
+        limit = route.idle_timeout
+        if limit is None or limit <= 0 or not self._upstream_open:
+            return
+        seen = self.bytes_from[DOWNSTREAM] + self.bytes_from[UPSTREAM]
+        if seen != self._activity_seen:
+            # Bytes moved since the last sweep: idle from now at the earliest.
+            self._activity_seen = seen
+            self._activity_at = now
+        elif now - self._activity_at >= limit:
+            self.abort("idle_timeout")
 
     # -- bookkeeping ------------------------------------------------------------------
-
-    def buffered(self) -> int:
-        return self._relay.buffered() if self._relay is not None else 0
-
-    def abort(self) -> None:
-        if self._relay is not None:
-            self._relay.abort()
 
     @property
     def upstream_host(self) -> str:
@@ -414,30 +516,28 @@ class _Connection(asyncio.Protocol):
         return self._decision.cluster_name
 
     def report_bytes(self, flags: str = "-") -> None:
-        if self._relay is None:
-            return
-        received, sent = self._relay.bytes_from
-        d_rx, d_tx = received - self._reported[0], sent - self._reported[1]
-        self._reported = [received, sent]
+        received, sent = self.bytes_from
+        d_rx, d_tx = received - self._reported_rx, sent - self._reported_tx
         if d_rx or d_tx:
+            self._reported_rx, self._reported_tx = received, sent
             self._proxy.stats.add_bytes(self._service, self._version, flags, d_rx, d_tx)
 
     def _log(self, flag: str | None, termination: str = "") -> None:
-        flags = (flag,) if flag else ()
-        self._proxy.stats.closed(self._service, self._version, flag or "-")
-        received, sent = self._relay.bytes_from if self._relay is not None else (0, 0)
-        duration = asyncio.get_running_loop().time() - self._start_mono
-        self._proxy.access_log(
+        proxy = self._proxy
+        proxy.stats.closed(self._service, self._version, flag or "-")
+        received, sent = self.bytes_from
+        duration = self._loop.time() - self._start_mono
+        proxy.access_log(
             AccessLogRecord(
-                start_time=self._start_wall,
-                flags=flags,
-                bytes_received=received,
-                bytes_sent=sent,
-                duration_ms=int(duration * 1000),
-                upstream_host=self.upstream_host,
-                upstream_cluster=self._decision.cluster_name or "-",
-                local_address=self._local,
-                downstream_peer=self._peer,
-                termination=termination,
+                self._start_wall,
+                (flag,) if flag else (),
+                received,
+                sent,
+                int(duration * 1000),
+                self.upstream_host,
+                self._decision.cluster_name or "-",
+                _addr_text(self._local),
+                _addr_text(self._peer),
+                termination,
             )
         )

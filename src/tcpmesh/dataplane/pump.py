@@ -1,39 +1,63 @@
 """Moves bytes between the client and the upstream: flow control, half-close, timeouts.
 
-The relay works on asyncio transports through two thin Protocol adapters, so a chunk
-costs one callback and one ``write``. Back-pressure: when one side's write buffer goes
-above the high-water mark, reading from the other side pauses until it drains below
-the low-water mark. So each direction holds at most about ``high_water`` plus one read
-chunk in user space.
+One ``Relay`` object per connection is both the asyncio Protocol of the client's
+transport and the owner of the upstream socket, which it drives itself with the loop's
+``add_reader``/``add_writer`` (no second transport, no task, no coroutine per
+connection). Profiling showed the per-connection cost dominated by the upstream
+transport's ``create_connection`` task and its protocol adapter; a plain non-blocking
+socket connects with one ``connect`` call and one writability callback.
+
+Back-pressure: data from the upstream goes to the client transport; when that
+transport's buffer passes the high-water mark (``pause_writing``), the relay stops
+reading the upstream until it drains (``resume_writing``). Data from the client is sent
+on the upstream socket at once; what the socket does not take is kept (at most about
+``high_water`` plus one read chunk: above the mark the client transport is paused) and
+flushed when the socket is writable again.
 
 Half-close: when one peer sends FIN, the relay sends FIN to the other peer once the
-bytes queued for it have left, and keeps relaying the opposite direction. The FIN is
-sent with ``shutdown(SHUT_WR)`` on the socket, never with ``transport.write_eof()``:
+bytes queued for it have left, and keeps relaying the opposite direction. The FIN goes
+out with ``shutdown(SHUT_WR)`` on the socket, never with ``transport.write_eof()``:
 uvloop 0.23 aborted with "double free or corruption" when ``write_eof`` (libuv's
-``uv_shutdown`` request) ran under heavy connection churn. The relay only shuts the
-socket down when the transport's buffer is empty (libuv's queue included), so no
-byte can be queued behind the FIN, and it never writes to that side again.
+``uv_shutdown`` request) ran under heavy connection churn. On the client side the relay
+shuts the socket down only when the transport's buffer is empty (libuv's queue
+included), so no byte can be queued behind the FIN, and it never writes to it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import socket
-from typing import Protocol, cast
+from typing import cast
 
 DOWNSTREAM = 0
 UPSTREAM = 1
 DEFAULT_HIGH_WATER = 256 * 1024
+# One read takes at most this much: large reads keep the per-byte cost of bulk transfers
+# low (uvloop reads the client side with the same size).
+READ_CHUNK = 256 * 1024
+
+_CONNECT_PENDING = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN)
 
 
-class RelayOwner(Protocol):
-    """What the relay reports to the connection that owns it."""
+class _ReadBuffer:
+    """The buffer upstream reads land in, shared by every relay of the process.
 
-    def upstream_connected(self, transport: asyncio.Transport) -> None: ...
+    Reads go into one preallocated buffer and are written from a view of it, so the
+    upstream-to-client direction allocates nothing per chunk while the client keeps up.
+    """
 
-    def downstream_lost_while_connecting(self) -> None: ...
+    def __init__(self) -> None:
+        self.buffer = bytearray(READ_CHUNK)
+        self.view = memoryview(self.buffer)
 
-    def relay_done(self) -> None: ...
+    def renew(self) -> None:
+        self.buffer = bytearray(READ_CHUNK)
+        self.view = memoryview(self.buffer)
+
+
+_shared = _ReadBuffer()
 
 
 def shutdown_write(transport: asyncio.BaseTransport) -> None:
@@ -59,237 +83,406 @@ def shutdown_write(transport: asyncio.BaseTransport) -> None:
         view.detach()
 
 
-class RelayProtocol(asyncio.Protocol):
-    """Adapter from one transport's callbacks to one side of a Relay."""
+class Relay(asyncio.Protocol):
+    """Both directions of one proxied connection (the client transport's protocol).
 
-    def __init__(self, relay: Relay, side: int) -> None:
-        self._relay = relay
-        self._side = side
+    Subclasses decide where to connect (``connection_made`` calls ``connect``) and
+    hear about the outcome through ``upstream_connected``, ``upstream_failed`` and
+    ``relay_done``.
+    """
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self._relay.attach(self._side, cast(asyncio.Transport, transport))
+    __slots__ = (
+        "_down",
+        "_down_eof",
+        "_down_lost",
+        "_down_paused",
+        "_down_write_paused",
+        "_early",
+        "_fin_down_wanted",
+        "_high_water",
+        "_loop",
+        "_pending",
+        "_pending_size",
+        "_up",
+        "_up_close_wanted",
+        "_up_connected",
+        "_up_eof",
+        "_up_fd",
+        "_up_fin_wanted",
+        "_up_reading",
+        "_up_timer",
+        "_up_writing",
+        "bytes_from",
+        "done",
+        "termination",
+    )
 
-    def data_received(self, data: bytes) -> None:
-        self._relay.data_received(self._side, data)
-
-    def eof_received(self) -> bool:
-        return self._relay.eof_received(self._side)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._relay.connection_lost(self._side)
-
-    def pause_writing(self) -> None:
-        self._relay.pause_writing(self._side)
-
-    def resume_writing(self) -> None:
-        self._relay.resume_writing(self._side)
-
-
-class Relay:
-    """Both directions of one proxied connection."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        owner: RelayOwner,
-        *,
-        high_water: int = DEFAULT_HIGH_WATER,
-        idle_timeout: float | None = None,
-        max_duration: float | None = None,
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, high_water: int) -> None:
         self._loop = loop
-        self._owner = owner
         self._high_water = high_water
-        self._idle_timeout = idle_timeout
-        self._max_duration = max_duration
-        self._transports: list[asyncio.Transport | None] = [None, None]
-        self._reading = [False, False]
-        self._eof = [False, False]  # FIN received from this side
-        self._fin_wanted = [False, False]  # FIN to send to this side once drained
-        self._fin_sent = [False, False]
-        self._write_paused = [False, False]
-        self._lost = [False, False]
-        self._connecting = False
-        self._done = False
-        # Client bytes that arrived before the upstream connected (uvloop starts reading
-        # after connection_made() even when the protocol paused the transport there).
+        self._down: asyncio.Transport | None = None
+        self._up: socket.socket | None = None
+        self._up_fd = -1
+        self._up_connected = False
+        self._up_reading = False
+        self._up_writing = False
+        self._up_eof = False  # FIN received from the upstream
+        self._up_fin_wanted = False  # FIN to send upstream once the pending bytes left
+        self._up_close_wanted = False  # close the upstream once the pending bytes left
+        self._up_timer: asyncio.TimerHandle | None = None
+        self._down_eof = False  # FIN received from the client
+        self._down_lost = False
+        self._down_paused = False  # we paused reading the client
+        self._down_write_paused = False  # the client transport's buffer is above the mark
+        self._fin_down_wanted = False
+        # Client bytes that arrived before the upstream connected.
         self._early: list[bytes] = []
-        self._last_activity = loop.time()
-        self._idle_handle: asyncio.TimerHandle | None = None
-        self._duration_handle: asyncio.TimerHandle | None = None
+        # Client bytes the upstream socket has not taken yet.
+        self._pending: list[bytes | memoryview] = []
+        self._pending_size = 0
         # Bytes read from each side: [received from the client, received from upstream].
         self.bytes_from = [0, 0]
-        # "idle_timeout" or "max_connection_duration" when a timer ended the connection.
+        # "idle_timeout", "max_connection_duration" when the proxy ended the connection.
         self.termination = ""
+        self.done = False
 
-    # -- life cycle -------------------------------------------------------------------
+    # -- the upstream socket ----------------------------------------------------------
 
-    def start_connecting(self) -> None:
-        """The upstream connect is under way; the client is held (not read) until then.
-
-        The maximum duration counts from here, the downstream connection's start."""
-        self._connecting = True
-        if self._max_duration is not None and self._max_duration > 0:
-            self._duration_handle = self._loop.call_later(
-                self._max_duration, self._end, "max_connection_duration"
-            )
-
-    def upstream_failed(self) -> None:
-        """The upstream connect failed or was abandoned; close the client."""
-        if not self._connecting:
+    def connect(self, address: str, port: int, timeout: float) -> None:
+        """Start the non-blocking connect; the client is held (not read) until it ends."""
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            self._fail_connect(False)
             return
-        self._connecting = False
-        down = self._transports[DOWNSTREAM]
+        sock.setblocking(False)
+        self._up = sock
+        self._up_fd = sock.fileno()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            code = sock.connect_ex((address, port))
+        except OSError:
+            code = errno.EINVAL
+        if code == 0:
+            self._on_connected()
+        elif code in _CONNECT_PENDING:
+            self._up_writing = True
+            self._loop.add_writer(self._up_fd, self._on_connect_ready)
+            self._up_timer = self._loop.call_later(timeout, self._connect_timed_out)
+        else:
+            self._fail_connect(False)
+
+    def _on_connect_ready(self) -> None:
+        sock = self._up
+        if sock is None:
+            return
+        self._loop.remove_writer(self._up_fd)
+        self._up_writing = False
+        if self._up_timer is not None:
+            self._up_timer.cancel()
+            self._up_timer = None
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:
+            self._fail_connect(False)
+            return
+        self._on_connected()
+
+    def _connect_timed_out(self) -> None:
+        self._up_timer = None
+        self._fail_connect(True)
+
+    def _fail_connect(self, timed_out: bool) -> None:
+        self._close_upstream()
+        self.upstream_failed(timed_out)
+        down = self._down
         if down is not None and not down.is_closing():
             down.close()
         self._maybe_done()
 
-    def attach(self, side: int, transport: asyncio.Transport) -> None:
-        self._transports[side] = transport
-        self._reading[side] = True
-        transport.set_write_buffer_limits(high=self._high_water, low=self._high_water // 4)
-        if side == DOWNSTREAM:
-            self._set_reading(DOWNSTREAM, False)
+    def _on_connected(self) -> None:
+        sock = self._up
+        assert sock is not None
+        if self._down_lost:
+            self._close_upstream()
+            self._maybe_done()
             return
-        self._connecting = False
-        if self._lost[DOWNSTREAM]:
-            transport.close()
-            return
-        self._owner.upstream_connected(transport)
+        self._up_connected = True
+        self.upstream_connected(sock)
         if self._early:
-            transport.writelines(self._early)
-            self._early.clear()
-        if self._fin_wanted[UPSTREAM]:
-            self._send_fin_when_drained(UPSTREAM)
-        self._last_activity = self._loop.time()
-        if self._idle_timeout is not None and self._idle_timeout > 0:
-            self._idle_handle = self._loop.call_later(self._idle_timeout, self._check_idle)
-        self._update_reading(DOWNSTREAM)
-        self._update_reading(UPSTREAM)
+            early, self._early = self._early, []
+            for chunk in early:
+                self._send_up(chunk)
+                if self._up is None:
+                    return
+        if self._up_fin_wanted and not self._pending:
+            self._shutdown_up()
+        self._up_reading = True
+        self._loop.add_reader(self._up_fd, self._on_up_readable)
+        self._update_down_reading()
 
-    @property
-    def done(self) -> bool:
-        return self._done
+    def _on_up_readable(self) -> None:
+        sock = self._up
+        if sock is None:
+            return
+        shared = _shared
+        try:
+            n = sock.recv_into(shared.buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._end("")
+            return
+        if not n:
+            self._up_eof = True
+            self._stop_up_reading()
+            if self._down_eof or self._down_lost:
+                self._close_all()
+                return
+            self._fin_down_wanted = True
+            self._send_fin_down_when_drained()
+            return
+        self.bytes_from[UPSTREAM] += n
+        down = self._down
+        if down is None or self._down_lost:
+            return
+        down.write(shared.view[:n])
+        if down.get_write_buffer_size():
+            # The transport queued (part of) the view instead of copying it: the buffer
+            # is its now, and the next read goes to a fresh one.
+            shared.renew()
+        # The transport calls pause_writing() from write() when it passes the mark.
+        if self._down_write_paused:
+            self._stop_up_reading()
 
-    def buffered(self) -> int:
-        """Bytes queued in user space for both peers."""
-        return sum(t.get_write_buffer_size() for t in self._transports if t is not None)
+    def _send_up(self, data: bytes | memoryview) -> None:
+        sock = self._up
+        assert sock is not None
+        if self._pending:
+            self._pending.append(data)
+            self._pending_size += len(data)
+        else:
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._end("")
+                return
+            if sent == len(data):
+                return
+            # A view, not a copy, of what the socket did not take.
+            rest = memoryview(data)[sent:]
+            self._pending.append(rest)
+            self._pending_size += len(rest)
+            if not self._up_writing:
+                self._up_writing = True
+                self._loop.add_writer(self._up_fd, self._on_up_writable)
+        if self._pending_size > self._high_water:
+            self._update_down_reading()
 
-    def abort(self, termination: str = "") -> None:
-        """End the connection now, dropping what is still queued."""
-        self._end(termination)
+    def _on_up_writable(self) -> None:
+        sock = self._up
+        if sock is None:
+            return
+        pending = self._pending
+        while pending:
+            chunk = pending[0]
+            try:
+                sent = sock.send(chunk)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._end("")
+                return
+            self._pending_size -= sent
+            if sent < len(chunk):
+                pending[0] = memoryview(chunk)[sent:]
+                break
+            pending.pop(0)
+        if pending:
+            if self._pending_size <= self._high_water // 4:
+                self._update_down_reading()
+            return
+        self._up_writing = False
+        self._loop.remove_writer(self._up_fd)
+        if self._up_close_wanted:
+            self._close_upstream()
+            self._maybe_done()
+            return
+        if self._up_fin_wanted:
+            self._shutdown_up()
+        self._update_down_reading()
 
-    # -- events from the transports ---------------------------------------------------
+    def _shutdown_up(self) -> None:
+        self._up_fin_wanted = False
+        if self._up is not None:
+            # ENOTCONN and friends: the peer is gone; the next read or write says so.
+            with contextlib.suppress(OSError):
+                self._up.shutdown(socket.SHUT_WR)
 
-    def data_received(self, side: int, data: bytes) -> None:
-        self.bytes_from[side] += len(data)
-        self._last_activity = self._loop.time()
-        other = self._transports[1 - side]
-        if other is None:
+    def _stop_up_reading(self) -> None:
+        if self._up_reading:
+            self._up_reading = False
+            self._loop.remove_reader(self._up_fd)
+
+    def _close_upstream_after_flush(self) -> None:
+        """Close the upstream once the client bytes still queued for it have left (as a
+        transport's ``close()`` would); at once when nothing is queued."""
+        if not self._pending or self._up is None:
+            self._close_upstream()
+            return
+        self._up_close_wanted = True
+        self._stop_up_reading()
+
+    def _close_upstream(self) -> None:
+        sock = self._up
+        if sock is None:
+            return
+        self._up = None
+        if self._up_timer is not None:
+            self._up_timer.cancel()
+            self._up_timer = None
+        if self._up_reading:
+            self._loop.remove_reader(self._up_fd)
+            self._up_reading = False
+        if self._up_writing:
+            self._loop.remove_writer(self._up_fd)
+            self._up_writing = False
+        self._pending.clear()
+        self._pending_size = 0
+        sock.close()
+
+    # -- asyncio.Protocol: the client's transport ------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        down = cast(asyncio.Transport, transport)
+        self._down = down
+        down.set_write_buffer_limits(high=self._high_water, low=self._high_water // 4)
+        # Nothing is read from the client until the upstream is connected.
+        self._down_paused = True
+        down.pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_from[DOWNSTREAM] += len(data)
+        if not self._up_connected:
+            # uvloop may deliver data right after connection_made() paused reading.
             self._early.append(data)
-            down = self._transports[DOWNSTREAM]
-            if down is not None:
-                down.pause_reading()
-                self._reading[DOWNSTREAM] = False
-        elif not self._lost[1 - side]:
-            other.write(data)
+            return
+        if self._up is not None:
+            self._send_up(data)
 
-    def eof_received(self, side: int) -> bool:
-        self._eof[side] = True
-        self._reading[side] = False
-        self._last_activity = self._loop.time()
-        other = 1 - side
-        if self._eof[other]:
-            for t in self._transports:
-                if t is not None and not t.is_closing():
-                    t.close()
+    def eof_received(self) -> bool:
+        self._down_eof = True
+        if self._up_eof:
+            self._close_all()
             return True
-        self._fin_wanted[other] = True
-        self._send_fin_when_drained(other)
+        if not self._up_connected or self._pending:
+            self._up_fin_wanted = True
+        else:
+            self._shutdown_up()
         return True
 
-    def connection_lost(self, side: int) -> None:
-        self._lost[side] = True
-        self._reading[side] = False
-        if side == DOWNSTREAM and self._connecting:
-            self._owner.downstream_lost_while_connecting()
-        other = self._transports[1 - side]
-        if other is not None and not other.is_closing():
-            other.close()
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._down_lost = True
+        connecting = self._up is not None and not self._up_connected
+        if connecting:
+            self._close_upstream()
+            self.upstream_failed(None)
+        else:
+            self._close_upstream_after_flush()
         self._maybe_done()
 
-    def pause_writing(self, side: int) -> None:
-        self._write_paused[side] = True
-        self._update_reading(1 - side)
+    def pause_writing(self) -> None:
+        self._down_write_paused = True
 
-    def resume_writing(self, side: int) -> None:
-        self._write_paused[side] = False
-        if self._fin_wanted[side]:
-            self._send_fin_when_drained(side)
-        self._update_reading(1 - side)
+    def resume_writing(self) -> None:
+        self._down_write_paused = False
+        if self._fin_down_wanted:
+            self._send_fin_down_when_drained()
+        if (
+            self._up is not None
+            and self._up_connected
+            and not self._up_reading
+            and not self._up_eof
+            and not self._down_lost
+        ):
+            self._up_reading = True
+            self._loop.add_reader(self._up_fd, self._on_up_readable)
 
     # -- internals --------------------------------------------------------------------
 
-    def _send_fin_when_drained(self, side: int) -> None:
-        t = self._transports[side]
-        if t is None or self._fin_sent[side] or t.is_closing():
+    def _send_fin_down_when_drained(self) -> None:
+        down = self._down
+        if down is None or down.is_closing():
             return
-        if t.get_write_buffer_size() == 0:
-            self._fin_sent[side] = True
-            shutdown_write(t)
+        if down.get_write_buffer_size() == 0:
+            self._fin_down_wanted = False
+            shutdown_write(down)
             return
         # Ask for resume_writing() exactly when the buffer is empty.
-        t.set_write_buffer_limits(high=0, low=0)
+        down.set_write_buffer_limits(high=0, low=0)
+        self._down_write_paused = True
 
-    def _update_reading(self, side: int) -> None:
-        want = (
-            self._transports[UPSTREAM] is not None
-            and not self._eof[side]
-            and not self._lost[side]
-            and not self._lost[1 - side]
-            and not self._write_paused[1 - side]
-        )
-        self._set_reading(side, want)
-
-    def _set_reading(self, side: int, want: bool) -> None:
-        t = self._transports[side]
-        if t is None or want == self._reading[side] or t.is_closing():
+    def _update_down_reading(self) -> None:
+        down = self._down
+        if down is None or down.is_closing():
             return
-        self._reading[side] = want
+        want = (
+            self._up_connected
+            and self._up is not None
+            and not self._down_eof
+            and self._pending_size <= self._high_water
+        )
+        if want == (not self._down_paused):
+            return
+        self._down_paused = not want
         if want:
-            t.resume_reading()
+            down.resume_reading()
         else:
-            t.pause_reading()
+            down.pause_reading()
 
-    def _check_idle(self) -> None:
-        self._idle_handle = None
-        assert self._idle_timeout is not None
-        idle_for = self._loop.time() - self._last_activity
-        if idle_for >= self._idle_timeout:
-            self._end("idle_timeout")
-        else:
-            self._idle_handle = self._loop.call_later(
-                self._idle_timeout - idle_for, self._check_idle
-            )
+    def _close_all(self) -> None:
+        self._close_upstream_after_flush()
+        down = self._down
+        if down is not None and not down.is_closing():
+            down.close()
+        self._maybe_done()
 
     def _end(self, termination: str) -> None:
-        if self._done:
+        """End the connection now (both sides), dropping what is still queued."""
+        if self.done:
             return
         if termination and not self.termination:
             self.termination = termination
-        for side, t in enumerate(self._transports):
-            if t is not None and not self._lost[side]:
-                t.abort()
+        self._close_upstream()
+        down = self._down
+        if down is not None and not self._down_lost:
+            down.abort()
+        self._maybe_done()
+
+    def abort(self, termination: str = "") -> None:
+        self._end(termination)
+
+    def buffered(self) -> int:
+        """Bytes queued in user space for both peers."""
+        down = self._down
+        queued = down.get_write_buffer_size() if down is not None and not self._down_lost else 0
+        return queued + self._pending_size + sum(len(c) for c in self._early)
 
     def _maybe_done(self) -> None:
-        if self._done or not self._lost[DOWNSTREAM] or self._connecting:
+        if self.done or not self._down_lost or self._up is not None:
             return
-        if self._transports[UPSTREAM] is not None and not self._lost[UPSTREAM]:
-            return
-        self._done = True
-        for handle in (self._idle_handle, self._duration_handle):
-            if handle is not None:
-                handle.cancel()
-        self._idle_handle = self._duration_handle = None
-        self._owner.relay_done()
+        self.done = True
+        self.relay_done()
+
+    # -- hooks for the owner ----------------------------------------------------------
+
+    def upstream_connected(self, sock: socket.socket) -> None:
+        """The upstream accepted the connection."""
+
+    def upstream_failed(self, timed_out: bool | None) -> None:
+        """The connect failed (True: timed out; False: refused/error; None: abandoned)."""
+
+    def relay_done(self) -> None:
+        """Both sides are closed; called once."""

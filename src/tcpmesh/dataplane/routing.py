@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import NamedTuple
 
-from tcpmesh.control.snapshot import Cluster, Endpoint, Listener, Snapshot, TcpRoute
+from tcpmesh.control.snapshot import (
+    Cluster,
+    Endpoint,
+    Listener,
+    Snapshot,
+    TcpRoute,
+    WeightedCluster,
+)
 from tcpmesh.dataplane.balancer import LoadBalancer, RandomSource, pick_weighted
 
 # Envoy response flags used by the proxy.
@@ -54,9 +62,10 @@ def match_route(listener: Listener, local_ip: str) -> TcpRoute | None:
     return next((r for r in listener.routes if route_matches(r, local_ip)), None)
 
 
-@dataclass(frozen=True)
-class Decision:
-    """The outcome of the open-time choices; ``flag`` set means: close at once."""
+class Decision(NamedTuple):
+    """The outcome of the open-time choices; ``flag`` set means: close at once.
+
+    A named tuple: one is built per connection, and tuples are the cheapest to build."""
 
     route: TcpRoute | None
     cluster_name: str = ""
@@ -72,13 +81,19 @@ def decide(
     client_ip: str | None,
     rng: RandomSource,
     balancer: LoadBalancer,
+    pick: Callable[[TcpRoute], WeightedCluster | None] | None = None,
+    route: TcpRoute | None = None,
 ) -> Decision:
     """Pick route, cluster and endpoint. A decision without flag counts against
-    ``max_connections`` until the caller reports ``connection_finished``."""
-    route = match_route(listener, local_ip) if listener is not None else None
+    ``max_connections`` until the caller reports ``connection_finished``.
+
+    ``pick`` chooses among a route's destinations (default: Envoy's random pick with
+    ``rng``); ``route``, when given, is the listener's route already matched."""
+    if route is None:
+        route = match_route(listener, local_ip) if listener is not None else None
     if route is None:
         return Decision(None, flag=NO_ROUTE)
-    weighted = pick_weighted(route.destinations, rng)
+    weighted = pick(route) if pick is not None else pick_weighted(route.destinations, rng)
     if weighted is None:
         return Decision(route, flag=NO_CLUSTER)
     cluster = snapshot.cluster(weighted.cluster_name)

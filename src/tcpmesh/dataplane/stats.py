@@ -2,11 +2,19 @@
 
 Each worker owns a registry; with ``TCPMESH_METRICS_PORT=P`` worker ``i`` serves it on
 ``127.0.0.1:P+i`` (see worker.py), so a scraper sums over the workers' ports.
+
+Counting happens in plain dictionaries and becomes Prometheus families only when
+scraped: a ``Counter.labels(...).inc()`` takes a lock and several lookups, and the
+proxy counts a few times per connection.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from tcpmesh.control.snapshot import Cluster
 
@@ -18,6 +26,22 @@ _LABELS = (
     "request_protocol",
     "response_flags",
 )
+_EVENT_LABELS = ("stat_prefix", "event")
+
+# (metric name, help); label values are (service, version, flags).
+_FAMILIES = (
+    ("istio_tcp_connections_opened", "Connections opened, per destination."),
+    ("istio_tcp_connections_closed", "Connections closed, per destination."),
+    ("istio_tcp_sent_bytes", "Bytes sent to the client (the response direction)."),
+    ("istio_tcp_received_bytes", "Bytes received from the client (the request direction)."),
+)
+_EVENTS = (
+    "tcpmesh_tcp_proxy_events",
+    "Envoy tcp_proxy events: idle_timeout, max_downstream_connection_duration, "
+    "downstream_cx_no_route, upstream_cx_connect_fail, upstream_cx_connect_timeout.",
+)
+
+Key = tuple[str, str, str]
 
 
 def destination_of(cluster_name: str, cluster: Cluster | None) -> tuple[str, str]:
@@ -30,61 +54,57 @@ def destination_of(cluster_name: str, cluster: Cluster | None) -> tuple[str, str
     return UNKNOWN, UNKNOWN
 
 
+class _StatsCollector(Collector):
+    def __init__(self, stats: ProxyStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        s = self._stats
+        for (name, doc), values in zip(
+            _FAMILIES,
+            (s.opened_counts, s.closed_counts, s.sent_bytes, s.received_bytes),
+            strict=True,
+        ):
+            family = CounterMetricFamily(name, doc, labels=_LABELS)
+            for (service, version, flags), value in list(values.items()):
+                family.add_metric(("source", service, version, "tcp", flags), value)
+            yield family
+        family = CounterMetricFamily(_EVENTS[0], _EVENTS[1], labels=_EVENT_LABELS)
+        for labels, value in list(s.events.items()):
+            family.add_metric(labels, value)
+        yield family
+
+
 class ProxyStats:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        reg = self.registry
-        self._opened = Counter(
-            "istio_tcp_connections_opened",
-            "Connections opened, per destination.",
-            _LABELS,
-            registry=reg,
-        )
-        self._closed = Counter(
-            "istio_tcp_connections_closed",
-            "Connections closed, per destination.",
-            _LABELS,
-            registry=reg,
-        )
-        self._sent = Counter(
-            "istio_tcp_sent_bytes",
-            "Bytes sent to the client (the response direction).",
-            _LABELS,
-            registry=reg,
-        )
-        self._received = Counter(
-            "istio_tcp_received_bytes",
-            "Bytes received from the client (the request direction).",
-            _LABELS,
-            registry=reg,
-        )
-        self._events = Counter(
-            "tcpmesh_tcp_proxy_events",
-            "Envoy tcp_proxy events: idle_timeout, max_downstream_connection_duration, "
-            "downstream_cx_no_route, upstream_cx_connect_fail, upstream_cx_connect_timeout.",
-            ("stat_prefix", "event"),
-            registry=reg,
-        )
-
-    @staticmethod
-    def _labels(service: str, version: str, flags: str) -> tuple[str, str, str, str, str]:
-        return ("source", service, version, "tcp", flags)
+        self.opened_counts: dict[Key, int] = {}
+        self.closed_counts: dict[Key, int] = {}
+        self.sent_bytes: dict[Key, int] = {}
+        self.received_bytes: dict[Key, int] = {}
+        self.events: dict[tuple[str, str], int] = {}
+        self.registry.register(_StatsCollector(self))
 
     def opened(self, service: str, version: str, flags: str) -> None:
-        self._opened.labels(*self._labels(service, version, flags)).inc()
+        key = (service, version, flags)
+        counts = self.opened_counts
+        counts[key] = counts.get(key, 0) + 1
 
     def closed(self, service: str, version: str, flags: str) -> None:
-        self._closed.labels(*self._labels(service, version, flags)).inc()
+        key = (service, version, flags)
+        counts = self.closed_counts
+        counts[key] = counts.get(key, 0) + 1
 
     def add_bytes(self, service: str, version: str, flags: str, received: int, sent: int) -> None:
-        labels = self._labels(service, version, flags)
+        key = (service, version, flags)
         if received:
-            self._received.labels(*labels).inc(received)
+            self.received_bytes[key] = self.received_bytes.get(key, 0) + received
         if sent:
-            self._sent.labels(*labels).inc(sent)
+            self.sent_bytes[key] = self.sent_bytes.get(key, 0) + sent
 
     def event(self, stat_prefix: str, name: str) -> None:
-        self._events.labels(stat_prefix or UNKNOWN, name).inc()
+        key = (stat_prefix or UNKNOWN, name)
+        self.events[key] = self.events.get(key, 0) + 1
 
     def value(self, metric: str, **labels: str) -> float:
         """Sum of a counter over the series whose labels include ``labels``."""
