@@ -180,7 +180,7 @@ class Mesh:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = self._runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{port}"
         # Before the pods: an Envoy gateway reads the ADS address when it starts.
         await self._start_xds()
