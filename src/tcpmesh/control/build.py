@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from tcpmesh.api import models, parse_duration
@@ -308,6 +308,15 @@ def destination_rule_for(
     return min(candidates, key=rank)
 
 
+def unique_subsets(rule: models.DestinationRule) -> Iterator[models.Subset]:
+    """The subsets of a rule; a subset defined twice keeps its first definition."""
+    seen: set[str] = set()
+    for subset in rule.spec.subsets:
+        if subset is not None and subset.name not in seen:
+            seen.add(subset.name)
+            yield subset
+
+
 def _dr_applies(rule: models.DestinationRule, fqdn: str) -> bool:
     host = resolve_host(rule.spec.host, rule.namespace)
     return host == fqdn or (host.startswith("*") and fqdn.endswith(host[1:]))
@@ -325,12 +334,7 @@ def _build_clusters(resources: MeshResources) -> Iterable[Cluster]:
             yield _cluster(fqdn, port.port, "", members, _policies(rule, None, port.port))
             if rule is None:
                 continue
-            seen: set[str] = set()
-            for subset in rule.spec.subsets:
-                # A subset defined twice: the first definition wins.
-                if subset is None or subset.name in seen:
-                    continue
-                seen.add(subset.name)
+            for subset in unique_subsets(rule):
                 selected = tuple(e for e in members if labels_match(subset.labels, e.label_dict()))
                 policies = _policies(rule, subset, port.port)
                 yield _cluster(fqdn, port.port, subset.name, selected, policies)
@@ -484,11 +488,7 @@ def _service_entry_clusters(resources: MeshResources) -> Iterable[Cluster]:
                 yield _cluster(host, port.number, "", endpoints, policies)
             if rule is None:
                 continue
-            seen: set[str] = set()
-            for subset in rule.spec.subsets:
-                if subset is None or subset.name in seen:
-                    continue
-                seen.add(subset.name)
+            for subset in unique_subsets(rule):
                 selected = [i for i in instances if labels_match(subset.labels, dict(i.labels))]
                 if not selected and dns:
                     continue
