@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +31,20 @@ def default_state_dir() -> Path:
     xdg = os.environ.get("XDG_STATE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "state"
     return base / "tcpmesh"
+
+
+def unusable_address(address: str) -> str | None:
+    """Why the gateway could not listen on ``address``, or None when it can."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    except ValueError:
+        return "not an IP address"
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError as exc:
+            return f"cannot listen there ({exc.strerror or exc})"
+    return None
 
 
 def running_client(state_dir: Path) -> ApiClient | None:

@@ -117,6 +117,9 @@ def up(
         missing = missing_envoy_support()
         if missing is not None:
             fail(f"error: --dataplane envoy: {missing}")
+    problem = lifecycle.unusable_address(address)
+    if problem is not None:
+        fail(f"error: --address {address}: {problem}")
     objects, warnings = load_manifests(files, ctx.namespace) if files else ([], [])
     for warning in warnings:
         click.echo(f"Warning: {warning}", err=True)
