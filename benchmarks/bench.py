@@ -1,10 +1,12 @@
 """The tcpmesh benchmark: the built-in data plane against Envoy, HAProxy and nginx stream.
 
-Run it through ``bash benchmarks/run.sh`` (which installs the tools). Every proxy gets the
-same backends (tcpmesh pods on their own loopback addresses), the same 80/20 split, one
-worker pinned to one core, and the load pinned to the other core. Each repetition runs
-every proxy once, in a rotating order; the report gives the median and the spread of the
-repetitions and ratios against Envoy's median of the same run.
+Run it through ``bash benchmarks/run.sh`` (which installs the tools). The benchmark starts
+its backends itself, as plain processes on their own loopback addresses; tcpmesh routes to
+them through STATIC ServiceEntries, Envoy, HAProxy and nginx through their static configs.
+Every proxy gets the same 80/20 split, one worker pinned to one core, and the load pinned
+to the other core. Each repetition runs every proxy once, in a rotating order; the report
+gives the median and the spread of the repetitions and ratios against Envoy's median of
+the same run.
 
 Every load is bounded in time and count and goes to 127.0.0.0/8 only; every process the
 benchmark starts is stopped by its pid when it ends, also on failure or Ctrl-C.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import platform
@@ -103,7 +106,10 @@ class Processes:
 
     def stop_all(self) -> None:
         for proc in list(reversed(self._procs)):
-            self.stop(proc)
+            try:
+                self.stop(proc)
+            except subprocess.TimeoutExpired:
+                log(f"pid {proc.pid} ({proc.args!r}) did not exit after SIGKILL")
 
 
 def run_cmd(
@@ -163,6 +169,9 @@ def check_free(host: str, ports: list[int]) -> None:
     """Refuse to start when something else listens on a port the benchmark needs."""
     for port in ports:
         with socket.socket() as s:
+            # As the proxies and backends do: connections of an earlier run in TIME-WAIT
+            # do not block the bind, a listening socket still does.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
             except OSError as exc:
@@ -171,16 +180,20 @@ def check_free(host: str, ports: list[int]) -> None:
                 ) from None
 
 
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
 def wait_port(host: str, port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=1.0):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing answers on {host}:{port}") from None
-            time.sleep(0.1)
+    while not _answers(host, port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing answers on {host}:{port}")
+        time.sleep(0.1)
 
 
 # -- machine load ----------------------------------------------------------------------
@@ -235,10 +248,66 @@ def machine_check(ours: Callable[[], list[int]], seconds: float = 1.0) -> dict[s
 
 @dataclass
 class Backends:
+    """The backend processes' addresses; every proxy in the benchmark routes to them."""
+
     v1: str
     v2: str
     sockperf: str
     iperf: str
+
+    @classmethod
+    def after(cls, address: str) -> Backends:
+        """The four addresses after the proxies' listen address."""
+        first = int(ipaddress.IPv4Address(address))
+        v1, v2, sockperf, iperf = (str(ipaddress.IPv4Address(first + i)) for i in range(1, 5))
+        return cls(v1, v2, sockperf, iperf)
+
+    def listens(self) -> list[tuple[str, int]]:
+        return [
+            (self.v1, HTTP_BACKEND_PORT),
+            (self.v2, HTTP_BACKEND_PORT),
+            (self.sockperf, SOCKPERF_PORT),
+            (self.iperf, IPERF_BACKEND_PORT),
+        ]
+
+    def start(self, procs: Processes, work: Path, core: int | None) -> None:
+        """Start the backends, pinned to ``core``; ``procs`` stops them by pid."""
+        argvs: list[tuple[str, list[str]]] = []
+        for version, ip, word in (("v1", self.v1, "one"), ("v2", self.v2, "two")):
+            d = work / f"backend-http-{version}"
+            d.mkdir()
+            cfg = d / "nginx.conf"
+            cfg.write_text(
+                render("http-backend.conf.tmpl", dir=d, ip=ip, port=HTTP_BACKEND_PORT, word=word)
+            )
+            argvs.append(
+                (f"http-{version}", ["nginx", "-e", "stderr", "-p", str(d), "-c", str(cfg)])
+            )
+        argvs.append(
+            (
+                "sockperf",
+                ["sockperf", "server", "--tcp", "-i", self.sockperf, "-p", str(SOCKPERF_PORT)],
+            )
+        )
+        argvs.append(
+            (
+                "iperf3",
+                ["iperf3", "--server", "--bind", self.iperf, "--port", str(IPERF_BACKEND_PORT)],
+            )
+        )
+        started = [
+            (name, procs.start(pinned(core, argv), log_path=work / f"backend-{name}.log"))
+            for name, argv in argvs
+        ]
+        for (name, proc), (host, port) in zip(started, self.listens(), strict=True):
+            deadline = time.monotonic() + 30
+            while not _answers(host, port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log_text = (work / f"backend-{name}.log").read_text(errors="replace")
+                    raise RuntimeError(
+                        f"backend {name} does not listen on {host}:{port}: {log_text[-1000:]}"
+                    )
+                time.sleep(0.1)
 
     def template_vars(self) -> dict[str, Any]:
         return {
@@ -280,19 +349,18 @@ class Proxy:
 
 
 class Mesh:
-    """``tcpmesh up --workers 1`` with the benchmark's backends as pods."""
+    """``tcpmesh up --workers 1``, routing to the benchmark's backends via ServiceEntries."""
 
-    def __init__(self, work: Path, address: str, cores: tuple[int, int] | None) -> None:
+    def __init__(
+        self, work: Path, address: str, cores: tuple[int, int] | None, backends: Backends
+    ) -> None:
         self.state = work / "mesh-state"
         self.address = address
         self.cores = cores
         self.tcpmesh = [sys.executable, "-m", "tcpmesh", "--state-dir", str(self.state)]
-        self.backends: Backends | None = None
+        self.backends = backends
         self.gateway_pid = 0
         self.pid = 0
-
-    def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        return run_cmd([*self.tcpmesh, *args], timeout)
 
     def routes_yaml(self, v1: int, v2: int) -> str:
         ports = PORTS["tcpmesh"]
@@ -333,33 +401,26 @@ class Mesh:
         self.apply_text(
             render(
                 "mesh.yaml.tmpl",
-                backend=str(HERE / "backend.sh"),
+                **self.backends.template_vars(),
                 http_port=ports[0],
                 pingpong_port=ports[1],
                 iperf_port=ports[2],
-                http_backend_port=HTTP_BACKEND_PORT,
-                sockperf_port=SOCKPERF_PORT,
-                iperf_backend_port=IPERF_BACKEND_PORT,
             )
         )
         self.apply_text(self.routes_yaml(80, 20))
-        deadline = time.monotonic() + 90
-        while True:
-            pods = json.loads(self.cli("get", "pods", "-n", "bench", "-o", "json").stdout)
-            ips = {
-                p["metadata"]["labels"].get("app", "")
-                + p["metadata"]["labels"].get("version", ""): p.get("status", {}).get("podIP", "")
-                for p in pods.get("items", [])
-                if _pod_ready(p)
-            }
-            if {"httpv1", "httpv2", "sockperf", "iperf"} <= set(ips):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"backend pods not ready: {ips}")
-            time.sleep(0.5)
-        self.backends = Backends(ips["httpv1"], ips["httpv2"], ips["sockperf"], ips["iperf"])
         for port in ports[:3]:
             wait_port(self.address, port, 60)
+        # A listening gateway may not route yet: wait for an answer from a backend.
+        deadline = time.monotonic() + 60
+        answer = ""
+        while answer not in ("one", "two"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway does not route to the backends: {answer!r}")
+            time.sleep(0.2)
+            try:
+                answer = asyncio.run(_probe(self.address, ports[0]))
+            except (OSError, TimeoutError) as exc:
+                answer = str(exc)
         self.gateway_pid = self._gateway_pid()
         self.pid = int(json.loads((self.state / "apiserver.json").read_text())["pid"])
         self.pin_gateway()
@@ -406,11 +467,6 @@ class Mesh:
                 for entry in json.loads(pid_file.read_text()).values():
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(int(entry["pid"]), signal.SIGKILL)
-
-
-def _pod_ready(pod: dict[str, Any]) -> bool:
-    conds = pod.get("status", {}).get("conditions", [])
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
 
 
 def start_anchor(
@@ -903,15 +959,24 @@ def parse_args(argv: list[str] | None) -> Settings:
     p.add_argument("--only", default=",".join(PROXIES), help="comma-separated proxies")
     # Not 127.0.0.1: tests of a mesh elsewhere on the machine bind 127.0.0.1:31400 with
     # SO_REUSEPORT, and the kernel would share the benchmark's connections with them.
-    p.add_argument("--address", default="127.0.0.77", help="listen address (127.0.0.0/8)")
+    p.add_argument(
+        "--address",
+        default="127.0.0.77",
+        help="the proxies' listen address (127.0.0.0/8); the backends take the next four",
+    )
     p.add_argument("--envoy", default=shutil.which("envoy") or "envoy", help="envoy binary")
     p.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     p.add_argument("--quick", action="store_true", help="1 run, 2 s tests: for development")
     p.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     a = p.parse_args(argv)
-    if not a.address.startswith("127."):
-        p.error("--address must be in 127.0.0.0/8")
+    loopback = ipaddress.IPv4Network("127.0.0.0/8")
+    try:
+        first, last = ipaddress.IPv4Address(a.address), ipaddress.IPv4Address(a.address) + 4
+    except ValueError:
+        p.error("--address must be an IPv4 address in 127.0.0.0/8")
+    if first not in loopback or last not in loopback:
+        p.error("--address and the four addresses after it must be in 127.0.0.0/8")
     if a.quick:
         a.reps, a.duration, a.apply_samples = 1, 2.0, 3
     only = tuple(n for n in PROXIES if n in a.only.split(","))
@@ -941,7 +1006,8 @@ def main(argv: list[str] | None = None) -> int:
         log("warning: not pinned to cores (fewer than 2 cores, no taskset, or --no-pin)")
     procs = Processes()
     work = Path(tempfile.mkdtemp(prefix="tcpmesh-bench."))
-    mesh = Mesh(work, s.address, s.cores)
+    backends = Backends.after(s.address)
+    mesh = Mesh(work, s.address, s.cores, backends)
     runs: list[Run] = []
     applies: list[dict[str, Any]] = []
     started = time.time()
@@ -955,11 +1021,13 @@ def main(argv: list[str] | None = None) -> int:
         return descendants(os.getpid()) + (descendants(mesh.pid) if mesh.pid else [])
 
     try:
-        log(f"starting the mesh and its backend pods (state in {work})")
         check_free(s.address, [p for n in s.only for p in PORTS[n] if p])
+        for host, port in backends.listens():
+            check_free(host, [port])
+        log(f"starting the backends: {backends}")
+        backends.start(procs, work, s.cores[1] if s.cores else None)
+        log(f"starting the mesh (state in {work})")
         mesh.up()
-        assert mesh.backends is not None
-        log(f"backends: {mesh.backends}")
         for rep in range(1, s.reps + 1):
             # Rotate the order so no proxy always runs first (or right after another).
             order = list(s.only[rep - 1 :] + s.only[: rep - 1])
@@ -968,14 +1036,14 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "tcpmesh":
                     mesh.restart_worker()
                     proxy = Proxy("tcpmesh", s.address, proc_root=mesh.gateway_pid)
-                    runs.append(measure(proxy, s, rep, ours, mesh.backends))
+                    runs.append(measure(proxy, s, rep, ours, backends))
                     log(f"run {rep}/{s.reps}: tcpmesh apply latency")
                     try:
                         applies.append(apply_latency(mesh, s.apply_samples))
                     except Exception as exc:
                         log(f"apply latency failed: {exc}")
                     continue
-                proxy = start_anchor(name, procs, work, s.address, mesh.backends, s.envoy)
+                proxy = start_anchor(name, procs, work, s.address, backends, s.envoy)
                 assert proxy.proc is not None
                 try:
                     proxy.proc_root = proxy.proc.pid
@@ -984,7 +1052,7 @@ def main(argv: list[str] | None = None) -> int:
                     for port in (proxy.http_port, proxy.pingpong_port, proxy.iperf_port):
                         wait_port(s.address, port, 30)
                     pin_tree(proxy.proc.pid, s.cores[0] if s.cores else None)
-                    runs.append(measure(proxy, s, rep, ours, mesh.backends))
+                    runs.append(measure(proxy, s, rep, ours, backends))
                 finally:
                     procs.stop(proxy.proc)
                 log(f"run {rep}/{s.reps}: {name} done{_brief(runs[-1])}")
@@ -992,9 +1060,12 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted; stopping everything")
         return 130
     finally:
-        procs.stop_all()
-        mesh.down()
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            mesh.down()
+        finally:
+            # The anchors and the backends, by pid.
+            procs.stop_all()
+            shutil.rmtree(work, ignore_errors=True)
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
         "seconds": round(time.time() - started),
