@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tcpmesh.runtime import process
+from tcpmesh.runtime import logs, process
 from tcpmesh.runtime.images import ImageNotRunnable, container_argv
 from tcpmesh.runtime.ipam import FIRST_POD_IP, allocate_ip, is_pod_ip
 from tcpmesh.runtime.launch import expand, pod_identity, pod_variables, process_environment
@@ -264,11 +264,15 @@ class Kubelet:
         known = {key_of(p) for p in pods}
         for log_file in pods_dir.glob("*/*.log"):
             if self._file_key(log_file) not in known:
-                log_file.unlink(missing_ok=True)
+                logs.remove(log_file)
 
     @staticmethod
     def _file_key(path: Path) -> tuple[str, str]:
         return path.parent.name, path.stem
+
+    def rotate_logs(self) -> None:
+        for worker in self.workers.values():
+            logs.rotate_if_large(self.log_path(worker.namespace, worker.name))
 
     def used_ips(self, pods: list[Obj]) -> set[str]:
         used = {w.pod_ip for w in (*self.workers.values(), *self._stopping)}
@@ -318,7 +322,7 @@ class Kubelet:
             try:
                 await worker.stop(shutdown=False)
                 if remove_files:
-                    self.log_path(worker.namespace, worker.name).unlink(missing_ok=True)
+                    logs.remove(self.log_path(worker.namespace, worker.name))
             finally:
                 self._stopping.pop(worker, None)
                 log.info("pod %s/%s: stopped", worker.namespace, worker.name)
