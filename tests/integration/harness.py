@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,3 +149,26 @@ def exchange(address: str, port: int, line: str, hold: float = 0.0, timeout: flo
 def first_word(address: str, port: int) -> str:
     reply = exchange(address, port, "probe")
     return reply.split(" ", 1)[0] if reply else ""
+
+
+@contextmanager
+def seeded_mesh(state_dir: Path, address: str, *route_files: Path) -> Iterator[MeshHarness]:
+    """A one-worker mesh running the tcp-echo sample with ``route_files`` applied in order,
+    whose 31400 listener answers "one"; stopped (pods killed) however the test ends."""
+    harness = MeshHarness(state_dir, address, workers=1)
+    try:
+        harness.up()
+        harness.apply(
+            SAMPLES / "tcp-echo-deployments.yaml", SAMPLES / "tcp-echo-service.yaml", *route_files
+        )
+        harness.wait_for("routes to v1", lambda: _answers(address) == "one")
+        yield harness
+    finally:
+        harness.down()
+
+
+def _answers(address: str) -> str:
+    try:
+        return first_word(address, 31400)
+    except OSError:
+        return ""

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.harness import SAMPLES, MeshHarness, first_word
+from tests.integration.harness import SAMPLES, MeshHarness, first_word, seeded_mesh
 
 pytestmark = pytest.mark.integration
 
@@ -16,19 +16,9 @@ ADDRESS = "127.0.0.22"
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshHarness]:
-    harness = MeshHarness(tmp_path_factory.mktemp("state"), ADDRESS, workers=1)
-    try:
-        harness.up()
-        harness.apply(
-            SAMPLES / "tcp-echo-deployments.yaml",
-            SAMPLES / "tcp-echo-service.yaml",
-            SAMPLES / "tcp-echo-20-v2.yaml",
-            SAMPLES / "tcp-echo-all-v1.yaml",
-        )
-        harness.wait_for("routes", lambda: _word() == "one")
+    routes = (SAMPLES / "tcp-echo-20-v2.yaml", SAMPLES / "tcp-echo-all-v1.yaml")
+    with seeded_mesh(tmp_path_factory.mktemp("state"), ADDRESS, *routes) as harness:
         yield harness
-    finally:
-        harness.down()
 
 
 def _word() -> str:
