@@ -433,9 +433,9 @@ class _Connection(Relay):
         cluster, endpoint = decision.cluster, decision.endpoint
         assert route is not None and cluster is not None and endpoint is not None
         super().connection_made(transport)
+        # The sweep interval already suits the route: apply() sized it for every route
+        # of the state this connection took its route from.
         proxy._connections.add(self)
-        if route.idle_timeout is not None or route.max_connection_duration is not None:
-            proxy._need_sweep(route)
         self.connect(endpoint.address, endpoint.port, cluster.connect_timeout)
 
     # -- Relay hooks --------------------------------------------------------------------
