@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import secrets
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from aiohttp import web
 
 from tcpmesh.api import validate_object
 from tcpmesh.apiserver import create_app
-from tcpmesh.apiserver.credentials import remove_credentials, write_credentials
+from tcpmesh.apiserver.credentials import new_token, remove_credentials, write_credentials
 from tcpmesh.control.plane import ControlPlane
 from tcpmesh.runtime import Runtime, pod_is_ready
 from tcpmesh.store import Store
@@ -167,7 +166,7 @@ class Mesh:
     async def start(self) -> None:
         self.store.apply(default_gateway_objects(self.config))
         await self.control.start()
-        token = secrets.token_urlsafe(32)
+        token = new_token()
         app = create_app(
             self.store,
             token,

@@ -26,10 +26,6 @@ class KindInfo:
     def singular(self) -> str:
         return self.kind.lower()
 
-    @property
-    def preferred_api_version(self) -> str:
-        return self.api_version(self.versions[0])
-
     def api_version(self, version: str) -> str:
         return f"{self.group}/{version}" if self.group else version
 
