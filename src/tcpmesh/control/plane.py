@@ -20,6 +20,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from tcpmesh.api import from_dict, models
 from tcpmesh.control.build import build_snapshot, dns_names
 from tcpmesh.control.resources import MeshResources, ProxyNode
 from tcpmesh.control.snapshot import Snapshot
@@ -67,7 +68,8 @@ class ControlPlane:
         dns_refresh: float = DNS_REFRESH,
     ) -> None:
         self._store = store
-        self._objects: dict[ObjectKey, dict[str, Any]] = {}
+        # Typed once per write, so a rebuild does not parse every stored object again.
+        self._objects: dict[ObjectKey, models.Resource] = {}
         self._resources = MeshResources()
         self._generation = 0
         self._changed = asyncio.Condition()
@@ -84,7 +86,7 @@ class ControlPlane:
         revision = self._store.revision
         for kind in WATCHED_KINDS:
             for obj in self._store.list(kind):
-                self._objects[_key(obj)] = obj
+                self._remember(obj)
         await self._publish()
         self._task = asyncio.create_task(self._follow(revision), name="control-plane")
         self._dns_task = asyncio.create_task(self._follow_dns(), name="control-plane dns")
@@ -101,17 +103,19 @@ class ControlPlane:
             if event.type == "DELETED":
                 self._objects.pop(_key(event.object), None)
             else:
-                self._objects[_key(event.object)] = event.object
+                self._remember(event.object)
             # Coalesce a burst (one apply writes many objects) into one rebuild.
             await asyncio.sleep(0)
             await self._publish()
 
-    async def _publish(self) -> None:
+    def _remember(self, obj: dict[str, Any]) -> None:
         try:
-            resources = MeshResources.from_objects(self._objects.values(), self._dns)
+            self._objects[_key(obj)] = from_dict(obj)
         except Exception:
-            log.exception("stored objects could not be read; keeping the previous routes")
-            return
+            log.exception("stored %s could not be read; keeping its previous version", _key(obj))
+
+    async def _publish(self) -> None:
+        resources = MeshResources.from_resources(self._objects.values(), self._dns)
         if dns_names(resources) - self._dns_tried:
             self._dns_due.set()  # a new name: look it up now rather than at the next refresh
         async with self._changed:

@@ -59,7 +59,17 @@ class MeshResources:
         objects: Iterable[Mapping[str, Any]],
         dns: Mapping[str, tuple[str, ...]] | None = None,
     ) -> MeshResources:
-        """Sort stored dicts into typed buckets; kinds the builder does not use are skipped."""
+        """Type stored dicts and sort them into buckets (see :meth:`from_resources`)."""
+        typed = (from_dict(dict(o)) for o in objects if o.get("kind") != "Deployment")
+        return cls.from_resources(typed, dns)
+
+    @classmethod
+    def from_resources(
+        cls,
+        resources: Iterable[models.Resource],
+        dns: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> MeshResources:
+        """Sort typed resources into buckets; kinds the builder does not use are skipped."""
         buckets: dict[type[models.Resource], list[Any]] = {
             models.Service: [],
             models.Endpoints: [],
@@ -70,10 +80,7 @@ class MeshResources:
             models.ServiceEntry: [],
             models.WorkloadEntry: [],
         }
-        for obj in objects:
-            if obj.get("kind") == "Deployment":
-                continue
-            resource = from_dict(dict(obj))
+        for resource in resources:
             bucket = buckets.get(type(resource))
             if bucket is not None:
                 bucket.append(resource)
