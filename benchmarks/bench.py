@@ -158,6 +158,13 @@ def cpu_ticks(pids: list[int]) -> int:
     return total
 
 
+def cpu_per_request(ticks: int, requests: int) -> float:
+    """Microseconds of the proxy's CPU (user + system) per completed request."""
+    if requests <= 0:
+        return float("nan")
+    return ticks / os.sysconf("SC_CLK_TCK") / requests * 1e6
+
+
 def pin_tree(pid: int, core: int | None) -> None:
     if core is None:
         return
@@ -522,8 +529,10 @@ def wrk(url: str, core: int | None, duration: float, conns: int, close: bool) ->
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    requests = re.search(r"(\d+) requests in", out)
     return {
         "rps": rps,
+        "requests": int(requests[1]) if requests else 0,
         "p50_ms": _ms(lat["50"]),
         "p99_ms": _ms(lat["99"]),
         "errors": errors + (int(non2xx[1]) if non2xx else 0),
@@ -770,7 +779,11 @@ def measure(
         m["split"] = split_accuracy(proxy, s.split_conns)
         m["idle_memory"] = idle_memory(proxy, [backends.v1, backends.v2], s.idle_conns)
         time.sleep(1.0)
+        before = cpu_ticks(proxy.pids())
         m["new_conns"] = wrk(url, load, s.duration, s.conns, close=True)
+        m["new_conns"]["cpu_us_per_conn"] = cpu_per_request(
+            cpu_ticks(proxy.pids()) - before, m["new_conns"]["requests"]
+        )
         time.sleep(1.0)
         m["keepalive"] = wrk(url, load, s.duration, s.conns, close=False)
         m["pingpong"] = sockperf(proxy.address, proxy.pingpong_port, load, s.duration)
@@ -790,6 +803,7 @@ METRICS: list[tuple[str, str, tuple[str, str], bool]] = [
     ("new_conns_rps", "new connections/s", ("new_conns", "rps"), True),
     ("new_conns_p50", "  p50 (ms)", ("new_conns", "p50_ms"), False),
     ("new_conns_p99", "  p99 (ms)", ("new_conns", "p99_ms"), False),
+    ("new_conns_cpu", "  proxy CPU per connection (µs)", ("new_conns", "cpu_us_per_conn"), False),
     ("keepalive_rps", "keep-alive requests/s", ("keepalive", "rps"), True),
     ("keepalive_p50", "  p50 (ms)", ("keepalive", "p50_ms"), False),
     ("keepalive_p99", "  p99 (ms)", ("keepalive", "p99_ms"), False),

@@ -18,11 +18,14 @@ from tcpmesh.control.snapshot import (
     Cluster,
     Endpoint,
     Listener,
+    RouteOrigin,
     Snapshot,
     TcpKeepalive,
     TcpRoute,
     WeightedCluster,
 )
+
+ORIGIN = RouteOrigin("VirtualService", "default", "tcp-echo", 0)
 
 T = TypeVar("T")
 SERVICE = "tcp-echo.default.svc.cluster.local"
@@ -32,7 +35,21 @@ V2_HOST = "127.0.2.2"
 
 
 def cluster_name(subset: str) -> str:
-    return f"outbound|9000|{subset}|{SERVICE}"
+    name = f"outbound|9000|{subset}|{SERVICE}"
+    _SUBSETS[name] = subset
+    return name
+
+
+# Cluster name -> subset, for the names cluster_name() made: route() gives its shares the
+# service, subset and port the control plane would (never by taking a name apart).
+_SUBSETS: dict[str, str] = {}
+
+
+def weighted(name: str, weight: int) -> WeightedCluster:
+    subset = _SUBSETS.get(name)
+    if subset is None:
+        return WeightedCluster(name, weight)
+    return WeightedCluster(name, weight, SERVICE, subset, 9000)
 
 
 def run(coro: Coroutine[Any, Any, T], *, timeout: float = 60.0, loop: str = "asyncio") -> T:
@@ -131,14 +148,14 @@ async def start_backend(
 
 def route(
     *dests: tuple[str, int],
-    source: str = "VirtualService default/tcp-echo tcp[0]",
+    origin: RouteOrigin = ORIGIN,
     idle_timeout: float | None = 3600.0,
     max_connection_duration: float | None = None,
 ) -> TcpRoute:
     return TcpRoute(
-        destinations=tuple(WeightedCluster(n, w) for n, w in dests),
-        source=source,
-        stat_prefix=source,
+        destinations=tuple(weighted(n, w) for n, w in dests),
+        origin=origin,
+        stat_prefix=str(origin),
         idle_timeout=idle_timeout,
         max_connection_duration=max_connection_duration,
     )

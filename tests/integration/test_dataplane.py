@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from scipy.stats import binomtest
 
-from tcpmesh.control.snapshot import Snapshot, TcpKeepalive
+from tcpmesh.control.snapshot import RouteOrigin, Snapshot, TcpKeepalive
 from tcpmesh.dataplane.accesslog import AccessLogRecord
 from tcpmesh.dataplane.feed import SnapshotFeed
 from tcpmesh.dataplane.proxy import Proxy, _apply_keepalive
@@ -240,12 +240,15 @@ def test_upstream_connect_timeout_is_uf() -> None:
                 await wait_for(lambda: len(records) == 1)
                 assert records[0].flags == ("UF",)
                 assert 0.25 <= waited < 2.0
-                assert (
-                    proxy.stats.value(
-                        "tcpmesh_tcp_proxy_events_total", event="upstream_cx_connect_timeout"
-                    )
-                    == 1
+                # Filed on the cluster, as Envoy does (cluster.<name>.upstream_cx_connect_timeout).
+                timeouts = proxy.stats.value(
+                    "tcpmesh_cluster_events_total",
+                    cluster_name=cluster_name("v1"),
+                    event="upstream_cx_connect_timeout",
                 )
+                assert timeouts == 1
+                route_events = proxy.stats.value("tcpmesh_tcp_proxy_events_total")
+                assert route_events == 0
             finally:
                 await proxy.close()
         finally:
@@ -480,7 +483,8 @@ def test_removed_listener_stops_accepting_but_open_connections_continue() -> Non
             reader, writer = await asyncio.open_connection(PROXY_HOST, gone)
             writer.write(b"first\n")
             assert await asyncio.wait_for(reader.readline(), 5) == b"one first\n"
-            changed = route((cluster_name("v1"), 100), source="VirtualService default/other tcp[0]")
+            other = RouteOrigin("VirtualService", "default", "other", 0)
+            changed = route((cluster_name("v1"), 100), origin=other)
             proxy.apply(snapshot([listener(keep, changed)], clusters))
             await proxy.settled()
             with pytest.raises(ConnectionRefusedError):

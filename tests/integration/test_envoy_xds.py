@@ -28,6 +28,7 @@ from tcpmesh.control.snapshot import (
     Cluster,
     Endpoint,
     Listener,
+    RouteOrigin,
     Snapshot,
     TcpRoute,
     WeightedCluster,
@@ -39,6 +40,8 @@ from tcpmesh.xds.translate import (
     EnvoyConfig,
     reject_clusters,
 )
+
+ORIGIN = RouteOrigin("VirtualService", "default", "tcp-echo", 0)
 
 pytestmark = [
     pytest.mark.integration,
@@ -57,7 +60,7 @@ DRAIN_TIME = 2
 
 
 def snapshot(*weights: tuple[str, int]) -> Snapshot:
-    route = TcpRoute(tuple(WeightedCluster(n, w) for n, w in weights), "test", "echo.default")
+    route = TcpRoute(tuple(WeightedCluster(n, w) for n, w in weights), ORIGIN, "echo.default")
     clusters = (
         Cluster(V1, "echo", 9000, "v1", endpoints=(Endpoint(BACKENDS["one"], 9000),)),
         Cluster(V2, "echo", 9000, "v2", endpoints=(Endpoint(BACKENDS["two"], 9000),)),

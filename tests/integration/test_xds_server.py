@@ -20,6 +20,7 @@ from tcpmesh.control.snapshot import (  # noqa: E402
     Cluster,
     Endpoint,
     Listener,
+    RouteOrigin,
     Snapshot,
     TcpRoute,
     WeightedCluster,
@@ -33,6 +34,8 @@ from tcpmesh.xds.translate import (  # noqa: E402
     SHORT_NAMES,
 )
 
+ORIGIN = RouteOrigin("VirtualService", "default", "tcp-echo", 0)
+
 pytestmark = pytest.mark.integration
 
 NODE = "istio-system/gw-1"
@@ -42,9 +45,7 @@ TIMEOUT = 5.0
 
 
 def make_snapshot(weights: dict[str, int], clusters: tuple[str, ...] = (V1, V2)) -> Snapshot:
-    route = TcpRoute(
-        tuple(WeightedCluster(n, w) for n, w in weights.items()), "VirtualService x", "x"
-    )
+    route = TcpRoute(tuple(WeightedCluster(n, w) for n, w in weights.items()), ORIGIN, "x")
     listener = Listener("0.0.0.0_31400", "127.0.0.1", 31400, (route,))
     return Snapshot.build(
         (listener,),

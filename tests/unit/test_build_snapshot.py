@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tcpmesh.control import MeshResources, ProxyNode, Snapshot, build_snapshot
+from tcpmesh.control import MeshResources, ProxyNode, RouteOrigin, Snapshot, build_snapshot
 
 FQDN = "tcp-echo.default.svc.cluster.local"
 V1 = f"outbound|9000|v1|{FQDN}"
@@ -198,6 +198,16 @@ def test_seed_all_v1_builds_one_listener_on_the_gateway_port() -> None:
     route_ = only_route(snapshot)
     assert route_.stat_prefix == V1
     assert route_.source == "VirtualService default/tcp-echo tcp[0]"
+    assert route_.origin == RouteOrigin("VirtualService", "default", "tcp-echo", 0)
+
+
+def test_weighted_clusters_carry_service_subset_and_port_even_without_a_cluster() -> None:
+    snapshot = build(seed(virtual_service([route("v1", 80), route("v9", 20)])))
+    v1, v9 = only_route(snapshot).destinations
+    assert (v1.service, v1.subset, v1.port) == (FQDN, "v1", 9000)
+    # v9 names no cluster (NC): what it was meant for is still known without its name.
+    assert snapshot.cluster(v9.cluster_name) is None
+    assert (v9.service, v9.subset, v9.port, v9.weight) == (FQDN, "v9", 9000, 20)
 
 
 def test_subset_clusters_select_endpoints_by_labels() -> None:

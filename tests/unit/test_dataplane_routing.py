@@ -9,12 +9,14 @@ from tcpmesh.control.snapshot import (
     Endpoint,
     L4Match,
     Listener,
+    ResponseFlag,
+    RouteOrigin,
     Snapshot,
     TcpRoute,
     WeightedCluster,
 )
-from tcpmesh.dataplane.balancer import LoadBalancer
-from tcpmesh.dataplane.routing import decide, match_route
+from tcpmesh.dataplane.balancer import LoadBalancer, pick_weighted
+from tcpmesh.dataplane.routing import Decision, decide, match_route
 
 V1 = "outbound|9000|v1|tcp-echo.default.svc.cluster.local"
 
@@ -22,10 +24,23 @@ V1 = "outbound|9000|v1|tcp-echo.default.svc.cluster.local"
 def route(*dests: tuple[str, int], subnets: tuple[str, ...] = (), source: str = "r") -> TcpRoute:
     return TcpRoute(
         destinations=tuple(WeightedCluster(n, w) for n, w in dests),
-        source=source,
+        origin=RouteOrigin("VirtualService", "default", source, 0),
         stat_prefix=source,
         match=L4Match(destination_subnets=subnets),
     )
+
+
+def decide_on(
+    snap: Snapshot,
+    lst: Listener | None,
+    local_ip: str,
+    client_ip: str | None,
+    rng: random.Random,
+    lb: LoadBalancer,
+) -> Decision:
+    """Match the listener's route for ``local_ip``, then decide with Envoy's random pick."""
+    matched = match_route(lst, local_ip) if lst is not None else None
+    return decide(snap, matched, client_ip, lb, lambda r: pick_weighted(r.destinations, rng))
 
 
 def listener(*routes: TcpRoute) -> Listener:
@@ -61,7 +76,7 @@ def test_first_matching_route_wins_and_empty_match_matches_all() -> None:
 def test_decide_success_counts_against_the_cluster() -> None:
     snap = Snapshot.build((listener(route((V1, 100))),), (v1(),))
     lb = LoadBalancer(random.Random(1))
-    d = decide(snap, snap.listeners[0], "127.0.0.1", "127.0.0.9", random.Random(1), lb)
+    d = decide_on(snap, snap.listeners[0], "127.0.0.1", "127.0.0.9", random.Random(1), lb)
     assert d.flag is None and d.cluster_name == V1
     assert d.endpoint == Endpoint("127.0.3.1", 9000)
     assert lb.open_connections(V1) == 1
@@ -72,36 +87,37 @@ def test_decide_flags() -> None:
     rng = random.Random(1)
     missing = "outbound|9000|v3|tcp-echo.default.svc.cluster.local"
     snap = Snapshot.build((listener(route((missing, 100))),), (v1(),))
-    nc = decide(snap, snap.listeners[0], "127.0.0.1", None, rng, lb)
-    assert (nc.flag, nc.cluster_name, nc.cluster) == ("NC", missing, None)
+    nc = decide_on(snap, snap.listeners[0], "127.0.0.1", None, rng, lb)
+    assert (nc.flag, nc.cluster_name, nc.cluster) == (ResponseFlag.NO_CLUSTER, missing, None)
 
     empty = Snapshot.build((listener(route((V1, 100))),), (v1(()),))
-    assert decide(empty, empty.listeners[0], "127.0.0.1", None, rng, lb).flag == "UH"
+    assert decide_on(empty, empty.listeners[0], "127.0.0.1", None, rng, lb).flag == "UH"
 
     unready = v1((Endpoint("127.0.3.1", 9000, ready=False),))
     snap_unready = Snapshot.build((listener(route((V1, 100))),), (unready,))
-    assert decide(snap_unready, snap_unready.listeners[0], "127.0.0.1", None, rng, lb).flag == "UH"
+    unready_listener = snap_unready.listeners[0]
+    assert decide_on(snap_unready, unready_listener, "127.0.0.1", None, rng, lb).flag == "UH"
 
-    assert decide(snap, None, "127.0.0.1", None, rng, lb).flag == "NR"
+    assert decide_on(snap, None, "127.0.0.1", None, rng, lb).flag == "NR"
     only_10 = listener(route((V1, 100), subnets=("10.0.0.0/8",)))
-    assert decide(snap, only_10, "127.0.0.1", None, rng, lb).flag == "NR"
+    assert decide_on(snap, only_10, "127.0.0.1", None, rng, lb).flag == "NR"
 
 
 def test_max_connections_overflow_gives_uo() -> None:
     snap = Snapshot.build((listener(route((V1, 100))),), (v1(max_connections=2),))
     lb = LoadBalancer(random.Random(1))
     rng = random.Random(1)
-    flags = [decide(snap, snap.listeners[0], "127.0.0.1", None, rng, lb).flag for _ in range(3)]
+    flags = [decide_on(snap, snap.listeners[0], "127.0.0.1", None, rng, lb).flag for _ in range(3)]
     assert flags == [None, None, "UO"]
     lb.connection_finished(V1)
-    assert decide(snap, snap.listeners[0], "127.0.0.1", None, rng, lb).flag is None
+    assert decide_on(snap, snap.listeners[0], "127.0.0.1", None, rng, lb).flag is None
 
 
 def test_source_ip_hash_policy_is_sticky() -> None:
     eps = tuple(Endpoint(f"127.0.3.{i}", 9000) for i in range(1, 6))
     r = TcpRoute(
         destinations=(WeightedCluster(V1, 100),),
-        source="r",
+        origin=RouteOrigin("VirtualService", "default", "r", 0),
         stat_prefix="r",
         hash_policy="source_ip",
     )
@@ -109,7 +125,7 @@ def test_source_ip_hash_policy_is_sticky() -> None:
     lb = LoadBalancer(random.Random(1))
     rng = random.Random(1)
     picks = {
-        decide(snap, snap.listeners[0], "127.0.0.1", "10.9.8.7", rng, lb).endpoint
+        decide_on(snap, snap.listeners[0], "127.0.0.1", "10.9.8.7", rng, lb).endpoint
         for _ in range(50)
     }
     assert len(picks) == 1

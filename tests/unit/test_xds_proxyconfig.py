@@ -9,6 +9,7 @@ from tcpmesh.control.snapshot import (
     Endpoint,
     L4Match,
     Listener,
+    RouteOrigin,
     Snapshot,
     TcpRoute,
     WeightedCluster,
@@ -21,14 +22,16 @@ from tcpmesh.xds.translate import (
     translate,
 )
 
+ORIGIN = RouteOrigin("VirtualService", "default", "tcp-echo", 0)
+
 V1 = "outbound|9000|v1|tcp-echo.default.svc.cluster.local"
 V2 = "outbound|9000|v2|tcp-echo.default.svc.cluster.local"
 
 
 def sample() -> Snapshot:
     routes = (
-        TcpRoute((WeightedCluster(V1, 100),), "vs", "p", match=L4Match(("10.0.0.0/8",))),
-        TcpRoute((WeightedCluster(V1, 80), WeightedCluster(V2, 20)), "vs", "p"),
+        TcpRoute((WeightedCluster(V1, 100),), ORIGIN, "p", match=L4Match(("10.0.0.0/8",))),
+        TcpRoute((WeightedCluster(V1, 80), WeightedCluster(V2, 20)), ORIGIN, "p"),
     )
     clusters = (
         Cluster(

@@ -12,6 +12,7 @@ from tcpmesh.control.snapshot import (
     L4Match,
     Listener,
     OutlierDetection,
+    RouteOrigin,
     Snapshot,
     TcpKeepalive,
     TcpRoute,
@@ -28,6 +29,8 @@ from tcpmesh.xds.translate import (
     translate,
 )
 
+ORIGIN = RouteOrigin("VirtualService", "default", "tcp-echo", 0)
+
 V1 = "outbound|9000|v1|tcp-echo.default.svc.cluster.local"
 V2 = "outbound|9000|v2|tcp-echo.default.svc.cluster.local"
 V3 = "outbound|9000|v3|tcp-echo.default.svc.cluster.local"
@@ -36,7 +39,7 @@ V3 = "outbound|9000|v3|tcp-echo.default.svc.cluster.local"
 def route(*weights: tuple[str, int], **kwargs: Any) -> TcpRoute:
     return TcpRoute(
         destinations=tuple(WeightedCluster(n, w) for n, w in weights),
-        source="VirtualService default/tcp-echo tcp[0]",
+        origin=ORIGIN,
         stat_prefix=kwargs.pop("stat_prefix", "tcp-echo.default"),
         **kwargs,
     )

@@ -8,8 +8,8 @@ import yaml
 
 from tcpmesh.api import kinds
 from tcpmesh.apiserver.client import ApiClient
+from tcpmesh.control import ResponseFlag, Snapshot, TcpRoute
 from tcpmesh.control.resources import resolve_host, service_fqdn
-from tcpmesh.control.snapshot import Snapshot, TcpRoute
 
 ROUTING_KINDS = ("Gateway", "VirtualService", "DestinationRule", "Service", "ServiceEntry")
 
@@ -60,10 +60,14 @@ def routing_lines(client: ApiClient, obj: dict[str, Any]) -> list[str]:
                     for dest in route.destinations:
                         cluster = snapshot.cluster(dest.cluster_name)
                         if cluster is None:
-                            state = "no such cluster: connections close with NC"
+                            state = (
+                                f"no such cluster: connections close with {ResponseFlag.NO_CLUSTER}"
+                            )
                         else:
                             ready = len(cluster.ready_endpoints)
-                            state = f"{ready} ready endpoint(s)" + ("" if ready else ": UH")
+                            state = f"{ready} ready endpoint(s)" + (
+                                "" if ready else f": {ResponseFlag.NO_HEALTHY_UPSTREAM}"
+                            )
                         lines.append(
                             f"  {100 * dest.weight / total:5.1f}%  {dest.cluster_name}  ({state})"
                         )
@@ -83,11 +87,12 @@ def _route_involves(kind: str, obj: dict[str, Any], gateway: str, route: TcpRout
     namespace = obj["metadata"].get("namespace", "default")
     name = obj["metadata"]["name"]
     if kind == "VirtualService":
-        return route.source.startswith(f"VirtualService {namespace}/{name} ")
+        origin = route.origin
+        return (origin.kind, origin.namespace, origin.name) == (kind, namespace, name)
     if kind == "Gateway":
         return gateway == f"{namespace}/{name}"
     hosts = _hosts_of(kind, obj)
-    return any(d.cluster_name.rsplit("|", 1)[-1] in hosts for d in route.destinations)
+    return any(d.service in hosts for d in route.destinations)
 
 
 def _hosts_of(kind: str, obj: dict[str, Any]) -> set[str]:

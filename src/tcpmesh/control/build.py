@@ -34,6 +34,7 @@ from tcpmesh.control.snapshot import (
     LbPolicy,
     Listener,
     OutlierDetection,
+    RouteOrigin,
     Snapshot,
     TcpKeepalive,
     TcpRoute,
@@ -203,24 +204,21 @@ def _tcp_route(
 ) -> TcpRoute:
     entries = [r for r in rule.route if r is not None and r.destination is not None]
     named = [
-        (
-            _cluster_name_for(resources, r.destination, vs.namespace, listener_port),
-            r.weight,
-        )
+        (_destination_for(resources, r.destination, vs.namespace, listener_port), r.weight)
         for r in entries
         if r.destination is not None
     ]
     if len(named) == 1:
-        destinations: tuple[WeightedCluster, ...] = (WeightedCluster(named[0][0], 100),)
-        stat_prefix = named[0][0]
+        destinations: tuple[WeightedCluster, ...] = (dataclasses.replace(named[0][0], weight=100),)
+        stat_prefix = named[0][0].cluster_name
     else:
-        destinations = tuple(WeightedCluster(name, w) for name, w in named if w > 0)
+        destinations = tuple(dataclasses.replace(d, weight=w) for d, w in named if w > 0)
         stat_prefix = f"{vs.name}.{vs.namespace}"
     first = entries[0].destination if entries else None
     tcp, hash_by_source_ip = _route_policy(resources, first, vs.namespace)
     return TcpRoute(
         destinations=destinations,
-        source=f"VirtualService {vs.namespace}/{vs.name} tcp[{index}]",
+        origin=RouteOrigin("VirtualService", vs.namespace, vs.name, index),
         stat_prefix=stat_prefix,
         match=L4Match(),
         idle_timeout=_idle_timeout(tcp),
@@ -229,12 +227,13 @@ def _tcp_route(
     )
 
 
-def _cluster_name_for(
+def _destination_for(
     resources: MeshResources,
     destination: models.Destination,
     namespace: str,
     listener_port: int,
-) -> str:
+) -> WeightedCluster:
+    """The share of a route destination (weight 0 here; the caller sets it)."""
     fqdn = resolve_host(destination.host, namespace)
     port = destination.port.number if destination.port and destination.port.number else 0
     if not port:
@@ -244,7 +243,8 @@ def _cluster_name_for(
         else:
             ports = service_entry_ports(resources, fqdn)
         port = ports[0] if len(ports) == 1 else listener_port
-    return cluster_name(port, destination.subset or "", fqdn)
+    subset = destination.subset or ""
+    return WeightedCluster(cluster_name(port, subset, fqdn), 0, fqdn, subset, port)
 
 
 def cluster_name(port: int, subset: str, fqdn: str) -> str:

@@ -14,12 +14,30 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
 
 LbPolicy = Literal["LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", "PASSTHROUGH", "RING_HASH"]
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 3600.0
+
+
+class ResponseFlag(StrEnum):
+    """Envoy's response flags, the ones a tcpmesh TCP connection can end with.
+
+    Declared once for both data planes: Envoy sets them itself, the built-in proxy sets
+    the same ones for the same outcomes, and access logs, metrics (``response_flags``)
+    and tests compare against these members. A ``StrEnum``, so a member *is* its code
+    (``ResponseFlag.NO_CLUSTER == "NC"``) on the wire and in log lines.
+    """
+
+    NO_ROUTE = "NR"  # no filter chain (route) matched the connection
+    NO_CLUSTER = "NC"  # the picked destination names no cluster
+    NO_HEALTHY_UPSTREAM = "UH"  # the cluster has no ready endpoint
+    UPSTREAM_OVERFLOW = "UO"  # the cluster's max_connections circuit breaker is open
+    UPSTREAM_CONNECT_FAILURE = "UF"  # connecting to the endpoint failed or timed out
+    DURATION_TIMEOUT = "DT"  # max_connection_duration ended the connection
 
 
 @dataclass(frozen=True)
@@ -74,10 +92,18 @@ class Cluster:
 
 @dataclass(frozen=True)
 class WeightedCluster:
-    """A share of a route. ``cluster_name`` may name no cluster: such a share closes with NC."""
+    """A share of a route. ``cluster_name`` may name no cluster: such a share closes with NC.
+
+    ``service``, ``subset`` and ``port`` say what the share was meant for (the parts the
+    cluster name is made of), so that stats and views of an NC share need not take the
+    name apart.
+    """
 
     cluster_name: str
     weight: int
+    service: str = ""
+    subset: str = ""
+    port: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,16 +117,37 @@ class L4Match:
 
 
 @dataclass(frozen=True)
+class RouteOrigin:
+    """The rule a route was built from: ``spec.tcp[rule]`` of ``kind`` ``namespace/name``.
+
+    Structured, so that ``describe`` and ``analyze`` find a resource's routes by field
+    rather than by reading the display text back.
+    """
+
+    kind: str
+    namespace: str
+    name: str
+    rule: int
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name} tcp[{self.rule}]"
+
+
+@dataclass(frozen=True)
 class TcpRoute:
     destinations: tuple[WeightedCluster, ...]
-    # Where the route comes from, e.g. "VirtualService default/tcp-echo tcp[0]".
-    source: str
+    origin: RouteOrigin
     stat_prefix: str
     match: L4Match = L4Match()
     # None disables the idle timeout (Istio/Envoy "0s").
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
     max_connection_duration: float | None = None
     hash_policy: Literal["source_ip"] | None = None
+
+    @property
+    def source(self) -> str:
+        """The origin as people read it: ``VirtualService default/tcp-echo tcp[0]``."""
+        return str(self.origin)
 
 
 @dataclass(frozen=True)
@@ -127,9 +174,6 @@ class Snapshot:
 
     def cluster(self, name: str) -> Cluster | None:
         return self._by_name.get(name)
-
-    def listener(self, name: str) -> Listener | None:
-        return next((lst for lst in self.listeners if lst.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -165,7 +209,7 @@ def _listener_from_dict(d: dict[str, Any]) -> Listener:
     routes = tuple(
         TcpRoute(
             destinations=tuple(WeightedCluster(**w) for w in r["destinations"]),
-            source=r["source"],
+            origin=RouteOrigin(**r["origin"]),
             stat_prefix=r["stat_prefix"],
             match=L4Match(destination_subnets=tuple(r["match"]["destination_subnets"])),
             idle_timeout=r["idle_timeout"],

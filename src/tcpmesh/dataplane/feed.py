@@ -73,7 +73,6 @@ class SnapshotFeed:
         self._last_version: str | None = None
         # Attempts that failed since the last stream that delivered a snapshot.
         self.failures = 0
-        self.connected = False
 
     def _credentials(self) -> Credentials | None:
         if self._state_dir is not None:
@@ -103,8 +102,6 @@ class SnapshotFeed:
                             yield snapshot
                     except (aiohttp.ClientError, OSError, ValueError, TimeoutError) as exc:
                         log.info("snapshot stream from %s ended: %s", creds.url, exc)
-                    finally:
-                        self.connected = False
                 if delivered:
                     delay = self._backoff_initial
                     self.failures = 0
@@ -124,7 +121,6 @@ class SnapshotFeed:
                 raise aiohttp.ClientResponseError(
                     resp.request_info, (), status=resp.status, message=resp.reason or ""
                 )
-            self.connected = True
             splitter = LineSplitter()
             async for chunk in resp.content.iter_any():
                 for line in splitter.feed(chunk):

@@ -34,6 +34,7 @@ from typing import Literal
 
 from tcpmesh.control.snapshot import (
     Listener,
+    ResponseFlag,
     Snapshot,
     TcpKeepalive,
     TcpRoute,
@@ -41,15 +42,9 @@ from tcpmesh.control.snapshot import (
 )
 from tcpmesh.dataplane.accesslog import AccessLogRecord, AccessLogSink, StreamAccessLog
 from tcpmesh.dataplane.balancer import LoadBalancer, SmoothWeighted, pick_weighted
-from tcpmesh.dataplane.pump import DEFAULT_HIGH_WATER, DOWNSTREAM, UPSTREAM, Relay
-from tcpmesh.dataplane.routing import (
-    DURATION_TIMEOUT,
-    UPSTREAM_CONNECT_FAILURE,
-    Decision,
-    decide,
-    match_route,
-)
-from tcpmesh.dataplane.stats import ProxyStats, destination_of
+from tcpmesh.dataplane.pump import DEFAULT_HIGH_WATER, DOWNSTREAM, UPSTREAM, Relay, Termination
+from tcpmesh.dataplane.routing import Decision, decide, match_route
+from tcpmesh.dataplane.stats import NO_FLAGS, ClusterStat, ProxyStats, TcpProxyStat, destination_of
 
 log = logging.getLogger("tcpmesh.dataplane")
 
@@ -262,9 +257,6 @@ class Proxy:
     def buffered_bytes(self) -> int:
         return sum(c.buffered() for c in self._connections)
 
-    def connections(self) -> list[_Connection]:
-        return list(self._connections)
-
     async def close(self, *, grace: float = 0.0) -> None:
         """Stop listening, then end open connections after ``grace`` seconds."""
         for lst in self._listeners.values():
@@ -317,12 +309,6 @@ class Proxy:
             conn.check_timeouts(now)
         self._sweep_handle = loop.call_later(self._sweep_interval, self._sweep)
 
-    def _opened(self, conn: _Connection) -> None:
-        self._connections.add(conn)
-
-    def _closed(self, conn: _Connection) -> None:
-        self._connections.discard(conn)
-
 
 def _apply_keepalive_sock(sock: socket.socket, ka: TcpKeepalive) -> None:
     try:
@@ -351,6 +337,17 @@ def _addr_text(addr: object) -> str:
 
 
 _NO_DECISION = Decision(None)
+# The tcp_proxy stat of each way the proxy ends a connection itself, and its flag.
+_TERMINATION_STATS = {
+    Termination.IDLE_TIMEOUT: TcpProxyStat.IDLE_TIMEOUT,
+    Termination.MAX_CONNECTION_DURATION: TcpProxyStat.MAX_DOWNSTREAM_CONNECTION_DURATION,
+}
+_TERMINATION_FLAGS = {Termination.MAX_CONNECTION_DURATION: ResponseFlag.DURATION_TIMEOUT}
+# The cluster stat of each open-time flag that concerns a cluster.
+_FLAG_CLUSTER_STATS = {
+    ResponseFlag.UPSTREAM_OVERFLOW: ClusterStat.UPSTREAM_CX_OVERFLOW,
+    ResponseFlag.NO_HEALTHY_UPSTREAM: ClusterStat.UPSTREAM_CX_NONE_HEALTHY,
+}
 
 
 class _Connection(Relay):
@@ -408,27 +405,17 @@ class _Connection(Relay):
             local_ip = local[0] if isinstance(local, tuple) else ""
             route = match_route(plan.listener, local_ip) if plan is not None else None
         peer_ip = peer[0] if isinstance(peer, tuple) else None
-        decision = decide(
-            state.snapshot,
-            plan.listener if plan is not None else None,
-            "",
-            peer_ip,
-            proxy.rng,
-            proxy.balancer,
-            pick=proxy.pick,
-            route=route,
-        )
+        decision = decide(state.snapshot, route, peer_ip, proxy.balancer, proxy.pick)
         self._decision = decision
-        self._service, self._version = destination_of(decision.cluster_name, decision.cluster)
-        proxy.stats.opened(self._service, self._version, decision.flag or "-")
-        if decision.flag is not None:
-            if decision.flag == "NR":
-                name = plan.listener.name if plan is not None else ""
-                proxy.stats.event(name, "downstream_cx_no_route")
+        self._service, self._version = destination_of(decision.destination, decision.cluster)
+        flag = decision.flag
+        proxy.stats.opened(self._service, self._version, flag or NO_FLAGS)
+        if flag is not None:
+            self._count_refusal(flag, plan)
             # Never relayed: connection_lost() must not report it a second time.
             self.done = True
             transport.close()
-            self._log(decision.flag)
+            self._log(flag)
             return
         cluster, endpoint = decision.cluster, decision.endpoint
         assert route is not None and cluster is not None and endpoint is not None
@@ -437,6 +424,21 @@ class _Connection(Relay):
         # of the state this connection took its route from.
         proxy._connections.add(self)
         self.connect(endpoint.address, endpoint.port, cluster.connect_timeout)
+
+    def _count_refusal(self, flag: ResponseFlag, plan: _ListenerPlan | None) -> None:
+        """File a connection closed at once where Envoy counts it: route or cluster."""
+        stats = self._proxy.stats
+        decision = self._decision
+        if flag is ResponseFlag.NO_ROUTE:
+            name = plan.listener.name if plan is not None else ""
+            stats.event(name, TcpProxyStat.DOWNSTREAM_CX_NO_ROUTE)
+        elif flag is ResponseFlag.NO_CLUSTER:
+            route = decision.route
+            stats.event(route.stat_prefix if route else "", TcpProxyStat.DOWNSTREAM_CX_NO_ROUTE)
+        else:
+            cluster_stat = _FLAG_CLUSTER_STATS.get(flag)
+            if cluster_stat is not None and decision.cluster is not None:
+                stats.cluster_event(decision.cluster.name, cluster_stat)
 
     # -- Relay hooks --------------------------------------------------------------------
 
@@ -455,9 +457,12 @@ class _Connection(Relay):
         cluster, endpoint = self._decision.cluster, self._decision.endpoint
         assert cluster is not None and endpoint is not None
         self._connect_failed = True
-        event = "upstream_cx_connect_timeout" if timed_out else "upstream_cx_connect_fail"
-        route = self._decision.route
-        self._proxy.stats.event(route.stat_prefix if route else "", event)
+        stat = (
+            ClusterStat.UPSTREAM_CX_CONNECT_TIMEOUT
+            if timed_out
+            else ClusterStat.UPSTREAM_CX_CONNECT_FAIL
+        )
+        self._proxy.stats.cluster_event(cluster.name, stat)
         self._proxy.balancer.connect_failed(cluster, endpoint)
 
     def relay_done(self) -> None:
@@ -468,18 +473,16 @@ class _Connection(Relay):
         if self._upstream_open:
             balancer.connection_closed(cluster.name, endpoint)
         balancer.connection_finished(cluster.name)
-        flag = None
+        termination = self.termination
+        flag: ResponseFlag | None = None
         if self._connect_failed:
-            flag = UPSTREAM_CONNECT_FAILURE
-        elif self.termination == "max_connection_duration":
-            flag = DURATION_TIMEOUT
+            flag = ResponseFlag.UPSTREAM_CONNECT_FAILURE
+        elif termination:
+            flag = _TERMINATION_FLAGS.get(Termination(termination))
         route = self._decision.route
-        if self.termination and route is not None:
-            name = self.termination
-            if name == "max_connection_duration":
-                name = "max_downstream_connection_duration"
-            proxy.stats.event(route.stat_prefix, name)
-        self.report_bytes(flag or "-")
+        if termination and route is not None:
+            proxy.stats.event(route.stat_prefix, _TERMINATION_STATS[Termination(termination)])
+        self.report_bytes(flag or NO_FLAGS)
         proxy._connections.discard(self)
         self._log(flag, self.termination)
 
@@ -491,7 +494,7 @@ class _Connection(Relay):
             return
         limit = route.max_connection_duration
         if limit is not None and limit > 0 and now - self._start_mono >= limit:
-            self.abort("max_connection_duration")
+            self.abort(Termination.MAX_CONNECTION_DURATION)
             return
         limit = route.idle_timeout
         if limit is None or limit <= 0 or not self._upstream_open:
@@ -502,7 +505,7 @@ class _Connection(Relay):
             self._activity_seen = seen
             self._activity_at = now
         elif now - self._activity_at >= limit:
-            self.abort("idle_timeout")
+            self.abort(Termination.IDLE_TIMEOUT)
 
     # -- bookkeeping ------------------------------------------------------------------
 
@@ -515,16 +518,16 @@ class _Connection(Relay):
     def cluster_name(self) -> str:
         return self._decision.cluster_name
 
-    def report_bytes(self, flags: str = "-") -> None:
+    def report_bytes(self, flags: str = NO_FLAGS) -> None:
         received, sent = self.bytes_from
         d_rx, d_tx = received - self._reported_rx, sent - self._reported_tx
         if d_rx or d_tx:
             self._reported_rx, self._reported_tx = received, sent
             self._proxy.stats.add_bytes(self._service, self._version, flags, d_rx, d_tx)
 
-    def _log(self, flag: str | None, termination: str = "") -> None:
+    def _log(self, flag: ResponseFlag | None, termination: str = "") -> None:
         proxy = self._proxy
-        proxy.stats.closed(self._service, self._version, flag or "-")
+        proxy.stats.closed(self._service, self._version, flag or NO_FLAGS)
         received, sent = self.bytes_from
         duration = self._loop.time() - self._start_mono
         proxy.access_log(

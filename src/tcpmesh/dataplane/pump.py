@@ -32,6 +32,7 @@ import ctypes
 import errno
 import socket
 from collections.abc import Callable
+from enum import StrEnum
 from typing import cast
 
 DOWNSTREAM = 0
@@ -40,6 +41,14 @@ DEFAULT_HIGH_WATER = 256 * 1024
 # One read takes at most this much: large reads keep the per-byte cost of bulk transfers
 # low (uvloop reads the client side with the same size).
 READ_CHUNK = 256 * 1024
+
+
+class Termination(StrEnum):
+    """Why the proxy itself ended a connection (``Relay.termination``; empty: a peer closed)."""
+
+    IDLE_TIMEOUT = "idle_timeout"
+    MAX_CONNECTION_DURATION = "max_connection_duration"
+
 
 _CONNECT_PENDING = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN)
 _SOCK_NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
@@ -179,8 +188,8 @@ class Relay(asyncio.Protocol):
         self._pending_size = 0
         # Bytes read from each side: [received from the client, received from upstream].
         self.bytes_from = [0, 0]
-        # "idle_timeout", "max_connection_duration" when the proxy ended the connection.
-        self.termination = ""
+        # A Termination when the proxy ended the connection, else "".
+        self.termination: str = ""
         self.done = False
 
     # -- the upstream socket ----------------------------------------------------------

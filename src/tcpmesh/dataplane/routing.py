@@ -15,19 +15,14 @@ from tcpmesh.control.snapshot import (
     Cluster,
     Endpoint,
     Listener,
+    ResponseFlag,
     Snapshot,
     TcpRoute,
     WeightedCluster,
 )
-from tcpmesh.dataplane.balancer import LoadBalancer, RandomSource, pick_weighted
+from tcpmesh.dataplane.balancer import LoadBalancer
 
-# Envoy response flags used by the proxy.
-NO_ROUTE = "NR"
-NO_CLUSTER = "NC"
-NO_HEALTHY_UPSTREAM = "UH"
-UPSTREAM_OVERFLOW = "UO"
-UPSTREAM_CONNECT_FAILURE = "UF"
-DURATION_TIMEOUT = "DT"
+Pick = Callable[[TcpRoute], WeightedCluster | None]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -68,44 +63,44 @@ class Decision(NamedTuple):
     A named tuple: one is built per connection, and tuples are the cheapest to build."""
 
     route: TcpRoute | None
-    cluster_name: str = ""
+    destination: WeightedCluster | None = None
     cluster: Cluster | None = None
     endpoint: Endpoint | None = None
-    flag: str | None = None
+    flag: ResponseFlag | None = None
+
+    @property
+    def cluster_name(self) -> str:
+        """The cluster the connection was routed to (for NC: the name that resolved to nothing)."""
+        return self.destination.cluster_name if self.destination is not None else ""
 
 
 def decide(
     snapshot: Snapshot,
-    listener: Listener | None,
-    local_ip: str,
+    route: TcpRoute | None,
     client_ip: str | None,
-    rng: RandomSource,
     balancer: LoadBalancer,
-    pick: Callable[[TcpRoute], WeightedCluster | None] | None = None,
-    route: TcpRoute | None = None,
+    pick: Pick,
 ) -> Decision:
-    """Pick route, cluster and endpoint. A decision without flag counts against
-    ``max_connections`` until the caller reports ``connection_finished``.
+    """Pick cluster and endpoint for a connection on ``route`` (None: no route matched).
 
-    ``pick`` chooses among a route's destinations (default: Envoy's random pick with
-    ``rng``); ``route``, when given, is the listener's route already matched."""
+    A decision without flag counts against ``max_connections`` until the caller reports
+    ``connection_finished``. ``pick`` chooses among the route's destinations, by the
+    route's split algorithm."""
     if route is None:
-        route = match_route(listener, local_ip) if listener is not None else None
-    if route is None:
-        return Decision(None, flag=NO_ROUTE)
-    weighted = pick(route) if pick is not None else pick_weighted(route.destinations, rng)
+        return Decision(None, flag=ResponseFlag.NO_ROUTE)
+    weighted = pick(route)
     if weighted is None:
-        return Decision(route, flag=NO_CLUSTER)
+        return Decision(route, flag=ResponseFlag.NO_CLUSTER)
     cluster = snapshot.cluster(weighted.cluster_name)
     if cluster is None:
-        return Decision(route, weighted.cluster_name, flag=NO_CLUSTER)
+        return Decision(route, weighted, flag=ResponseFlag.NO_CLUSTER)
     if (
         cluster.max_connections is not None
         and balancer.open_connections(cluster.name) >= cluster.max_connections
     ):
-        return Decision(route, cluster.name, cluster, flag=UPSTREAM_OVERFLOW)
+        return Decision(route, weighted, cluster, flag=ResponseFlag.UPSTREAM_OVERFLOW)
     endpoint = balancer.pick(cluster, client_ip, hash_source_ip=route.hash_policy == "source_ip")
     if endpoint is None:
-        return Decision(route, cluster.name, cluster, flag=NO_HEALTHY_UPSTREAM)
+        return Decision(route, weighted, cluster, flag=ResponseFlag.NO_HEALTHY_UPSTREAM)
     balancer.connection_started(cluster.name)
-    return Decision(route, cluster.name, cluster, endpoint)
+    return Decision(route, weighted, cluster, endpoint)
