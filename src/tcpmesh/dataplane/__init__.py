@@ -9,16 +9,26 @@ from tcpmesh.dataplane.balancer import LoadBalancer, pick_weighted
 from tcpmesh.dataplane.feed import SnapshotFeed
 from tcpmesh.dataplane.proxy import Proxy
 from tcpmesh.dataplane.routing import Decision, decide, match_route
-from tcpmesh.dataplane.stats import ProxyStats
+from tcpmesh.dataplane.stats import (
+    ALL_FAMILIES,
+    ClusterStat,
+    Family,
+    ProxyStats,
+    TcpProxyStat,
+)
 
 __all__ = [
+    "ALL_FAMILIES",
     "AccessLogRecord",
+    "ClusterStat",
     "Decision",
+    "Family",
     "LoadBalancer",
     "ParsedLine",
     "Proxy",
     "ProxyStats",
     "SnapshotFeed",
+    "TcpProxyStat",
     "decide",
     "format_line",
     "match_route",
