@@ -24,6 +24,7 @@ from tcpmesh.apiserver.credentials import (
     remove_credentials,
     write_credentials,
 )
+from tcpmesh.control import Listener, Snapshot
 from tcpmesh.store import Store
 
 pytestmark = pytest.mark.integration
@@ -69,15 +70,15 @@ class FakeSnapshots:
     """Snapshots published from the test thread to watchers on the server's loop."""
 
     def __init__(self) -> None:
-        self.snapshots: dict[str, str] = {}
-        self.watchers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[str]]] = []
+        self.snapshots: dict[str, Snapshot] = {}
+        self.watchers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[Snapshot]]] = []
         self.active = 0
 
-    def current(self, node: str) -> str | None:
+    def current(self, node: str) -> Snapshot | None:
         return self.snapshots.get(node)
 
-    async def watch(self, node: str) -> AsyncIterator[str]:
-        queue: asyncio.Queue[str] = asyncio.Queue()
+    async def watch(self, node: str) -> AsyncIterator[Snapshot]:
+        queue: asyncio.Queue[Snapshot] = asyncio.Queue()
         watcher = (asyncio.get_running_loop(), queue)
         self.watchers.append(watcher)
         self.active += 1
@@ -90,12 +91,10 @@ class FakeSnapshots:
             self.active -= 1
             self.watchers.remove(watcher)
 
-    def publish(self, node: str, snapshot: Obj) -> None:
-        # Pretty-printed on purpose: the server must still send one line per snapshot.
-        text = json.dumps(snapshot, indent=2)
-        self.snapshots[node] = text
+    def publish(self, node: str, snapshot: Snapshot) -> None:
+        self.snapshots[node] = snapshot
         for loop, queue in list(self.watchers):
-            loop.call_soon_threadsafe(queue.put_nowait, text)
+            loop.call_soon_threadsafe(queue.put_nowait, snapshot)
 
 
 @dataclass
@@ -404,14 +403,17 @@ def test_watch_ends_when_the_server_stops(mesh: Mesh) -> None:
 def test_snapshots(mesh: Mesh) -> None:
     node = "istio-system/gw-1"
     assert mesh.client.snapshot(node) is None
-    mesh.snapshots.publish(node, {"version": "v1", "listeners": []})
-    assert mesh.client.snapshot(node) == {"version": "v1", "listeners": []}
+    first = Snapshot.build((), ())
+    mesh.snapshots.publish(node, first)
+    # JSON only at the edge: the typed Snapshot goes out as its JSON text.
+    assert mesh.client.snapshot(node) == json.loads(first.to_json())
 
     stream = mesh.client.watch_snapshots(node, timeout=WAIT)
-    assert next(stream) == {"version": "v1", "listeners": []}
+    assert next(stream) == json.loads(first.to_json())
     wait_until(lambda: mesh.snapshots.active == 1, "the server to subscribe")
-    mesh.snapshots.publish(node, {"version": "v2", "listeners": [{"port": 31400}]})
-    assert next(stream) == {"version": "v2", "listeners": [{"port": 31400}]}
+    second = Snapshot.build((Listener("0.0.0.0_31400", "127.0.0.1", 31400, ()),), ())
+    mesh.snapshots.publish(node, second)
+    assert next(stream) == json.loads(second.to_json())
 
     # A client that goes away releases the server's subscription.
     stream.close()

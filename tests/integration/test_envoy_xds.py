@@ -99,9 +99,12 @@ class Source:
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Snapshot] = asyncio.Queue()
 
-    async def watch(self, node_id: str) -> AsyncIterator[str]:
+    def current(self, node_id: str) -> Snapshot | None:
+        return None
+
+    async def watch(self, node_id: str) -> AsyncIterator[Snapshot]:
         while True:
-            yield (await self.queue.get()).to_json()
+            yield await self.queue.get()
 
 
 class Rig:

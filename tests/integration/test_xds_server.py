@@ -62,10 +62,13 @@ class Source:
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Snapshot] = asyncio.Queue()
 
-    async def watch(self, node_id: str) -> AsyncIterator[str]:
+    def current(self, node_id: str) -> Snapshot | None:
+        return None
+
+    async def watch(self, node_id: str) -> AsyncIterator[Snapshot]:
         assert node_id == NODE
         while True:
-            yield (await self.queue.get()).to_json()
+            yield await self.queue.get()
 
 
 class FakeEnvoy:

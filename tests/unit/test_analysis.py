@@ -211,3 +211,12 @@ def test_service_entry_hosts_are_known_destinations() -> None:
         ("Error", "IST0101", 'Referenced host:port not found: "legacy.example.com:7001"')
     ]
     assert messages[0].name == "bad"
+
+
+def test_servers_sharing_a_listen_port_through_target_port_conflict_ist0145() -> None:
+    from tests.unit.test_build_snapshot import port_80_and_8080
+
+    messages = [m for m in analyze([*port_80_and_8080(), gateway_pod()]) if m.code == "IST0145"]
+    assert [(m.level, m.name) for m in messages] == [("Error", "on-8080")]
+    assert "ports 80 and 8080 are both served on port 80" in messages[0].text
+    assert "default/on-80" in messages[0].text

@@ -476,3 +476,30 @@ def test_builder_does_not_mutate_its_input() -> None:
 def test_listener_binds_the_node_address(address: str) -> None:
     node = ProxyNode(NODE.namespace, NODE.name, NODE.labels, address)
     assert build(seed(virtual_service([route("v1")])), node).listeners[0].address == address
+
+
+def port_80_and_8080() -> list[dict[str, Any]]:
+    """The gateway Service maps port 80 to targetPort 8080; two TCP servers ask for both."""
+    first = gateway(name="on-80", port=80, created="2026-01-02T00:00:00Z")
+    second = gateway(name="on-8080", port=8080, created="2026-01-03T00:00:00Z")
+    vs = virtual_service([route("v1")], gateways=["on-80", "on-8080"], match=[])
+    return [o for o in seed(vs) if o["kind"] != "Gateway"] + [second, first]
+
+
+def test_a_service_port_and_its_target_port_are_one_listener_the_first_server_wins() -> None:
+    snapshot = build(port_80_and_8080())
+    assert [(lst.name, lst.port, lst.gateway) for lst in snapshot.listeners] == [
+        ("0.0.0.0_80", 80, "default/on-80")
+    ]
+
+
+def test_the_dropped_server_is_reported_by_gateway_servers() -> None:
+    from tcpmesh.control.build import gateway_servers
+
+    servers, conflicts = gateway_servers(MeshResources.from_objects(port_80_and_8080()), NODE)
+    assert [(s.gateway_name, s.number, s.listen_port) for s in servers] == [
+        ("default/on-80", 80, 80)
+    ]
+    assert [(c.kept.number, c.dropped.gateway_name, c.dropped.number) for c in conflicts] == [
+        (80, "default/on-8080", 8080)
+    ]

@@ -16,11 +16,13 @@ from tcpmesh.api import from_dict, models, validate_object
 from tcpmesh.control.build import (
     OPAQUE_TCP_PROTOCOLS,
     find_service,
+    gateway_servers,
     hosts_overlap,
     service_entry_ports,
 )
 from tcpmesh.control.resources import (
     MeshResources,
+    ProxyNode,
     labels_match,
     resolve_gateway_name,
     resolve_host,
@@ -65,6 +67,7 @@ def analyze(
         *_virtual_service_messages(resources),
         *_destination_rule_messages(resources, workloads),
         *_gateway_messages(resources, workloads),
+        *_listen_port_conflicts(resources, workloads),
     ]
     sources = sources or {}
     located = [
@@ -309,6 +312,36 @@ def _gateway_messages(resources: MeshResources, workloads: list[Workload]) -> It
                     f"{selector_text}, port {port}, hosts [{' '.join(hosts)}])."
                 )
                 yield _message("Error", "IST0145", gateway, text)
+
+
+def _listen_port_conflicts(
+    resources: MeshResources, workloads: list[Workload]
+) -> Iterator[Message]:
+    """Servers with different port numbers that one Service port serves (IST0145 style).
+
+    A Service port and its targetPort are one listen port on the gateway; the builder
+    keeps the first server (control.build.gateway_servers states the rule). Servers
+    sharing one number are reported above, as Istio's ConflictingGateways does.
+    """
+    seen: set[Message] = set()
+    for workload in workloads:
+        node = ProxyNode(workload.namespace, "", tuple(sorted(workload.labels.items())), "")
+        _, conflicts = gateway_servers(resources, node)
+        for conflict in conflicts:
+            kept, dropped = conflict.kept, conflict.dropped
+            if kept.number == dropped.number:
+                continue
+            text = (
+                f"Conflict with gateways {kept.gateway_name} (port {kept.number}): server "
+                f"ports {kept.number} and {dropped.number} are both served on port "
+                f"{dropped.listen_port} of the gateway's Service; only the server of "
+                f"{kept.gateway_name} on port {kept.number} gets it (the first server by "
+                f"creation time), port {dropped.number} of this gateway is ignored."
+            )
+            message = _message("Error", "IST0145", dropped.gateway, text)
+            if message not in seen:
+                seen.add(message)
+                yield message
 
 
 def _ports_exposed_for(resources: MeshResources, workloads: list[Workload]) -> set[int]:

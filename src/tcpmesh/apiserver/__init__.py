@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tcpmesh.apiserver.server import Admit, SnapshotSource, create_app
+    from tcpmesh.apiserver.server import Admit, create_app
 
-__all__ = ["Admit", "SnapshotSource", "create_app"]
+__all__ = ["Admit", "create_app"]
 
 
 def __getattr__(name: str) -> Any:

@@ -8,12 +8,13 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 
 from tcpmesh.api import kinds
 from tcpmesh.api.kinds import KindInfo
+from tcpmesh.control import SnapshotSource
 from tcpmesh.store import AlreadyExists, Conflict, Expired, NotFound, Store, StoreError
 
 Obj = dict[str, Any]
@@ -22,12 +23,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # How often an idle stream checks whether its client has gone away.
 STREAM_POLL_SECONDS = 0.5
-
-
-class SnapshotSource(Protocol):
-    def current(self, node: str) -> str | None: ...
-
-    def watch(self, node: str) -> AsyncIterator[str]: ...
 
 
 class _Fail(Exception):
@@ -164,13 +159,6 @@ def _matches(obj: Obj, namespace: str | None, selector: Mapping[str, str]) -> bo
 
 def _line(value: Obj) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode() + b"\n"
-
-
-def _json_line(text: str) -> bytes:
-    # Whitespace in JSON text is never inside a string, but one snapshot must be one line.
-    if "\n" in text or "\r" in text:
-        text = json.dumps(json.loads(text), separators=(",", ":"))
-    return text.encode() + b"\n"
 
 
 def _is_true(value: str | None) -> bool:
@@ -520,16 +508,17 @@ class _Api:
 
             async def lines() -> AsyncIterator[bytes]:
                 try:
-                    async for text in snapshots:
-                        yield _json_line(text)
+                    async for snapshot in snapshots:
+                        # The process edge: one compact JSON text per line (NDJSON).
+                        yield snapshot.to_json().encode() + b"\n"
                 finally:
                     await _aclose(snapshots)
 
             return await self._stream(request, lines())
-        text = self._snapshots.current(node)
-        if text is None:
+        snapshot = self._snapshots.current(node)
+        if snapshot is None:
             raise _Fail(404, "NotFound", f'no snapshot for proxy "{node}"')
-        return web.Response(text=text, content_type="application/json")
+        return web.Response(text=snapshot.to_json(), content_type="application/json")
 
 
 def _with_namespace(obj: Obj) -> Obj:

@@ -1,6 +1,6 @@
 """The control plane: resources in, one immutable Snapshot per proxy out."""
 
-from tcpmesh.control.build import build_snapshot, cluster_name
+from tcpmesh.control.build import build_snapshot
 from tcpmesh.control.resources import MeshResources, ProxyNode
 from tcpmesh.control.snapshot import (
     Cluster,
@@ -10,8 +10,11 @@ from tcpmesh.control.snapshot import (
     ResponseFlag,
     RouteOrigin,
     Snapshot,
+    SnapshotError,
+    SnapshotSource,
     TcpRoute,
     WeightedCluster,
+    cluster_name,
 )
 
 __all__ = [
@@ -24,6 +27,8 @@ __all__ = [
     "ResponseFlag",
     "RouteOrigin",
     "Snapshot",
+    "SnapshotError",
+    "SnapshotSource",
     "TcpRoute",
     "WeightedCluster",
     "build_snapshot",

@@ -39,6 +39,7 @@ from tcpmesh.control.snapshot import (
     TcpKeepalive,
     TcpRoute,
     WeightedCluster,
+    cluster_name,
 )
 
 # Protocols whose gateway servers become plain tcp_proxy listeners. HTTP-family servers
@@ -51,7 +52,7 @@ def build_snapshot(resources: MeshResources, node: ProxyNode) -> Snapshot:
     resources = dataclasses.replace(resources, service_entries=entries)
     clusters = tuple(sorted(_build_clusters(resources), key=lambda c: c.name))
     listeners = tuple(_build_listeners(resources, node))
-    return Snapshot.build(listeners, clusters)
+    return Snapshot.build(listeners, clusters).check()
 
 
 # ---------------------------------------------------------------- listeners
@@ -83,11 +84,44 @@ def exposed_ports(resources: MeshResources, node: ProxyNode) -> dict[int, int]:
     return mapping
 
 
-def _build_listeners(resources: MeshResources, node: ProxyNode) -> Iterable[Listener]:
+@dataclass(frozen=True)
+class ServerPort:
+    """A gateway server that asked for a port, and the port the proxy listens on for it."""
+
+    gateway: models.Gateway
+    server: models.Server
+    number: int  # the server's port number
+    listen_port: int  # the Service port clients dial (see exposed_ports)
+
+    @property
+    def gateway_name(self) -> str:
+        return f"{self.gateway.namespace}/{self.gateway.name}"
+
+
+@dataclass(frozen=True)
+class PortConflict:
+    """A server dropped because an earlier one holds its listen port (see gateway_servers)."""
+
+    kept: ServerPort
+    dropped: ServerPort
+
+
+def gateway_servers(
+    resources: MeshResources, node: ProxyNode
+) -> tuple[list[ServerPort], list[PortConflict]]:
+    """The plain TCP servers that get a listener on the node, and those that lose their port.
+
+    The rule (mergeGateways keeps one plain-text TCP server per port): servers are taken
+    in gateway creation order, then in the order of ``servers``; the first server that
+    resolves to a listen port holds it, and every later server resolving to the same
+    port (the same number again, or a Service targetPort mapped to it) is dropped and
+    reported by ``analyze`` (IST0145). Servers whose port no Service of the node
+    exposes, HTTP-family and TLS servers get no listener and hold no port.
+    """
     ports = exposed_ports(resources, node)
-    taken: set[int] = set()
+    kept: dict[int, ServerPort] = {}
+    conflicts: list[PortConflict] = []
     for gateway in gateways_for_node(resources, node):
-        gateway_name = f"{gateway.namespace}/{gateway.name}"
         for server in gateway.spec.servers:
             if server is None or server.port is None:
                 continue
@@ -95,20 +129,32 @@ def _build_listeners(resources: MeshResources, node: ProxyNode) -> Iterable[List
                 continue
             number = server.port.number
             listen_port = ports.get(number)
-            # mergeGateways keeps one plain-text TCP server per port; later ones are dropped.
-            if listen_port is None or number in taken:
+            if listen_port is None:
                 continue
-            taken.add(number)
-            route = _gateway_route(resources, node, gateway, gateway_name, server, number)
-            if route is None:
-                continue  # "listener missed network filter": nothing listens on the port
-            yield Listener(
-                name=f"0.0.0.0_{number}",
-                address=node.address,
-                port=listen_port,
-                routes=(route,),
-                gateway=gateway_name,
-            )
+            candidate = ServerPort(gateway, server, number, listen_port)
+            holder = kept.get(listen_port)
+            if holder is None:
+                kept[listen_port] = candidate
+            else:
+                conflicts.append(PortConflict(holder, candidate))
+    return list(kept.values()), conflicts
+
+
+def _build_listeners(resources: MeshResources, node: ProxyNode) -> Iterable[Listener]:
+    servers, _ = gateway_servers(resources, node)
+    for entry in servers:
+        route = _gateway_route(
+            resources, node, entry.gateway, entry.gateway_name, entry.server, entry.number
+        )
+        if route is None:
+            continue  # "listener missed network filter": nothing listens on the port
+        yield Listener(
+            name=f"0.0.0.0_{entry.number}",
+            address=node.address,
+            port=entry.listen_port,
+            routes=(route,),
+            gateway=entry.gateway_name,
+        )
 
 
 def virtual_services_for_gateway(
@@ -245,10 +291,6 @@ def _destination_for(
         port = ports[0] if len(ports) == 1 else listener_port
     subset = destination.subset or ""
     return WeightedCluster(cluster_name(port, subset, fqdn), 0, fqdn, subset, port)
-
-
-def cluster_name(port: int, subset: str, fqdn: str) -> str:
-    return f"outbound|{port}|{subset}|{fqdn}"
 
 
 def find_service(resources: MeshResources, fqdn: str) -> models.Service | None:

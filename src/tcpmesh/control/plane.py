@@ -23,7 +23,7 @@ from typing import Any
 from tcpmesh.api import from_dict, models
 from tcpmesh.control.build import build_snapshot, dns_names
 from tcpmesh.control.resources import MeshResources, ProxyNode
-from tcpmesh.control.snapshot import Snapshot
+from tcpmesh.control.snapshot import Snapshot, SnapshotError
 from tcpmesh.store import Store
 
 log = logging.getLogger(__name__)
@@ -176,15 +176,19 @@ class ControlPlane:
         if cached is not None and cached[0] == self._generation:
             return cached[1]
         node = self.node_for(node_id)
-        snapshot = build_snapshot(self._resources, node) if node is not None else None
+        try:
+            snapshot = build_snapshot(self._resources, node) if node is not None else None
+        except SnapshotError:
+            # A builder bug, never the user's input: the node keeps its last good table.
+            log.exception("the snapshot for %s broke its invariants; keeping the last", node_id)
+            snapshot = cached[1] if cached is not None else None
         self._cache[node_id] = (self._generation, snapshot)
         return snapshot
 
-    def current(self, node_id: str) -> str | None:
-        snapshot = self.snapshot(node_id)
-        return snapshot.to_json() if snapshot is not None else None
+    def current(self, node_id: str) -> Snapshot | None:
+        return self.snapshot(node_id)
 
-    async def watch(self, node_id: str) -> AsyncIterator[str]:
+    async def watch(self, node_id: str) -> AsyncIterator[Snapshot]:
         """Every distinct snapshot for the node, the current one first."""
         last_version: str | None = None
         while True:
@@ -193,7 +197,7 @@ class ControlPlane:
                 snapshot = self.snapshot(node_id)
             if snapshot is not None and snapshot.version != last_version:
                 last_version = snapshot.version
-                yield snapshot.to_json()
+                yield snapshot
             async with self._changed:
                 while self._generation == generation:
                     await self._changed.wait()

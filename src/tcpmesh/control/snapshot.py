@@ -12,15 +12,32 @@ Durations are float seconds; ``None`` means "not set / disabled" as documented p
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 LbPolicy = Literal["LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", "PASSTHROUGH", "RING_HASH"]
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 3600.0
+
+
+def cluster_name(port: int, subset: str, fqdn: str) -> str:
+    """Istio's outbound cluster name, ``outbound|<port>|<subset>|<fqdn>``.
+
+    Made from the fields a Cluster and a WeightedCluster carry; nothing takes it apart."""
+    return f"outbound|{port}|{subset}|{fqdn}"
+
+
+class SnapshotError(ValueError):
+    """A Snapshot broke an invariant of :meth:`Snapshot.check`: a control-plane bug."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 class ResponseFlag(StrEnum):
@@ -175,6 +192,25 @@ class Snapshot:
     def cluster(self, name: str) -> Cluster | None:
         return self._by_name.get(name)
 
+    def check(self) -> Snapshot:
+        """Raise :class:`SnapshotError` unless every invariant of the contract holds.
+
+        The role of go-control-plane's ``Consistent()``: ``build_snapshot`` calls it, so
+        no data plane ever sees a table that two of them could read differently. What a
+        user's resources can cause (two servers on one port) is resolved while building,
+        by a stated rule; a failure here is a bug in the builder. Returns ``self``.
+        """
+        problems = [
+            *_listener_problems(self.listeners),
+            *_cluster_problems(self.clusters),
+            *(p for lst in self.listeners for p in _route_problems(lst, self._by_name)),
+        ]
+        if self.version != Snapshot.build(self.listeners, self.clusters).version:
+            problems.append(f"version {self.version!r} is not the digest of the content")
+        if problems:
+            raise SnapshotError(problems)
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
@@ -203,6 +239,108 @@ class Snapshot:
         body = Snapshot("", listeners, clusters).to_json()
         version = hashlib.sha256(body.encode()).hexdigest()[:16]
         return cls(version, listeners, clusters)
+
+
+class SnapshotSource(Protocol):
+    """Where every consumer inside the mesh process gets a node's Snapshots: typed.
+
+    The control plane implements it; the xDS server and the API server consume it.
+    JSON exists only where a Snapshot leaves the process (the API server's snapshot
+    endpoint, which the built-in proxy's workers read)."""
+
+    def current(self, node_id: str) -> Snapshot | None:
+        """The node's Snapshot now; None when the node is unknown."""
+        ...
+
+    def watch(self, node_id: str) -> AsyncIterator[Snapshot]:
+        """Every distinct Snapshot of the node, the current one first."""
+        ...
+
+
+def _port_ok(port: int) -> bool:
+    return 1 <= port <= 65535
+
+
+def _ip_ok(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def _listener_problems(listeners: tuple[Listener, ...]) -> list[str]:
+    """Names and address:port pairs are unique; every listener has a route."""
+    problems: list[str] = []
+    names: set[str] = set()
+    bound: dict[tuple[str, int], str] = {}
+    for lst in listeners:
+        if lst.name in names:
+            problems.append(f"listener name {lst.name} is used twice")
+        names.add(lst.name)
+        key = (lst.address, lst.port)
+        if key in bound:
+            problems.append(
+                f"listeners {bound[key]} and {lst.name} both bind {lst.address}:{lst.port}"
+            )
+        bound.setdefault(key, lst.name)
+        if not _ip_ok(lst.address) or not _port_ok(lst.port):
+            problems.append(f"listener {lst.name} binds {lst.address}:{lst.port}, not an IP:port")
+        if not lst.routes:
+            problems.append(f"listener {lst.name} has no route")
+    return problems
+
+
+def _cluster_problems(clusters: tuple[Cluster, ...]) -> list[str]:
+    """Names are unique and made of the fields; endpoints are IP:port; timeouts positive."""
+    problems: list[str] = []
+    names: set[str] = set()
+    for c in clusters:
+        if c.name in names:
+            problems.append(f"cluster {c.name} is defined twice")
+        names.add(c.name)
+        if c.name != cluster_name(c.port, c.subset, c.service):
+            problems.append(f"cluster {c.name} does not match its service, subset and port")
+        if not _port_ok(c.port):
+            problems.append(f"cluster {c.name} has port {c.port} outside 1..65535")
+        if c.connect_timeout <= 0:
+            problems.append(f"cluster {c.name} has connect timeout {c.connect_timeout} <= 0")
+        if c.max_connections is not None and c.max_connections < 1:
+            problems.append(f"cluster {c.name} allows {c.max_connections} connections")
+        problems += [
+            f"cluster {c.name} has endpoint {e.address}:{e.port}, not an IP:port"
+            for e in c.endpoints
+            if not _ip_ok(e.address) or not _port_ok(e.port)
+        ]
+    return problems
+
+
+def _route_problems(lst: Listener, clusters: dict[str, Cluster]) -> list[str]:
+    """Destinations have positive weights and agree with the cluster they name, if any.
+
+    A destination naming no cluster is deliberate (its share closes with NC); it still
+    says which service, subset and port it was meant for."""
+    problems: list[str] = []
+    for index, route in enumerate(lst.routes):
+        where = f"listener {lst.name} route {index} ({route.origin})"
+        if not route.destinations:
+            problems.append(f"{where} has no destination")
+        if not route.stat_prefix:
+            problems.append(f"{where} has no stat prefix")
+        for limit in (route.idle_timeout, route.max_connection_duration):
+            if limit is not None and limit < 0:
+                problems.append(f"{where} has a negative timeout {limit}")
+        for d in route.destinations:
+            if d.weight <= 0:
+                problems.append(f"{where}: {d.cluster_name} has weight {d.weight} <= 0")
+            cluster = clusters.get(d.cluster_name)
+            if cluster is not None and (d.service, d.subset, d.port) != (
+                cluster.service,
+                cluster.subset,
+                cluster.port,
+            ):
+                problems.append(f"{where}: {d.cluster_name} disagrees with its cluster")
+    return problems
 
 
 def _listener_from_dict(d: dict[str, Any]) -> Listener:

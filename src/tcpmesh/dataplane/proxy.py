@@ -76,9 +76,11 @@ class _State:
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
-        self.listeners: dict[ListenerKey, _ListenerPlan] = {}
-        for lst in snapshot.listeners:
-            self.listeners.setdefault((lst.address, lst.port), _ListenerPlan(lst))
+        # One listener per address:port: Snapshot.check() holds the control plane to it,
+        # and the control plane resolves a conflict by its stated rule, not the proxy.
+        self.listeners: dict[ListenerKey, _ListenerPlan] = {
+            (lst.address, lst.port): _ListenerPlan(lst) for lst in snapshot.listeners
+        }
 
 
 def _bind(address: str, port: int) -> socket.socket:

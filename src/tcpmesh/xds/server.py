@@ -35,7 +35,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2  # noqa: F401  (registers the type)
@@ -47,7 +47,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa:
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2, json_format
 
-from tcpmesh.control.snapshot import Snapshot
+from tcpmesh.control import SnapshotSource
 from tcpmesh.xds.translate import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
@@ -67,10 +67,6 @@ ACK_TIMEOUT = 20.0
 WILDCARD_TYPES = (LISTENER_TYPE, CLUSTER_TYPE)
 
 Transform = Callable[[EnvoyConfig], EnvoyConfig]
-
-
-class SnapshotSource(Protocol):
-    def watch(self, node_id: str) -> AsyncIterator[str]: ...
 
 
 def content_version(resources: dict[str, Resource]) -> str:
@@ -302,9 +298,9 @@ class _Stream:
         return answer
 
     async def _follow(self, node_id: str) -> None:
-        async for text in self._server.source.watch(node_id):
+        async for snapshot in self._server.source.watch(node_id):
             try:
-                config = translate(Snapshot.from_json(text))
+                config = translate(snapshot)
                 if self._server.transform is not None:
                     config = self._server.transform(config)
             except Exception:
