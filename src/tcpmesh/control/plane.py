@@ -1,8 +1,16 @@
 """The control plane loop: follow the store, rebuild snapshots, hand them to proxies.
 
-It keeps an in-memory copy of the kinds the builder reads, updated from the store's watch,
-and serves each proxy the snapshot built for it. Snapshots are content-addressed, so a
-change that does not alter a proxy's table is never pushed to it.
+It keeps an in-memory copy of the kinds the builder reads, typed once per write and
+updated from the store's watch, and serves each proxy the snapshot built for it.
+Snapshots are content-addressed, so a change that does not alter a proxy's table is
+never pushed to it.
+
+It follows the store the way Kubernetes' reflector does: list, watch from the list's
+revision, and list again when the watch is ``Expired`` (the history it needs is gone).
+It is level-triggered: the watch only updates the copy and marks it dirty; a separate
+loop rebuilds from the whole copy when it is dirty, so a burst of events that arrive
+together (one apply writes many objects; the watch hands over what is ready without
+waiting) becomes one rebuild, not one per event.
 
 DNS ServiceEntries name hosts rather than addresses. Looking them up is I/O, so it happens
 here, not in the builder: the names the entries need are resolved when they appear and
@@ -24,7 +32,7 @@ from tcpmesh.api import from_dict, models
 from tcpmesh.control.build import build_snapshot, dns_names
 from tcpmesh.control.resources import MeshResources, ProxyNode
 from tcpmesh.control.snapshot import Snapshot, SnapshotError
-from tcpmesh.store import Store
+from tcpmesh.store import Expired, Store
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,8 @@ WATCHED_KINDS = (
     "ServiceEntry",
     "WorkloadEntry",
 )
+# After a failed watch (not Expired, which relists at once), wait this long before the next.
+WATCH_RETRY_DELAY = 1.0
 DNS_REFRESH = 30.0
 DNS_TIMEOUT = 5.0
 # getaddrinfo's "no such name" answers: the name has no addresses, which is not a failure.
@@ -73,39 +83,74 @@ class ControlPlane:
         self._resources = MeshResources()
         self._generation = 0
         self._changed = asyncio.Condition()
-        self._task: asyncio.Task[None] | None = None
+        self._dirty = asyncio.Event()
+        # Times the resources were re-collected for building (for status and tests).
+        self.rebuilds = 0
+        self._tasks: list[asyncio.Task[None]] = []
         self._cache: dict[str, tuple[int, Snapshot | None]] = {}
         self._resolver = resolver
         self._dns_refresh = dns_refresh
         self._dns: dict[str, tuple[str, ...]] = {}
         self._dns_tried: set[str] = set()
         self._dns_due = asyncio.Event()
-        self._dns_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        revision = self._store.revision
-        for kind in WATCHED_KINDS:
-            for obj in self._store.list(kind):
-                self._remember(obj)
+        revision = self._relist()
         await self._publish()
-        self._task = asyncio.create_task(self._follow(revision), name="control-plane")
-        self._dns_task = asyncio.create_task(self._follow_dns(), name="control-plane dns")
+        self._tasks = [
+            asyncio.create_task(self._follow(revision), name="control-plane watch"),
+            asyncio.create_task(self._rebuild_when_dirty(), name="control-plane rebuild"),
+            asyncio.create_task(self._follow_dns(), name="control-plane dns"),
+        ]
 
     async def stop(self) -> None:
-        for task in (self._task, self._dns_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def _relist(self) -> int:
+        """Replace the copy with what the store holds; the revision to watch from.
+
+        The revision is read before listing: events between the two are replayed by the
+        watch, which is harmless, as applying an event is idempotent."""
+        revision = self._store.revision
+        previous, self._objects = self._objects, {}
+        for kind in WATCHED_KINDS:
+            for obj in self._store.list(kind):
+                key = _key(obj)
+                if key in previous and _same_version(previous[key], obj):
+                    self._objects[key] = previous[key]  # unchanged: keep its typed form
+                else:
+                    self._remember(obj)
+        return revision
 
     async def _follow(self, revision: int) -> None:
-        async for event in self._store.watch(WATCHED_KINDS, since=revision):
-            if event.type == "DELETED":
-                self._objects.pop(_key(event.object), None)
-            else:
-                self._remember(event.object)
-            # Coalesce a burst (one apply writes many objects) into one rebuild.
-            await asyncio.sleep(0)
+        while True:
+            try:
+                async for event in self._store.watch(WATCHED_KINDS, since=revision):
+                    revision = event.revision
+                    if event.type == "DELETED":
+                        self._objects.pop(_key(event.object), None)
+                    else:
+                        self._remember(event.object)
+                    self._dirty.set()
+                return  # the store was closed
+            except Expired as exc:
+                log.warning("control plane: %s; listing again", exc)
+            except Exception:
+                log.exception("control plane: the store watch failed; listing again")
+                await asyncio.sleep(WATCH_RETRY_DELAY)
+            revision = self._relist()
+            self._dirty.set()
+
+    async def _rebuild_when_dirty(self) -> None:
+        while True:
+            await self._dirty.wait()
+            # Everything the watch had ready is in the copy now (it hands events over
+            # without waiting between them): one rebuild covers the whole burst.
+            self._dirty.clear()
             await self._publish()
 
     def _remember(self, obj: dict[str, Any]) -> None:
@@ -115,6 +160,7 @@ class ControlPlane:
             log.exception("stored %s could not be read; keeping its previous version", _key(obj))
 
     async def _publish(self) -> None:
+        self.rebuilds += 1
         resources = MeshResources.from_resources(self._objects.values(), self._dns)
         if dns_names(resources) - self._dns_tried:
             self._dns_due.set()  # a new name: look it up now rather than at the next refresh
@@ -201,6 +247,11 @@ class ControlPlane:
             async with self._changed:
                 while self._generation == generation:
                     await self._changed.wait()
+
+
+def _same_version(typed: models.Resource, obj: dict[str, Any]) -> bool:
+    version = obj["metadata"].get("resourceVersion")
+    return version is not None and typed.metadata.resource_version == version
 
 
 def _key(obj: dict[str, Any]) -> ObjectKey:
