@@ -23,6 +23,7 @@ from tcpmesh.control.snapshot import (
     TcpKeepalive,
     TcpRoute,
     WeightedCluster,
+    WeightedPick,
 )
 
 ORIGIN = RouteOrigin("VirtualService", "default", "tcp-echo", 0)
@@ -151,6 +152,7 @@ def route(
     origin: RouteOrigin = ORIGIN,
     idle_timeout: float | None = 3600.0,
     max_connection_duration: float | None = None,
+    weighted_pick: WeightedPick = WeightedPick.SMOOTH,
 ) -> TcpRoute:
     return TcpRoute(
         destinations=tuple(weighted(n, w) for n, w in dests),
@@ -158,6 +160,7 @@ def route(
         stat_prefix=str(origin),
         idle_timeout=idle_timeout,
         max_connection_duration=max_connection_duration,
+        weighted_pick=weighted_pick,
     )
 
 

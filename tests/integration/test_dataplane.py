@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from scipy.stats import binomtest
 
-from tcpmesh.control.snapshot import RouteOrigin, Snapshot, TcpKeepalive
+from tcpmesh.control.snapshot import RouteOrigin, Snapshot, TcpKeepalive, WeightedPick
 from tcpmesh.dataplane.accesslog import AccessLogRecord
 from tcpmesh.dataplane.feed import SnapshotFeed
 from tcpmesh.dataplane.proxy import Proxy, _apply_keepalive
@@ -117,10 +117,19 @@ def test_weighted_split_80_20_over_2000_connections(pick: str) -> None:
         v2, p2 = await start_backend(V2_HOST, lambda: LineEcho(b"two"))
         port = free_port()
         snap = snapshot(
-            [listener(port, route((cluster_name("v1"), 80), (cluster_name("v2"), 20)))],
+            [
+                listener(
+                    port,
+                    route(
+                        (cluster_name("v1"), 80),
+                        (cluster_name("v2"), 20),
+                        weighted_pick=WeightedPick(pick),
+                    ),
+                )
+            ],
             [cluster("v1", (V1_HOST, p1)), cluster("v2", (V2_HOST, p2))],
         )
-        proxy, records = await started_proxy(snap, weighted_pick=pick)
+        proxy, records = await started_proxy(snap)
         try:
             started = time.monotonic()
             replies = await gather_limited(n, 50, lambda i: send_line(port, b"x%d" % i))

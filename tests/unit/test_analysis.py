@@ -220,3 +220,16 @@ def test_servers_sharing_a_listen_port_through_target_port_conflict_ist0145() ->
     assert [(m.level, m.name) for m in messages] == [("Error", "on-8080")]
     assert "ports 80 and 8080 are both served on port 80" in messages[0].text
     assert "default/on-80" in messages[0].text
+
+
+def test_a_smooth_split_on_an_envoy_gateway_is_reported_as_a_difference() -> None:
+    pod = gateway_pod()
+    pod["spec"]["containers"][0]["image"] = "docker.io/envoyproxy/envoy:v1.40.0"
+    split = virtual_service([route("v1", 80), route("v2", 20)])
+    messages = [m for m in analyze([*seed(split), pod]) if m.code == "TCM0001"]
+    assert [(m.level, m.kind, m.name) for m in messages] == [("Info", "VirtualService", "tcp-echo")]
+    assert "weighted pick smooth is not available on Envoy" in messages[0].text
+    # The built-in proxy honours it: nothing to say; nor on Envoy with the random pick.
+    assert not [m for m in analyze(mesh(split)) if m.code == "TCM0001"]
+    split["metadata"]["annotations"] = {"tcpmesh.io/weighted-pick": "random"}
+    assert not [m for m in analyze([*seed(split), pod]) if m.code == "TCM0001"]

@@ -995,3 +995,14 @@ def test_errors_and_warnings_are_reported_together() -> None:
     assert errors == lines(obj, ("spec.tcp[0].route[0].weight", "weight -1 < 0"))
     unused = "virtualService rule #1 not used (all matches used by prior rules)"
     assert warning(obj, "spec.tcp[1]", unused) in warnings
+
+
+def test_the_weighted_pick_setting_is_validated() -> None:
+    annotation = "tcpmesh.io/weighted-pick"
+    good = with_(VS, ("metadata.annotations", {annotation: "random"}))
+    assert validate_object(good) == ([], [])
+    errors, _ = validate_object(with_(VS, ("metadata.annotations", {annotation: "round-robin"})))
+    assert errors == [
+        f'VirtualService "tcp-echo" is invalid: metadata.annotations[{annotation}]: '
+        'Unsupported value: "round-robin": supported values: "random", "smooth"'
+    ]

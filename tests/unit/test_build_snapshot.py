@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from tcpmesh.control import MeshResources, ProxyNode, RouteOrigin, Snapshot, build_snapshot
+from tcpmesh.control import (
+    MeshResources,
+    ProxyNode,
+    RouteOrigin,
+    Snapshot,
+    WeightedPick,
+    build_snapshot,
+)
 
 FQDN = "tcp-echo.default.svc.cluster.local"
 V1 = f"outbound|9000|v1|{FQDN}"
@@ -503,3 +510,24 @@ def test_the_dropped_server_is_reported_by_gateway_servers() -> None:
     assert [(c.kept.number, c.dropped.gateway_name, c.dropped.number) for c in conflicts] == [
         (80, "default/on-8080", 8080)
     ]
+
+
+def test_passthrough_is_mapped_once_to_least_request() -> None:
+    objects = seed(virtual_service([route("v1")]))
+    objects[6] = destination_rule({"loadBalancer": {"simple": "PASSTHROUGH"}})
+    cluster = build(objects).cluster(V1)
+    # A gateway's original destination is the gateway itself: both planes get least request.
+    assert cluster is not None and cluster.lb_policy == "LEAST_REQUEST"
+
+
+@pytest.mark.parametrize(
+    ("annotation", "expected"),
+    [(None, WeightedPick.SMOOTH), ("smooth", WeightedPick.SMOOTH), ("random", WeightedPick.RANDOM)],
+)
+def test_the_weighted_pick_is_a_route_field_from_the_virtual_service(
+    annotation: str | None, expected: WeightedPick
+) -> None:
+    vs = virtual_service([route("v1", 80), route("v2", 20)])
+    if annotation is not None:
+        vs["metadata"]["annotations"] = {"tcpmesh.io/weighted-pick": annotation}
+    assert only_route(build(seed(vs))).weighted_pick is expected

@@ -42,7 +42,11 @@ def sample() -> Snapshot:
             endpoints=(Endpoint("127.1.0.1", 9000), Endpoint("127.1.0.3", 9000, ready=False)),
         ),
         Cluster(V2, "tcp-echo.default.svc.cluster.local", 9000, "v2"),
-        Cluster("outbound|15021||gw.istio-system.svc.cluster.local", "gw", 15021),
+        Cluster(
+            "outbound|15021||gw.istio-system.svc.cluster.local",
+            "gw.istio-system.svc.cluster.local",
+            15021,
+        ),
     )
     return Snapshot.build((Listener("0.0.0.0_31400", "127.0.0.1", 31400, routes),), clusters)
 
@@ -103,9 +107,16 @@ def test_listener_rows() -> None:
     assert headers == ["ADDRESSES", "PORT", "MATCH", "DESTINATION"]
     assert rows == [
         ["127.0.0.1", "31400", "Addr: 10.0.0.0/8", f"Cluster: {V1}"],
-        ["127.0.0.1", "31400", "ALL", f"WeightedClusters: {V1} (80), {V2} (20)"],
+        ["127.0.0.1", "31400", "ALL", f"WeightedClusters: {V1} (80), {V2} (20); pick smooth"],
     ]
-    assert proxyconfig.envoy_listeners(config_dump(sample())) == (headers, rows)
+    # The same listeners and routes on Envoy; its pick is the one tcp_proxy has (random).
+    assert proxyconfig.envoy_listeners(config_dump(sample())) == (
+        headers,
+        [
+            rows[0],
+            ["127.0.0.1", "31400", "ALL", f"WeightedClusters: {V1} (80), {V2} (20); pick random"],
+        ],
+    )
 
 
 def test_cluster_rows_sort_ports_as_numbers() -> None:

@@ -17,6 +17,7 @@ from tcpmesh.control.snapshot import (
     TcpKeepalive,
     TcpRoute,
     WeightedCluster,
+    WeightedPick,
 )
 from tcpmesh.xds.translate import (
     CLUSTER_TYPE,
@@ -25,6 +26,7 @@ from tcpmesh.xds.translate import (
     LISTENER_TYPE,
     TCP_PROXY_TYPE,
     duration,
+    envoy_differences,
     reject_clusters,
     translate,
 )
@@ -200,10 +202,16 @@ def test_cluster_policies() -> None:
     }
 
 
-def test_passthrough_balances_over_the_endpoints_like_the_builtin_proxy() -> None:
-    cluster = echo_cluster(lb_policy="PASSTHROUGH")
-    out = translate(snapshot(route((V1, 100)), clusters=(cluster,))).of(CLUSTER_TYPE)[V1]
-    assert out["lb_policy"] == "LEAST_REQUEST"
+def test_envoy_states_that_it_cannot_split_smoothly() -> None:
+    smooth = route((V1, 80), (V2, 20))
+    assert smooth.weighted_pick is WeightedPick.SMOOTH
+    assert envoy_differences(smooth) == [
+        "weighted pick smooth is not available on Envoy: its tcp_proxy draws each "
+        "connection at random (random)"
+    ]
+    assert envoy_differences(route((V1, 80), (V2, 20), weighted_pick=WeightedPick.RANDOM)) == []
+    # One destination takes everything: there is nothing to split.
+    assert envoy_differences(route((V1, 100))) == []
 
 
 def test_endpoints_are_the_ready_ones() -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tcpmesh.api import from_dict, models, validate_object
+from tcpmesh.control import build_snapshot
 from tcpmesh.control.build import (
     OPAQUE_TCP_PROTOCOLS,
     find_service,
@@ -27,6 +28,7 @@ from tcpmesh.control.resources import (
     resolve_gateway_name,
     resolve_host,
 )
+from tcpmesh.runtime import image_name
 
 Level = Literal["Error", "Warning", "Info"]
 LEVEL_ORDER: dict[str, int] = {"Error": 0, "Warning": 1, "Info": 2}
@@ -68,6 +70,7 @@ def analyze(
         *_destination_rule_messages(resources, workloads),
         *_gateway_messages(resources, workloads),
         *_listen_port_conflicts(resources, workloads),
+        *_envoy_differences(resources, workloads),
     ]
     sources = sources or {}
     located = [
@@ -98,11 +101,20 @@ def _message(level: Level, code: str, resource: models.Resource, text: str) -> M
 class Workload:
     namespace: str
     labels: Mapping[str, str]
+    # The container images, to tell an Envoy gateway from the built-in proxy.
+    images: tuple[str, ...] = ()
+
+    @property
+    def runs_envoy(self) -> bool:
+        return any(image_name(image) == "envoy" for image in self.images)
 
 
 def _workload_labels(resources: MeshResources, objects: list[Mapping[str, Any]]) -> list[Workload]:
     """Running pods, plus the pods that Deployments without running pods will create."""
-    workloads = [Workload(p.namespace, p.metadata.labels) for p in resources.pods]
+    workloads = [
+        Workload(p.namespace, p.metadata.labels, tuple(c.image for c in p.spec.containers))
+        for p in resources.pods
+    ]
     for obj in objects:
         if obj.get("kind") != "Deployment":
             continue
@@ -113,7 +125,8 @@ def _workload_labels(resources: MeshResources, objects: list[Mapping[str, Any]])
             w.namespace == deployment.namespace and labels_match(labels, w.labels)
             for w in workloads
         ):
-            workloads.append(Workload(deployment.namespace, labels))
+            images = tuple(c.image for c in deployment.spec.template.spec.containers)
+            workloads.append(Workload(deployment.namespace, labels, images))
     return workloads
 
 
@@ -342,6 +355,33 @@ def _listen_port_conflicts(
             if message not in seen:
                 seen.add(message)
                 yield message
+
+
+def _envoy_differences(resources: MeshResources, workloads: list[Workload]) -> Iterator[Message]:
+    """Routes an Envoy gateway cannot run as the Snapshot says (xds.translate states which).
+
+    Built from the same Snapshot the gateway gets, so the message names exactly the routes
+    whose behaviour differs between the two data planes."""
+    from tcpmesh.xds.translate import envoy_differences
+
+    seen: set[Message] = set()
+    by_name = {(vs.namespace, vs.name): vs for vs in resources.virtual_services}
+    for workload in workloads:
+        if not workload.runs_envoy:
+            continue
+        labels = tuple(sorted(workload.labels.items()))
+        node = ProxyNode(workload.namespace, "", labels, "127.0.0.1")
+        for listener in build_snapshot(resources, node).listeners:
+            for route in listener.routes:
+                vs = by_name.get((route.origin.namespace, route.origin.name))
+                if vs is None:
+                    continue
+                for difference in envoy_differences(route):
+                    text = f"On the Envoy gateway, {route.origin}: {difference}."
+                    message = _message("Info", "TCM0001", vs, text)
+                    if message not in seen:
+                        seen.add(message)
+                        yield message
 
 
 def _ports_exposed_for(resources: MeshResources, workloads: list[Workload]) -> set[int]:

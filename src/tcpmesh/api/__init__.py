@@ -8,8 +8,11 @@ from tcpmesh.api.durations import parse_duration
 from tcpmesh.api.errors import InvalidInput
 from tcpmesh.api.objects import from_dict, to_dict, validate_object
 from tcpmesh.api.parse import load_documents, load_documents_with_warnings
+from tcpmesh.api.validation import WEIGHTED_PICK_ANNOTATION, WEIGHTED_PICKS
 
 __all__ = [
+    "WEIGHTED_PICKS",
+    "WEIGHTED_PICK_ANNOTATION",
     "InvalidInput",
     "from_dict",
     "load_documents",

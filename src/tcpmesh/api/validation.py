@@ -22,6 +22,12 @@ from tcpmesh.api.durations import parse_duration_ns
 from tcpmesh.api.names import quote
 
 MESH_GATEWAY = "mesh"
+# tcpmesh's own setting, on a VirtualService: how a gateway splits the new connections of
+# its tcp routes between their weighted destinations. "smooth" (the default): every
+# sum(weights) consecutive connections of a worker split exactly by weight (nginx's smooth
+# weighted round robin); "random": each connection draws, as Envoy's tcp_proxy does.
+WEIGHTED_PICK_ANNOTATION = "tcpmesh.io/weighted-pick"
+WEIGHTED_PICKS = ("smooth", "random")
 _MS = 1_000_000
 _TLS_PROTOCOLS = {"https", "tls"}
 _HTTP_PROTOCOLS = {"http", "http2", "http_proxy", "grpc", "grpc-web"}
@@ -48,6 +54,7 @@ def validate(resource: models.Resource) -> list[Finding]:
     findings = list(_metadata(resource))
     if isinstance(resource, models.VirtualService):
         findings += _virtual_service(resource.spec)
+        findings += _weighted_pick(resource)
     elif isinstance(resource, models.DestinationRule):
         findings += _destination_rule(resource.spec)
     elif isinstance(resource, models.Gateway):
@@ -85,6 +92,16 @@ def _metadata(resource: models.Resource) -> Iterator[Finding]:
 
 
 # ---------------------------------------------------------------- VirtualService
+
+
+def _weighted_pick(resource: models.Resource) -> Iterator[Finding]:
+    value = resource.metadata.annotations.get(WEIGHTED_PICK_ANNOTATION)
+    if value is not None and value not in WEIGHTED_PICKS:
+        supported = ", ".join(quote(v) for v in sorted(WEIGHTED_PICKS))
+        yield _error(
+            f"metadata.annotations[{WEIGHTED_PICK_ANNOTATION}]",
+            f"Unsupported value: {quote(value)}: supported values: {supported}",
+        )
 
 
 def _virtual_service(spec: models.VirtualServiceSpec) -> Iterator[Finding]:

@@ -10,6 +10,7 @@ from tcpmesh.api import kinds
 from tcpmesh.apiserver.client import ApiClient
 from tcpmesh.control import ResponseFlag, Snapshot, TcpRoute
 from tcpmesh.control.resources import resolve_host, service_fqdn
+from tcpmesh.xds.translate import envoy_differences
 
 ROUTING_KINDS = ("Gateway", "VirtualService", "DestinationRule", "Service", "ServiceEntry")
 
@@ -54,8 +55,10 @@ def routing_lines(client: ApiClient, obj: dict[str, Any]) -> list[str]:
                 if _route_involves(kind, obj, listener.gateway, route):
                     lines.append(
                         f"gateway {node} listener {listener.name} "
-                        f"({listener.address}:{listener.port}) from {route.source}:"
+                        f"({listener.address}:{listener.port}) from {route.source}, "
+                        f"weighted pick {route.weighted_pick}:"
                     )
+                    lines.extend(f"  on Envoy: {d}" for d in envoy_differences(route))
                     total = sum(d.weight for d in route.destinations) or 1
                     for dest in route.destinations:
                         cluster = snapshot.cluster(dest.cluster_name)

@@ -14,6 +14,7 @@ from tcpmesh.control.snapshot import (
     SnapshotSource,
     TcpRoute,
     WeightedCluster,
+    WeightedPick,
     cluster_name,
 )
 
@@ -31,6 +32,7 @@ __all__ = [
     "SnapshotSource",
     "TcpRoute",
     "WeightedCluster",
+    "WeightedPick",
     "build_snapshot",
     "cluster_name",
 ]

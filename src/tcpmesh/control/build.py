@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from tcpmesh.api import models, parse_duration
+from tcpmesh.api import WEIGHTED_PICK_ANNOTATION, models, parse_duration
 from tcpmesh.api.names import is_ip
 from tcpmesh.control.resources import (
     MeshResources,
@@ -39,6 +39,7 @@ from tcpmesh.control.snapshot import (
     TcpKeepalive,
     TcpRoute,
     WeightedCluster,
+    WeightedPick,
     cluster_name,
 )
 
@@ -270,7 +271,17 @@ def _tcp_route(
         idle_timeout=_idle_timeout(tcp),
         max_connection_duration=_optional_duration(tcp.max_connection_duration if tcp else None),
         hash_policy="source_ip" if hash_by_source_ip else None,
+        weighted_pick=_weighted_pick(vs),
     )
+
+
+def _weighted_pick(vs: models.VirtualService) -> WeightedPick:
+    """The VirtualService's ``tcpmesh.io/weighted-pick``; validation rejects other values
+    at apply time, and one stored before that rule existed counts as the default."""
+    try:
+        return WeightedPick(vs.metadata.annotations.get(WEIGHTED_PICK_ANNOTATION, "smooth"))
+    except ValueError:
+        return WeightedPick.SMOOTH
 
 
 def _destination_for(
@@ -762,13 +773,20 @@ def _cluster(
 
 
 def _lb_policy(lb: models.LoadBalancerSettings | None) -> LbPolicy:
+    """Istio's load balancer settings as the policy every data plane applies.
+
+    PASSTHROUGH is Istio's ORIGINAL_DST: connect to the address the client dialled. On a
+    gateway that address is the gateway itself, so it would loop; both data planes
+    balance over the subset's endpoints by least request instead (decided here, once).
+    """
     if lb is None:
         return "LEAST_REQUEST"
     if lb.consistent_hash is not None:
         return "RING_HASH"
-    if lb.simple == "ROUND_ROBIN" or lb.simple == "RANDOM" or lb.simple == "PASSTHROUGH":
+    if lb.simple == "ROUND_ROBIN" or lb.simple == "RANDOM":
         return lb.simple
-    return "LEAST_REQUEST"  # UNSPECIFIED, LEAST_REQUEST and the deprecated LEAST_CONN
+    # UNSPECIFIED, LEAST_REQUEST, the deprecated LEAST_CONN, and PASSTHROUGH (above).
+    return "LEAST_REQUEST"
 
 
 def _outlier(od: models.OutlierDetection | None) -> OutlierDetection | None:

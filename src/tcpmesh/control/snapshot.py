@@ -19,7 +19,9 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol
 
-LbPolicy = Literal["LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", "PASSTHROUGH", "RING_HASH"]
+# What a data plane does inside a cluster. Istio's PASSTHROUGH is not among them: the
+# builder maps it (see control.build), so no data plane has to.
+LbPolicy = Literal["LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", "RING_HASH"]
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 3600.0
@@ -123,6 +125,21 @@ class WeightedCluster:
     port: int = 0
 
 
+class WeightedPick(StrEnum):
+    """How a route's new connections are split between its weighted destinations.
+
+    Decided by the control plane (the VirtualService's ``tcpmesh.io/weighted-pick``),
+    never by a data plane's environment. Envoy's tcp_proxy can only draw at random: the
+    xDS translation states that limitation once (``xds.translate.envoy_differences``).
+    """
+
+    # nginx's smooth weighted round robin: each worker splits every sum(weights)
+    # consecutive connections exactly by weight.
+    SMOOTH = "smooth"
+    # Envoy's weighted cluster pick: every connection draws independently.
+    RANDOM = "random"
+
+
 @dataclass(frozen=True)
 class L4Match:
     """Match criteria decided per connection (everything else was decided at build time).
@@ -160,6 +177,7 @@ class TcpRoute:
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
     max_connection_duration: float | None = None
     hash_policy: Literal["source_ip"] | None = None
+    weighted_pick: WeightedPick = WeightedPick.SMOOTH
 
     @property
     def source(self) -> str:
@@ -353,6 +371,7 @@ def _listener_from_dict(d: dict[str, Any]) -> Listener:
             idle_timeout=r["idle_timeout"],
             max_connection_duration=r["max_connection_duration"],
             hash_policy=r["hash_policy"],
+            weighted_pick=WeightedPick(r["weighted_pick"]),
         )
         for r in d["routes"]
     )

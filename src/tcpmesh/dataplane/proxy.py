@@ -10,10 +10,10 @@ circuit breaker and the weighted pick's position are kept per worker process, so
 N workers a cluster may hold up to N x ``max_connections`` connections (Envoy shares its
 breakers across its threads).
 
-The weighted pick is ``smooth`` by default (nginx's smooth weighted round robin: each
-worker splits every ``sum(weights)`` consecutive connections exactly by weight) or
-``random`` (Envoy's draw), chosen per proxy (``TCPMESH_WEIGHTED_PICK`` for a worker).
-A route whose destinations are unchanged by a new snapshot keeps its position.
+The weighted pick is the route's (``TcpRoute.weighted_pick``, set by the control plane):
+``smooth`` (nginx's smooth weighted round robin: each worker splits every
+``sum(weights)`` consecutive connections exactly by weight) or ``random`` (Envoy's
+draw). A route whose destinations are unchanged by a new snapshot keeps its position.
 
 Idle timeouts and maximum durations are enforced by one sweep per worker rather than a
 timer per connection: a connection ends at most one sweep interval (a quarter of the
@@ -30,7 +30,6 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from typing import Literal
 
 from tcpmesh.control.snapshot import (
     Listener,
@@ -39,6 +38,7 @@ from tcpmesh.control.snapshot import (
     TcpKeepalive,
     TcpRoute,
     WeightedCluster,
+    WeightedPick,
 )
 from tcpmesh.dataplane.accesslog import AccessLogRecord, AccessLogSink, StreamAccessLog
 from tcpmesh.dataplane.balancer import LoadBalancer, SmoothWeighted, pick_weighted
@@ -49,7 +49,6 @@ from tcpmesh.dataplane.stats import NO_FLAGS, ClusterStat, ProxyStats, TcpProxyS
 log = logging.getLogger("tcpmesh.dataplane")
 
 ListenerKey = tuple[str, int]
-WeightedPick = Literal["smooth", "random"]
 BACKLOG = 4096
 # Istio reports TCP byte counters periodically while connections are open.
 STATS_REPORT_INTERVAL = 5.0
@@ -169,17 +168,13 @@ class Proxy:
         high_water: int = DEFAULT_HIGH_WATER,
         clock: Callable[[], float] = time.monotonic,
         bind_retry: tuple[float, float] = (0.5, 5.0),
-        weighted_pick: WeightedPick = "smooth",
     ) -> None:
-        if weighted_pick not in ("smooth", "random"):
-            raise ValueError(f"weighted_pick must be smooth or random, not {weighted_pick!r}")
         self.rng = rng if rng is not None else random.Random()
         self.balancer = LoadBalancer(self.rng, clock)
         self.access_log: AccessLogSink = access_log if access_log is not None else StreamAccessLog()
         self.stats = stats if stats is not None else ProxyStats()
         self.high_water = high_water
         self.bind_retry = bind_retry
-        self.weighted_pick: WeightedPick = weighted_pick
         self._state = _State(Snapshot(version=""))
         self._listeners: dict[ListenerKey, _ListenSocket] = {}
         self._connections: set[_Connection] = set()
@@ -220,7 +215,7 @@ class Proxy:
         by_route: dict[int, SmoothWeighted] = {}
         for key, plan in state.listeners.items():
             for route in plan.listener.routes:
-                if len(route.destinations) < 2:
+                if len(route.destinations) < 2 or route.weighted_pick is not WeightedPick.SMOOTH:
                     continue
                 pkey = (key, route.destinations)
                 picker = pickers.get(pkey) or self._pickers.get(pkey)
@@ -237,10 +232,9 @@ class Proxy:
         dests = route.destinations
         if len(dests) == 1:
             return dests[0]
-        if self.weighted_pick == "smooth":
-            picker = self._route_pickers.get(id(route))
-            if picker is not None:
-                return picker.pick()
+        picker = self._route_pickers.get(id(route))
+        if picker is not None:
+            return picker.pick()  # the route's pick is smooth (see _prepare_pickers)
         return pick_weighted(dests, self.rng)
 
     async def settled(self) -> None:

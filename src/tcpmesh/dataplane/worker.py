@@ -6,8 +6,7 @@ Environment: POD_NAMESPACE, POD_NAME (the node whose snapshots to follow),
 TCPMESH_STATE_DIR (where ``apiserver.json`` lives), TCPMESH_METRICS_PORT (serve
 Prometheus metrics on ``127.0.0.1:PORT+index``), TCPMESH_WORKER_INDEX,
 TCPMESH_SUPERVISOR_PID (exit when that parent is gone), TCPMESH_LOG_LEVEL,
-TCPMESH_WEIGHTED_PICK (``smooth``, the default, or ``random``: how a worker splits new
-connections between a route's weighted destinations), TCPMESH_STATUS_PORT (Istio's
+TCPMESH_STATUS_PORT (Istio's
 15021: ``GET /healthz/ready`` on ``POD_IP`` or 127.0.0.1, shared by all workers with
 SO_REUSEPORT, opened once the first snapshot is applied so that a TCP readiness probe
 means "has its configuration").
@@ -145,8 +144,7 @@ async def serve(config: WorkerConfig, proxy: Proxy | None = None) -> None:
     """Run until SIGTERM/SIGINT (or the supervisor disappears)."""
     loop = asyncio.get_running_loop()
     if proxy is None:
-        pick = os.environ.get("TCPMESH_WEIGHTED_PICK", "smooth")
-        proxy = Proxy(weighted_pick="random" if pick == "random" else "smooth")
+        proxy = Proxy()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

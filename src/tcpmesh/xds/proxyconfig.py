@@ -11,7 +11,8 @@ import json
 import urllib.request
 from typing import Any
 
-from tcpmesh.control.snapshot import Snapshot
+from tcpmesh.control import Snapshot, WeightedPick
+from tcpmesh.xds.translate import CLUSTER_METADATA, ENVOY_WEIGHTED_PICK
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -23,10 +24,14 @@ TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy
 ADMIN_TIMEOUT = 5.0
 
 
-def destination_text(single: str | None, weighted: list[tuple[str, int]]) -> str:
+def destination_text(
+    single: str | None, weighted: list[tuple[str, int]], pick: WeightedPick
+) -> str:
+    """``Cluster: NAME``, or the weighted clusters and how they are picked."""
     if single is not None:
         return f"Cluster: {single}"
-    return "WeightedClusters: " + ", ".join(f"{name} ({weight})" for name, weight in weighted)
+    shares = ", ".join(f"{name} ({weight})" for name, weight in weighted)
+    return f"WeightedClusters: {shares}; pick {pick}"
 
 
 def match_text(subnets: list[str]) -> str:
@@ -37,13 +42,19 @@ def _cluster_order(row: list[str]) -> tuple[str, int, str]:
     return row[0], int(row[1]) if row[1].isdigit() else -1, row[2]
 
 
-def cluster_row(name: str, kind: str) -> list[str]:
-    """``outbound|9000|v1|fqdn`` → its columns; other names keep theirs whole."""
-    parts = name.split("|")
-    if len(parts) == 4:
-        direction, port, subset, fqdn = parts
-        return [fqdn, port, subset or "-", direction, kind]
-    return [name, "-", "-", "-", kind]
+def cluster_row(name: str, kind: str, fields: dict[str, Any] | None) -> list[str]:
+    """A cluster's columns from its service, subset and port; a cluster without them
+    (Envoy's own, from the bootstrap) shows its name. tcpmesh's clusters are outbound."""
+    if fields is None:
+        return [name, "-", "-", "-", kind]
+    port = fields.get("port")
+    return [
+        str(fields.get("service", name)),
+        str(int(port)) if isinstance(port, int | float) else "-",
+        str(fields.get("subset") or "-"),
+        "outbound",
+        kind,
+    ]
 
 
 # ----------------------------------------------------------------- the built-in proxy
@@ -60,14 +71,19 @@ def snapshot_listeners(snapshot: Snapshot) -> Table:
                     listener.address,
                     str(listener.port),
                     match_text(list(route.match.destination_subnets)),
-                    destination_text(single, [(d.cluster_name, d.weight) for d in dests]),
+                    destination_text(
+                        single, [(d.cluster_name, d.weight) for d in dests], route.weighted_pick
+                    ),
                 ]
             )
     return LISTENER_HEADERS, rows
 
 
 def snapshot_clusters(snapshot: Snapshot) -> Table:
-    rows = [cluster_row(c.name, "EDS") for c in snapshot.clusters]
+    rows = [
+        cluster_row(c.name, "EDS", {"service": c.service, "subset": c.subset, "port": c.port})
+        for c in snapshot.clusters
+    ]
     return CLUSTER_HEADERS, sorted(rows, key=_cluster_order)
 
 
@@ -149,7 +165,8 @@ def envoy_listeners(config_dump: dict[str, Any]) -> Table:
                     (c["name"], int(c.get("weight", 0)))
                     for c in proxy.get("weighted_clusters", {}).get("clusters", [])
                 ]
-                destination = destination_text(proxy.get("cluster"), weighted)
+                # Envoy's tcp_proxy has one weighted pick (see translate.envoy_differences).
+                destination = destination_text(proxy.get("cluster"), weighted, ENVOY_WEIGHTED_PICK)
             rows.append(
                 [
                     str(socket.get("address", "")),
@@ -168,7 +185,12 @@ def envoy_clusters_json(config_dump: dict[str, Any]) -> list[dict[str, Any]]:
 
 def envoy_clusters(config_dump: dict[str, Any]) -> Table:
     rows = [
-        cluster_row(c["name"], str(c.get("type", "EDS"))) for c in envoy_clusters_json(config_dump)
+        cluster_row(
+            c["name"],
+            str(c.get("type", "EDS")),
+            c.get("metadata", {}).get("filter_metadata", {}).get(CLUSTER_METADATA),
+        )
+        for c in envoy_clusters_json(config_dump)
     ]
     return CLUSTER_HEADERS, sorted(rows, key=_cluster_order)
 

@@ -47,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tcpmesh.control.snapshot import Cluster, Listener, Snapshot, TcpRoute
+from tcpmesh.control import Cluster, Listener, Snapshot, TcpRoute, WeightedPick
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -75,6 +75,9 @@ ACCESS_LOG_FORMAT = (
     "%DOWNSTREAM_REMOTE_ADDRESS%\n"
 )
 
+# The filter_metadata key of a cluster's service, subset and port.
+CLUSTER_METADATA = "tcpmesh"
+
 # Istio's default circuit breaker thresholds (getDefaultCircuitBreakerThresholds).
 MAX_UINT32 = 4294967295
 
@@ -92,6 +95,24 @@ class EnvoyConfig:
 
     def of(self, type_url: str) -> dict[str, Resource]:
         return self.resources.get(type_url, {})
+
+
+# Envoy's tcp_proxy picks a weighted cluster by a random draw per connection; it has no
+# other pick, so a route's WeightedPick.SMOOTH cannot be honoured by Envoy.
+ENVOY_WEIGHTED_PICK = WeightedPick.RANDOM
+
+
+def envoy_differences(route: TcpRoute) -> list[str]:
+    """Where Envoy, fed this route, behaves unlike the Snapshot says (stated once, here).
+
+    ``describe`` and ``analyze`` show these lines, so a user sees why the two data
+    planes split differently."""
+    if len(route.destinations) > 1 and route.weighted_pick is not ENVOY_WEIGHTED_PICK:
+        return [
+            f"weighted pick {route.weighted_pick} is not available on Envoy: its tcp_proxy "
+            f"draws each connection at random ({ENVOY_WEIGHTED_PICK})"
+        ]
+    return []
 
 
 def duration(seconds: float) -> str:
@@ -199,9 +220,18 @@ def cluster_resource(cluster: Cluster) -> Resource:
         "type": "EDS",
         "eds_cluster_config": {"eds_config": ADS_SOURCE, "service_name": cluster.name},
         "connect_timeout": duration(cluster.connect_timeout),
-        # PASSTHROUGH (Istio's ORIGINAL_DST) would send a gateway's connections back to
-        # itself; both data planes balance over the subset's endpoints instead.
-        "lb_policy": "LEAST_REQUEST" if cluster.lb_policy == "PASSTHROUGH" else cluster.lb_policy,
+        "lb_policy": cluster.lb_policy,
+        # What the cluster is for, as fields (Istio keeps the same under "istio"), so that
+        # proxy-config reads Envoy's config_dump without taking the cluster name apart.
+        "metadata": {
+            "filter_metadata": {
+                CLUSTER_METADATA: {
+                    "service": cluster.service,
+                    "subset": cluster.subset,
+                    "port": cluster.port,
+                }
+            }
+        },
         "circuit_breakers": {
             "thresholds": [
                 {
