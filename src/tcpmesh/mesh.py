@@ -24,13 +24,13 @@ from aiohttp import web
 from tcpmesh.api import validate_object
 from tcpmesh.apiserver import create_app
 from tcpmesh.apiserver.credentials import new_token, remove_credentials, write_credentials
-from tcpmesh.control.plane import ControlPlane
+from tcpmesh.control import ControlPlane
 from tcpmesh.runtime import Runtime, pod_is_ready
 from tcpmesh.store import Store
-from tcpmesh.xds.envoyfiles import remove_xds_address, write_xds_address, xds_libraries_installed
+from tcpmesh.xds import remove_xds_address, write_xds_address, xds_libraries_installed
 
 if TYPE_CHECKING:
-    from tcpmesh.xds.server import XdsServer
+    from tcpmesh.xds import XdsServer
 
 log = logging.getLogger("tcpmesh.mesh")
 
@@ -41,7 +41,6 @@ GATEWAY_IMAGE = "docker.io/istio/proxyv2:1.24.0"
 # `--dataplane envoy`: the image tcpmesh runs as Envoy fed by its xDS server.
 ENVOY_GATEWAY_IMAGE = "docker.io/envoyproxy/envoy:v1.40.0"
 # Test hook: clusters whose name contains this text are served in a form Envoy rejects.
-XDS_REJECT_ENV = "TCPMESH_XDS_TEST_REJECT"
 STATUS_PORT = 15021
 GATEWAY_READY_TIMEOUT = 60.0
 # The ports of Istio's demo profile ingress gateway Service.
@@ -197,11 +196,9 @@ class Mesh:
         # Pods are forked from this process while gRPC's threads run; they exec at once,
         # so gRPC's fork handlers have nothing to protect (and would only log).
         os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-        from tcpmesh.xds.server import XdsServer
-        from tcpmesh.xds.translate import reject_clusters
+        from tcpmesh.xds import XdsServer
 
-        marker = os.environ.get(XDS_REJECT_ENV)
-        self.xds = XdsServer(self.control, transform=reject_clusters(marker) if marker else None)
+        self.xds = XdsServer(self.control)
         port = await self.xds.start()
         write_xds_address(self.config.state_dir, "127.0.0.1", port)
 

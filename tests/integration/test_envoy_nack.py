@@ -1,14 +1,15 @@
 """A configuration Envoy rejects, end to end: NACKed, shown by `tcpmesh status`, harmless.
 
-The mesh runs with the test hook TCPMESH_XDS_TEST_REJECT: clusters whose name contains
-the marker are served with a connect timeout Envoy refuses. Adding a Service of that
-name together with a route change makes Envoy NACK the clusters; the route change must
-then not reach Envoy, and traffic keeps flowing on the last good configuration.
+Nothing in tcpmesh makes Envoy reject on purpose: the test holds a port of the gateway
+address with a socket of its own, then applies a Gateway whose TCP server opens that
+port. Envoy binds the new listener when it adds it, fails, and NACKs the LDS update; the
+gateway keeps serving its last good configuration, and removing the Gateway clears it.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,17 +26,41 @@ pytestmark = [
 
 ADDRESS = "127.0.0.12"
 PORT = 31400
-MARKER = "rejected-by-envoy"
-BAD_SERVICE = f"""apiVersion: v1
-kind: Service
+# A port of the gateway Service (443 -> targetPort 8443) that a TCP server may open.
+TAKEN = 443
+BLOCKED = f"""apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
 metadata:
-  name: {MARKER}
+  name: blocked-gateway
 spec:
   selector:
-    app: tcp-echo
-  ports:
-  - name: tcp
-    port: 9000
+    istio: ingressgateway
+  servers:
+  - port:
+      number: {TAKEN}
+      name: tcp-blocked
+      protocol: TCP
+    hosts:
+    - "*"
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: blocked
+spec:
+  hosts:
+  - "*"
+  gateways:
+  - blocked-gateway
+  tcp:
+  - match:
+    - port: {TAKEN}
+    route:
+    - destination:
+        host: tcp-echo
+        port:
+          number: 9000
+        subset: v1
 """
 
 
@@ -45,7 +70,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshHarness]:
         tmp_path_factory.mktemp("state"),
         ADDRESS,
         dataplane="envoy",
-        env={"TCPMESH_XDS_TEST_REJECT": MARKER, "TCPMESH_ENVOY_DRAIN_TIME": "2"},
+        env={"TCPMESH_ENVOY_DRAIN_TIME": "2"},
     )
     try:
         harness.up()
@@ -73,30 +98,37 @@ def xds_node(mesh: MeshHarness) -> dict[str, Any]:
     return dict(node)
 
 
-def test_rejected_clusters_are_nacked_reported_and_change_no_route(
+def test_a_listener_envoy_cannot_bind_is_nacked_reported_and_harmless(
     mesh: MeshHarness, tmp_path: Path
 ) -> None:
     good = xds_node(mesh)["appliedSnapshot"]
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(BAD_SERVICE + "---\n" + (SAMPLES / "tcp-echo-all-v2.yaml").read_text())
-    mesh.apply(bad)
-    mesh.wait_for("the NACK", lambda: bool(xds_node(mesh)["nacks"]), 10.0)
+    holder = socket.socket()
+    try:
+        holder.bind((ADDRESS, TAKEN))
+        holder.listen()
+        bad = tmp_path / "blocked.yaml"
+        bad.write_text(BLOCKED)
+        mesh.apply(bad)
+        mesh.wait_for("the NACK", lambda: bool(xds_node(mesh)["nacks"]), 10.0)
 
-    node = xds_node(mesh)
-    (nack,) = node["nacks"]
-    assert nack["type"] == "CDS"
-    assert "Expected positive duration" in nack["error"]
-    assert node["appliedSnapshot"] == good
-    text = mesh.tcpmesh("status").stdout
-    (line,) = [x for x in text.splitlines() if "NACK from istio-system/" in x]
-    assert "CDS version" in line
-    assert "rejected: Invalid duration: Expected positive duration" in line
-    # The route change in the same apply never reached Envoy.
-    assert [answer() for _ in range(20)] == ["one"] * 20
+        node = xds_node(mesh)
+        (nack,) = node["nacks"]
+        assert nack["type"] == "LDS"
+        # Envoy's own words: the address it could not bind.
+        assert f"{ADDRESS}:{TAKEN}" in nack["error"]
+        assert node["appliedSnapshot"] == good
+        text = mesh.tcpmesh("status").stdout
+        (line,) = [x for x in text.splitlines() if "NACK from istio-system/" in x]
+        assert "LDS version" in line and f"{ADDRESS}:{TAKEN}" in line
+        # The listener that was there keeps serving.
+        assert [answer() for _ in range(20)] == ["one"] * 20
+    finally:
+        holder.close()
 
-    mesh.tcpmesh("delete", "service", MARKER)
-    mesh.wait_for("the v2 route", lambda: answer() == "two", 10.0)
+    mesh.tcpmesh("delete", "-f", str(bad))
+    mesh.wait_for("the NACK to clear", lambda: xds_node(mesh)["nacks"] == [], 10.0)
     node = xds_node(mesh)
-    assert node["nacks"] == []
     assert node["pendingSnapshot"] == ""
+    assert node["appliedSnapshot"] == good
     assert "NACK" not in mesh.tcpmesh("status").stdout
+    assert answer() == "one"

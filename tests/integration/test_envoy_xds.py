@@ -38,7 +38,6 @@ from tcpmesh.xds.translate import (
     EXTENSION_CONFIG_TYPE,
     LISTENER_TYPE,
     EnvoyConfig,
-    reject_clusters,
 )
 
 ORIGIN = RouteOrigin("VirtualService", "default", "tcp-echo", 0)
@@ -304,25 +303,41 @@ def test_cluster_without_endpoints_closes_with_uh(tmp_path: Path) -> None:
         wait_for("UH in the access log", lambda: " UH 0 0 " in rig.log() and EMPTY in rig.log())
 
 
+def with_listener_on(base: Snapshot, port: int) -> Snapshot:
+    """``base`` plus a second listener, on ``port`` of the gateway address."""
+    extra = Listener(f"0.0.0.0_{port}", GATEWAY, port, base.listeners[0].routes)
+    return Snapshot.build((*base.listeners, extra), base.clusters)
+
+
 def test_rejected_config_is_nacked_and_traffic_stays_on_the_last_good(tmp_path: Path) -> None:
-    with rig_with(tmp_path) as rig:
-        good = rig.node()["appliedSnapshot"]
-        rig.server.transform = reject_clusters("|v2|")
-        bad = snapshot((V2, 100))
-        rig.push(bad, wait=False)
-        wait_for("the NACK", lambda: bool(rig.node()["nacks"]))
-        node = rig.node()
-        (nack,) = node["nacks"]
-        assert nack["type"] == "CDS"
-        assert nack["snapshot"] == bad.version
-        # Envoy's own words for the -1s connect timeout.
-        assert "Expected positive duration" in nack["error"]
-        assert node["appliedSnapshot"] == good
-        assert [reply() for _ in range(20)] == ["one"] * 20
-        rig.server.transform = None
-        rig.push(bad)
-        assert rig.node()["nacks"] == []
-        wait_for("the fixed route", lambda: reply() == "two", 5.0)
+    # A configuration Envoy really rejects: a listener on a port another socket holds
+    # (Envoy binds when it adds the listener, and NACKs the LDS update that failed).
+    holder = socket.socket()
+    holder.bind((GATEWAY, 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    try:
+        with rig_with(tmp_path) as rig:
+            good = rig.node()["appliedSnapshot"]
+            bad = with_listener_on(snapshot((V1, 100)), taken)
+            rig.push(bad, wait=False)
+            wait_for("the NACK", lambda: bool(rig.node()["nacks"]))
+            node = rig.node()
+            (nack,) = node["nacks"]
+            assert nack["type"] == "LDS"
+            assert nack["snapshot"] == bad.version
+            # Envoy's own words for the failed bind.
+            assert f"{GATEWAY}:{taken}" in nack["error"]
+            assert node["appliedSnapshot"] == good
+            assert [reply() for _ in range(20)] == ["one"] * 20
+            # Once the port is free, the same kind of change goes through.
+            holder.close()
+            fixed = with_listener_on(snapshot((V2, 100)), taken)
+            rig.push(fixed)
+            assert rig.node()["nacks"] == []
+            wait_for("the fixed route", lambda: reply() == "two", 5.0)
+    finally:
+        holder.close()
 
 
 def test_cluster_and_endpoint_updates_apply_promptly_and_cut_nothing(tmp_path: Path) -> None:

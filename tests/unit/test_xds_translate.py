@@ -27,7 +27,6 @@ from tcpmesh.xds.translate import (
     TCP_PROXY_TYPE,
     duration,
     envoy_differences,
-    reject_clusters,
     translate,
 )
 
@@ -249,14 +248,6 @@ def test_missing_cluster_stays_named_so_envoy_closes_its_share_with_nc() -> None
 def test_snapshot_version_is_carried() -> None:
     snap = snapshot(route((V1, 100)))
     assert translate(snap).snapshot_version == snap.version
-
-
-def test_reject_hook_breaks_only_the_marked_clusters() -> None:
-    snap = snapshot(route((V1, 100)), clusters=(echo_cluster(V1), echo_cluster(V2)))
-    config = reject_clusters("|v2|")(translate(snap))
-    assert config.of(CLUSTER_TYPE)[V2]["connect_timeout"] == "-1s"
-    assert config.of(CLUSTER_TYPE)[V1]["connect_timeout"] == "10s"
-    assert config.of(LISTENER_TYPE) == translate(snap).of(LISTENER_TYPE)
 
 
 def test_every_resource_parses_as_its_envoy_message() -> None:

@@ -12,21 +12,18 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tcpmesh.api import from_dict, models, validate_object
-from tcpmesh.control import build_snapshot
-from tcpmesh.control.build import (
+from tcpmesh.api import from_dict, hosts_overlap, models, validate_object
+from tcpmesh.control import (
     OPAQUE_TCP_PROTOCOLS,
-    find_service,
-    gateway_servers,
-    hosts_overlap,
-    service_entry_ports,
-)
-from tcpmesh.control.resources import (
     MeshResources,
     ProxyNode,
+    build_snapshot,
+    find_service,
+    gateway_servers,
     labels_match,
     resolve_gateway_name,
     resolve_host,
+    service_entry_ports,
 )
 from tcpmesh.runtime import image_name
 
@@ -362,7 +359,7 @@ def _envoy_differences(resources: MeshResources, workloads: list[Workload]) -> I
 
     Built from the same Snapshot the gateway gets, so the message names exactly the routes
     whose behaviour differs between the two data planes."""
-    from tcpmesh.xds.translate import envoy_differences
+    from tcpmesh.xds import envoy_differences
 
     seen: set[Message] = set()
     by_name = {(vs.namespace, vs.name): vs for vs in resources.virtual_services}

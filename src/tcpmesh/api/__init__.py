@@ -6,7 +6,8 @@ model (:mod:`tcpmesh.api.models`) when code wants attributes instead of keys.
 
 from tcpmesh.api.durations import parse_duration
 from tcpmesh.api.errors import InvalidInput
-from tcpmesh.api.objects import from_dict, to_dict, validate_object
+from tcpmesh.api.names import hosts_overlap, is_ip
+from tcpmesh.api.objects import from_dict, pod_ready, to_dict, validate_object
 from tcpmesh.api.parse import load_documents, load_documents_with_warnings
 from tcpmesh.api.validation import WEIGHTED_PICK_ANNOTATION, WEIGHTED_PICKS
 
@@ -15,9 +16,12 @@ __all__ = [
     "WEIGHTED_PICK_ANNOTATION",
     "InvalidInput",
     "from_dict",
+    "hosts_overlap",
+    "is_ip",
     "load_documents",
     "load_documents_with_warnings",
     "parse_duration",
+    "pod_ready",
     "to_dict",
     "validate_object",
 ]

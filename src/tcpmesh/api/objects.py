@@ -133,3 +133,15 @@ def _kind_of(value: Any) -> str:
     if isinstance(value, int | float):
         return "a number"
     return type(value).__name__
+
+
+def pod_ready(status: Mapping[str, Any] | None) -> bool:
+    """Whether a pod status has the condition ``Ready=True`` (Kubernetes' IsPodReady).
+
+    The one home of the rule: endpoints (runtime), pod listings (cli) and ServiceEntry
+    workload selection (control) all ask here."""
+    conditions = (status or {}).get("conditions") or []
+    return any(
+        isinstance(c, Mapping) and c.get("type") == "Ready" and c.get("status") == "True"
+        for c in conditions
+    )

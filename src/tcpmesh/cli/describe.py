@@ -8,9 +8,16 @@ import yaml
 
 from tcpmesh.api import kinds
 from tcpmesh.apiserver.client import ApiClient
-from tcpmesh.control import ResponseFlag, Snapshot, TcpRoute
-from tcpmesh.control.resources import resolve_host, service_fqdn
-from tcpmesh.xds.translate import envoy_differences
+from tcpmesh.control import (
+    INGRESS_GATEWAY_SELECTOR,
+    ResponseFlag,
+    Snapshot,
+    TcpRoute,
+    labels_match,
+    resolve_host,
+    service_fqdn,
+)
+from tcpmesh.xds import envoy_differences
 
 ROUTING_KINDS = ("Gateway", "VirtualService", "DestinationRule", "Service", "ServiceEntry")
 
@@ -43,7 +50,7 @@ def routing_lines(client: ApiClient, obj: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     for pod in client.list("Pod", None):
         labels = pod["metadata"].get("labels") or {}
-        if labels.get("istio") != "ingressgateway":
+        if not labels_match(INGRESS_GATEWAY_SELECTOR, labels):
             continue
         node = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
         data = client.snapshot(node)

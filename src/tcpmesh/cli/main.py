@@ -112,7 +112,7 @@ def up(
     from tcpmesh.mesh import Mesh, MeshConfig
 
     if dataplane == "envoy":
-        from tcpmesh.xds.envoyfiles import missing_envoy_support
+        from tcpmesh.xds import missing_envoy_support
 
         missing = missing_envoy_support()
         if missing is not None:
@@ -173,7 +173,7 @@ def status(ctx: Context, output: str) -> None:
         return
     for line in lifecycle.summarize(state):
         click.echo(line)
-    from tcpmesh.xds.proxyconfig import status_lines
+    from tcpmesh.xds import status_lines
 
     for line in status_lines(state.get("xds")):
         click.echo(line)
@@ -471,7 +471,7 @@ def proxy_config(
     table: tuple[list[str], list[list[str]]]
     data: Any
     if image is not None and image.name == "envoy":
-        from tcpmesh.xds.envoyfiles import read_admin_address
+        from tcpmesh.xds import read_admin_address
 
         admin = read_admin_address(ctx.state_dir, ns, pod)
         if admin is None:
@@ -489,7 +489,7 @@ def proxy_config(
                 table = proxyconfig.envoy_clusters(dump)
                 data = proxyconfig.envoy_clusters_json(dump)
     else:
-        from tcpmesh.control.snapshot import Snapshot
+        from tcpmesh.control import Snapshot
 
         raw = client.snapshot(f"{ns}/{pod}")
         if raw is None:

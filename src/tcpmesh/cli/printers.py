@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from tcpmesh.api import pod_ready
 from tcpmesh.api.kinds import KindInfo
 from tcpmesh.cli.jsonpath import go_json
 
@@ -233,9 +234,7 @@ def _pod_status(obj: Mapping[str, Any], now: datetime) -> tuple[str, str, str]:
             has_running = True
             ready += 1
     if reason == "Completed" and has_running:
-        conditions = _list(status.get("conditions"))
-        pod_ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-        reason = "Running" if pod_ready else "NotReady"
+        reason = "Running" if pod_ready(status) else "NotReady"
     if _get(obj, "metadata", "deletionTimestamp"):
         reason = "Terminating"
     restarts_text = str(restarts)

@@ -1,38 +1,90 @@
-"""The control plane: resources in, one immutable Snapshot per proxy out."""
+"""The control plane: resources in, one immutable, checked Snapshot per proxy out.
 
-from tcpmesh.control.build import build_snapshot
-from tcpmesh.control.resources import MeshResources, ProxyNode
+This is the package's whole surface: the Snapshot contract (``control.snapshot``), the
+builder and the Istio rules other packages reuse (one home each), and ``ControlPlane``,
+imported on first use because it brings the store with it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tcpmesh.control.build import (
+    OPAQUE_TCP_PROTOCOLS,
+    PortConflict,
+    ServerPort,
+    build_snapshot,
+    find_service,
+    gateway_servers,
+    service_entry_ports,
+)
+from tcpmesh.control.resources import (
+    INGRESS_GATEWAY_SELECTOR,
+    MeshResources,
+    ProxyNode,
+    labels_match,
+    resolve_gateway_name,
+    resolve_host,
+    service_fqdn,
+)
 from tcpmesh.control.snapshot import (
     Cluster,
     Endpoint,
     L4Match,
     Listener,
+    OutlierDetection,
     ResponseFlag,
     RouteOrigin,
     Snapshot,
     SnapshotError,
     SnapshotSource,
+    TcpKeepalive,
     TcpRoute,
     WeightedCluster,
     WeightedPick,
     cluster_name,
 )
 
+if TYPE_CHECKING:
+    from tcpmesh.control.plane import ControlPlane
+
 __all__ = [
+    "INGRESS_GATEWAY_SELECTOR",
+    "OPAQUE_TCP_PROTOCOLS",
     "Cluster",
+    "ControlPlane",
     "Endpoint",
     "L4Match",
     "Listener",
     "MeshResources",
+    "OutlierDetection",
+    "PortConflict",
     "ProxyNode",
     "ResponseFlag",
     "RouteOrigin",
+    "ServerPort",
     "Snapshot",
     "SnapshotError",
     "SnapshotSource",
+    "TcpKeepalive",
     "TcpRoute",
     "WeightedCluster",
     "WeightedPick",
     "build_snapshot",
     "cluster_name",
+    "find_service",
+    "gateway_servers",
+    "labels_match",
+    "resolve_gateway_name",
+    "resolve_host",
+    "service_entry_ports",
+    "service_fqdn",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ControlPlane":
+        from tcpmesh.control.plane import ControlPlane
+
+        return ControlPlane
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,8 +13,14 @@ import ipaddress
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from tcpmesh.api import WEIGHTED_PICK_ANNOTATION, models, parse_duration
-from tcpmesh.api.names import is_ip
+from tcpmesh.api import (
+    WEIGHTED_PICK_ANNOTATION,
+    hosts_overlap,
+    is_ip,
+    models,
+    parse_duration,
+    pod_ready,
+)
 from tcpmesh.control.resources import (
     MeshResources,
     ProxyNode,
@@ -215,15 +221,6 @@ def _vs_matches_server_hosts(
         if any(hosts_overlap(resolve_host(h, vs.namespace), dns) for h in vs.spec.hosts):
             return True
     return False
-
-
-def hosts_overlap(a: str, b: str) -> bool:
-    """Istio host.Name.Matches in either direction: ``*`` and ``*.suffix`` wildcards."""
-    if a == b or a == "*" or b == "*":
-        return True
-    if a.startswith("*") and b.endswith(a[1:]):
-        return True
-    return b.startswith("*") and a.endswith(b[1:])
 
 
 def _l4_match_fits(rule: models.TCPRoute, namespace: str, gateway_name: str, port: int) -> bool:
@@ -608,7 +605,7 @@ def _entry_instances(
             _pod_port_map(pod),
             pod.metadata.labels,
             port,
-            ready=_pod_ready(pod),
+            ready=pod_ready(pod.status),
             workload=f"{pod.namespace}/{pod.name}",
             allow_names=False,
         )
@@ -664,14 +661,6 @@ def _pod_port_map(pod: models.Pod) -> dict[str, int]:
             if port.name and port.protocol == "TCP":
                 found.setdefault(port.name, port.container_port)
     return found
-
-
-def _pod_ready(pod: models.Pod) -> bool:
-    conditions = (pod.status or {}).get("conditions") or []
-    return any(
-        isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True"
-        for c in conditions
-    )
 
 
 def _workload_entry_healthy(workload: models.WorkloadEntry) -> bool:

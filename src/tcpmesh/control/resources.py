@@ -6,10 +6,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tcpmesh.api import from_dict, models
-from tcpmesh.api.names import is_ip
+from tcpmesh.api import from_dict, is_ip, models
 
 DOMAIN_SUFFIX = "svc.cluster.local"
+# The labels that make a pod an ingress gateway (Istio's default gateway selector); the
+# mesh labels its default gateway so, and describe and status look gateways up by them.
+INGRESS_GATEWAY_SELECTOR: Mapping[str, str] = {"istio": "ingressgateway"}
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ def resolve_gateway_name(name: str, namespace: str) -> str:
 
 
 def labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """An equality-based label selector (Istio's ``labels.Instance.SubsetOf``)."""
     return all(labels.get(k) == v for k, v in selector.items())
 
 

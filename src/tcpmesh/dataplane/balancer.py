@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from tcpmesh.control.snapshot import Cluster, Endpoint, OutlierDetection, WeightedCluster
+from tcpmesh.control import Cluster, Endpoint, OutlierDetection, WeightedCluster
 
 EndpointKey = tuple[str, int]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 
 from tcpmesh.apiserver.credentials import Credentials, read_credentials
-from tcpmesh.control.snapshot import Snapshot
+from tcpmesh.control import Snapshot
 
 log = logging.getLogger("tcpmesh.dataplane.feed")
 

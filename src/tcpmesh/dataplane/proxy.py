@@ -31,7 +31,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from tcpmesh.control.snapshot import (
+from tcpmesh.control import (
     Listener,
     ResponseFlag,
     Snapshot,

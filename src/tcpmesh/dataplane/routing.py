@@ -11,7 +11,7 @@ import ipaddress
 from collections.abc import Callable
 from typing import NamedTuple
 
-from tcpmesh.control.snapshot import (
+from tcpmesh.control import (
     Cluster,
     Endpoint,
     Listener,

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from tcpmesh.control.snapshot import Cluster, WeightedCluster
+from tcpmesh.control import Cluster, WeightedCluster
 
 UNKNOWN = "unknown"
 # The flags label when a connection ended without a response flag (Envoy prints "-").

@@ -385,8 +385,8 @@ class _Servicer:
 class XdsServer:
     """ADS over gRPC on ``host:port`` (0: any free port), fed by a snapshot source.
 
-    ``transform`` rewrites every translated configuration before it is served; tests use
-    it to make Envoy reject a configuration.
+    ``transform`` rewrites every translated configuration before it is served: the
+    conformance tests serve Istio's listener layout through it, to show the difference.
     """
 
     def __init__(

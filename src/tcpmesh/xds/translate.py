@@ -43,7 +43,6 @@ whose endpoints are all not ready gets an empty ClusterLoadAssignment, so ``UH``
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -292,20 +291,3 @@ def load_assignment(cluster: Cluster) -> Resource:
         "cluster_name": cluster.name,
         "endpoints": [{"lb_endpoints": endpoints}] if endpoints else [],
     }
-
-
-def reject_clusters(marker: str) -> Callable[[EnvoyConfig], EnvoyConfig]:
-    """A test hook: clusters whose name contains ``marker`` get a connect timeout Envoy refuses.
-
-    Envoy's validation requires ``connect_timeout > 0``; a negative one parses fine on
-    this side and is rejected (NACKed) by Envoy, as a control-plane bug would be.
-    """
-
-    def transform(config: EnvoyConfig) -> EnvoyConfig:
-        clusters = {
-            name: {**c, "connect_timeout": "-1s"} if marker in name else c
-            for name, c in config.of(CLUSTER_TYPE).items()
-        }
-        return EnvoyConfig(config.snapshot_version, {**config.resources, CLUSTER_TYPE: clusters})
-
-    return transform

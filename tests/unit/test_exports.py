@@ -1,0 +1,125 @@
+"""Each package's public surface, pinned (trio's test_exports.py is the model).
+
+A name added to or removed from an ``__init__`` surface is a change of contract and
+shows up here; and no module of ``src/`` outside a package reaches past that surface
+into the package's modules.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "tcpmesh"
+
+SURFACES: dict[str, set[str]] = {
+    "tcpmesh.control": {
+        "Cluster",
+        "ControlPlane",
+        "Endpoint",
+        "INGRESS_GATEWAY_SELECTOR",
+        "L4Match",
+        "Listener",
+        "MeshResources",
+        "OPAQUE_TCP_PROTOCOLS",
+        "OutlierDetection",
+        "PortConflict",
+        "ProxyNode",
+        "ResponseFlag",
+        "RouteOrigin",
+        "ServerPort",
+        "Snapshot",
+        "SnapshotError",
+        "SnapshotSource",
+        "TcpKeepalive",
+        "TcpRoute",
+        "WeightedCluster",
+        "WeightedPick",
+        "build_snapshot",
+        "cluster_name",
+        "find_service",
+        "gateway_servers",
+        "labels_match",
+        "resolve_gateway_name",
+        "resolve_host",
+        "service_entry_ports",
+        "service_fqdn",
+    },
+    "tcpmesh.dataplane": {
+        "ALL_FAMILIES",
+        "AccessLogRecord",
+        "ClusterStat",
+        "Decision",
+        "Family",
+        "LoadBalancer",
+        "ParsedLine",
+        "Proxy",
+        "ProxyStats",
+        "SnapshotFeed",
+        "TcpProxyStat",
+        "decide",
+        "format_line",
+        "match_route",
+        "parse_line",
+        "pick_weighted",
+    },
+    "tcpmesh.xds": {
+        "ENVOY_WEIGHTED_PICK",
+        "EnvoyConfig",
+        "INSTALL_HINT",
+        "XdsServer",
+        "envoy_binary",
+        "envoy_differences",
+        "missing_envoy_support",
+        "proxyconfig",
+        "read_admin_address",
+        "remove_xds_address",
+        "status_lines",
+        "translate",
+        "write_xds_address",
+        "xds_libraries_installed",
+    },
+    "tcpmesh.analysis": {"Message", "analyze", "format_message"},
+}
+
+
+@pytest.mark.parametrize("package", sorted(SURFACES))
+def test_the_surface_is_exactly_the_pinned_names(package: str) -> None:
+    module = importlib.import_module(package)
+    assert set(module.__all__) == SURFACES[package]
+    for name in module.__all__:
+        if name == "XdsServer" and importlib.util.find_spec("grpc") is None:
+            continue  # needs the envoy extra
+        assert getattr(module, name) is not None
+
+
+def _imports(path: Path) -> list[tuple[int, str, list[str]]]:
+    """(line, module, names) of every ``import``/``from ... import`` in a file."""
+    found: list[tuple[int, str, list[str]]] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name, []) for a in node.names]
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(SURFACES))
+def test_callers_outside_the_package_use_only_its_surface(package: str) -> None:
+    home = SRC / package.split(".", 1)[1]
+    surface = SURFACES[package]
+    offences = []
+    for path in sorted(SRC.rglob("*.py")):
+        if home in path.parents:
+            continue
+        for line, module, names in _imports(path):
+            where = f"{path.relative_to(SRC.parent)}:{line}"
+            if module.startswith(package + "."):
+                offences.append(f"{where} imports {module}")
+            elif module == package:
+                offences += [f"{where} imports {n}" for n in names if n not in surface]
+    assert offences == []
