@@ -6,22 +6,35 @@ model (:mod:`tcpmesh.api.models`) when code wants attributes instead of keys.
 
 from tcpmesh.api.durations import parse_duration
 from tcpmesh.api.errors import InvalidInput
+from tcpmesh.api.limits import (
+    MAX_DOCUMENT_BYTES,
+    MAX_INPUT_BYTES,
+    LimitExceeded,
+    load_json_body,
+    size_problem,
+)
 from tcpmesh.api.names import hosts_overlap, is_ip
 from tcpmesh.api.objects import from_dict, pod_ready, to_dict, validate_object
-from tcpmesh.api.parse import load_documents, load_documents_with_warnings
+from tcpmesh.api.parse import load_documents, load_documents_with_warnings, load_yaml_body
 from tcpmesh.api.validation import WEIGHTED_PICK_ANNOTATION, WEIGHTED_PICKS
 
 __all__ = [
+    "MAX_DOCUMENT_BYTES",
+    "MAX_INPUT_BYTES",
     "WEIGHTED_PICKS",
     "WEIGHTED_PICK_ANNOTATION",
     "InvalidInput",
+    "LimitExceeded",
     "from_dict",
     "hosts_overlap",
     "is_ip",
     "load_documents",
     "load_documents_with_warnings",
+    "load_json_body",
+    "load_yaml_body",
     "parse_duration",
     "pod_ready",
+    "size_problem",
     "to_dict",
     "validate_object",
 ]

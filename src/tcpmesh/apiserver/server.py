@@ -12,7 +12,15 @@ from typing import Any
 
 from aiohttp import web
 
-from tcpmesh.api import kinds
+from tcpmesh.api import (
+    MAX_DOCUMENT_BYTES,
+    MAX_INPUT_BYTES,
+    LimitExceeded,
+    kinds,
+    load_json_body,
+    load_yaml_body,
+    size_problem,
+)
 from tcpmesh.api.kinds import KindInfo
 from tcpmesh.control import SnapshotSource
 from tcpmesh.store import AlreadyExists, Conflict, Expired, NotFound, Store, StoreError
@@ -60,7 +68,8 @@ def create_app(
     pod_log: Callable[[str, str], Path | None],
 ) -> web.Application:
     api = _Api(store, token, admit, snapshots, status, pod_log)
-    app = web.Application(middlewares=[api.middleware])
+    # aiohttp stops reading a body at this size; _body applies the per-endpoint limit.
+    app = web.Application(middlewares=[api.middleware], client_max_size=MAX_INPUT_BYTES + 1)
     app.on_shutdown.append(api.on_shutdown)
     r = app.router
     r.add_get("/healthz", api.healthz)
@@ -238,11 +247,27 @@ class _Api:
         return kind
 
     @staticmethod
-    async def _body(request: web.Request) -> Obj:
+    async def _body(request: web.Request, max_bytes: int = MAX_DOCUMENT_BYTES) -> Obj:
+        """The object a JSON (or, as Kubernetes allows, YAML) body holds, within the input
+        limits of :mod:`tcpmesh.api`: checked before it is parsed, so no body can exhaust
+        the server."""
+        if (request.content_length or 0) > max_bytes:  # refused before a byte is read
+            problem = size_problem(request.content_length or 0, max_bytes, "the request body")
+            raise _Fail(413, "RequestEntityTooLarge", str(problem))
         try:
-            body = await request.json()
-        except ValueError:
-            raise _Fail(400, "BadRequest", "the request body is not valid JSON") from None
+            raw = await request.read()
+            yaml_body = request.content_type in ("application/yaml", "application/x-yaml")
+            load = load_yaml_body if yaml_body else load_json_body
+            body = load(raw, max_bytes=max_bytes)
+        except web.HTTPRequestEntityTooLarge:
+            problem = size_problem(MAX_INPUT_BYTES + 1, max_bytes, "the request body")
+            raise _Fail(413, "RequestEntityTooLarge", str(problem)) from None
+        except LimitExceeded as exc:
+            reason = "RequestEntityTooLarge" if exc.too_large else "BadRequest"
+            raise _Fail(413 if exc.too_large else 400, reason, str(exc)) from None
+        except ValueError as exc:
+            message = str(exc) if yaml_body else "the request body is not valid JSON"
+            raise _Fail(400, "BadRequest", message) from None
         if not isinstance(body, dict):
             raise _Fail(400, "BadRequest", "the request body must be a JSON object")
         return body
@@ -442,7 +467,7 @@ class _Api:
     # ------------------------------------------------------------------ tcpmesh API
 
     async def apply(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
+        body = await self._body(request, MAX_INPUT_BYTES)
         objects, dry_run = body.get("objects"), body.get("dryRun", False)
         if not isinstance(objects, list) or not all(isinstance(o, dict) for o in objects):
             raise _Fail(400, "BadRequest", "objects must be a list of JSON objects")
@@ -468,7 +493,7 @@ class _Api:
 
     async def delete_many(self, request: web.Request) -> web.Response:
         """Deletes each object it can; missing ones are reported, not fatal (kubectl delete -f)."""
-        body = await self._body(request)
+        body = await self._body(request, MAX_INPUT_BYTES)
         refs = body.get("objects")
         if not isinstance(refs, list) or not all(
             isinstance(r, dict)

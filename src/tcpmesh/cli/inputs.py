@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tcpmesh.api import InvalidInput, load_documents_with_warnings
+from tcpmesh.api import MAX_INPUT_BYTES, InvalidInput, load_documents_with_warnings, size_problem
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -21,7 +21,12 @@ def manifest_sources(paths: Iterable[str]) -> list[tuple[str, str]]:
     sources: list[tuple[str, str]] = []
     for raw in paths:
         if raw == "-":
-            sources.append(("<stdin>", sys.stdin.read()))
+            # Read one character past the limit: enough to know, never the whole stream.
+            text = sys.stdin.read(MAX_INPUT_BYTES + 1)
+            problem = size_problem(len(text.encode()), MAX_INPUT_BYTES, "the input")
+            if problem:
+                raise InputError(f"error: <stdin>: {problem}")
+            sources.append(("<stdin>", text))
             continue
         path = Path(raw)
         if path.is_dir():
@@ -32,6 +37,9 @@ def manifest_sources(paths: Iterable[str]) -> list[tuple[str, str]]:
             files = [path]
         for file in files:
             try:
+                problem = size_problem(file.stat().st_size, MAX_INPUT_BYTES, "the file")
+                if problem:
+                    raise InputError(f'error: "{file}": {problem}')
                 sources.append((str(file), file.read_text()))
             except FileNotFoundError:
                 raise InputError(f'error: the path "{file}" does not exist') from None
