@@ -14,6 +14,7 @@ up to 100 is accepted (as Istio does since 1.15) but the effective split is spel
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -50,7 +51,14 @@ def _warning(path: str, message: str) -> Finding:
 
 
 def validate(resource: models.Resource) -> list[Finding]:
-    """Every error and warning about one resource, in a stable order, without repeats."""
+    """Every error and warning about one resource, in a stable order, without repeats.
+
+    A number outside its field's type range is reported alone: Kubernetes fails to
+    decode such an object, and the schema of a CRD rejects it, before any semantic check.
+    """
+    out_of_range = list(numeric_ranges(resource))
+    if out_of_range:
+        return out_of_range
     findings = list(_metadata(resource))
     if isinstance(resource, models.VirtualService):
         findings += _virtual_service(resource.spec)
@@ -68,6 +76,137 @@ def validate(resource: models.Resource) -> list[Finding]:
     elif isinstance(resource, models.WorkloadEntry):
         findings += _workload_entry("spec", resource.spec, None, allow_fqdn=True)
     return list(dict.fromkeys(findings))
+
+
+# ---------------------------------------------------------------- numeric ranges
+
+
+@dataclass(frozen=True)
+class IntType:
+    """An integer type of the upstream API (Go for Kubernetes, protobuf for Istio)."""
+
+    name: str
+    low: int
+    high: int
+
+
+INT32 = IntType("int32", -(2**31), 2**31 - 1)
+INT64 = IntType("int64", -(2**63), 2**63 - 1)
+UINT32 = IntType("uint32", 0, 2**32 - 1)
+UINT64 = IntType("uint64", 0, 2**64 - 1)
+
+# Every integer field of every served kind, with its upstream type: Kubernetes' Go
+# structs (k8s.io/api core/v1, apps/v1, meta/v1) and Istio's protos (networking v1),
+# whose CRD schemas carry these as format int32, or minimum/maximum for unsigned types.
+# A test walks the models and fails for an integer field missing here.
+NUMERIC_FIELDS: dict[tuple[type[models.Model], str], IntType] = {
+    (models.ObjectMeta, "generation"): INT64,
+    (models.ObjectMeta, "deletion_grace_period_seconds"): INT64,
+    (models.ContainerPort, "container_port"): INT32,
+    (models.ContainerPort, "host_port"): INT32,
+    (models.PodSpec, "termination_grace_period_seconds"): INT64,
+    (models.DeploymentSpec, "replicas"): INT32,
+    (models.DeploymentSpec, "min_ready_seconds"): INT32,
+    (models.DeploymentSpec, "revision_history_limit"): INT32,
+    (models.DeploymentSpec, "progress_deadline_seconds"): INT32,
+    (models.ServicePort, "port"): INT32,
+    (models.ServicePort, "target_port"): INT32,
+    (models.ServicePort, "node_port"): INT32,
+    (models.EndpointPort, "port"): INT32,
+    (models.PortSelector, "number"): UINT32,
+    (models.RouteDestination, "weight"): INT32,
+    (models.L4MatchAttributes, "port"): UINT32,
+    (models.GatewayPort, "number"): UINT32,
+    (models.GatewayPort, "target_port"): UINT32,
+    (models.ConsistentHashLB, "minimum_ring_size"): UINT64,
+    (models.TcpKeepalive, "probes"): UINT32,
+    (models.TCPSettings, "max_connections"): INT32,
+    (models.OutlierDetection, "consecutive_local_origin_failures"): UINT32,
+    (models.OutlierDetection, "consecutive_gateway_errors"): UINT32,
+    (models.OutlierDetection, "consecutive_5xx_errors"): UINT32,
+    (models.OutlierDetection, "consecutive_errors"): INT32,
+    (models.OutlierDetection, "max_ejection_percent"): INT32,
+    (models.OutlierDetection, "min_health_percent"): INT32,
+    (models.ServiceEntryPort, "number"): UINT32,
+    (models.ServiceEntryPort, "target_port"): UINT32,
+    (models.WorkloadEntrySpec, "ports"): UINT32,
+    (models.WorkloadEntrySpec, "weight"): UINT32,
+}
+# The Go structs among the models: their numbers fail in Kubernetes' JSON decoder.
+_GO_STRUCTS = (
+    models.ObjectMeta,
+    models.ContainerPort,
+    models.PodSpec,
+    models.DeploymentSpec,
+    models.ServicePort,
+    models.EndpointPort,
+)
+
+
+def numeric_ranges(resource: models.Resource) -> Iterator[Finding]:
+    """Numbers outside their field's upstream type, with the upstream message."""
+    yield from _numbers_of(resource, "")
+
+
+def _numbers_of(model: models.Model, path: str) -> Iterator[Finding]:
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        where = f"{path}.{field.alias or name}" if path else (field.alias or name)
+        int_type = NUMERIC_FIELDS.get((type(model), name))
+        if int_type is not None:
+            yield from _number_findings(model, where, value, int_type)
+        yield from _numbers_within(value, where)
+
+
+def _numbers_within(value: object, path: str) -> Iterator[Finding]:
+    if isinstance(value, models.Model):
+        yield from _numbers_of(value, path)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _numbers_within(item, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _numbers_within(item, f"{path}[{key}]")
+
+
+def _number_findings(
+    model: models.Model, path: str, value: object, int_type: IntType
+) -> Iterator[Finding]:
+    values = value.items() if isinstance(value, dict) else [(None, value)]
+    for key, number in values:
+        if not isinstance(number, int) or isinstance(number, bool):
+            continue
+        if int_type.low <= number <= int_type.high:
+            continue
+        where = path if key is None else f"{path}[{key}]"
+        if isinstance(model, _GO_STRUCTS):
+            yield _error(where, _go_decode_message(model, path, number, int_type))
+        else:
+            yield _error(where, _schema_message(where, number, int_type))
+
+
+def _go_decode_message(model: models.Model, path: str, number: int, int_type: IntType) -> str:
+    """encoding/json's UnmarshalTypeError: the innermost struct and the path without indexes.
+
+    IntOrString fields (``targetPort``) decode through their own UnmarshalJSON, which
+    reports a bare Go value rather than a struct field.
+    """
+    if isinstance(model, models.ServicePort) and path.endswith(".targetPort"):
+        return f"json: cannot unmarshal number {number} into Go value of type {int_type.name}"
+    go_path = re.sub(r"\[[^\]]*\]", "", path)
+    return (
+        f"json: cannot unmarshal number {number} into Go struct field "
+        f"{type(model).__name__}.{go_path} of type {int_type.name}"
+    )
+
+
+def _schema_message(path: str, number: int, int_type: IntType) -> str:
+    """The API server's OpenAPI message for a CRD field (minimum/maximum, or format int32)."""
+    if number < int_type.low:
+        bound = f"greater than or equal to {int_type.low}"
+    else:
+        bound = f"less than or equal to {int_type.high}"
+    return f"Invalid value: {number}: {path} in body should be {bound}"
 
 
 # ---------------------------------------------------------------- metadata
@@ -754,13 +893,6 @@ def _workload_entry(
         yield _error(f"{path}.labels", problem)
     if unix and service_ports is not None and len(service_ports) != 1:
         yield _error(path, "exactly 1 service port required for unix endpoints")
-    if entry.weight < 0:
-        # A uint32 in Istio's schema; this is the API server's OpenAPI message.
-        yield _error(
-            f"{path}.weight",
-            f"Invalid value: {entry.weight}: {path}.weight in body should be greater than or "
-            "equal to 0",
-        )
 
 
 def _unix_address_problem(path: str) -> str | None:
