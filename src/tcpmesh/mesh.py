@@ -25,7 +25,8 @@ from tcpmesh.api import validate_object
 from tcpmesh.apiserver import create_app
 from tcpmesh.apiserver.credentials import new_token, remove_credentials, write_credentials
 from tcpmesh.control import ControlPlane
-from tcpmesh.runtime import Runtime, pod_is_ready
+from tcpmesh.runtime import DEFAULT_MAX_PODS, Runtime, pod_is_ready, replica_cap_errors
+from tcpmesh.statedir import make_private, private_umask
 from tcpmesh.store import Store
 from tcpmesh.xds import remove_xds_address, write_xds_address, xds_libraries_installed
 
@@ -59,6 +60,7 @@ class MeshConfig:
     address: str = "127.0.0.1"
     workers: int | None = None
     dataplane: str = "python"
+    max_pods: int = DEFAULT_MAX_PODS
 
     @property
     def effective_workers(self) -> int:
@@ -129,7 +131,8 @@ def default_gateway_objects(config: MeshConfig) -> list[dict[str, Any]]:
 @contextlib.contextmanager
 def single_instance(state_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock so two meshes never share one state directory."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_umask()
+    make_private(state_dir)
     lock_path = state_dir / "mesh.lock"
     with open(lock_path, "a+") as handle:
         try:
@@ -155,7 +158,9 @@ class Mesh:
     def __init__(self, config: MeshConfig) -> None:
         self.config = config
         self.store = Store(config.state_dir / "store.db")
-        self.runtime = Runtime(self.store, config.state_dir, config.address)
+        self.runtime = Runtime(
+            self.store, config.state_dir, config.address, max_pods=config.max_pods
+        )
         self.control = ControlPlane(self.store)
         self.started_at = time.time()
         self._runner: web.AppRunner | None = None
@@ -169,7 +174,7 @@ class Mesh:
         app = create_app(
             self.store,
             token,
-            admit=_admit,
+            admit=self._admit,
             snapshots=self.control,
             status=self.status,
             pod_log=self.runtime.pod_log_path,
@@ -213,6 +218,14 @@ class Mesh:
             await self._runner.cleanup()
         self.store.close()
 
+    def _admit(self, objects: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+        """Validation, then the pod cap, which needs the Deployments already stored."""
+        errors, warnings = _validate(objects)
+        if not errors:
+            stored = self.store.list("Deployment")
+            errors = replica_cap_errors(objects, stored, self.config.max_pods)
+        return errors, warnings
+
     def gateway_pods(self) -> list[dict[str, Any]]:
         return self.store.list("Pod", GATEWAY_NAMESPACE, label_selector={"istio": "ingressgateway"})
 
@@ -236,6 +249,7 @@ class Mesh:
             "address": self.config.address,
             "dataplane": self.config.dataplane,
             "workers": self.config.effective_workers,
+            "maxPods": self.config.max_pods,
             "uptimeSeconds": round(time.time() - self.started_at, 1),
             "storeRevision": self.store.revision,
             "pods": [_pod_summary(p) for p in pods],
@@ -245,7 +259,7 @@ class Mesh:
         }
 
 
-def _admit(objects: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+def _validate(objects: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     errors: list[str] = []
     warnings: list[str] = []
     for obj in objects:

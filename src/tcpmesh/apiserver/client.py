@@ -32,6 +32,15 @@ class Unreachable(Exception):
     """No API server to talk to: nothing listens, or no credentials."""
 
 
+class OutcomeUnknown(Exception):
+    """A write was sent whole, then the connection was lost before the answer came.
+
+    The server may have committed it or not; like Kubernetes clients, the CLI must say
+    so rather than report a failure (a retry of a create would then fail with "already
+    exists", and a user told "error" would not look).
+    """
+
+
 class ApiClient:
     def __init__(self, url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.url = url.rstrip("/")
@@ -172,8 +181,13 @@ class ApiClient:
         except urllib.error.HTTPError as exc:
             with exc:
                 raise _api_error(exc.code, exc.reason, exc.read()) from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        except urllib.error.URLError as exc:
+            # urllib wraps what fails while connecting and sending: the request is not
+            # complete on the server, so nothing can have been done.
             raise self._unreachable(exc) from None
+        except (OSError, http.client.HTTPException) as exc:
+            # Sent whole, then no answer: a read changed nothing, a write may have.
+            raise self._lost(method, exc) from None
         return resp
 
     def _json(self, method: str, path: str, body: Any = None) -> Obj:
@@ -182,7 +196,16 @@ class ApiClient:
                 result: Obj = json.loads(resp.read())
                 return result
             except (OSError, http.client.HTTPException) as exc:
-                raise self._unreachable(exc) from None
+                raise self._lost(method, exc) from None
+
+    def _lost(self, method: str, exc: BaseException) -> Exception:
+        if method == "GET":
+            return self._unreachable(exc)
+        reason = str(exc) or type(exc).__name__
+        return OutcomeUnknown(
+            f"the connection to the tcpmesh API at {self.url} was lost after the request was "
+            f"sent ({reason}); the outcome is unknown"
+        )
 
     def _lines(self, path: str, timeout: float | None) -> Generator[Obj, None, None]:
         resp = self._open("GET", path, timeout=timeout)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tcpmesh.apiserver.client import ApiClient, ApiError, Unreachable
 from tcpmesh.apiserver.credentials import read_credentials
+from tcpmesh.statedir import make_private, private_umask
 
 if TYPE_CHECKING:
     from tcpmesh.mesh import Mesh, MeshConfig
@@ -76,7 +77,8 @@ def wait_until_ready(state_dir: Path, deadline: float, alive: Callable[[], bool]
 
 def start_detached(config: MeshConfig) -> tuple[ApiClient, int]:
     """Start ``tcpmesh up`` in its own session and return once it is ready."""
-    config.state_dir.mkdir(parents=True, exist_ok=True)
+    private_umask()  # the mesh's log, and everything the mesh creates, are private
+    make_private(config.state_dir)
     log_path = config.state_dir / "mesh.log"
     argv = [
         sys.executable,
@@ -92,6 +94,7 @@ def start_detached(config: MeshConfig) -> tuple[ApiClient, int]:
     ]
     if config.workers:
         argv += ["--workers", str(config.workers)]
+    argv += ["--max-pods", str(config.max_pods)]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             argv,

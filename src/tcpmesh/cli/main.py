@@ -6,6 +6,7 @@ exit; a traceback is shown only with TCPMESH_DEBUG=1.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -18,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from tcpmesh.api import InvalidInput, kinds
-from tcpmesh.apiserver.client import ApiClient, ApiError, Unreachable
+from tcpmesh.apiserver.client import ApiClient, ApiError, OutcomeUnknown, Unreachable
 from tcpmesh.cli import lifecycle, printers
 from tcpmesh.cli.inputs import InputError, load_manifests, load_manifests_by_source
 from tcpmesh.cli.jsonpath import JsonPathError, compile_template
@@ -36,6 +37,11 @@ class Context:
 
     def ns(self, local: str | None) -> str:
         return local or self.namespace or "default"
+
+
+# Exit codes: 0 done, 1 refused or failed (nothing changed), 2 bad usage (click's),
+# 3 unknown: a write was sent and the connection was lost before the answer.
+EXIT_UNKNOWN = 3
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -56,6 +62,8 @@ def friendly_errors(func: F) -> F:
             fail(f"Error from server ({exc.reason}): {exc.message}")
         except Unreachable as exc:
             fail(f"error: {exc}")
+        except OutcomeUnknown as exc:
+            fail(f"unknown: {exc}; check with `tcpmesh get ...`", EXIT_UNKNOWN)
         except (RuntimeError, TimeoutError, OSError) as exc:
             if os.environ.get("TCPMESH_DEBUG"):
                 traceback.print_exc()
@@ -97,6 +105,12 @@ pass_context = click.make_pass_decorator(Context)
 @click.option("--dataplane", type=click.Choice(["python", "envoy"]), default="python")
 @click.option("--address", default="127.0.0.1", show_default=True, help="Gateway address.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Data plane processes.")
+@click.option(
+    "--max-pods",
+    type=click.IntRange(min=1),
+    default=None,
+    help="The most pods the mesh runs [default 110, the kubelet's maxPods].",
+)
 @click.option("--detach", is_flag=True, help="Return once the mesh is ready.")
 @pass_context
 @friendly_errors
@@ -106,6 +120,7 @@ def up(
     dataplane: str,
     address: str,
     workers: int | None,
+    max_pods: int | None,
     detach: bool,
 ) -> None:
     """Start the local mesh: API server, store, runtime, control plane and ingress gateway."""
@@ -124,6 +139,8 @@ def up(
     for warning in warnings:
         click.echo(f"Warning: {warning}", err=True)
     config = MeshConfig(ctx.state_dir, address, workers, dataplane)
+    if max_pods is not None:
+        config = dataclasses.replace(config, max_pods=max_pods)
     if lifecycle.running_client(ctx.state_dir) is not None:
         fail(f"error: tcpmesh is already running from {ctx.state_dir}")
     if detach:
@@ -207,6 +224,23 @@ def _qualified(info: kinds.KindInfo) -> str:
     return f"{info.singular}.{info.group}" if info.group else info.singular
 
 
+def _how_to_check(objects: list[dict[str, Any]], done: str) -> str:
+    """The ``tcpmesh get`` commands that show whether ``objects`` were ``done``."""
+    by_namespace: dict[tuple[str, str], list[str]] = {}
+    for obj in objects:
+        info = kinds.by_kind(obj["kind"])
+        namespace = obj["metadata"].get("namespace") or "default"
+        by_namespace.setdefault((namespace, info.plural), []).append(obj["metadata"]["name"])
+    commands = [
+        f"tcpmesh get {plural} {' '.join(names) if len(names) <= 5 else ''}".rstrip()
+        + f" -n {namespace}"
+        for (namespace, plural), names in sorted(by_namespace.items())
+    ]
+    return f"the {len(objects)} objects may or may not have been {done}; check with: " + (
+        "; ".join(commands)
+    )
+
+
 def _print_apply_results(response: dict[str, Any], dry_run: bool) -> None:
     for warning in response.get("warnings", []):
         click.echo(f"Warning: {warning}", err=True)
@@ -227,7 +261,10 @@ def apply(ctx: Context, files: tuple[str, ...], namespace: str | None, dry_run: 
         click.echo(f"Warning: {warning}", err=True)
     if not objects:
         fail("error: no objects passed to apply")
-    response = ctx.client().apply(objects, dry_run=dry_run)
+    try:
+        response = ctx.client().apply(objects, dry_run=dry_run)
+    except OutcomeUnknown as exc:
+        fail(f"unknown: {exc}; {_how_to_check(objects, 'applied')}", EXIT_UNKNOWN)
     response["warnings"] = [w for w in response.get("warnings", []) if w not in warnings]
     _print_apply_results(response, dry_run)
 

@@ -5,10 +5,12 @@ from tcpmesh.runtime.endpoints import endpoint_subsets, load_balancer_status, re
 from tcpmesh.runtime.images import BUILTIN_IMAGES, ImageNotRunnable, container_argv, image_name
 from tcpmesh.runtime.ipam import allocate_ip
 from tcpmesh.runtime.objects import pod_is_ready
+from tcpmesh.runtime.podcap import DEFAULT_MAX_PODS, replica_cap_errors
 from tcpmesh.runtime.runtime import Runtime
 
 __all__ = [
     "BUILTIN_IMAGES",
+    "DEFAULT_MAX_PODS",
     "ImageNotRunnable",
     "Runtime",
     "allocate_ip",
@@ -17,5 +19,6 @@ __all__ = [
     "image_name",
     "load_balancer_status",
     "pod_is_ready",
+    "replica_cap_errors",
     "resolve_target_port",
 ]

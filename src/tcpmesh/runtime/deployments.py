@@ -30,6 +30,7 @@ from tcpmesh.runtime.objects import (
     pod_is_ready,
     selector_matches,
 )
+from tcpmesh.runtime.podcap import DEFAULT_MAX_PODS, over_cap_message
 from tcpmesh.runtime.storeapi import StoreLike
 
 log = logging.getLogger(__name__)
@@ -221,8 +222,30 @@ def _create_pod(store: StoreLike, deploy: Mapping[str, Any], pod_hash: str) -> O
     raise RuntimeError(f"no free pod name for deployment {name_of(deploy)}")
 
 
-def sync_deployment(store: StoreLike, deploy: Mapping[str, Any], pods: Sequence[Obj]) -> None:
-    """One reconciliation step for one Deployment; ``pods`` are its namespace's pods."""
+@dataclass
+class PodBudget:
+    """How many more pods the mesh may run (:mod:`tcpmesh.runtime.podcap`)."""
+
+    used: int
+    limit: int = DEFAULT_MAX_PODS
+
+    def take(self, wanted: int) -> int:
+        granted = max(0, min(wanted, self.limit - self.used))
+        self.used += granted
+        return granted
+
+
+def sync_deployment(
+    store: StoreLike,
+    deploy: Mapping[str, Any],
+    pods: Sequence[Obj],
+    budget: PodBudget | None = None,
+) -> None:
+    """One reconciliation step for one Deployment; ``pods`` are its namespace's pods.
+
+    ``budget`` bounds the pods created; a Deployment it leaves short says so in a
+    ``ReplicaFailure`` condition.
+    """
     spec = deploy["spec"]
     template = spec["template"]
     pod_hash = template_hash(template)
@@ -244,6 +267,13 @@ def sync_deployment(store: StoreLike, deploy: Mapping[str, Any], pods: Sequence[
         if store.get("Pod", *key_of(pod)) is not None:
             store.delete("Pod", *key_of(pod))
             log.info("deployment %s/%s: deleted pod %s", *key_of(deploy), name_of(pod))
+    if budget is not None:
+        budget.used -= len(plan.delete)
+        granted = budget.take(plan.create)
+        if granted < plan.create:
+            generate_name = f"{name_of(deploy)}-{pod_hash}-"
+            failure = over_cap_message(generate_name, budget.used, budget.limit)
+            plan = Plan(create=granted, delete=plan.delete)
     current = [p for p in owned if key_of(p) not in deleted]
     current += [_create_pod(store, deploy, pod_hash) for _ in range(plan.create)]
     status = deployment_status(deploy, current, pod_hash, failure)
@@ -251,16 +281,21 @@ def sync_deployment(store: StoreLike, deploy: Mapping[str, Any], pods: Sequence[
         store.update_status("Deployment", *key_of(deploy), status)
 
 
-def sync_deployments(store: StoreLike) -> None:
-    """Reconcile every Deployment, then delete the pods of Deployments that are gone."""
+def sync_deployments(store: StoreLike, max_pods: int = DEFAULT_MAX_PODS) -> None:
+    """Reconcile every Deployment, then delete the pods of Deployments that are gone.
+
+    No more than ``max_pods`` pods exist afterwards (pods already above it are left to
+    scale-downs and deletions, never killed to make room).
+    """
     deployments = store.list("Deployment")
     pods = store.list("Pod")
+    budget = PodBudget(used=len(pods), limit=max_pods)
     by_namespace: dict[str, list[Obj]] = {}
     for pod in pods:
         by_namespace.setdefault(namespace_of(pod), []).append(pod)
     for deploy in deployments:
         try:
-            sync_deployment(store, deploy, by_namespace.get(namespace_of(deploy), []))
+            sync_deployment(store, deploy, by_namespace.get(namespace_of(deploy), []), budget)
         except Exception:
             log.exception("deployment %s/%s: reconcile failed", *key_of(deploy))
     for pod in orphaned_pods(deployments, pods):

@@ -18,6 +18,7 @@ from tcpmesh.runtime.deployments import sync_deployments
 from tcpmesh.runtime.endpoints import sync_services
 from tcpmesh.runtime.ipam import FIRST_POD_IP
 from tcpmesh.runtime.kubelet import Kubelet
+from tcpmesh.runtime.podcap import DEFAULT_MAX_PODS
 from tcpmesh.runtime.storeapi import StoreLike
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ class Runtime:
 
     ``stop()`` stops every pod process but keeps the Pod objects (marked as stopped), and
     a later ``start()`` runs the same pods again on the same IPs, like a node reboot.
-    ``first_pod_ip`` moves the pod addresses, so two meshes on one machine do not meet.
+    ``first_pod_ip`` moves the pod addresses, so two meshes on one machine do not meet;
+    ``max_pods`` caps the pods Deployments get (:mod:`tcpmesh.runtime.podcap`).
     """
 
     def __init__(
@@ -42,8 +44,10 @@ class Runtime:
         node_address: str,
         *,
         first_pod_ip: str = FIRST_POD_IP,
+        max_pods: int = DEFAULT_MAX_PODS,
     ) -> None:
         self.store = store
+        self.max_pods = max_pods
         self.state_dir = Path(state_dir).absolute()
         self.node_address = node_address
         self._dirty = asyncio.Event()
@@ -90,7 +94,7 @@ class Runtime:
 
     def reconcile(self, *, run_pods: bool = True) -> None:
         """One level-triggered pass over Deployments, Pods and Services."""
-        self._step("deployments", lambda: sync_deployments(self.store))
+        self._step("deployments", lambda: sync_deployments(self.store, self.max_pods))
         if run_pods:
             self._step("pods", lambda: self.kubelet.sync(self.store.list("Pod")))
             self._step("logs", self.kubelet.rotate_logs)
