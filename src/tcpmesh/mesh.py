@@ -28,6 +28,7 @@ from tcpmesh.control import ControlPlane
 from tcpmesh.runtime import DEFAULT_MAX_PODS, Runtime, pod_is_ready, replica_cap_errors
 from tcpmesh.statedir import make_private, private_umask
 from tcpmesh.store import Store
+from tcpmesh.telemetry import PROMETHEUS_PATH, PROMETHEUS_PORT
 from tcpmesh.xds import remove_xds_address, write_xds_address, xds_libraries_installed
 
 if TYPE_CHECKING:
@@ -43,6 +44,12 @@ GATEWAY_IMAGE = "docker.io/istio/proxyv2:1.24.0"
 ENVOY_GATEWAY_IMAGE = "docker.io/envoyproxy/envoy:v1.40.0"
 # Test hook: clusters whose name contains this text are served in a form Envoy rejects.
 STATUS_PORT = 15021
+# Istio's pod annotations for scraping the merged metrics port.
+PROMETHEUS_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(PROMETHEUS_PORT),
+    "prometheus.io/path": PROMETHEUS_PATH,
+}
 GATEWAY_READY_TIMEOUT = 60.0
 # The ports of Istio's demo profile ingress gateway Service.
 GATEWAY_PORTS = (
@@ -103,7 +110,10 @@ def default_gateway_objects(config: MeshConfig) -> list[dict[str, Any]]:
             "replicas": 1,
             "selector": {"matchLabels": dict(GATEWAY_LABELS)},
             "template": {
-                "metadata": {"labels": dict(GATEWAY_LABELS)},
+                "metadata": {
+                    "labels": dict(GATEWAY_LABELS),
+                    "annotations": dict(PROMETHEUS_ANNOTATIONS),
+                },
                 "spec": {
                     # The load balancer address is this machine's: the proxy listens on it.
                     "hostNetwork": True,
@@ -115,6 +125,10 @@ def default_gateway_objects(config: MeshConfig) -> list[dict[str, Any]]:
                             "env": [
                                 {"name": "TCPMESH_WORKERS", "value": str(config.effective_workers)},
                                 {"name": "TCPMESH_STATUS_PORT", "value": str(STATUS_PORT)},
+                                {"name": "TCPMESH_PROMETHEUS_PORT", "value": str(PROMETHEUS_PORT)},
+                                {"name": "ISTIO_META_WORKLOAD_NAME", "value": GATEWAY_NAME},
+                                _label_env("TCPMESH_POD_APP", "app"),
+                                _label_env("TCPMESH_POD_VERSION", "version"),
                             ],
                             "ports": [
                                 {"name": "status-port", "containerPort": STATUS_PORT},
@@ -126,6 +140,12 @@ def default_gateway_objects(config: MeshConfig) -> list[dict[str, Any]]:
         },
     }
     return [service, deployment]
+
+
+def _label_env(name: str, label: str) -> dict[str, Any]:
+    """An env var from a pod label (downward API), as Istio's injector passes labels."""
+    path = f"metadata.labels['{label}']"
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
 @contextlib.contextmanager

@@ -181,7 +181,10 @@ def cluster(
         subset=subset,
         connect_timeout=connect_timeout,
         tcp_keepalive=keepalive,
-        endpoints=tuple(Endpoint(h, p) for h, p in endpoints),
+        # Labelled like the seed's pods: Istio's destination_version is the pod's label.
+        endpoints=tuple(
+            Endpoint(h, p, labels=(("app", "tcp-echo"), ("version", subset))) for h, p in endpoints
+        ),
     )
 
 

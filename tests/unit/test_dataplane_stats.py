@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 from tcpmesh.control import Cluster, ResponseFlag, WeightedCluster
-from tcpmesh.dataplane.stats import (
-    ALL_FAMILIES,
-    ClusterStat,
-    ProxyStats,
-    TcpProxyStat,
-    destination_of,
-)
+from tcpmesh.dataplane.stats import ALL_FAMILIES, ClusterStat, ProxyStats, TcpProxyStat
 
 FQDN = "tcp-echo.default.svc.cluster.local"
 V1 = f"outbound|9000|v1|{FQDN}"
@@ -22,14 +16,20 @@ def test_response_flags_are_envoys_codes() -> None:
 
 def test_every_family_is_exported_once_with_its_declared_labels() -> None:
     stats = ProxyStats()
-    stats.opened(FQDN, "v1", "-")
+    cluster = Cluster(V1, FQDN, 9000, "v1")
+    dest = stats.destination(WeightedCluster(V1, 100, FQDN, "v1", 9000), cluster, None)
+    stats.opened(dest, "-")
+    stats.relay_started(dest)
+    stats.relay_ended(dest, 0.01)
     stats.event("tcp-echo.default", TcpProxyStat.IDLE_TIMEOUT)
     stats.cluster_event(V1, ClusterStat.UPSTREAM_CX_CONNECT_FAIL)
     exported = {f.name: f for f in stats.registry.collect()}
     assert sorted(exported) == sorted(f.name for f in ALL_FAMILIES)
     for spec in ALL_FAMILIES:
         for sample in exported[spec.name].samples:
-            assert tuple(sample.labels) == spec.labels
+            # A histogram's buckets add Prometheus' own "le".
+            labels = tuple(k for k in sample.labels if k != "le")
+            assert labels == spec.labels
 
 
 def test_cluster_events_go_to_the_cluster_route_events_to_the_stat_prefix() -> None:
@@ -55,12 +55,17 @@ def test_cluster_events_go_to_the_cluster_route_events_to_the_stat_prefix() -> N
     )
 
 
-def test_destination_of_reads_fields_never_the_cluster_name() -> None:
+def test_destination_reads_fields_never_the_cluster_name() -> None:
+    stats = ProxyStats()
     cluster = Cluster(V1, FQDN, 9000, "v1")
-    assert destination_of(WeightedCluster(V1, 100, FQDN, "v1", 9000), cluster) == (FQDN, "v1")
+    dest = stats.destination(WeightedCluster(V1, 100, FQDN, "v1", 9000), cluster, None)
+    assert (dest[4], dest[3]) == (FQDN, "v1")
     # An NC share: no cluster, but the share knows what it was meant for.
     missing = WeightedCluster("outbound|9000|v9|x", 10, FQDN, "v9", 9000)
-    assert destination_of(missing, None) == (FQDN, "v9")
+    dest = stats.destination(missing, None, None)
+    assert (dest[4], dest[3]) == (FQDN, "v9")
     # A name in cluster-name shape is not taken apart.
-    assert destination_of(WeightedCluster(V1, 100), None) == ("unknown", "unknown")
-    assert destination_of(None, None) == ("unknown", "unknown")
+    dest = ProxyStats().destination(WeightedCluster(V1, 100), None, None)
+    assert (dest[4], dest[3]) == ("unknown", "unknown")
+    dest = stats.destination(None, None, None)
+    assert (dest[4], dest[3]) == ("unknown", "unknown")

@@ -44,13 +44,15 @@ from tcpmesh.dataplane.accesslog import AccessLogRecord, AccessLogSink, StreamAc
 from tcpmesh.dataplane.balancer import LoadBalancer, SmoothWeighted, pick_weighted
 from tcpmesh.dataplane.pump import DEFAULT_HIGH_WATER, DOWNSTREAM, UPSTREAM, Relay, Termination
 from tcpmesh.dataplane.routing import Decision, decide, match_route
-from tcpmesh.dataplane.stats import NO_FLAGS, ClusterStat, ProxyStats, TcpProxyStat, destination_of
+from tcpmesh.dataplane.stats import NO_FLAGS, ClusterStat, ProxyStats, TcpProxyStat
+from tcpmesh.telemetry import UNKNOWN, Destination
 
 log = logging.getLogger("tcpmesh.dataplane")
 
 ListenerKey = tuple[str, int]
 BACKLOG = 4096
-# Istio reports TCP byte counters periodically while connections are open.
+# Istio reports TCP byte counters periodically while connections are open; here every
+# 5 s, and at every scrape (counts_json), whichever comes first.
 STATS_REPORT_INTERVAL = 5.0
 SWEEP_MIN, SWEEP_MAX = 0.05, 1.0
 
@@ -285,6 +287,12 @@ class Proxy:
         if callable(flush):
             flush()
 
+    def counts_json(self) -> bytes:
+        """This worker's counts as JSON, with the bytes of open connections up to now."""
+        for conn in self._connections:
+            conn.report_bytes()
+        return self.stats.counts.to_json()
+
     async def _report_stats(self) -> None:
         while True:
             await asyncio.sleep(STATS_REPORT_INTERVAL)
@@ -333,6 +341,7 @@ def _addr_text(addr: object) -> str:
 
 
 _NO_DECISION = Decision(None)
+_NO_DESTINATION: Destination = (UNKNOWN,) * 9
 # The tcp_proxy stat of each way the proxy ends a connection itself, and its flag.
 _TERMINATION_STATS = {
     Termination.IDLE_TIMEOUT: TcpProxyStat.IDLE_TIMEOUT,
@@ -354,17 +363,16 @@ class _Connection(Relay):
         "_activity_seen",
         "_connect_failed",
         "_decision",
+        "_dest",
         "_key",
         "_local",
         "_peer",
         "_proxy",
         "_reported_rx",
         "_reported_tx",
-        "_service",
         "_start_mono",
         "_start_wall",
         "_upstream_open",
-        "_version",
     )
 
     def __init__(self, proxy: Proxy, key: ListenerKey) -> None:
@@ -378,8 +386,7 @@ class _Connection(Relay):
         self._start_mono = 0.0
         self._local: object = None
         self._peer: object = None
-        self._service = "unknown"
-        self._version = "unknown"
+        self._dest: Destination = _NO_DESTINATION
         self._reported_rx = 0
         self._reported_tx = 0
         self._activity_seen = 0
@@ -403,9 +410,11 @@ class _Connection(Relay):
         peer_ip = peer[0] if isinstance(peer, tuple) else None
         decision = decide(state.snapshot, route, peer_ip, proxy.balancer, proxy.pick)
         self._decision = decision
-        self._service, self._version = destination_of(decision.destination, decision.cluster)
+        dest = self._dest = proxy.stats.destination(
+            decision.destination, decision.cluster, decision.endpoint
+        )
         flag = decision.flag
-        proxy.stats.opened(self._service, self._version, flag or NO_FLAGS)
+        proxy.stats.opened(dest, flag or NO_FLAGS)
         if flag is not None:
             self._count_refusal(flag, plan)
             # Never relayed: connection_lost() must not report it a second time.
@@ -419,6 +428,7 @@ class _Connection(Relay):
         # The sweep interval already suits the route: apply() sized it for every route
         # of the state this connection took its route from.
         proxy._connections.add(self)
+        proxy.stats.relay_started(dest)
         self.connect(endpoint.address, endpoint.port, cluster.connect_timeout)
 
     def _count_refusal(self, flag: ResponseFlag, plan: _ListenerPlan | None) -> None:
@@ -453,12 +463,10 @@ class _Connection(Relay):
         cluster, endpoint = self._decision.cluster, self._decision.endpoint
         assert cluster is not None and endpoint is not None
         self._connect_failed = True
-        stat = (
-            ClusterStat.UPSTREAM_CX_CONNECT_TIMEOUT
-            if timed_out
-            else ClusterStat.UPSTREAM_CX_CONNECT_FAIL
-        )
-        self._proxy.stats.cluster_event(cluster.name, stat)
+        # As Envoy's connection pool: a timeout is also a connect failure.
+        if timed_out:
+            self._proxy.stats.cluster_event(cluster.name, ClusterStat.UPSTREAM_CX_CONNECT_TIMEOUT)
+        self._proxy.stats.cluster_event(cluster.name, ClusterStat.UPSTREAM_CX_CONNECT_FAIL)
         self._proxy.balancer.connect_failed(cluster, endpoint)
 
     def relay_done(self) -> None:
@@ -479,6 +487,8 @@ class _Connection(Relay):
         if termination and route is not None:
             proxy.stats.event(route.stat_prefix, _TERMINATION_STATS[Termination(termination)])
         self.report_bytes(flag or NO_FLAGS)
+        lived = self._loop.time() - self._start_mono if self._upstream_open else None
+        proxy.stats.relay_ended(self._dest, lived)
         proxy._connections.discard(self)
         self._log(flag, self.termination)
 
@@ -519,11 +529,11 @@ class _Connection(Relay):
         d_rx, d_tx = received - self._reported_rx, sent - self._reported_tx
         if d_rx or d_tx:
             self._reported_rx, self._reported_tx = received, sent
-            self._proxy.stats.add_bytes(self._service, self._version, flags, d_rx, d_tx)
+            self._proxy.stats.add_bytes(self._dest, flags, d_rx, d_tx)
 
     def _log(self, flag: ResponseFlag | None, termination: str = "") -> None:
         proxy = self._proxy
-        proxy.stats.closed(self._service, self._version, flag or NO_FLAGS)
+        proxy.stats.closed(self._dest, flag or NO_FLAGS)
         received, sent = self.bytes_from
         duration = self._loop.time() - self._start_mono
         proxy.access_log(

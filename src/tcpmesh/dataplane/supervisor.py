@@ -7,6 +7,10 @@ own event loop and listening sockets bound with SO_REUSEPORT, so the kernel spre
 new connections over them. SIGTERM/SIGINT are forwarded as SIGTERM and the parent
 exits once every worker is gone; SIGHUP is forwarded (workers serving a snapshot file
 re-read it).
+
+With TCPMESH_PROMETHEUS_PORT (15020 in the gateway pod) the supervisor serves Istio's
+merged metrics on ``POD_IP:PORT/stats/prometheus``: the sum over its workers, asked
+for at every scrape (telemetry.channel).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+
+from tcpmesh.telemetry import Counts, MetricsThread, Source, WorkerTotals
 
 log = logging.getLogger("tcpmesh.dataplane")
 
@@ -48,6 +54,18 @@ class Supervisor:
         self._stopping = False
         self._stop_deadline = 0.0
         self._pending_signals: list[int] = []
+
+    def worker_pids(self) -> list[tuple[int, int | None]]:
+        """(index, pid or None) per slot; read by the metrics thread."""
+        return [(s.index, s.process.pid if s.process else None) for s in self._slots]
+
+    def serve_metrics(self, host: str, port: int) -> None:
+        totals = WorkerTotals(os.getpid())
+
+        async def collect() -> Counts:
+            return await totals.collect(self.worker_pids())
+
+        MetricsThread(host, port, collect, Source.from_env(os.environ)).start()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._pending_signals.append(signum)
@@ -141,4 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     worker_args: list[str] = []
     if args.snapshot_file is not None:
         worker_args += ["--snapshot-file", str(args.snapshot_file.resolve())]
-    return Supervisor(workers, worker_args).run()
+    supervisor = Supervisor(workers, worker_args)
+    prometheus_port = os.environ.get("TCPMESH_PROMETHEUS_PORT", "").strip()
+    if prometheus_port:
+        supervisor.serve_metrics(os.environ.get("POD_IP") or "127.0.0.1", int(prometheus_port))
+    return supervisor.run()

@@ -5,8 +5,8 @@
 Environment: POD_NAMESPACE, POD_NAME (the node whose snapshots to follow),
 TCPMESH_STATE_DIR (where ``apiserver.json`` lives), TCPMESH_METRICS_PORT (serve
 Prometheus metrics on ``127.0.0.1:PORT+index``), TCPMESH_WORKER_INDEX,
-TCPMESH_SUPERVISOR_PID (exit when that parent is gone), TCPMESH_LOG_LEVEL,
-TCPMESH_STATUS_PORT (Istio's
+TCPMESH_SUPERVISOR_PID (exit when that parent is gone, and hand it this worker's counts
+over telemetry.channel), TCPMESH_LOG_LEVEL, TCPMESH_STATUS_PORT (Istio's
 15021: ``GET /healthz/ready`` on ``POD_IP`` or 127.0.0.1, shared by all workers with
 SO_REUSEPORT, opened once the first snapshot is applied so that a TCP readiness probe
 means "has its configuration").
@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tcpmesh.control import Snapshot
 from tcpmesh.dataplane.feed import SnapshotFeed
 from tcpmesh.dataplane.proxy import Proxy
+from tcpmesh.telemetry import channel_name, serve_counts
 
 log = logging.getLogger("tcpmesh.dataplane")
 
@@ -174,6 +175,15 @@ async def serve(config: WorkerConfig, proxy: Proxy | None = None) -> None:
         spawn(_watch_parent(config.supervisor_pid, stop))
     if config.status_port is not None:
         spawn(_serve_status(proxy, config.pod_ip, config.status_port, configured))
+    channel = None
+    if config.supervisor_pid is not None:
+        # The supervisor asks for this worker's counts at every scrape of :15020.
+        try:
+            channel = await serve_counts(
+                channel_name(config.supervisor_pid, config.index), proxy.counts_json
+            )
+        except OSError as exc:
+            log.error("cannot hand counts to the supervisor: %s", exc)
     runner = None
     if config.metrics_port is not None:
         try:
@@ -190,6 +200,8 @@ async def serve(config: WorkerConfig, proxy: Proxy | None = None) -> None:
                 await task
         if runner is not None:
             await runner.cleanup()
+        if channel is not None:
+            channel.close()
         await proxy.close()
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tcpmesh.telemetry import ENVOY_STATS_CONFIG
+
 XDS_CLUSTER = "tcpmesh-xds"
 HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 HCM_TYPE = (
@@ -34,6 +36,8 @@ def bootstrap(
     return {
         "node": {"id": node_id, "cluster": node_cluster},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        # Tags that keep whole cluster names: tcpmesh.telemetry.envoy reads them.
+        "stats_config": ENVOY_STATS_CONFIG,
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "GRPC",

@@ -9,7 +9,8 @@ than exec'ing Envoy, so the runtime still recognises the pod's process after a c
 Environment besides the pod's: TCPMESH_WORKERS (Envoy's ``--concurrency``, default: one
 per core), TCPMESH_ENVOY_DRAIN_TIME (``--drain-time-s``, default Istio's 45; weight
 changes never drain, see tcpmesh.xds.translate), TCPMESH_ENVOY_LOG_LEVEL (default
-``warning``). Extra arguments are passed to Envoy.
+``warning``), TCPMESH_PROMETHEUS_PORT (Istio's 15020 on ``$POD_IP``: Envoy's stats as
+Istio's TCP metrics, see tcpmesh.xds.metrics). Extra arguments are passed to Envoy.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from tcpmesh.telemetry import MetricsThread, Source
 from tcpmesh.xds.bootstrap import bootstrap
 from tcpmesh.xds.envoyfiles import (
     INSTALL_HINT,
@@ -32,6 +34,7 @@ from tcpmesh.xds.envoyfiles import (
     pod_dir,
     read_xds_address,
 )
+from tcpmesh.xds.metrics import EnvoyMetrics
 
 XDS_WAIT = 30.0
 DEFAULT_DRAIN_TIME = "45"
@@ -104,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     command = envoy_argv(binary, config_path, admin_path, extra)
     print(f"envoy gateway: node {namespace}/{pod}, xDS {xds.address}:{xds.port}", flush=True)
     proc = subprocess.Popen(command, preexec_fn=_die_with_parent)
+    prometheus_port = env.get("TCPMESH_PROMETHEUS_PORT", "").strip()
+    if prometheus_port:
+        metrics = EnvoyMetrics(admin_path, f"{namespace}/{pod}", state_dir)
+        host = env.get("POD_IP") or "127.0.0.1"
+        source = Source.from_env(env)
+        MetricsThread(host, int(prometheus_port), metrics.collect, source, metrics.follow).start()
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         if proc.poll() is None:

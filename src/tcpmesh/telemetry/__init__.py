@@ -1,0 +1,67 @@
+"""Istio's TCP metrics for every tcpmesh proxy: labels, counts, exposition, :15020.
+
+Data planes count into ``Counts`` with destination labels from ``destination`` (the
+built-in proxy per endpoint, the Envoy plane from Envoy's cluster stats, see
+``envoy_counts``); the process serving ``:15020/stats/prometheus`` renders them with
+``render``, so both planes expose the same families and labels.
+"""
+
+from tcpmesh.telemetry.channel import WorkerTotals, channel_name, fetch_counts, serve_counts
+from tcpmesh.telemetry.counts import DURATION_BUCKETS, Counts, total
+from tcpmesh.telemetry.envoy import STATS_CONFIG as ENVOY_STATS_CONFIG
+from tcpmesh.telemetry.envoy import envoy_counts
+from tcpmesh.telemetry.envoy import parse_prometheus as parse_envoy_prometheus
+from tcpmesh.telemetry.exposition import CountsCollector, families, render
+from tcpmesh.telemetry.families import (
+    ALL_FAMILIES,
+    ISTIO_LABELS,
+    NO_FLAGS,
+    ClusterStat,
+    Family,
+    TcpProxyStat,
+)
+from tcpmesh.telemetry.labels import (
+    DESTINATION_LABELS,
+    SOURCE_LABELS,
+    UNKNOWN,
+    Destination,
+    Source,
+    common_destination,
+    destination,
+    workload_of,
+)
+from tcpmesh.telemetry.server import PROMETHEUS_PATH, PROMETHEUS_PORT, MetricsThread, make_app
+
+__all__ = [
+    "ALL_FAMILIES",
+    "DESTINATION_LABELS",
+    "DURATION_BUCKETS",
+    "ENVOY_STATS_CONFIG",
+    "ISTIO_LABELS",
+    "NO_FLAGS",
+    "PROMETHEUS_PATH",
+    "PROMETHEUS_PORT",
+    "SOURCE_LABELS",
+    "UNKNOWN",
+    "ClusterStat",
+    "Counts",
+    "CountsCollector",
+    "Destination",
+    "Family",
+    "MetricsThread",
+    "Source",
+    "TcpProxyStat",
+    "WorkerTotals",
+    "channel_name",
+    "common_destination",
+    "destination",
+    "envoy_counts",
+    "families",
+    "fetch_counts",
+    "make_app",
+    "parse_envoy_prometheus",
+    "render",
+    "serve_counts",
+    "total",
+    "workload_of",
+]
