@@ -11,6 +11,7 @@ import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -51,13 +52,15 @@ def mesh(
             SAMPLES / "tcp-echo-all-v1.yaml",
         )
         harness.wait_for(
-            "tcp-echo v1 and v2", lambda: harness.deployments_ready("tcp-echo-v1", "tcp-echo-v2")
+            "tcp-echo v1 and v2",
+            lambda: harness.deployments_ready("tcp-echo-v1", "tcp-echo-v2"),
+            90.0,
         )
         harness.apply(SAMPLES / "tcp-echo-20-v2.yaml")
         harness.wait_for(
             "the 80/20 route",
             lambda: "two" in {_word(address) for _ in range(40)},
-            30.0,
+            60.0,
         )
         harness.wait_for("the metrics port", lambda: _scrape_or_none(address) is not None)
         yield harness
@@ -308,3 +311,55 @@ def test_prometheus_answers_the_split_by_version(mesh: MeshHarness, prometheus: 
             break
         time.sleep(0.5)
     assert answer == expected
+
+
+def test_top_once_json_reports_the_split_under_load(mesh: MeshHarness) -> None:
+    """Shares ``top`` observes during 80/20 load pass an exact binomial test."""
+    from scipy.stats import binomtest
+
+    stop = threading.Event()
+    done = [0]
+
+    def load() -> None:
+        # Bounded in count and time; stopped as soon as top has its reading.
+        deadline = time.monotonic() + 120
+        while not stop.is_set() and done[0] < 50_000 and time.monotonic() < deadline:
+            if _word(mesh.address) in ("one", "two"):
+                done[0] += 1
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        mesh.wait_for("the load to run", lambda: done[0] >= 30)
+        document = json.loads(
+            mesh.tcpmesh("top", "vs/tcp-echo", "--once", "-o", "json", "--window", "2").stdout
+        )
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert document["errors"] == []
+    (route,) = document["routes"]
+    assert route["route"] == "VirtualService default/tcp-echo tcp[0]"
+    rows = {row["subset"]: row for row in route["destinations"]}
+    assert (rows["v1"]["weightPercent"], rows["v2"]["weightPercent"]) == (80.0, 20.0)
+    n = route["opened"]
+    assert n >= 50, document  # the load ran during the window
+    assert n == rows["v1"]["opened"] + rows["v2"]["opened"]
+    assert binomtest(rows["v2"]["opened"], n, 0.2).pvalue >= 1e-6
+    assert rows["v2"]["share"] == round(rows["v2"]["opened"] / n, 4)
+    assert rows["v1"]["openedPerSecond"] > 0 and rows["v1"]["receivedBytesPerSecond"] > 0
+    assert rows["v1"]["failures"] == {} and rows["v2"]["failures"] == {}
+
+
+def test_top_rejects_what_is_not_a_virtual_service(mesh: MeshHarness) -> None:
+    result = mesh.tcpmesh("top", "svc/tcp-echo", "--once", check=False)
+    assert (
+        result.code == 1 and result.stderr.strip() == "error: top takes vs/NAME, not 'svc/tcp-echo'"
+    )
+    result = mesh.tcpmesh("top", "vs/nope", "--once", check=False)
+    assert result.code == 1
+    assert result.stderr.strip() == (
+        'error: no proxy serves a route of VirtualService "nope" in namespace "default"'
+    )

@@ -588,6 +588,61 @@ def send(
 
 
 @cli.command()
+@click.argument("target", metavar="[vs/NAME]", required=False)
+@namespace_option
+@click.option("--once", is_flag=True, help="Print one reading over --window and exit.")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.option(
+    "--window",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds over which shares and rates are observed.",
+)
+@click.option(
+    "--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True, help="Refresh."
+)
+@pass_context
+@friendly_errors
+def top(
+    ctx: Context,
+    target: str | None,
+    namespace: str | None,
+    once: bool,
+    output: str,
+    window: float,
+    interval: float,
+) -> None:
+    """Live per-route, per-destination view: weight, observed share, active, rates, failures."""
+    from rich.console import Console
+
+    from tcpmesh.cli import top as top_module
+
+    name = None
+    if target is not None:
+        kind, sep, name = target.partition("/")
+        if not sep or not name or _resolve_kind(kind).kind != "VirtualService":
+            fail(f"error: top takes vs/NAME, not {target!r}")
+    ns = ctx.ns(namespace)
+    sampler = top_module.Sampler(ctx.client(), name, ns)
+    if name is not None:
+        routes, _ = sampler.read()
+        if not routes:
+            fail(f'error: no proxy serves a route of VirtualService "{name}" in namespace "{ns}"')
+    if once or output == "json":
+        document = top_module.once(sampler, window)
+        if output == "json":
+            click.echo(json.dumps(document, indent=2))
+        else:
+            Console().print(top_module.table(document, document["errors"]))
+        return
+    try:
+        top_module.live(sampler, window, interval, Console())
+    except KeyboardInterrupt:
+        return
+
+
+@cli.command()
 @click.option("--keep", is_flag=True, help="Leave the mesh and the sample running at the end.")
 @pass_context
 @friendly_errors
