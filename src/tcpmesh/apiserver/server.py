@@ -23,7 +23,14 @@ from tcpmesh.api import (
 )
 from tcpmesh.api.kinds import KindInfo
 from tcpmesh.control import SnapshotSource
-from tcpmesh.store import AlreadyExists, Conflict, Expired, NotFound, Store, StoreError
+from tcpmesh.store import (
+    AlreadyExists,
+    Conflict,
+    Expired,
+    NotFound,
+    StoreBackend,
+    StoreError,
+)
 
 Obj = dict[str, Any]
 Admit = Callable[[list[Obj]], tuple[list[str], list[str]]]
@@ -59,7 +66,7 @@ class _Fail(Exception):
 
 
 def create_app(
-    store: Store,
+    store: StoreBackend,
     token: str,
     *,
     admit: Admit,
@@ -190,7 +197,7 @@ async def _next_or_none(iterator: AsyncIterator[bytes]) -> bytes | None:
 class _Api:
     def __init__(
         self,
-        store: Store,
+        store: StoreBackend,
         token: str,
         admit: Admit,
         snapshots: SnapshotSource,

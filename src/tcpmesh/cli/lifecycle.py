@@ -95,6 +95,8 @@ def start_detached(config: MeshConfig) -> tuple[ApiClient, int]:
     if config.workers:
         argv += ["--workers", str(config.workers)]
     argv += ["--max-pods", str(config.max_pods)]
+    if config.store:
+        argv += ["--store", config.store]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             argv,
@@ -180,7 +182,7 @@ def summarize(status: dict[str, Any]) -> list[str]:
     listeners = ", ".join(f"{x['address']}:{x['port']}" for x in status.get("listeners", []))
     return [
         f"tcpmesh is running (pid {status['pid']}), API {status['api']}",
-        f"state directory: {status['stateDir']}",
+        f"state directory: {status['stateDir']}, store: {status.get('store', 'sqlite')}",
         f"data plane: {status['dataplane']} ({status['workers']} workers), "
         f"gateway address {status['address']}, "
         f"{'ready' if status.get('gatewayReady') else 'NOT ready'}",

@@ -112,6 +112,12 @@ pass_context = click.make_pass_decorator(Context)
     help="The most pods the mesh runs [default 110, the kubelet's maxPods].",
 )
 @click.option("--detach", is_flag=True, help="Return once the mesh is ready.")
+@click.option(
+    "--store",
+    default=None,
+    metavar="sqlite|etcd://HOST:PORT[,...]",
+    help="Where state lives: SQLite in the state directory (default) or an etcd cluster.",
+)
 @pass_context
 @friendly_errors
 def up(
@@ -122,9 +128,16 @@ def up(
     workers: int | None,
     max_pods: int | None,
     detach: bool,
+    store: str | None,
 ) -> None:
     """Start the local mesh: API server, store, runtime, control plane and ingress gateway."""
     from tcpmesh.mesh import Mesh, MeshConfig
+    from tcpmesh.store import StoreError, check_store_spec
+
+    try:
+        check_store_spec(store)
+    except StoreError as exc:
+        fail(f"error: {exc}")
 
     if dataplane == "envoy":
         from tcpmesh.xds import missing_envoy_support
@@ -138,7 +151,9 @@ def up(
     objects, warnings = load_manifests(files, ctx.namespace) if files else ([], [])
     for warning in warnings:
         click.echo(f"Warning: {warning}", err=True)
-    config = MeshConfig(ctx.state_dir, address, workers, dataplane)
+    config = MeshConfig(
+        ctx.state_dir, address, workers, dataplane, store=None if store == "sqlite" else store
+    )
     if max_pods is not None:
         config = dataclasses.replace(config, max_pods=max_pods)
     if lifecycle.running_client(ctx.state_dir) is not None:

@@ -32,7 +32,7 @@ from tcpmesh.api import from_dict, models
 from tcpmesh.control.build import build_snapshot, dns_names
 from tcpmesh.control.resources import MeshResources, ProxyNode
 from tcpmesh.control.snapshot import Snapshot, SnapshotError
-from tcpmesh.store import Expired, Store
+from tcpmesh.store import Expired, StoreBackend
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ async def resolve_ipv4(name: str) -> tuple[str, ...]:
 class ControlPlane:
     def __init__(
         self,
-        store: Store,
+        store: StoreBackend,
         *,
         resolver: Resolver = resolve_ipv4,
         dns_refresh: float = DNS_REFRESH,

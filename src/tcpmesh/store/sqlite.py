@@ -4,30 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import copy
 import json
 import sqlite3
 import threading
-import uuid
 from collections.abc import AsyncGenerator, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-Obj = dict[str, Any]
-Action = Literal["created", "configured", "unchanged"]
-EventType = Literal["ADDED", "MODIFIED", "DELETED"]
+from tcpmesh.store.objects import (
+    AlreadyExists,
+    ApplyResult,
+    EventType,
+    Expired,
+    NotFound,
+    Obj,
+    StoreError,
+    WatchEvent,
+    applied,
+    check_version,
+    describe,
+    key_of,
+    matches,
+    new_object,
+    same,
+    updated_object,
+    with_status,
+)
 
 # Watchers that fall further behind than this get Expired, as with a compacted etcd.
 EVENT_HISTORY = 10_000
 _WATCH_BATCH = 500
-
-# Metadata the store owns; a client's copy of these never counts as a change.
-_SERVER_META = ("uid", "resourceVersion", "generation", "creationTimestamp")
-# Everything else at the top level besides these is the object's content (spec, subsets...).
-_NOT_CONTENT = ("apiVersion", "kind", "metadata", "status")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -41,90 +48,6 @@ CREATE TABLE IF NOT EXISTS events (
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0);
 """
-
-
-class StoreError(Exception):
-    """Base of the store's errors; a bare StoreError means a malformed object."""
-
-
-class NotFound(StoreError):
-    pass
-
-
-class AlreadyExists(StoreError):
-    pass
-
-
-class Conflict(StoreError):
-    pass
-
-
-class Expired(StoreError):
-    """A watch asked for events older than the history the store keeps."""
-
-
-@dataclass(frozen=True)
-class ApplyResult:
-    object: Obj
-    action: Action
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    type: EventType
-    object: Obj
-    revision: int
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
-    kind = obj.get("kind")
-    meta = obj.get("metadata")
-    if not isinstance(kind, str) or not kind:
-        raise StoreError("object has no kind")
-    if not isinstance(meta, dict):
-        raise StoreError(f"{kind} has no metadata")
-    name, namespace = meta.get("name"), meta.get("namespace")
-    if not isinstance(name, str) or not name:
-        raise StoreError(f"{kind} has no metadata.name")
-    if not isinstance(namespace, str) or not namespace:
-        raise StoreError(f'{kind} "{name}" has no metadata.namespace')
-    return kind, namespace, name
-
-
-def _describe(kind: str, namespace: str, name: str) -> str:
-    return f'{kind} "{namespace}/{name}"'
-
-
-def _content(obj: Mapping[str, Any]) -> Obj:
-    return {k: v for k, v in obj.items() if k not in _NOT_CONTENT}
-
-
-def _user_meta(obj: Mapping[str, Any]) -> Obj:
-    meta: Mapping[str, Any] = obj.get("metadata") or {}
-    return {k: v for k, v in meta.items() if k not in _SERVER_META and v not in (None, {}, [])}
-
-
-def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    return _content(a) == _content(b) and _user_meta(a) == _user_meta(b)
-
-
-def _check_version(current: Obj, expected: str | None, key: tuple[str, str, str]) -> None:
-    if expected is not None and current["metadata"]["resourceVersion"] != expected:
-        raise Conflict(
-            f"Operation cannot be fulfilled on {_describe(*key)}: the object has been "
-            "modified; please apply your changes to the latest version and try again"
-        )
-
-
-def _matches(obj: Obj, selector: Mapping[str, str] | None) -> bool:
-    if not selector:
-        return True
-    labels = obj["metadata"].get("labels") or {}
-    return all(labels.get(k) == v for k, v in selector.items())
 
 
 class Store:
@@ -192,7 +115,7 @@ class Store:
             rows = self._db.execute(sql, args).fetchall()
             revision = self._revision
         objs = (json.loads(row[0]) for row in rows)
-        return [o for o in objs if _matches(o, label_selector)], revision
+        return [o for o in objs if matches(o, label_selector)], revision
 
     def _get(self, kind: str, namespace: str, name: str) -> Obj | None:
         row = self._db.execute(
@@ -209,23 +132,23 @@ class Store:
             return [self._apply_one(tx, obj) for obj in objects]
 
     def create(self, obj: Obj) -> Obj:
-        key = _key(obj)
+        key = key_of(obj)
         with self._transaction() as tx:
             if self._get(*key) is not None:
-                raise AlreadyExists(f"{_describe(*key)} already exists")
-            return tx.write("ADDED", self._new(obj))
+                raise AlreadyExists(f"{describe(*key)} already exists")
+            return tx.write("ADDED", new_object(obj))
 
     def replace(self, obj: Obj, *, expected_resource_version: str | None = None) -> Obj:
         """Replace everything but the status and the server-owned metadata."""
-        key = _key(obj)
+        key = key_of(obj)
         with self._transaction() as tx:
             current = self._get(*key)
             if current is None:
-                raise NotFound(f"{_describe(*key)} not found")
-            _check_version(current, expected_resource_version, key)
-            if _same(obj, current):
+                raise NotFound(f"{describe(*key)} not found")
+            check_version(current, expected_resource_version, key)
+            if same(obj, current):
                 return current
-            return tx.write("MODIFIED", self._updated(current, obj))
+            return tx.write("MODIFIED", updated_object(current, obj))
 
     def update_status(
         self,
@@ -240,55 +163,26 @@ class Store:
         with self._transaction() as tx:
             current = self._get(*key)
             if current is None:
-                raise NotFound(f"{_describe(*key)} not found")
-            _check_version(current, expected_resource_version, key)
+                raise NotFound(f"{describe(*key)} not found")
+            check_version(current, expected_resource_version, key)
             if current.get("status") == status:
                 return current
-            return tx.write("MODIFIED", {**current, "status": copy.deepcopy(status)})
+            return tx.write("MODIFIED", with_status(current, status))
 
     def delete(self, kind: str, namespace: str, name: str) -> Obj:
         key = (kind, namespace, name)
         with self._transaction() as tx:
             current = self._get(*key)
             if current is None:
-                raise NotFound(f"{_describe(*key)} not found")
+                raise NotFound(f"{describe(*key)} not found")
             return tx.write("DELETED", current)
 
     def _apply_one(self, tx: _Tx, obj: Obj) -> ApplyResult:
-        key = _key(obj)
-        current = self._get(*key)
-        if current is None:
-            return ApplyResult(tx.write("ADDED", self._new(obj)), "created")
-        _check_version(current, (obj["metadata"].get("resourceVersion") or None), key)
-        if _same(obj, current):
-            return ApplyResult(current, "unchanged")
-        return ApplyResult(tx.write("MODIFIED", self._updated(current, obj)), "configured")
-
-    @staticmethod
-    def _new(obj: Obj) -> Obj:
-        new = copy.deepcopy(obj)
-        meta = new["metadata"]
-        for field in _SERVER_META:
-            meta.pop(field, None)
-        meta.update(uid=str(uuid.uuid4()), generation=1, creationTimestamp=_now())
-        return new
-
-    @staticmethod
-    def _updated(current: Obj, obj: Obj) -> Obj:
-        new = copy.deepcopy(obj)
-        new.pop("status", None)
-        if "status" in current:
-            new["status"] = current["status"]
-        old_meta = current["metadata"]
-        generation = old_meta["generation"]
-        if _content(obj) != _content(current):
-            generation += 1
-        new["metadata"].update(
-            uid=old_meta["uid"],
-            generation=generation,
-            creationTimestamp=old_meta["creationTimestamp"],
-        )
-        return new
+        current = self._get(*key_of(obj))
+        new, action = applied(current, obj)
+        if action == "unchanged":
+            return ApplyResult(new, action)
+        return ApplyResult(tx.write("ADDED" if current is None else "MODIFIED", new), action)
 
     @contextmanager
     def _transaction(self, *, dry_run: bool = False) -> Iterator[_Tx]:
@@ -384,7 +278,7 @@ class _Tx:
     def write(self, type_: EventType, obj: Obj) -> Obj:
         self.revision += 1
         obj["metadata"]["resourceVersion"] = str(self.revision)
-        kind, namespace, name = _key(obj)
+        kind, namespace, name = key_of(obj)
         text = json.dumps(obj, separators=(",", ":"), sort_keys=True)
         if type_ == "DELETED":
             self._db.execute(

@@ -1,0 +1,66 @@
+"""The one contract both backends keep; callers type against it, never against a backend."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
+from typing import Protocol
+
+from tcpmesh.store.objects import ApplyResult, Obj, WatchEvent
+
+
+class StoreBackend(Protocol):
+    """Versioned, watchable objects keyed by (kind, namespace, name).
+
+    - ``resourceVersion`` is the store revision of an object's last write; revisions only
+      grow, and every write of one call shares one revision only where the backend says so
+      (etcd: one transaction, one revision; SQLite: one revision per object).
+    - ``apply`` writes all of its objects or none; a stale ``resourceVersion`` is Conflict.
+    - ``list_with_revision`` then ``watch(since=revision)`` misses no event and repeats none;
+      a ``since`` older than the kept history raises Expired (HTTP 410).
+    """
+
+    @property
+    def revision(self) -> int: ...
+
+    def close(self) -> None: ...
+
+    def get(self, kind: str, namespace: str, name: str) -> Obj | None: ...
+
+    def list(
+        self,
+        kind: str,
+        namespace: str | None = None,
+        label_selector: Mapping[str, str] | None = None,
+    ) -> builtins.list[Obj]: ...
+
+    def list_with_revision(
+        self,
+        kind: str,
+        namespace: str | None = None,
+        label_selector: Mapping[str, str] | None = None,
+    ) -> tuple[builtins.list[Obj], int]: ...
+
+    def apply(
+        self, objects: Sequence[Obj], *, dry_run: bool = False
+    ) -> builtins.list[ApplyResult]: ...
+
+    def create(self, obj: Obj) -> Obj: ...
+
+    def replace(self, obj: Obj, *, expected_resource_version: str | None = None) -> Obj: ...
+
+    def update_status(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        status: Obj,
+        *,
+        expected_resource_version: str | None = None,
+    ) -> Obj: ...
+
+    def delete(self, kind: str, namespace: str, name: str) -> Obj: ...
+
+    def watch(
+        self, kinds: Collection[str] | None = None, since: int | None = None
+    ) -> AsyncGenerator[WatchEvent, None]: ...
