@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,9 +26,10 @@ from tcpmesh.api import validate_object
 from tcpmesh.apiserver import create_app
 from tcpmesh.apiserver.credentials import new_token, remove_credentials, write_credentials
 from tcpmesh.control import ControlPlane
+from tcpmesh.replica import RUNTIME_ELECTION, LeaderGate
 from tcpmesh.runtime import DEFAULT_MAX_PODS, Runtime, pod_is_ready, replica_cap_errors
 from tcpmesh.statedir import make_private, private_umask
-from tcpmesh.store import open_store
+from tcpmesh.store import leader_election, open_store
 from tcpmesh.telemetry import PROMETHEUS_PATH, PROMETHEUS_PORT
 from tcpmesh.xds import remove_xds_address, write_xds_address, xds_libraries_installed
 
@@ -180,9 +182,12 @@ class Mesh:
     def __init__(self, config: MeshConfig) -> None:
         self.config = config
         self.store = open_store(config.store, config.state_dir)
-        self.runtime = Runtime(
-            self.store, config.state_dir, config.address, max_pods=config.max_pods
-        )
+        # On a shared store the runtime writes only while this replica leads.
+        identity = f"{socket.gethostname()}/{config.address}/{os.getpid()}"
+        elected = leader_election(self.store, RUNTIME_ELECTION, identity)
+        writer = self.store if elected is None else elected[1]
+        self.runtime = Runtime(writer, config.state_dir, config.address, max_pods=config.max_pods)
+        self.gate = None if elected is None else LeaderGate(elected[0], self.runtime)
         self.control = ControlPlane(self.store)
         self.started_at = time.time()
         self._runner: web.AppRunner | None = None
@@ -211,7 +216,10 @@ class Mesh:
         await self._start_xds()
         # Pods first: until the runtime has rewritten their status, a Ready condition in the
         # store may be left over from a mesh that crashed, and `up` must not trust it.
-        await self.runtime.start()
+        if self.gate is None:
+            await self.runtime.start()
+        else:
+            self.gate.start()
         write_credentials(self.config.state_dir, self.url, token, os.getpid())
         log.info("tcpmesh API on %s, gateway address %s", self.url, self.config.address)
 
@@ -231,6 +239,8 @@ class Mesh:
 
     async def stop(self) -> None:
         remove_credentials(self.config.state_dir)
+        if self.gate is not None:
+            await self.gate.stop()
         await self.runtime.stop()
         if self.xds is not None:
             remove_xds_address(self.config.state_dir)
@@ -279,6 +289,7 @@ class Mesh:
             "gatewayReady": any(pod_is_ready(p) for p in gateway_pods),
             "listeners": listeners,
             "xds": self.xds.status() if self.xds is not None else None,
+            "leader": self.gate.status() if self.gate is not None else None,
         }
 
 

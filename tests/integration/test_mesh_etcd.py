@@ -58,7 +58,7 @@ def test_the_seed_scenario_runs_on_etcd_and_its_state_outlives_the_state_dir(
         second.up()
         vs = second.get_json("virtualservice", "tcp-echo")
         assert vs["spec"]["tcp"][0]["route"][0]["destination"]["subset"] == "v2"
-        second.wait_for("routes after the restart", lambda: _word(address) == "two", 60)
+        second.wait_for("routes after the restart", lambda: _word(address) == "two", 90)
     finally:
         second.down()
 

@@ -4,20 +4,25 @@ or in etcd (a cluster several hosts share), behind one contract (`StoreBackend`)
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tcpmesh.store.contract import StoreBackend
-from tcpmesh.store.etcdconn import EtcdConfig, client_library_installed, parse_etcd_url
+from tcpmesh.store.etcdurl import EtcdConfig, client_library_installed, parse_etcd_url
 from tcpmesh.store.objects import (
     AlreadyExists,
     ApplyResult,
     Conflict,
     Expired,
     NotFound,
+    NotLeader,
     StoreError,
     Unavailable,
     WatchEvent,
 )
 from tcpmesh.store.sqlite import EVENT_HISTORY, Store
+
+if TYPE_CHECKING:
+    from tcpmesh.store.election import LeaderElection
 
 SQLITE_FILE = "store.db"
 
@@ -50,6 +55,27 @@ def open_store(spec: str | None, state_dir: Path) -> StoreBackend:
     return EtcdStore(config)
 
 
+def leader_election(
+    store: StoreBackend, name: str, identity: str
+) -> tuple[LeaderElection, StoreBackend] | None:
+    """An election among the replicas sharing ``store``, and the store its leader writes with.
+
+    None for SQLite: one process owns the file (the state directory's lock), so there is
+    nobody to elect among.
+    """
+    from tcpmesh.store.sqlite import Store as SqliteStore
+
+    if isinstance(store, SqliteStore):
+        return None
+    from tcpmesh.store.election import LeaderElection
+    from tcpmesh.store.etcd import EtcdStore
+
+    if not isinstance(store, EtcdStore):
+        raise TypeError(f"no leader election for {type(store).__name__}")
+    election = LeaderElection.for_store(store, name, identity)
+    return election, election.fenced_store(store)
+
+
 __all__ = [
     "EVENT_HISTORY",
     "SQLITE_FILE",
@@ -59,12 +85,14 @@ __all__ = [
     "EtcdConfig",
     "Expired",
     "NotFound",
+    "NotLeader",
     "Store",
     "StoreBackend",
     "StoreError",
     "Unavailable",
     "WatchEvent",
     "check_store_spec",
+    "leader_election",
     "open_store",
     "parse_etcd_url",
 ]

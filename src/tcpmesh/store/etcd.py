@@ -21,9 +21,10 @@ import json
 import threading
 from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from tcpmesh.store.etcdconn import EtcdConfig, EtcdConnection
+from tcpmesh.store.etcdconn import EtcdConnection
+from tcpmesh.store.etcdurl import EtcdConfig
 from tcpmesh.store.objects import (
     AlreadyExists,
     ApplyResult,
@@ -32,6 +33,7 @@ from tcpmesh.store.objects import (
     Expired,
     Key,
     NotFound,
+    NotLeader,
     Obj,
     StoreError,
     Unavailable,
@@ -73,12 +75,27 @@ def _stamped(obj: Obj, revision: int) -> Obj:
     return obj
 
 
+class Fence(Protocol):
+    """What makes a write conditional on holding a leadership (see election.py)."""
+
+    def fence_compare(self) -> Any: ...
+
+    def still_held(self) -> bool: ...
+
+
 class EtcdStore:
     """Objects in etcd under one prefix; thread-safe, watchable from any asyncio loop."""
 
-    def __init__(self, config: EtcdConfig) -> None:
+    def __init__(
+        self,
+        config: EtcdConfig,
+        connection: EtcdConnection | None = None,
+        fence: Fence | None = None,
+    ) -> None:
         self.config = config
-        self._conn = EtcdConnection(config)
+        self._owns_connection = connection is None
+        self._conn = connection or EtcdConnection(config)
+        self._fence = fence
         self._prefix = config.prefix.rstrip("/") + "/o/"
         self._lock = threading.Lock()
         self._closers: set[Callable[[], None]] = set()
@@ -89,6 +106,14 @@ class EtcdStore:
         """The cluster connection, for what else lives in etcd (leases, leader election)."""
         return self._conn
 
+    def fenced(self, fence: Fence) -> EtcdStore:
+        """This store for a leader's controllers: each write holds only while ``fence`` does.
+
+        Reads and watches are the same; a write fails with NotLeader, writing nothing, once
+        the leadership is gone (locally known, or found out by etcd's compare).
+        """
+        return EtcdStore(self.config, self._conn, fence)
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -97,7 +122,8 @@ class EtcdStore:
             closers = list(self._closers)
         for close in closers:
             close()
-        self._conn.close()
+        if self._owns_connection:
+            self._conn.close()
 
     def _key(self, kind: str, namespace: str, name: str) -> str:
         return f"{self._prefix}{kind}/{namespace}/{name}"
@@ -158,7 +184,13 @@ class EtcdStore:
                         revision = int(getattr(response, field).header.revision)
             return bool(succeeded), revision
 
-        return self._conn.run(send)
+        fence = self._fence
+        if fence is not None:
+            compare = [fence.fence_compare(), *compare]
+        succeeded, revision = self._conn.run(send)
+        if not succeeded and fence is not None and not fence.still_held():
+            raise NotLeader("this replica lost the leadership; write refused")
+        return succeeded, revision
 
     def _guard(self, key: str, mod_revision: int) -> Any:
         t = self._conn.client.transactions

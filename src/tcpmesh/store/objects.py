@@ -45,6 +45,10 @@ class Expired(StoreError):
     """A watch asked for events older than the history the store keeps (HTTP 410)."""
 
 
+class NotLeader(StoreError):
+    """A fenced write from a replica that does not hold the leadership (any more)."""
+
+
 class Unavailable(StoreError):
     """The backend cannot be reached (every etcd endpoint down, or the quorum lost)."""
 
