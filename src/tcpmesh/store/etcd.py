@@ -18,6 +18,7 @@ import asyncio
 import builtins
 import contextlib
 import json
+import logging
 import threading
 from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ _OP_OVERHEAD = 64
 # Between two attempts to resume a broken watch stream.
 _RESUME_PAUSE = 0.2
 _CLOSED = object()
+log = logging.getLogger("tcpmesh.store.etcd")
 
 
 def _encode(obj: Obj) -> str:
@@ -338,7 +340,8 @@ class EtcdStore:
 
         Ends when the store is closed; raises Expired when etcd has compacted the history
         it needs. A broken stream (an etcd member gone) resumes from the last revision seen,
-        on another member, so no event is lost or repeated.
+        on another member, so no event is lost or repeated; while no member answers it
+        waits and tries again rather than ending.
         """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -357,8 +360,14 @@ class EtcdStore:
         cursor = _Cursor(start)
         wanted = None if kinds is None else frozenset(kinds)
         try:
-            while True:
-                watch_id = await self._subscribe(cursor.revision, deliver)
+            while not self._closed:
+                try:
+                    watch_id = await self._subscribe(cursor.revision, deliver)
+                except Unavailable as exc:
+                    # Like a Kubernetes reflector: keep trying while etcd is away.
+                    log.warning("etcd watch: %s; retrying", exc)
+                    await asyncio.sleep(_RESUME_PAUSE)
+                    continue
                 try:
                     async for event in self._events(queue, cursor, wanted):
                         yield event
@@ -450,4 +459,4 @@ class _StreamBroken(Exception):
     """The watch stream ended without the store closing: resume it."""
 
 
-__all__ = ["EtcdStore", "Unavailable"]
+__all__ = ["EtcdStore"]
