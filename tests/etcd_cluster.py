@@ -117,8 +117,9 @@ class Cluster:
         return f"etcd://{self.endpoints}{prefix}{('?' + self.query) if self.query else ''}"
 
     def etcdctl(self, *args: str, env: dict[str, str] | None = None) -> str:
-        """etcdctl (the real client) against this cluster; its output, or AssertionError."""
-        cmd = [ETCDCTL, f"--endpoints={','.join(m.client_url for m in self.members)}"]
+        """etcdctl (the real client) against the running members; its output, or AssertionError."""
+        alive = [m for m in self.members if m.process is not None] or self.members
+        cmd = [ETCDCTL, f"--endpoints={','.join(m.client_url for m in alive)}"]
         cmd += self.ctl_args
         completed = subprocess.run(
             [*cmd, *args],

@@ -1,4 +1,5 @@
-"""``tcpmesh up --store etcd://...``: the seed scenario with its state in a real etcd."""
+"""``tcpmesh up --store etcd://...``: the seed scenario with its state in a real etcd
+cluster of three members, one of which is killed on the way."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with etcd_cluster(tmp_path_factory.mktemp("etcd")) as cluster:
+    with etcd_cluster(tmp_path_factory.mktemp("etcd"), count=3) as cluster:
         yield cluster
 
 
@@ -44,8 +45,10 @@ def test_the_seed_scenario_runs_on_etcd_and_its_state_outlives_the_state_dir(
         status = json.loads(first.tcpmesh("status", "-o", "json").stdout)
         assert status["store"] == url
         assert f"store: {url}" in first.tcpmesh("status").stdout
+        # One etcd member dies (kill -9); the other two keep the quorum and the mesh goes on.
+        etcd.members[0].kill()
         first.apply(SAMPLES / "tcp-echo-all-v2.yaml")
-        first.wait_for("routes to v2", lambda: _word(address) == "two", 10)
+        first.wait_for("routes to v2", lambda: _word(address) == "two", 20)
         # The objects are in etcd, under the URL's prefix.
         assert "/seed/o/VirtualService/default/tcp-echo" in etcd.etcdctl(
             "get", "--prefix", "--keys-only", "/seed/o/VirtualService/"
