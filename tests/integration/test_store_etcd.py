@@ -192,6 +192,25 @@ def test_tls_and_auth_to_etcd(secure_etcd: Cluster, tmp_path: Path) -> None:
         anonymous.close()
 
 
+def test_a_token_lost_with_a_restart_is_replaced_by_logging_in_again(
+    secure_etcd: Cluster, tmp_path: Path
+) -> None:
+    base = Path(secure_etcd.query.split("ca=")[1].split("&")[0]).parent
+    user = f"&user=mesh&password-file={base / 'mesh.pw'}"
+    store = open_store(secure_etcd.url("/mesh/restart") + user, tmp_path)
+    try:
+        store.create(service("before"))
+        # etcd's simple tokens live in the member's memory: a restart forgets them all.
+        [member] = secure_etcd.members
+        member.stop()
+        member.start(secure_etcd.initial_cluster)
+        secure_etcd.wait_healthy()
+        store.create(service("after"))
+        assert [s["metadata"]["name"] for s in store.list("Service")] == ["after", "before"]
+    finally:
+        store.close()
+
+
 def test_applies_and_watches_survive_a_killed_member(tmp_path: Path) -> None:
     with etcd_cluster(tmp_path, count=3) as cluster:
         store = open_store(cluster.url(), tmp_path)
