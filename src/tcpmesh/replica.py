@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tcpmesh.runtime import Runtime
-    from tcpmesh.store.election import LeaderElection
+    from tcpmesh.store import Election
 
 log = logging.getLogger("tcpmesh.replica")
 
@@ -29,7 +29,7 @@ RUNTIME_ELECTION = "runtime"
 class LeaderGate:
     """Starts ``runtime`` whenever ``election`` is won and stops it whenever it is lost."""
 
-    def __init__(self, election: LeaderElection, runtime: Runtime) -> None:
+    def __init__(self, election: Election, runtime: Runtime) -> None:
         self.election = election
         self.runtime = runtime
         self._task: asyncio.Task[None] | None = None

@@ -4,9 +4,8 @@ or in etcd (a cluster several hosts share), behind one contract (`StoreBackend`)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from tcpmesh.store.contract import StoreBackend
+from tcpmesh.store.contract import Election, StoreBackend
 from tcpmesh.store.etcdurl import EtcdConfig, client_library_installed, parse_etcd_url
 from tcpmesh.store.objects import (
     AlreadyExists,
@@ -20,9 +19,6 @@ from tcpmesh.store.objects import (
     WatchEvent,
 )
 from tcpmesh.store.sqlite import EVENT_HISTORY, Store
-
-if TYPE_CHECKING:
-    from tcpmesh.store.election import LeaderElection
 
 SQLITE_FILE = "store.db"
 
@@ -57,7 +53,7 @@ def open_store(spec: str | None, state_dir: Path) -> StoreBackend:
 
 def leader_election(
     store: StoreBackend, name: str, identity: str
-) -> tuple[LeaderElection, StoreBackend] | None:
+) -> tuple[Election, StoreBackend] | None:
     """An election among the replicas sharing ``store``, and the store its leader writes with.
 
     None for SQLite: one process owns the file (the state directory's lock), so there is
@@ -82,6 +78,7 @@ __all__ = [
     "AlreadyExists",
     "ApplyResult",
     "Conflict",
+    "Election",
     "EtcdConfig",
     "Expired",
     "NotFound",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from typing import Protocol
@@ -64,3 +65,23 @@ class StoreBackend(Protocol):
     def watch(
         self, kinds: Collection[str] | None = None, since: int | None = None
     ) -> AsyncGenerator[WatchEvent, None]: ...
+
+
+class Election(Protocol):
+    """One replica's candidacy (etcd: ``store.election.LeaderElection``); drive ``run()``.
+
+    ``elected`` is set while this replica leads and ``deposed`` while it does not; ``holder()``
+    reads who leads from the store.
+    """
+
+    key: str
+    identity: str
+    elected: asyncio.Event
+    deposed: asyncio.Event
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    def holder(self) -> str | None: ...
+
+    async def run(self) -> None: ...
