@@ -80,6 +80,20 @@ VIRTUAL_SERVICE: Obj = {
         ],
     },
 }
+TLS_VIRTUAL_SERVICE: Obj = {
+    "apiVersion": "networking.istio.io/v1",
+    "kind": "VirtualService",
+    "metadata": META,
+    "spec": {
+        "hosts": ["a"],
+        "tls": [
+            {
+                "match": [{"port": 80, "sniHosts": ["a"]}],
+                "route": [{"destination": {"host": "a", "port": {"number": 80}}}],
+            }
+        ],
+    },
+}
 GATEWAY: Obj = {
     "apiVersion": "networking.istio.io/v1",
     "kind": "Gateway",
@@ -145,6 +159,10 @@ CASES: dict[tuple[type[models.Model], str], tuple[Obj, Path]] = {
     ),
     (models.RouteDestination, "weight"): (VIRTUAL_SERVICE, (*VS_ROUTE, "weight")),
     (models.L4MatchAttributes, "port"): (VIRTUAL_SERVICE, ("spec", "tcp", 0, "match", 0, "port")),
+    (models.TLSMatchAttributes, "port"): (
+        TLS_VIRTUAL_SERVICE,
+        ("spec", "tls", 0, "match", 0, "port"),
+    ),
     (models.GatewayPort, "number"): (GATEWAY, ("spec", "servers", 0, "port", "number")),
     (models.GatewayPort, "target_port"): (GATEWAY, ("spec", "servers", 0, "port", "targetPort")),
     (models.ConsistentHashLB, "minimum_ring_size"): (

@@ -141,6 +141,9 @@ ERROR_CASES = [
         with_(VS, ("spec.hosts", []), ("spec.gateways", []), ("spec.tls", [{"match": []}])),
         ("spec.tls", "delegate virtual service must have no tls route specified"),
         ("spec.tcp", "delegate virtual service must have no tcp route specified"),
+        # Istio validates every tls rule as well, delegate or not.
+        ("spec.tls[0].match", "TLS route must have at least one match condition"),
+        ("spec.tls[0].route", "TLS route is required"),
         id="vs-delegate-tls",
     ),
     case(
@@ -585,6 +588,8 @@ ERROR_CASES = [
     ),
     case(
         with_(GW, ("spec.servers[0].tls", {"mode": "SIMPLE"})),
+        ("spec.servers[0].tls", "SIMPLE TLS requires a server certificate"),
+        ("spec.servers[0].tls", "SIMPLE TLS requires a private key"),
         ("spec.servers[0].tls", "server cannot have TLS settings for non HTTPS/TLS ports"),
         id="gw-tls-on-tcp",
     ),
@@ -594,6 +599,8 @@ ERROR_CASES = [
             ("spec.servers[0].port.protocol", "HTTP"),
             ("spec.servers[0].tls", {"mode": "SIMPLE"}),
         ),
+        ("spec.servers[0].tls", "SIMPLE TLS requires a server certificate"),
+        ("spec.servers[0].tls", "SIMPLE TLS requires a private key"),
         ("spec.servers[0].tls", "server cannot have TLS settings for plain text HTTP ports"),
         id="gw-tls-on-http",
     ),

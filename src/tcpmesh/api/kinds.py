@@ -49,6 +49,7 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("Service", "", ("v1",), "services", ("svc",), models.Service),
     KindInfo("Pod", "", ("v1",), "pods", ("po",), models.Pod, user_writable=False),
     KindInfo("Endpoints", "", ("v1",), "endpoints", ("ep",), models.Endpoints, user_writable=False),
+    KindInfo("Secret", "", ("v1",), "secrets", (), models.Secret),
     KindInfo("Gateway", ISTIO_NETWORKING, ISTIO_VERSIONS, "gateways", ("gw",), models.Gateway),
     KindInfo(
         "VirtualService",

@@ -12,9 +12,10 @@ these models only check shape and types.
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -234,11 +235,27 @@ class TCPRoute(Model):
     route: list[RouteDestination | None] = Field(default_factory=list)
 
 
+class TLSMatchAttributes(Model):
+    sni_hosts: list[str] = Field(default_factory=list)
+    destination_subnets: list[str] = Field(default_factory=list)
+    port: int = 0
+    source_labels: dict[str, str] = Field(default_factory=dict)
+    gateways: list[str] = Field(default_factory=list)
+    source_namespace: str | None = None
+
+
+class TLSRoute(Model):
+    """Istio's ``tls:`` rule: routed by the ClientHello's SNI, the bytes relayed untouched."""
+
+    match: list[TLSMatchAttributes | None] = Field(default_factory=list)
+    route: list[RouteDestination | None] = Field(default_factory=list)
+
+
 class VirtualServiceSpec(Model):
     hosts: list[str] = Field(default_factory=list)
     gateways: list[str] = Field(default_factory=list)
     http: list[Any] = Field(default_factory=list)
-    tls: list[Any] = Field(default_factory=list)
+    tls: list[TLSRoute | None] = Field(default_factory=list)
     tcp: list[TCPRoute] = Field(default_factory=list)
     export_to: list[str] = Field(default_factory=list)
 
@@ -250,11 +267,43 @@ class GatewayPort(Model):
     target_port: int | None = None
 
 
+TLSMode = Literal[
+    "PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"
+]
+TLSProtocol = Literal["TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3"]
+
+
+class TLSCertificate(Model):
+    server_certificate: str = ""
+    private_key: str = ""
+    ca_certificates: str = ""
+
+
+class ServerTLSSettings(Model):
+    """A Gateway server's ``tls`` (istio/api ``ServerTLSSettings``); PASSTHROUGH by default."""
+
+    https_redirect: bool = False
+    mode: TLSMode = "PASSTHROUGH"
+    server_certificate: str = ""
+    private_key: str = ""
+    ca_certificates: str = ""
+    ca_crl: str = ""
+    credential_name: str = ""
+    credential_names: list[str] = Field(default_factory=list)
+    tls_certificates: list[TLSCertificate] = Field(default_factory=list)
+    subject_alt_names: list[str] = Field(default_factory=list)
+    verify_certificate_spki: list[str] = Field(default_factory=list)
+    verify_certificate_hash: list[str] = Field(default_factory=list)
+    min_protocol_version: TLSProtocol = "TLS_AUTO"
+    max_protocol_version: TLSProtocol = "TLS_AUTO"
+    cipher_suites: list[str] = Field(default_factory=list)
+
+
 class Server(Model):
     port: GatewayPort | None = None
     bind: str | None = None
     hosts: list[str] = Field(default_factory=list)
-    tls: Any = None
+    tls: ServerTLSSettings | None = None
     default_endpoint: str | None = None
     name: str | None = None
 
@@ -428,6 +477,31 @@ class Service(Resource):
 
 class Endpoints(Resource):
     subsets: list[EndpointSubset] = Field(default_factory=list)
+
+
+class Secret(Resource):
+    """core/v1 Secret. ``stringData`` is write-only, as in Kubernetes: merged into ``data``."""
+
+    type: str = "Opaque"
+    data: dict[str, str] = Field(default_factory=dict)
+    string_data: dict[str, str] = Field(default_factory=dict)
+    immutable: bool | None = None
+
+    @model_validator(mode="after")
+    def _as_stored(self) -> Secret:
+        # The API server stores stringData base64-encoded in data (its keys win) and never
+        # returns stringData; an empty type is stored as Opaque.
+        if self.string_data:
+            encoded = {
+                k: base64.b64encode(v.encode()).decode() for k, v in self.string_data.items()
+            }
+            self.data = {**self.data, **encoded}
+        self.__pydantic_fields_set__.discard("string_data")
+        self.string_data = {}
+        self.__pydantic_fields_set__.discard("string_data")
+        if not self.type or "type" not in self.model_fields_set:
+            self.type = "Opaque"
+        return self
 
 
 class Gateway(Resource):

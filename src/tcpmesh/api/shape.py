@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from tcpmesh.api.validation import Finding
+from tcpmesh.api.findings import Finding
 
 _EXPECTED = {
     "int_type": "an integer",

@@ -18,8 +18,9 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from tcpmesh.api import models, names
+from tcpmesh.api import models, names, tls
 from tcpmesh.api.durations import parse_duration_ns
+from tcpmesh.api.findings import Finding, error, warning
 from tcpmesh.api.names import quote
 
 MESH_GATEWAY = "mesh"
@@ -35,19 +36,8 @@ _HTTP_PROTOCOLS = {"http", "http2", "http_proxy", "grpc", "grpc-web"}
 _PROTOCOLS = {"tcp", "udp", "mongo", "redis", "mysql"} | _TLS_PROTOCOLS | _HTTP_PROTOCOLS
 
 
-@dataclass(frozen=True)
-class Finding:
-    path: str
-    message: str
-    warning: bool = False
-
-
-def _error(path: str, message: str) -> Finding:
-    return Finding(path, message)
-
-
-def _warning(path: str, message: str) -> Finding:
-    return Finding(path, message, warning=True)
+_error = error
+_warning = warning
 
 
 def validate(resource: models.Resource) -> list[Finding]:
@@ -73,6 +63,8 @@ def validate(resource: models.Resource) -> list[Finding]:
         findings += _service(resource.spec)
     elif isinstance(resource, models.ServiceEntry):
         findings += _service_entry(resource)
+    elif isinstance(resource, models.Secret):
+        findings += tls.secret(resource)
     elif isinstance(resource, models.WorkloadEntry):
         findings += _workload_entry("spec", resource.spec, None, allow_fqdn=True)
     return list(dict.fromkeys(findings))
@@ -116,6 +108,7 @@ NUMERIC_FIELDS: dict[tuple[type[models.Model], str], IntType] = {
     (models.PortSelector, "number"): UINT32,
     (models.RouteDestination, "weight"): INT32,
     (models.L4MatchAttributes, "port"): UINT32,
+    (models.TLSMatchAttributes, "port"): UINT32,
     (models.GatewayPort, "number"): UINT32,
     (models.GatewayPort, "target_port"): UINT32,
     (models.ConsistentHashLB, "minimum_ring_size"): UINT64,
@@ -282,6 +275,8 @@ def _virtual_service(spec: models.VirtualServiceSpec) -> Iterator[Finding]:
 
     if not spec.http and not spec.tcp and not spec.tls:
         yield _error("spec", "http, tcp or tls must be provided in virtual service")
+    for i, tls_route in enumerate(spec.tls):
+        yield from _tls_route(f"spec.tls[{i}]", tls_route, spec)
     for i, route in enumerate(spec.tcp):
         yield from _tcp_route(f"spec.tcp[{i}]", route)
     yield from _unreachable_tcp_rules(spec.tcp)
@@ -329,6 +324,41 @@ def _tcp_route(path: str, route: models.TCPRoute) -> Iterator[Finding]:
             yield from _gateway_name(f"{where}.gateways[{j}]", gateway)
     if not route.route:
         yield _error(f"{path}.route", "TCP route is required")
+    yield from _route_destinations(f"{path}.route", route.route)
+    yield from _weight_split(f"{path}.route", route.route)
+
+
+def _tls_route(
+    path: str, route: models.TLSRoute | None, spec: models.VirtualServiceSpec
+) -> Iterator[Finding]:
+    """Istio's ``validateTLSRoute``: SNI hosts within the VirtualService's hosts."""
+    if route is None:
+        return
+    if not route.match:
+        yield _error(f"{path}.match", "TLS route must have at least one match condition")
+    for i, match in enumerate(route.match):
+        where = f"{path}.match[{i}]"
+        if match is None:
+            yield _error(where, "TLS match may not be null")
+            continue
+        if not match.sni_hosts:
+            yield _error(f"{where}.sniHosts", "TLS match must have at least one SNI host")
+        for j, sni in enumerate(match.sni_hosts):
+            yield from tls.sni_host(f"{where}.sniHosts[{j}]", sni, spec.hosts)
+        for j, subnet in enumerate(match.destination_subnets):
+            problem = names.validate_ip_subnet(subnet)
+            if problem:
+                yield _error(f"{where}.destinationSubnets[{j}]", problem)
+        if match.port != 0:
+            problem = names.validate_port(match.port)
+            if problem:
+                yield _error(f"{where}.port", problem)
+        for problem in names.validate_labels(match.source_labels):
+            yield _error(f"{where}.sourceLabels", problem)
+        for j, gateway in enumerate(match.gateways):
+            yield from _gateway_name(f"{where}.gateways[{j}]", gateway)
+    if not route.route:
+        yield _error(f"{path}.route", "TLS route is required")
     yield from _route_destinations(f"{path}.route", route.route)
     yield from _weight_split(f"{path}.route", route.route)
 
@@ -598,6 +628,8 @@ def _server(path: str, server: models.Server) -> Iterator[Finding]:
     yield from port_findings
     if bind and not bind.startswith("unix://") and not names.is_ip(bind):
         yield _error(f"{path}.bind", f"{bind} is not a valid IP")
+    if server.tls is not None:
+        yield from tls.server_tls(f"{path}.tls", server.tls)
     if port_findings or server.port is None:
         return  # Istio judges TLS settings only against a well-formed port
     protocol = server.port.protocol.lower()
@@ -606,7 +638,7 @@ def _server(path: str, server: models.Server) -> Iterator[Finding]:
     elif protocol not in _TLS_PROTOCOLS and server.tls is not None:
         if protocol not in _HTTP_PROTOCOLS:
             yield _error(f"{path}.tls", "server cannot have TLS settings for non HTTPS/TLS ports")
-        elif not _only_https_redirect(server.tls):
+        elif not tls.is_passthrough(server.tls) or _has_inline_certificates(server.tls):
             yield _error(f"{path}.tls", "server cannot have TLS settings for plain text HTTP ports")
 
 
@@ -644,8 +676,8 @@ def _port_text(port: models.GatewayPort) -> str:
     return " ".join(parts)
 
 
-def _only_https_redirect(tls: object) -> bool:
-    return isinstance(tls, dict) and all(not v for k, v in tls.items() if k != "httpsRedirect")
+def _has_inline_certificates(settings: models.ServerTLSSettings) -> bool:
+    return bool(settings.ca_certificates or settings.private_key or settings.server_certificate)
 
 
 # ---------------------------------------------------------------- ServiceEntry, WorkloadEntry

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import yaml
@@ -34,6 +35,8 @@ def describe_object(client: ApiClient, info: kinds.KindInfo, obj: dict[str, Any]
         f"Created:      {meta.get('creationTimestamp', '<unknown>')}",
         f"Generation:   {meta.get('generation', '<unknown>')}",
     ]
+    if obj["kind"] == "Secret":
+        lines.extend(_secret_lines(obj))
     for section in ("spec", "subsets", "status"):
         if obj.get(section):
             lines.append(f"{section.capitalize()}:")
@@ -42,6 +45,14 @@ def describe_object(client: ApiClient, info: kinds.KindInfo, obj: dict[str, Any]
         lines.append("Routing:")
         lines.extend("  " + line for line in routing_lines(client, obj))
     return "\n".join(lines) + "\n"
+
+
+def _secret_lines(obj: dict[str, Any]) -> list[str]:
+    """As kubectl describes a Secret: its type and the size of each key, never the values."""
+    lines = [f"Type:         {obj.get('type', 'Opaque')}", "Data:"]
+    for key, value in sorted((obj.get("data") or {}).items()):
+        lines.append(f"  {key}:  {len(base64.b64decode(value))} bytes")
+    return lines
 
 
 def routing_lines(client: ApiClient, obj: dict[str, Any]) -> list[str]:

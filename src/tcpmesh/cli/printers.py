@@ -374,6 +374,16 @@ def _workload_entry(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row:
     ]
 
 
+def _secret(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row:
+    """kubectl's columns: the type and how many keys, never the data itself."""
+    data = obj.get("data")
+    return [
+        str(obj.get("type") or "Opaque"),
+        str(len(data) if isinstance(data, Mapping) else 0),
+        age(_get(obj, "metadata", "creationTimestamp"), now),
+    ]
+
+
 def _age_only(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row:
     return [age(_get(obj, "metadata", "creationTimestamp"), now)]
 
@@ -396,6 +406,7 @@ _TABLES: dict[str, tuple[list[str], list[str], _Columns]] = {
         _service,
     ),
     "Endpoints": (["ENDPOINTS", "AGE"], [], _endpoints),
+    "Secret": (["TYPE", "DATA", "AGE"], [], _secret),
     "Gateway": (["AGE"], [], _age_only),
     "VirtualService": (["GATEWAYS", "HOSTS", "AGE"], [], _virtual_service),
     "DestinationRule": (["HOST", "AGE"], [], _destination_rule),
