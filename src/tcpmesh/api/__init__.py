@@ -16,11 +16,21 @@ from tcpmesh.api.limits import (
 from tcpmesh.api.names import hosts_overlap, is_ip
 from tcpmesh.api.objects import from_dict, pod_ready, to_dict, validate_object
 from tcpmesh.api.parse import load_documents, load_documents_with_warnings, load_yaml_body
+from tcpmesh.api.tls import (
+    CA_CERT_KEY,
+    TLS_CERT_KEY,
+    TLS_PRIVATE_KEY_KEY,
+    is_valid_cipher_suite,
+    secret_bytes,
+)
 from tcpmesh.api.validation import WEIGHTED_PICK_ANNOTATION, WEIGHTED_PICKS
 
 __all__ = [
+    "CA_CERT_KEY",
     "MAX_DOCUMENT_BYTES",
     "MAX_INPUT_BYTES",
+    "TLS_CERT_KEY",
+    "TLS_PRIVATE_KEY_KEY",
     "WEIGHTED_PICKS",
     "WEIGHTED_PICK_ANNOTATION",
     "InvalidInput",
@@ -28,12 +38,14 @@ __all__ = [
     "from_dict",
     "hosts_overlap",
     "is_ip",
+    "is_valid_cipher_suite",
     "load_documents",
     "load_documents_with_warnings",
     "load_json_body",
     "load_yaml_body",
     "parse_duration",
     "pod_ready",
+    "secret_bytes",
     "size_problem",
     "to_dict",
     "validate_object",

@@ -29,6 +29,7 @@ from tcpmesh.control.resources import (
 )
 from tcpmesh.control.snapshot import (
     Cluster,
+    DownstreamTls,
     Endpoint,
     L4Match,
     Listener,
@@ -53,6 +54,7 @@ __all__ = [
     "OPAQUE_TCP_PROTOCOLS",
     "Cluster",
     "ControlPlane",
+    "DownstreamTls",
     "Endpoint",
     "L4Match",
     "Listener",

@@ -14,12 +14,17 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from tcpmesh.api import (
+    CA_CERT_KEY,
+    TLS_CERT_KEY,
+    TLS_PRIVATE_KEY_KEY,
     WEIGHTED_PICK_ANNOTATION,
     hosts_overlap,
     is_ip,
+    is_valid_cipher_suite,
     models,
     parse_duration,
     pod_ready,
+    secret_bytes,
 )
 from tcpmesh.control.resources import (
     MeshResources,
@@ -35,6 +40,7 @@ from tcpmesh.control.snapshot import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     Cluster,
+    DownstreamTls,
     Endpoint,
     L4Match,
     LbPolicy,
@@ -126,41 +132,75 @@ def gateway_servers(
     exposes, HTTP-family and TLS servers get no listener and hold no port.
     """
     ports = exposed_ports(resources, node)
-    kept: dict[int, ServerPort] = {}
+    kept: dict[int, list[ServerPort]] = {}
     conflicts: list[PortConflict] = []
     for gateway in gateways_for_node(resources, node):
         for server in gateway.spec.servers:
-            if server is None or server.port is None:
-                continue
-            if server.port.protocol.upper() not in OPAQUE_TCP_PROTOCOLS or server.tls:
+            if server is None or server.port is None or server_kind(server) is None:
                 continue
             number = server.port.number
             listen_port = ports.get(number)
             if listen_port is None:
                 continue
             candidate = ServerPort(gateway, server, number, listen_port)
-            holder = kept.get(listen_port)
-            if holder is None:
-                kept[listen_port] = candidate
+            group = kept.setdefault(listen_port, [])
+            # TLS servers share a port (mergeGateways: one filter chain per SNI match);
+            # a plain TCP server holds its port alone.
+            if not group or _shares_port(group[0], candidate):
+                group.append(candidate)
             else:
-                conflicts.append(PortConflict(holder, candidate))
-    return list(kept.values()), conflicts
+                conflicts.append(PortConflict(group[0], candidate))
+    return [entry for group in kept.values() for entry in group], conflicts
+
+
+def server_kind(server: models.Server) -> str | None:
+    """How a gateway server is served at L4: "tcp", "tls" (SNI-routed), or None (not at all).
+
+    ``tls`` covers PASSTHROUGH (TLS or HTTPS port: routed by the ClientHello's SNI to the
+    VirtualService's ``tls`` rules) and SIMPLE/MUTUAL on a TLS port (terminated, then the
+    ``tcp`` rules). Terminating HTTPS needs an HTTP connection manager; AUTO_PASSTHROUGH
+    routes by Istio's generated ``outbound_.<port>_.<subset>_.<host>`` names, which only
+    multi-cluster east-west gateways use; ISTIO_MUTUAL is the mesh's own mTLS: none of
+    these has an L4 meaning in tcpmesh.
+    """
+    assert server.port is not None
+    protocol = server.port.protocol.upper()
+    if server.tls is None:
+        return "tcp" if protocol in OPAQUE_TCP_PROTOCOLS else None
+    mode = server.tls.mode
+    if protocol in ("TLS", "HTTPS") and mode == "PASSTHROUGH":
+        return "tls"
+    if protocol == "TLS" and mode in TERMINATING_MODES:
+        return "tls"
+    return None
+
+
+def _shares_port(holder: ServerPort, candidate: ServerPort) -> bool:
+    return server_kind(holder.server) == server_kind(candidate.server) == "tls"
 
 
 def _build_listeners(resources: MeshResources, node: ProxyNode) -> Iterable[Listener]:
     servers, _ = gateway_servers(resources, node)
+    by_port: dict[int, list[ServerPort]] = {}
     for entry in servers:
-        route = _gateway_route(
-            resources, node, entry.gateway, entry.gateway_name, entry.server, entry.number
-        )
-        if route is None:
+        by_port.setdefault(entry.listen_port, []).append(entry)
+    for group in by_port.values():
+        first = group[0]
+        if server_kind(first.server) == "tls":
+            routes = tuple(_tls_listener_routes(resources, node, group))
+        else:
+            route = _gateway_route(
+                resources, node, first.gateway, first.gateway_name, first.server, first.number
+            )
+            routes = (route,) if route is not None else ()
+        if not routes:
             continue  # "listener missed network filter": nothing listens on the port
         yield Listener(
-            name=f"0.0.0.0_{entry.number}",
+            name=f"0.0.0.0_{first.number}",
             address=node.address,
-            port=entry.listen_port,
-            routes=(route,),
-            gateway=entry.gateway_name,
+            port=first.listen_port,
+            routes=routes,
+            gateway=first.gateway_name,
         )
 
 
@@ -243,9 +283,11 @@ def _tcp_route(
     resources: MeshResources,
     vs: models.VirtualService,
     index: int,
-    rule: models.TCPRoute,
+    rule: models.TCPRoute | models.TLSRoute,
     listener_port: int,
+    section: str = "tcp",
 ) -> TcpRoute:
+    """buildOutboundNetworkFilters: the weighted tcp_proxy of a ``tcp`` or ``tls`` rule."""
     entries = [r for r in rule.route if r is not None and r.destination is not None]
     named = [
         (_destination_for(resources, r.destination, vs.namespace, listener_port), r.weight)
@@ -262,7 +304,7 @@ def _tcp_route(
     tcp, hash_by_source_ip = _route_policy(resources, first, vs.namespace)
     return TcpRoute(
         destinations=destinations,
-        origin=RouteOrigin("VirtualService", vs.namespace, vs.name, index),
+        origin=RouteOrigin("VirtualService", vs.namespace, vs.name, index, section),
         stat_prefix=stat_prefix,
         match=L4Match(),
         idle_timeout=_idle_timeout(tcp),
@@ -270,6 +312,143 @@ def _tcp_route(
         hash_policy="source_ip" if hash_by_source_ip else None,
         weighted_pick=_weighted_pick(vs),
     )
+
+
+# ---------------------------------------------------------------- TLS servers
+#
+# istio/istio pilot/pkg/networking/core/gateway.go: buildGatewayNetworkFiltersFromTLSRoutes
+# (PASSTHROUGH: one filter chain per matching ``tls`` match, SNI hosts deduplicated, the
+# first claim wins) and createGatewayTCPFilterChainOpts (SIMPLE/MUTUAL on a TLS port: the
+# server's hosts become the SNI match, the ``tcp`` rules route the plaintext).
+
+# OPTIONAL_MUTUAL (a client certificate checked only when sent) is not served yet.
+TERMINATING_MODES = ("SIMPLE", "MUTUAL")
+_ENVOY_TLS_VERSIONS = {
+    "TLSV1_0": "TLSv1_0",
+    "TLSV1_1": "TLSv1_1",
+    "TLSV1_2": "TLSv1_2",
+    "TLSV1_3": "TLSv1_3",
+}
+
+
+def _tls_listener_routes(
+    resources: MeshResources, node: ProxyNode, group: Sequence[ServerPort]
+) -> Iterator[TcpRoute]:
+    """The filter chains of one TLS port, servers in order; an SNI name is claimed once."""
+    taken: set[str] = set()
+    for entry in group:
+        assert entry.server.tls is not None
+        if entry.server.tls.mode == "PASSTHROUGH":
+            candidates = list(_passthrough_routes(resources, node, entry))
+        else:
+            route = _terminating_route(resources, node, entry)
+            candidates = [route] if route is not None else []
+        for route in candidates:
+            names = set(route.match.server_names) or {"*"}
+            if names & taken:
+                continue  # Istio: "skipping ... duplicate SNI host names" (rejected config)
+            taken |= names
+            yield route
+
+
+def _passthrough_routes(
+    resources: MeshResources, node: ProxyNode, entry: ServerPort
+) -> Iterator[TcpRoute]:
+    server_hosts = [_server_host(h, entry.gateway.namespace) for h in entry.server.hosts]
+    for vs in virtual_services_for_gateway(resources, node, entry.gateway_name):
+        if not _vs_matches_server_hosts(vs, server_hosts):
+            continue
+        for index, rule in enumerate(vs.spec.tls):
+            if rule is None or not rule.route:
+                continue
+            for match in rule.match:
+                # l4SingleMatch: only port and gateways count on a gateway.
+                if match is None or match.port not in (0, entry.number):
+                    continue
+                gateways = {resolve_gateway_name(g, vs.namespace) for g in match.gateways}
+                if gateways and entry.gateway_name not in gateways:
+                    continue
+                route = _tcp_route(resources, vs, index, rule, entry.number, "tls")
+                names = server_names(match.sni_hosts)
+                yield dataclasses.replace(route, match=L4Match(server_names=names))
+
+
+def server_names(hosts: Iterable[str]) -> tuple[str, ...]:
+    """SNI hosts as Envoy's ``server_names``: lowercase; a ``*`` among them matches all."""
+    names = tuple(dict.fromkeys(h.lower() for h in hosts))
+    return () if "*" in names else names
+
+
+def _terminating_route(
+    resources: MeshResources, node: ProxyNode, entry: ServerPort
+) -> TcpRoute | None:
+    route = _gateway_route(
+        resources, node, entry.gateway, entry.gateway_name, entry.server, entry.number
+    )
+    settings = entry.server.tls
+    if route is None or settings is None:
+        return None
+    tls = downstream_tls(resources, node, settings)
+    if tls is None:
+        # Istio's gateway waits for a credential SDS never delivers: nothing is served.
+        return None
+    names = server_names(_server_host(h, entry.gateway.namespace)[1] for h in entry.server.hosts)
+    return dataclasses.replace(route, match=L4Match(server_names=names), tls=tls)
+
+
+def downstream_tls(
+    resources: MeshResources, node: ProxyNode, settings: models.ServerTLSSettings
+) -> DownstreamTls | None:
+    """The certificate of a terminating server, from ``credentialName`` in the gateway's
+    namespace (Istio's credential lookup: ``tls.crt``/``tls.key``, the client CA in
+    ``ca.crt`` or in the Secret ``<name>-cacert``). None when it is missing or unusable;
+    file-path certificates (``serverCertificate``) are files of Istio's gateway pods and
+    have no meaning here."""
+    if not settings.credential_name:
+        return None
+    secret = find_secret(resources, node.namespace, settings.credential_name)
+    if secret is None:
+        return None
+    chain = _pem(secret, TLS_CERT_KEY, "CERTIFICATE")
+    key = _pem(secret, TLS_PRIVATE_KEY_KEY, "PRIVATE KEY")
+    if chain is None or key is None:
+        return None
+    ca = ""
+    if settings.mode == "MUTUAL":
+        ca_secret = find_secret(resources, node.namespace, f"{settings.credential_name}-cacert")
+        ca = (
+            _pem(secret, CA_CERT_KEY, "CERTIFICATE")
+            or (_pem(ca_secret, CA_CERT_KEY, "CERTIFICATE") if ca_secret else None)
+            or ""
+        )
+        if not ca:
+            return None  # MUTUAL without a client CA cannot verify anyone
+    suites = tuple(dict.fromkeys(c for c in settings.cipher_suites if is_valid_cipher_suite(c)))
+    return DownstreamTls(
+        secret=f"{secret.namespace}/{secret.name}",
+        certificate_chain=chain,
+        private_key=key,
+        ca_certificates=ca,
+        min_protocol_version=_ENVOY_TLS_VERSIONS.get(settings.min_protocol_version, ""),
+        max_protocol_version=_ENVOY_TLS_VERSIONS.get(settings.max_protocol_version, ""),
+        cipher_suites=suites,
+    )
+
+
+def find_secret(resources: MeshResources, namespace: str, name: str) -> models.Secret | None:
+    return next((s for s in resources.secrets if s.namespace == namespace and s.name == name), None)
+
+
+def _pem(secret: models.Secret, key: str, label: str) -> str | None:
+    """A PEM value of the Secret, if it holds one with ``label`` (decoded, ASCII)."""
+    try:
+        raw = secret_bytes(secret.data, key)
+        text = raw.decode("ascii") if raw is not None else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if text is None or (f"-----BEGIN {label}" not in text and f" {label}-----" not in text):
+        return None
+    return text
 
 
 def _weighted_pick(vs: models.VirtualService) -> WeightedPick:

@@ -45,6 +45,7 @@ WATCHED_KINDS = (
     "DestinationRule",
     "ServiceEntry",
     "WorkloadEntry",
+    "Secret",
 )
 # After a failed watch (not Expired, which relists at once), wait this long before the next.
 WATCH_RETRY_DELAY = 1.0

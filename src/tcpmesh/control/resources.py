@@ -51,6 +51,8 @@ class MeshResources:
     destination_rules: tuple[models.DestinationRule, ...] = ()
     service_entries: tuple[models.ServiceEntry, ...] = ()
     workload_entries: tuple[models.WorkloadEntry, ...] = ()
+    # Certificates of gateways that terminate TLS (credentialName).
+    secrets: tuple[models.Secret, ...] = ()
     # Host name → IPv4 addresses, looked up by the control plane for DNS ServiceEntries so
     # that building stays pure; a name missing here has no endpoints yet.
     dns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -81,6 +83,7 @@ class MeshResources:
             models.DestinationRule: [],
             models.ServiceEntry: [],
             models.WorkloadEntry: [],
+            models.Secret: [],
         }
         for resource in resources:
             bucket = buckets.get(type(resource))
@@ -95,6 +98,7 @@ class MeshResources:
             destination_rules=tuple(buckets[models.DestinationRule]),
             service_entries=tuple(buckets[models.ServiceEntry]),
             workload_entries=tuple(buckets[models.WorkloadEntry]),
+            secrets=tuple(buckets[models.Secret]),
             dns=dict(dns or {}),
         )
 

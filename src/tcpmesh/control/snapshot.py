@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -144,10 +145,32 @@ class WeightedPick(StrEnum):
 class L4Match:
     """Match criteria decided per connection (everything else was decided at build time).
 
-    An empty tuple matches every destination address.
+    An empty tuple matches every destination address. ``server_names`` are the SNI names
+    (lowercase; exact, or ``*.suffix`` for any name under the suffix) of Envoy's
+    ``filter_chain_match.server_names``: empty matches every connection, TLS or not.
     """
 
     destination_subnets: tuple[str, ...] = ()
+    server_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DownstreamTls:
+    """TLS the gateway terminates before the route relays plaintext (Istio SIMPLE, MUTUAL).
+
+    Certificate material travels in the Snapshot, so a replaced Secret is a new Snapshot:
+    new handshakes get the new certificate, sessions already open keep theirs.
+    ``ca_certificates`` set means client certificates are required and checked (MUTUAL).
+    Protocol versions use Envoy's names (``TLSv1_2``); empty means the data plane's default.
+    """
+
+    secret: str  # "namespace/name" of the kubernetes.io/tls Secret; Envoy's SDS name
+    certificate_chain: str = field(repr=False)
+    private_key: str = field(repr=False)
+    ca_certificates: str = field(default="", repr=False)
+    min_protocol_version: str = ""
+    max_protocol_version: str = ""
+    cipher_suites: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -162,9 +185,11 @@ class RouteOrigin:
     namespace: str
     name: str
     rule: int
+    # The list the rule is in: "tcp", or "tls" for a VirtualService's SNI rules.
+    section: str = "tcp"
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.namespace}/{self.name} tcp[{self.rule}]"
+        return f"{self.kind} {self.namespace}/{self.name} {self.section}[{self.rule}]"
 
 
 @dataclass(frozen=True)
@@ -178,6 +203,8 @@ class TcpRoute:
     max_connection_duration: float | None = None
     hash_policy: Literal["source_ip"] | None = None
     weighted_pick: WeightedPick = WeightedPick.SMOOTH
+    # Set: the gateway terminates TLS and the route relays the plaintext.
+    tls: DownstreamTls | None = None
 
     @property
     def source(self) -> str:
@@ -193,6 +220,11 @@ class Listener:
     routes: tuple[TcpRoute, ...]
     # "namespace/name" of the Gateway whose server opened this port.
     gateway: str = ""
+
+    @property
+    def reads_client_hello(self) -> bool:
+        """Whether a connection's route depends on its ClientHello (Envoy's tls_inspector)."""
+        return any(r.match.server_names or r.tls is not None for r in self.routes)
 
 
 @dataclass(frozen=True)
@@ -275,6 +307,13 @@ class SnapshotSource(Protocol):
         ...
 
 
+_SERVER_NAME = re.compile(r"(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _server_name_ok(name: str) -> bool:
+    return _SERVER_NAME.fullmatch(name) is not None
+
+
 def _port_ok(port: int) -> bool:
     return 1 <= port <= 65535
 
@@ -339,8 +378,21 @@ def _route_problems(lst: Listener, clusters: dict[str, Cluster]) -> list[str]:
     A destination naming no cluster is deliberate (its share closes with NC); it still
     says which service, subset and port it was meant for."""
     problems: list[str] = []
+    matchers: dict[tuple[frozenset[str], frozenset[str]], int] = {}
     for index, route in enumerate(lst.routes):
         where = f"listener {lst.name} route {index} ({route.origin})"
+        # Envoy rejects a listener whose filter chains share a matcher; so must we.
+        matcher = (frozenset(route.match.destination_subnets), frozenset(route.match.server_names))
+        if matcher in matchers:
+            problems.append(f"{where} has the same match as route {matchers[matcher]}")
+        matchers.setdefault(matcher, index)
+        problems += [
+            f"{where} has server name {name!r}, not a lowercase (wildcard) DNS name"
+            for name in route.match.server_names
+            if not _server_name_ok(name)
+        ]
+        if route.tls is not None and not (route.tls.certificate_chain and route.tls.private_key):
+            problems.append(f"{where} terminates TLS without a certificate and key")
         if not route.destinations:
             problems.append(f"{where} has no destination")
         if not route.stat_prefix:
@@ -367,17 +419,27 @@ def _listener_from_dict(d: dict[str, Any]) -> Listener:
             destinations=tuple(WeightedCluster(**w) for w in r["destinations"]),
             origin=RouteOrigin(**r["origin"]),
             stat_prefix=r["stat_prefix"],
-            match=L4Match(destination_subnets=tuple(r["match"]["destination_subnets"])),
+            match=L4Match(
+                destination_subnets=tuple(r["match"]["destination_subnets"]),
+                server_names=tuple(r["match"].get("server_names", ())),
+            ),
             idle_timeout=r["idle_timeout"],
             max_connection_duration=r["max_connection_duration"],
             hash_policy=r["hash_policy"],
             weighted_pick=WeightedPick(r["weighted_pick"]),
+            tls=_tls_from_dict(r.get("tls")),
         )
         for r in d["routes"]
     )
     return Listener(
         name=d["name"], address=d["address"], port=d["port"], routes=routes, gateway=d["gateway"]
     )
+
+
+def _tls_from_dict(d: dict[str, Any] | None) -> DownstreamTls | None:
+    if d is None:
+        return None
+    return DownstreamTls(**{**d, "cipher_suites": tuple(d["cipher_suites"])})
 
 
 def _cluster_from_dict(d: dict[str, Any]) -> Cluster:

@@ -28,6 +28,7 @@ import functools
 import logging
 import random
 import socket
+import ssl
 import time
 from collections.abc import Callable
 
@@ -42,6 +43,8 @@ from tcpmesh.control import (
 )
 from tcpmesh.dataplane.accesslog import AccessLogRecord, AccessLogSink, StreamAccessLog
 from tcpmesh.dataplane.balancer import LoadBalancer, SmoothWeighted, pick_weighted
+from tcpmesh.dataplane.clienthello import Outcome, Peek
+from tcpmesh.dataplane.inspect import PEEK_TIMEOUT, TlsContexts, peek_client_hello
 from tcpmesh.dataplane.pump import DEFAULT_HIGH_WATER, DOWNSTREAM, UPSTREAM, Relay, Termination
 from tcpmesh.dataplane.routing import Decision, decide, match_route
 from tcpmesh.dataplane.stats import NO_FLAGS, ClusterStat, ProxyStats, TcpProxyStat
@@ -101,11 +104,18 @@ def _bind(address: str, port: int) -> socket.socket:
 
 
 class _ListenSocket:
-    """One bound address:port; a bind failure is retried with back-off until closed."""
+    """One bound address:port; a bind failure is retried with back-off until closed.
 
-    def __init__(self, proxy: Proxy, key: ListenerKey) -> None:
+    ``inspect``: the listener's routes depend on the ClientHello, so connections are
+    accepted here and peeked at (:mod:`tcpmesh.dataplane.inspect`) before a transport
+    takes them; otherwise the event loop accepts them straight into a relay.
+    """
+
+    def __init__(self, proxy: Proxy, key: ListenerKey, inspect: bool = False) -> None:
         self._proxy = proxy
         self.key = key
+        self.inspect = inspect
+        self._accepting: asyncio.Task[None] | None = None
         self.server: asyncio.AbstractServer | None = None
         self.sockname: tuple[str, int] | None = None
         self.first_attempt = asyncio.Event()
@@ -130,6 +140,11 @@ class _ListenSocket:
                 delay = min(delay * 2, max_delay)
                 continue
             self.sockname = sock.getsockname()[:2]
+            if self.inspect:
+                self._accepting = loop.create_task(self._accept(sock))
+                log.info("listening on %s:%d (reading ClientHellos)", address, self.sockname[1])
+                self.first_attempt.set()
+                return
             try:
                 server = await loop.create_server(
                     functools.partial(_Connection, self._proxy, self.key),
@@ -150,12 +165,33 @@ class _ListenSocket:
             self.first_attempt.set()
             return
 
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._closed:
+                try:
+                    conn, _ = await loop.sock_accept(sock)
+                except OSError as exc:
+                    log.warning("accept on %s:%d failed: %s", *self.key, exc)
+                    await asyncio.sleep(0.05)
+                    continue
+                conn.setblocking(False)
+                self._proxy.inspect(self.key, conn)
+        finally:
+            sock.close()
+
+    @property
+    def bound(self) -> bool:
+        return self.server is not None or self._accepting is not None
+
     def close(self) -> None:
         self._closed = True
         self._task.cancel()
         self.first_attempt.set()
         if self.server is not None:
             self.server.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
 
 
 class Proxy:
@@ -170,6 +206,7 @@ class Proxy:
         high_water: int = DEFAULT_HIGH_WATER,
         clock: Callable[[], float] = time.monotonic,
         bind_retry: tuple[float, float] = (0.5, 5.0),
+        client_hello_timeout: float = PEEK_TIMEOUT,
     ) -> None:
         self.rng = rng if rng is not None else random.Random()
         self.balancer = LoadBalancer(self.rng, clock)
@@ -187,6 +224,9 @@ class Proxy:
         self._route_pickers: dict[int, SmoothWeighted] = {}
         self._sweep_interval = SWEEP_MAX
         self._sweep_handle: asyncio.TimerHandle | None = None
+        self.tls_contexts = TlsContexts()
+        self.client_hello_timeout = client_hello_timeout
+        self._inspecting: set[asyncio.Task[None]] = set()
 
     @property
     def snapshot(self) -> Snapshot:
@@ -200,9 +240,18 @@ class Proxy:
         for key in [k for k in self._listeners if k not in state.listeners]:
             self._listeners.pop(key).close()
             log.info("closed listener %s:%d", *key)
-        for key in state.listeners:
-            if key not in self._listeners:
-                self._listeners[key] = _ListenSocket(self, key)
+        for key, plan in state.listeners.items():
+            inspect = plan.listener.reads_client_hello
+            current = self._listeners.get(key)
+            if current is None or current.inspect != inspect:
+                # SO_REUSEPORT: the new socket is bound before the old one closes, so a
+                # listener that starts or stops reading ClientHellos keeps its port.
+                self._listeners[key] = _ListenSocket(self, key, inspect)
+                if current is not None:
+                    current.close()
+        self.tls_contexts.retain(
+            {r.tls for p in state.listeners.values() for r in p.listener.routes if r.tls}
+        )
         loop = asyncio.get_running_loop()
         if self._stats_task is None:
             self._stats_task = loop.create_task(self._report_stats())
@@ -246,7 +295,49 @@ class Proxy:
 
     def bound_address(self, address: str, port: int) -> tuple[str, int] | None:
         lst = self._listeners.get((address, port))
-        return lst.sockname if lst is not None and lst.server is not None else None
+        return lst.sockname if lst is not None and lst.bound else None
+
+    def inspect(self, key: ListenerKey, conn: socket.socket) -> None:
+        """Route an accepted connection by its ClientHello, then hand it to a relay."""
+        task = asyncio.get_running_loop().create_task(self._inspect(key, conn))
+        self._inspecting.add(task)
+        task.add_done_callback(self._inspecting.discard)
+
+    async def _inspect(self, key: ListenerKey, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            peek = await peek_client_hello(conn, timeout=self.client_hello_timeout)
+            route, context = self._route_by_hello(key, conn, peek)
+            factory = functools.partial(_Connection, self, key, (route,))
+            if context is None:
+                await loop.connect_accepted_socket(factory, sock=conn)
+            else:
+                await loop.connect_accepted_socket(
+                    factory, sock=conn, ssl=context, ssl_handshake_timeout=self.client_hello_timeout
+                )
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            # A failed TLS handshake: the client never reached a route (Envoy counts it
+            # on the listener's ssl.connection_error).
+            log.debug("TLS handshake on %s:%d failed: %s", *key, exc)
+            conn.close()
+        except BaseException:
+            conn.close()
+            raise
+
+    def _route_by_hello(
+        self, key: ListenerKey, conn: socket.socket, peek: Peek
+    ) -> tuple[TcpRoute | None, ssl.SSLContext | None]:
+        """The route a peeked connection takes (None: closed with NR), and its TLS context."""
+        plan = self._state.listeners.get(key)
+        if plan is None or peek.outcome in (Outcome.NEED_MORE, Outcome.TOO_LARGE):
+            return None, None  # Envoy's inspector closes these before any filter chain
+        local = conn.getsockname()
+        route = match_route(plan.listener, local[0], peek.server_name)
+        if route is None or route.tls is None:
+            return route, None
+        context = self.tls_contexts.get(route.tls)
+        # A certificate that cannot be loaded serves nobody (Envoy: warming listener).
+        return (route, context) if context is not None else (None, None)
 
     @property
     def connection_count(self) -> int:
@@ -264,6 +355,8 @@ class Proxy:
             deadline = time.monotonic() + grace
             while self._connections and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
+        for task in list(self._inspecting):
+            task.cancel()
         for conn in list(self._connections):
             conn.abort()
         for _ in range(40):
@@ -361,6 +454,7 @@ class _Connection(Relay):
     __slots__ = (
         "_activity_at",
         "_activity_seen",
+        "_chosen",
         "_connect_failed",
         "_decision",
         "_dest",
@@ -375,10 +469,14 @@ class _Connection(Relay):
         "_upstream_open",
     )
 
-    def __init__(self, proxy: Proxy, key: ListenerKey) -> None:
+    def __init__(
+        self, proxy: Proxy, key: ListenerKey, chosen: tuple[TcpRoute | None] | None = None
+    ) -> None:
         super().__init__(asyncio.get_running_loop(), proxy.high_water)
         self._proxy = proxy
         self._key = key
+        # The route already chosen from the ClientHello, for connections that were peeked.
+        self._chosen = chosen
         self._decision = _NO_DECISION
         self._connect_failed = False
         self._upstream_open = False
@@ -402,8 +500,11 @@ class _Connection(Relay):
         local = self._local = transport.get_extra_info("sockname")
         peer = self._peer = transport.get_extra_info("peername")
         plan = state.listeners.get(self._key)
-        if plan is not None and plan.only_route is not None:
-            route: TcpRoute | None = plan.only_route
+        route: TcpRoute | None
+        if self._chosen is not None:
+            route = self._chosen[0]
+        elif plan is not None and plan.only_route is not None:
+            route = plan.only_route
         else:
             local_ip = local[0] if isinstance(local, tuple) else ""
             route = match_route(plan.listener, local_ip) if plan is not None else None

@@ -90,6 +90,11 @@ _libc_shutdown = _find_libc_shutdown()
 
 def shutdown_write(transport: asyncio.BaseTransport) -> None:
     """Send FIN on the transport's socket, bypassing the loop's own shutdown request."""
+    if transport.get_extra_info("ssl_object") is not None:
+        # A TLS session the proxy terminated: a bare FIN under it would cut the session
+        # without close_notify. Closing sends close_notify once the buffer is flushed.
+        transport.close()
+        return
     sock = transport.get_extra_info("socket")
     if sock is None:
         writer = cast(asyncio.WriteTransport, transport)

@@ -52,9 +52,41 @@ def route_matches(route: TcpRoute, local_ip: str) -> bool:
     return False
 
 
-def match_route(listener: Listener, local_ip: str) -> TcpRoute | None:
-    """The listener's first route whose match fits the address the client connected to."""
-    return next((r for r in listener.routes if route_matches(r, local_ip)), None)
+def match_route(
+    listener: Listener, local_ip: str, server_name: str | None = None
+) -> TcpRoute | None:
+    """The route whose match fits the connection, chosen as Envoy chooses a filter chain.
+
+    Among the routes that fit the address the client connected to, the SNI decides as in
+    Envoy's ``server_names`` match: an exact name beats the longest matching ``*.suffix``,
+    which beats a route without server names; without SNI only the latter can match.
+    Ties keep the listener's order (the control plane allows no duplicate matchers).
+    """
+    best: TcpRoute | None = None
+    best_rank = -1
+    for route in listener.routes:
+        if not route_matches(route, local_ip):
+            continue
+        rank = server_name_rank(route.match.server_names, server_name)
+        if rank > best_rank:
+            best, best_rank = route, rank
+    return best
+
+
+def server_name_rank(names: tuple[str, ...], server_name: str | None) -> int:
+    """How specifically ``names`` match ``server_name``: -1 not at all, 0 catch-all, more
+    for a longer wildcard suffix, highest for the exact name."""
+    if not names:
+        return 0
+    if server_name is None:
+        return -1
+    rank = -1
+    for name in names:
+        if name == server_name:
+            return 1 << 16
+        if name.startswith("*.") and server_name.endswith(name[1:]):
+            rank = max(rank, len(name))
+    return rank
 
 
 class Decision(NamedTuple):

@@ -43,7 +43,9 @@ from envoy.config.core.v3 import extension_pb2  # noqa: F401
 from envoy.config.endpoint.v3 import endpoint_pb2  # noqa: F401
 from envoy.config.listener.v3 import listener_pb2  # noqa: F401
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2  # noqa: F401
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2, json_format
 
@@ -54,6 +56,7 @@ from tcpmesh.xds.translate import (
     EXTENSION_CONFIG_TYPE,
     LISTENER_TYPE,
     PUSH_ORDER,
+    SECRET_TYPE,
     SHORT_NAMES,
     EnvoyConfig,
     Resource,
@@ -323,9 +326,9 @@ class _Stream:
         # EDS arrived: clusters and endpoints go out together.
         steps = [
             [staged(CLUSTER_TYPE), staged(ENDPOINT_TYPE)],
-            [staged(EXTENSION_CONFIG_TYPE)],
+            [staged(SECRET_TYPE), staged(EXTENSION_CONFIG_TYPE)],
             [final(LISTENER_TYPE)],
-            [final(EXTENSION_CONFIG_TYPE)],
+            [final(EXTENSION_CONFIG_TYPE), final(SECRET_TYPE)],
             [final(CLUSTER_TYPE), final(ENDPOINT_TYPE)],
         ]
         for step in steps:

@@ -46,7 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tcpmesh.control import Cluster, Listener, Snapshot, TcpRoute, WeightedPick
+from tcpmesh.control import Cluster, DownstreamTls, Listener, Snapshot, TcpRoute, WeightedPick
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -54,16 +54,24 @@ ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignm
 EXTENSION_CONFIG_TYPE = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 STDOUT_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+TLS_INSPECTOR_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+)
+DOWNSTREAM_TLS_TYPE = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+)
 
 # The order of a push: clusters before their endpoints, before the filters that route to
 # them, before the listeners that use the filters (make-before-break).
-PUSH_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, EXTENSION_CONFIG_TYPE, LISTENER_TYPE)
+PUSH_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE, EXTENSION_CONFIG_TYPE, LISTENER_TYPE)
 
 SHORT_NAMES = {
     LISTENER_TYPE: "LDS",
     CLUSTER_TYPE: "CDS",
     ENDPOINT_TYPE: "EDS",
     EXTENSION_CONFIG_TYPE: "ECDS",
+    SECRET_TYPE: "SDS",
 }
 
 # The built-in proxy's access log line (tcpmesh.dataplane.accesslog), so both data
@@ -128,6 +136,7 @@ def filter_name(listener: Listener, index: int) -> str:
 def translate(snapshot: Snapshot) -> EnvoyConfig:
     listeners: dict[str, Resource] = {}
     filters: dict[str, Resource] = {}
+    secrets: dict[str, Resource] = {}
     for listener in snapshot.listeners:
         listeners[listener.name] = listener_resource(listener)
         for index, route in enumerate(listener.routes):
@@ -137,15 +146,72 @@ def translate(snapshot: Snapshot) -> EnvoyConfig:
                 "name": name,
                 "typed_config": tcp_proxy_config(route),
             }
+            if route.tls is not None:
+                secrets.update(secret_resources(route.tls))
     return EnvoyConfig(
         snapshot.version,
         {
             CLUSTER_TYPE: {c.name: cluster_resource(c) for c in snapshot.clusters},
             ENDPOINT_TYPE: {c.name: load_assignment(c) for c in snapshot.clusters},
+            SECRET_TYPE: secrets,
             EXTENSION_CONFIG_TYPE: filters,
             LISTENER_TYPE: listeners,
         },
     )
+
+
+# How terminating routes get their certificates: by SDS, never inline. An inline
+# certificate would be part of the Listener, so replacing a Secret would change the filter
+# chain and Envoy would drain (and then cut) every open TLS session on it. With SDS the
+# listener names the secret only; a new certificate is an SDS update that new handshakes
+# use, while open sessions keep theirs. Names are Istio's: ``kubernetes://<name>`` for
+# the certificate, ``kubernetes://<name>-cacert`` for the client CA.
+
+
+def secret_names(tls: DownstreamTls) -> tuple[str, str]:
+    namespace, _, name = tls.secret.partition("/")
+    base = f"kubernetes://{namespace}/{name}"
+    return base, f"{base}-cacert"
+
+
+def secret_resources(tls: DownstreamTls) -> dict[str, Resource]:
+    certificate, ca = secret_names(tls)
+    out = {
+        certificate: {
+            "@type": SECRET_TYPE,
+            "name": certificate,
+            "tls_certificate": {
+                "certificate_chain": {"inline_string": tls.certificate_chain},
+                "private_key": {"inline_string": tls.private_key},
+            },
+        }
+    }
+    if tls.ca_certificates:
+        out[ca] = {
+            "@type": SECRET_TYPE,
+            "name": ca,
+            "validation_context": {"trusted_ca": {"inline_string": tls.ca_certificates}},
+        }
+    return out
+
+
+def downstream_tls_context(tls: DownstreamTls) -> Resource:
+    certificate, ca = secret_names(tls)
+    common: Resource = {
+        "tls_certificate_sds_secret_configs": [{"name": certificate, "sds_config": ADS_SOURCE}],
+    }
+    params: Resource = {"tls_minimum_protocol_version": tls.min_protocol_version or "TLSv1_2"}
+    if tls.max_protocol_version:
+        params["tls_maximum_protocol_version"] = tls.max_protocol_version
+    if tls.cipher_suites:
+        params["cipher_suites"] = list(tls.cipher_suites)
+    common["tls_params"] = params
+    if tls.ca_certificates:
+        common["validation_context_sds_secret_config"] = {"name": ca, "sds_config": ADS_SOURCE}
+    context: Resource = {"@type": DOWNSTREAM_TLS_TYPE, "common_tls_context": common}
+    if tls.ca_certificates:
+        context["require_client_certificate"] = True
+    return context
 
 
 def listener_resource(listener: Listener) -> Resource:
@@ -163,17 +229,38 @@ def listener_resource(listener: Listener) -> Resource:
                 }
             ],
         }
+        match: Resource = {}
         if route.match.destination_subnets:
-            chain["filter_chain_match"] = {
-                "prefix_ranges": [_cidr(s) for s in route.match.destination_subnets]
+            match["prefix_ranges"] = [_cidr(s) for s in route.match.destination_subnets]
+        if route.match.server_names:
+            match["server_names"] = list(route.match.server_names)
+        if match:
+            chain["filter_chain_match"] = match
+        if route.tls is not None:
+            chain["transport_socket"] = {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": downstream_tls_context(route.tls),
             }
         chains.append(chain)
-    return {
+    resource: Resource = {
         "@type": LISTENER_TYPE,
         "name": listener.name,
         "address": {"socket_address": {"address": listener.address, "port_value": listener.port}},
         "filter_chains": chains,
     }
+    if listener.reads_client_hello:
+        # The SNI match needs the ClientHello; Envoy's inspector closes a connection that
+        # does not finish one within listener_filters_timeout (15 s), as the proxy does.
+        resource["listener_filters"] = [
+            {
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {"@type": TLS_INSPECTOR_TYPE},
+            }
+        ]
+        # A connection no filter chain matches (unknown SNI) is logged by the listener,
+        # with NR, as the built-in proxy logs it.
+        resource["access_log"] = access_log()
+    return resource
 
 
 def _cidr(subnet: str) -> Resource:
@@ -183,21 +270,25 @@ def _cidr(subnet: str) -> Resource:
     return {"address_prefix": address, "prefix_len": int(length)}
 
 
+def access_log() -> list[Resource]:
+    return [
+        {
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": {
+                "@type": STDOUT_LOG_TYPE,
+                "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}},
+            },
+        }
+    ]
+
+
 def tcp_proxy_config(route: TcpRoute) -> Resource:
     config: Resource = {
         "@type": TCP_PROXY_TYPE,
         "stat_prefix": route.stat_prefix,
         # None disables the idle timeout, which Envoy spells 0s; unset would mean 1h.
         "idle_timeout": duration(route.idle_timeout or 0.0),
-        "access_log": [
-            {
-                "name": "envoy.access_loggers.stdout",
-                "typed_config": {
-                    "@type": STDOUT_LOG_TYPE,
-                    "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}},
-                },
-            }
-        ],
+        "access_log": access_log(),
     }
     if len(route.destinations) == 1:
         config["cluster"] = route.destinations[0].cluster_name
