@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tcpmesh.analysis import analyze
 from tcpmesh.control import (
     DownstreamTls,
     L4Match,
@@ -353,3 +354,50 @@ def test_a_new_certificate_changes_the_secret_not_the_listener() -> None:
     listeners = "type.googleapis.com/envoy.config.listener.v3.Listener"
     assert before.of(listeners) == after.of(listeners)
     assert before.of(SECRET_TYPE) != after.of(SECRET_TYPE)
+
+
+# ---------------------------------------------------------------- analyze
+
+
+def gateway_pod() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            **meta("istio-ingressgateway-x", "istio-system"),
+            "labels": {"istio": "ingressgateway"},
+        },
+        "spec": {"containers": [{"name": "istio-proxy", "image": "istio/proxyv2"}]},
+    }
+
+
+def analysis_codes(*objects: dict[str, Any]) -> list[tuple[str, str]]:
+    gateway_svc = service(
+        "istio-ingressgateway", 443, "istio-system", selector={"istio": "ingressgateway"}
+    )
+    messages = analyze([gateway_svc, gateway_pod(), *objects])
+    return [(m.code, m.text) for m in messages]
+
+
+def test_a_missing_credential_is_ist0161() -> None:
+    tls = {"mode": "SIMPLE", "credentialName": "cert"}
+    objects = [
+        gateway(server(tls, ["echo.example.com"])),
+        tcp_vs("echo", ["echo.example.com"]),
+        service("tcp-echo", 9000),
+    ]
+    text = (
+        "The credential referenced by the Gateway gw in namespace default is invalid, which "
+        "can cause the traffic not to work as expected."
+    )
+    assert ("IST0161", text) in analysis_codes(*objects)
+    assert ("IST0161", text) in analysis_codes(*objects, secret(namespace="default"))
+    assert [c for c, _ in analysis_codes(*objects, secret())] == []
+
+
+def test_tls_route_destinations_are_checked_like_tcp_ones() -> None:
+    messages = analysis_codes(
+        gateway(server(PASSTHROUGH, ["*.example.com"])),
+        tls_vs("routes", (["a.example.com"], [("nope", "", 1)])),
+    )
+    assert ("IST0101", 'Referenced host not found: "nope"') in messages

@@ -15,9 +15,11 @@ from typing import Any, Literal
 from tcpmesh.api import from_dict, hosts_overlap, models, validate_object
 from tcpmesh.control import (
     OPAQUE_TCP_PROTOCOLS,
+    TERMINATING_MODES,
     MeshResources,
     ProxyNode,
     build_snapshot,
+    downstream_tls,
     find_service,
     gateway_servers,
     labels_match,
@@ -66,6 +68,7 @@ def analyze(
         *_virtual_service_messages(resources),
         *_destination_rule_messages(resources, workloads),
         *_gateway_messages(resources, workloads),
+        *_credential_messages(resources, workloads),
         *_listen_port_conflicts(resources, workloads),
         *_envoy_differences(resources, workloads),
     ]
@@ -166,8 +169,9 @@ def _virtual_service_messages(resources: MeshResources) -> Iterator[Message]:
         if "mesh" in bound:
             for host in vs.spec.hosts:
                 mesh_hosts.setdefault(resolve_host(host, vs.namespace), []).append(vs)
-        for rule in vs.spec.tcp:
-            for entry in rule.route:
+        rules: list[models.TCPRoute | models.TLSRoute | None] = [*vs.spec.tcp, *vs.spec.tls]
+        for rule in rules:
+            for entry in rule.route if rule is not None else []:
                 if entry is not None and entry.destination is not None:
                     yield from _destination_messages(resources, vs, entry.destination)
         yield from _hosts_in_gateways(resources, vs, bound)
@@ -322,6 +326,29 @@ def _gateway_messages(resources: MeshResources, workloads: list[Workload]) -> It
                     f"{selector_text}, port {port}, hosts [{' '.join(hosts)}])."
                 )
                 yield _message("Error", "IST0145", gateway, text)
+
+
+def _credential_messages(resources: MeshResources, workloads: list[Workload]) -> Iterator[Message]:
+    """IST0161: a terminating server whose ``credentialName`` Secret is missing or unusable
+    in the namespace of a gateway workload it selects (where Istio looks it up)."""
+    for gateway in resources.gateways:
+        selected = [w for w in workloads if labels_match(gateway.spec.selector, w.labels)]
+        namespaces = sorted({w.namespace for w in selected})
+        for server in gateway.spec.servers:
+            tls = server.tls if server is not None else None
+            if tls is None or tls.mode not in TERMINATING_MODES or not tls.credential_name:
+                continue
+            if any(
+                downstream_tls(resources, ProxyNode(ns, "", (), "127.0.0.1"), tls) is None
+                for ns in namespaces
+            ):
+                text = (
+                    f"The credential referenced by the Gateway {gateway.name} in namespace "
+                    f"{gateway.namespace} is invalid, which can cause the traffic not to work "
+                    "as expected."
+                )
+                yield _message("Error", "IST0161", gateway, text)
+                break
 
 
 def _listen_port_conflicts(

@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from tcpmesh.control.build import (
     OPAQUE_TCP_PROTOCOLS,
+    TERMINATING_MODES,
     PortConflict,
     ServerPort,
     build_snapshot,
+    downstream_tls,
     find_service,
     gateway_servers,
     service_entry_ports,
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = [
     "INGRESS_GATEWAY_SELECTOR",
     "OPAQUE_TCP_PROTOCOLS",
+    "TERMINATING_MODES",
     "Cluster",
     "ControlPlane",
     "DownstreamTls",
@@ -74,6 +77,7 @@ __all__ = [
     "WeightedPick",
     "build_snapshot",
     "cluster_name",
+    "downstream_tls",
     "find_service",
     "gateway_servers",
     "labels_match",

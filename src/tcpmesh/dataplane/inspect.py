@@ -18,7 +18,7 @@ import socket
 import ssl
 import tempfile
 
-from tcpmesh.control.snapshot import DownstreamTls
+from tcpmesh.control import DownstreamTls
 from tcpmesh.dataplane.clienthello import DEFAULT_LIMIT, Outcome, Peek, read_server_name
 
 log = logging.getLogger("tcpmesh.dataplane")
