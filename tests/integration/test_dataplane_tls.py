@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import ssl
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from scipy.stats import binomtest
@@ -300,5 +301,46 @@ def test_a_listener_switching_to_sni_keeps_its_port_and_open_connections(
             await proxy.close()
             server.close()
             tls_server.close()
+
+    run(main())
+
+
+def test_mutual_termination_requires_a_client_certificate_from_the_ca(
+    certs: dict[str, Certificate], tmp_path: Path
+) -> None:
+    client = make_certificate(tmp_path, "client", "client.example.com")
+    stranger = make_certificate(tmp_path, "stranger", "client.example.com")
+
+    async def main() -> None:
+        server, backend_port = await start_backend(V1_HOST, lambda: LineEcho(b"one"))
+        port = free_port()
+        snap = terminating(certs["gw1"], port, backend_port)
+        (lst,) = snap.listeners
+        (only,) = lst.routes
+        assert only.tls is not None
+        mutual = dataclasses.replace(
+            only, tls=dataclasses.replace(only.tls, ca_certificates=client.cert_pem)
+        )
+        snap = snapshot([dataclasses.replace(lst, routes=(mutual,))], list(snap.clusters))
+        proxy, _ = await started_proxy(snap)
+        try:
+            trusted = client_context(certs["gw1"])
+            trusted.load_cert_chain(client.cert_path, client.key_path)
+            reply, _ = await exchange(port, "echo.example.com", trusted, b"signed")
+            assert reply == b"one signed\n"
+            for who in (None, stranger):
+                context = client_context(certs["gw1"])
+                if who is not None:
+                    context.load_cert_chain(who.cert_path, who.key_path)
+                # TLS 1.3: the server's refusal (an alert, then the close) arrives with the
+                # first read, so the client sees an error or the end of the stream.
+                try:
+                    reply, _ = await exchange(port, "echo.example.com", context, b"refused")
+                except (ssl.SSLError, ConnectionError, OSError):
+                    reply = b""
+                assert reply == b""
+        finally:
+            await proxy.close()
+            server.close()
 
     run(main())
