@@ -19,6 +19,7 @@ from tcpmesh.control import (
     build_snapshot,
 )
 from tcpmesh.dataplane.routing import match_route
+from tcpmesh.xds import proxyconfig
 from tcpmesh.xds.translate import SECRET_TYPE, translate
 
 NODE = ProxyNode(
@@ -401,3 +402,15 @@ def test_tls_route_destinations_are_checked_like_tcp_ones() -> None:
         tls_vs("routes", (["a.example.com"], [("nope", "", 1)])),
     )
     assert ("IST0101", 'Referenced host not found: "nope"') in messages
+
+
+def test_proxy_config_shows_the_sni_match_on_both_data_planes() -> None:
+    from tests.unit.test_xds_proxyconfig import config_dump
+
+    snap = build(
+        gateway(server(PASSTHROUGH, ["*.example.com"])),
+        tls_vs("routes", (["a.example.com", "*.a.example.com"], [("a", "v1", 1)])),
+    )
+    headers, rows = proxyconfig.snapshot_listeners(snap)
+    assert rows == [["127.0.0.1", "443", "SNI: a.example.com,*.a.example.com", f"Cluster: {A}"]]
+    assert proxyconfig.envoy_listeners(config_dump(snap)) == (headers, rows)

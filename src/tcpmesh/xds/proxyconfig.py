@@ -34,8 +34,14 @@ def destination_text(
     return f"WeightedClusters: {shares}; pick {pick}"
 
 
-def match_text(subnets: list[str]) -> str:
-    return f"Addr: {','.join(subnets)}" if subnets else "ALL"
+def match_text(subnets: list[str], server_names: list[str] | None = None) -> str:
+    """istioctl's MATCH column: ``Addr: ...``, ``SNI: ...`` (joined by ``; ``) or ``ALL``."""
+    parts = []
+    if subnets:
+        parts.append(f"Addr: {','.join(subnets)}")
+    if server_names:
+        parts.append(f"SNI: {','.join(server_names)}")
+    return "; ".join(parts) or "ALL"
 
 
 def _cluster_order(row: list[str]) -> tuple[str, int, str]:
@@ -70,7 +76,9 @@ def snapshot_listeners(snapshot: Snapshot) -> Table:
                 [
                     listener.address,
                     str(listener.port),
-                    match_text(list(route.match.destination_subnets)),
+                    match_text(
+                        list(route.match.destination_subnets), list(route.match.server_names)
+                    ),
                     destination_text(
                         single, [(d.cluster_name, d.weight) for d in dests], route.weighted_pick
                     ),
@@ -146,10 +154,12 @@ def envoy_listeners(config_dump: dict[str, Any]) -> Table:
     for listener in envoy_listeners_json(config_dump):
         socket = listener.get("address", {}).get("socket_address", {})
         for chain in listener.get("filter_chains", []):
+            chain_match = chain.get("filter_chain_match", {})
             subnets = [
                 f"{r['address_prefix']}/{r.get('prefix_len', 32)}"
-                for r in chain.get("filter_chain_match", {}).get("prefix_ranges", [])
+                for r in chain_match.get("prefix_ranges", [])
             ]
+            server_names = [str(n) for n in chain_match.get("server_names", [])]
             proxy = next(
                 (
                     f["typed_config"]
@@ -171,7 +181,7 @@ def envoy_listeners(config_dump: dict[str, Any]) -> Table:
                 [
                     str(socket.get("address", "")),
                     str(socket.get("port_value", "")),
-                    match_text(subnets),
+                    match_text(subnets, server_names),
                     destination,
                 ]
             )
