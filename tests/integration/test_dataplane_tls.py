@@ -344,3 +344,42 @@ def test_mutual_termination_requires_a_client_certificate_from_the_ca(
             server.close()
 
     run(main())
+
+
+def test_optional_mutual_accepts_no_certificate_but_refuses_a_wrong_one(
+    certs: dict[str, Certificate], tmp_path: Path
+) -> None:
+    client = make_certificate(tmp_path, "client", "client.example.com")
+    stranger = make_certificate(tmp_path, "stranger", "client.example.com")
+
+    async def main() -> None:
+        server, backend_port = await start_backend(V1_HOST, lambda: LineEcho(b"one"))
+        port = free_port()
+        snap = terminating(certs["gw1"], port, backend_port)
+        (lst,) = snap.listeners
+        (only,) = lst.routes
+        assert only.tls is not None
+        optional = dataclasses.replace(
+            only,
+            tls=dataclasses.replace(
+                only.tls, ca_certificates=client.cert_pem, client_optional=True
+            ),
+        )
+        snap = snapshot([dataclasses.replace(lst, routes=(optional,))], list(snap.clusters))
+        proxy, _ = await started_proxy(snap)
+        try:
+            anonymous = client_context(certs["gw1"])
+            reply, _ = await exchange(port, "echo.example.com", anonymous, b"anonymous")
+            assert reply == b"one anonymous\n"
+            wrong = client_context(certs["gw1"])
+            wrong.load_cert_chain(stranger.cert_path, stranger.key_path)
+            try:
+                reply, _ = await exchange(port, "echo.example.com", wrong, b"wrong")
+            except (ssl.SSLError, ConnectionError, OSError):
+                reply = b""
+            assert reply == b""
+        finally:
+            await proxy.close()
+            server.close()
+
+    run(main())

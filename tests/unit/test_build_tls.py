@@ -414,3 +414,20 @@ def test_proxy_config_shows_the_sni_match_on_both_data_planes() -> None:
     headers, rows = proxyconfig.snapshot_listeners(snap)
     assert rows == [["127.0.0.1", "443", "SNI: a.example.com,*.a.example.com", f"Cluster: {A}"]]
     assert proxyconfig.envoy_listeners(config_dump(snap)) == (headers, rows)
+
+
+def test_optional_mutual_checks_a_client_certificate_only_when_sent() -> None:
+    tls = {"mode": "OPTIONAL_MUTUAL", "credentialName": "cert"}
+    objects = [gateway(server(tls, ["echo.example.com"])), tcp_vs("echo", ["echo.example.com"])]
+    ca = secret("cert-cacert", **{"ca.crt": CERT})
+    snap = build(*objects, secret(), ca)
+    (route,) = snap.listeners[0].routes
+    assert route.tls is not None and route.tls.client_optional
+    (listener,) = (
+        translate(snap).of("type.googleapis.com/envoy.config.listener.v3.Listener").values()
+    )
+    context = listener["filter_chains"][0]["transport_socket"]["typed_config"]
+    assert "require_client_certificate" not in context
+    assert context["common_tls_context"]["validation_context_sds_secret_config"]["name"] == (
+        "kubernetes://istio-system/cert-cacert"
+    )

@@ -157,7 +157,7 @@ def server_kind(server: models.Server) -> str | None:
     """How a gateway server is served at L4: "tcp", "tls" (SNI-routed), or None (not at all).
 
     ``tls`` covers PASSTHROUGH (TLS or HTTPS port: routed by the ClientHello's SNI to the
-    VirtualService's ``tls`` rules) and SIMPLE/MUTUAL on a TLS port (terminated, then the
+    VirtualService's ``tls`` rules) and SIMPLE/(OPTIONAL_)MUTUAL on a TLS port (terminated, then the
     ``tcp`` rules). Terminating HTTPS needs an HTTP connection manager; AUTO_PASSTHROUGH
     routes by Istio's generated ``outbound_.<port>_.<subset>_.<host>`` names, which only
     multi-cluster east-west gateways use; ISTIO_MUTUAL is the mesh's own mTLS: none of
@@ -321,8 +321,7 @@ def _tcp_route(
 # first claim wins) and createGatewayTCPFilterChainOpts (SIMPLE/MUTUAL on a TLS port: the
 # server's hosts become the SNI match, the ``tcp`` rules route the plaintext).
 
-# OPTIONAL_MUTUAL (a client certificate checked only when sent) is not served yet.
-TERMINATING_MODES = ("SIMPLE", "MUTUAL")
+TERMINATING_MODES = ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL")
 _ENVOY_TLS_VERSIONS = {
     "TLSV1_0": "TLSv1_0",
     "TLSV1_1": "TLSv1_1",
@@ -414,7 +413,7 @@ def downstream_tls(
     if chain is None or key is None:
         return None
     ca = ""
-    if settings.mode == "MUTUAL":
+    if settings.mode in ("MUTUAL", "OPTIONAL_MUTUAL"):
         ca_secret = find_secret(resources, node.namespace, f"{settings.credential_name}-cacert")
         ca = (
             _pem(secret, CA_CERT_KEY, "CERTIFICATE")
@@ -429,6 +428,7 @@ def downstream_tls(
         certificate_chain=chain,
         private_key=key,
         ca_certificates=ca,
+        client_optional=settings.mode == "OPTIONAL_MUTUAL",
         min_protocol_version=_ENVOY_TLS_VERSIONS.get(settings.min_protocol_version, ""),
         max_protocol_version=_ENVOY_TLS_VERSIONS.get(settings.max_protocol_version, ""),
         cipher_suites=suites,

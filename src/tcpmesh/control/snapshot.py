@@ -156,11 +156,13 @@ class L4Match:
 
 @dataclass(frozen=True)
 class DownstreamTls:
-    """TLS the gateway terminates before the route relays plaintext (Istio SIMPLE, MUTUAL).
+    """TLS the gateway terminates before the route relays plaintext (Istio SIMPLE, MUTUAL,
+    OPTIONAL_MUTUAL).
 
     Certificate material travels in the Snapshot, so a replaced Secret is a new Snapshot:
     new handshakes get the new certificate, sessions already open keep theirs.
-    ``ca_certificates`` set means client certificates are required and checked (MUTUAL).
+    ``ca_certificates`` set means client certificates are checked against it: required
+    (MUTUAL), or only when the client sends one (OPTIONAL_MUTUAL: ``client_optional``).
     Protocol versions use Envoy's names (``TLSv1_2``); empty means the data plane's default.
     """
 
@@ -168,6 +170,7 @@ class DownstreamTls:
     certificate_chain: str = field(repr=False)
     private_key: str = field(repr=False)
     ca_certificates: str = field(default="", repr=False)
+    client_optional: bool = False
     min_protocol_version: str = ""
     max_protocol_version: str = ""
     cipher_suites: tuple[str, ...] = ()

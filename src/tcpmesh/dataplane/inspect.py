@@ -125,7 +125,7 @@ def server_context(tls: DownstreamTls) -> ssl.SSLContext:
     _load_chain(context, tls.certificate_chain, tls.private_key)
     if tls.ca_certificates:
         context.load_verify_locations(cadata=tls.ca_certificates)
-        context.verify_mode = ssl.CERT_REQUIRED
+        context.verify_mode = ssl.CERT_OPTIONAL if tls.client_optional else ssl.CERT_REQUIRED
     return context
 
 

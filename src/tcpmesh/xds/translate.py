@@ -209,7 +209,7 @@ def downstream_tls_context(tls: DownstreamTls) -> Resource:
     if tls.ca_certificates:
         common["validation_context_sds_secret_config"] = {"name": ca, "sds_config": ADS_SOURCE}
     context: Resource = {"@type": DOWNSTREAM_TLS_TYPE, "common_tls_context": common}
-    if tls.ca_certificates:
+    if tls.ca_certificates and not tls.client_optional:
         context["require_client_certificate"] = True
     return context
 
