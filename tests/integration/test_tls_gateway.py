@@ -103,6 +103,21 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
+def mtls_secret(cert: Certificate, client_ca: Certificate) -> dict[str, Any]:
+    """A MUTUAL server's credential: its certificate and the CA its clients must chain to."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "mtls-cert", "namespace": "istio-system"},
+        "type": "kubernetes.io/tls",
+        "data": {
+            "tls.crt": b64(cert.cert_pem),
+            "tls.key": b64(cert.key_pem),
+            "ca.crt": b64(client_ca.cert_pem),
+        },
+    }
+
+
 def echo_secret(cert: Certificate) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -182,6 +197,7 @@ def mesh_objects(backends: Backends) -> list[dict[str, Any]]:
             },
         },
         echo_secret(backends.certs["gw1"]),
+        mtls_secret(backends.certs["mtls"], backends.certs["client"]),
         {
             "apiVersion": "networking.istio.io/v1",
             "kind": "Gateway",
@@ -193,6 +209,11 @@ def mesh_objects(backends: Backends) -> list[dict[str, Any]]:
                         "port": {"number": PORT, "name": "tls", "protocol": "TLS"},
                         "hosts": ["*.example.com"],
                         "tls": {"mode": "PASSTHROUGH"},
+                    },
+                    {
+                        "port": {"number": PORT, "name": "tls-mtls", "protocol": "TLS"},
+                        "hosts": ["mtls.example.com"],
+                        "tls": {"mode": "MUTUAL", "credentialName": "mtls-cert"},
                     },
                     {
                         "port": {"number": PORT, "name": "tls-echo", "protocol": "TLS"},
@@ -212,7 +233,7 @@ def mesh_objects(backends: Backends) -> list[dict[str, Any]]:
             "kind": "VirtualService",
             "metadata": {"name": "echo"},
             "spec": {
-                "hosts": ["echo.example.com"],
+                "hosts": ["echo.example.com", "mtls.example.com"],
                 "gateways": ["tls-gateway"],
                 "tcp": [{"route": [{"destination": {"host": "echo.example.internal"}}]}],
             },
@@ -243,6 +264,9 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Certificate]:
         "b": make_certificate(directory, "b", "b.example.com"),
         "gw1": make_certificate(directory, "gw1", "echo.example.com"),
         "gw2": make_certificate(directory, "gw2", "echo.example.com"),
+        "mtls": make_certificate(directory, "mtls", "mtls.example.com"),
+        "client": make_certificate(directory, "client", "client.example.com"),
+        "stranger": make_certificate(directory, "stranger", "client.example.com"),
     }
 
 
@@ -444,3 +468,19 @@ def test_a_route_flip_resets_no_open_tls_session(mesh: MeshHarness, backends: Ba
         for tls, _ in sessions:
             tls.close()
         apply(mesh, manifests, "unflip.yaml", tls_routes(80, 20))
+
+
+def test_mutual_termination_needs_a_client_certificate_from_the_secrets_ca(
+    mesh: MeshHarness, backends: Backends
+) -> None:
+    certs = backends.certs
+    signed = client_context(certs["mtls"])
+    signed.load_cert_chain(certs["client"].cert_path, certs["client"].key_path)
+    reply, peer = tls_exchange(ADDRESS, PORT, "mtls.example.com", signed, "mutual")
+    assert reply == "one mutual\n" and peer == certs["mtls"].der
+    for who in (None, "stranger"):
+        context = client_context(certs["mtls"])
+        if who is not None:
+            context.load_cert_chain(certs[who].cert_path, certs[who].key_path)
+        # TLS 1.3 sends the refusal after the client's Finished: the first read fails.
+        assert answers("mtls.example.com", context, "refused")[0] == ""
