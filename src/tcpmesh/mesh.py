@@ -31,7 +31,12 @@ from tcpmesh.runtime import DEFAULT_MAX_PODS, Runtime, pod_is_ready, replica_cap
 from tcpmesh.statedir import make_private, private_umask
 from tcpmesh.store import leader_election, open_store
 from tcpmesh.telemetry import PROMETHEUS_PATH, PROMETHEUS_PORT
-from tcpmesh.xds import remove_xds_address, write_xds_address, xds_libraries_installed
+from tcpmesh.xds import (
+    read_xds_address,
+    remove_xds_address,
+    write_xds_address,
+    xds_libraries_installed,
+)
 
 if TYPE_CHECKING:
     from tcpmesh.xds import XdsServer
@@ -233,8 +238,18 @@ class Mesh:
         os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
         from tcpmesh.xds import XdsServer
 
-        self.xds = XdsServer(self.control)
-        port = await self.xds.start()
+        # The port of the mesh before, if it is free: Envoys that outlived a crash have it
+        # in their bootstrap, and reconnect to it by themselves (see runtime's adoption).
+        previous = read_xds_address(self.config.state_dir)
+        self.xds = XdsServer(self.control, port=previous.port if previous else 0)
+        try:
+            port = await self.xds.start()
+        except RuntimeError as exc:  # grpc could not bind it
+            log.warning("xDS port of the previous mesh is taken (%s); using another", exc)
+            port = 0
+        if port == 0:
+            self.xds = XdsServer(self.control)
+            port = await self.xds.start()
         write_xds_address(self.config.state_dir, "127.0.0.1", port)
 
     async def stop(self) -> None:

@@ -80,6 +80,7 @@ SURFACES: dict[str, set[str]] = {
         "missing_envoy_support",
         "proxyconfig",
         "read_admin_address",
+        "read_xds_address",
         "remove_xds_address",
         "status_lines",
         "translate",

@@ -3,6 +3,12 @@
 A container that exits is started again with exponential back-off (restartPolicy
 Always, or OnFailure after a failure); readiness is a TCP connect to each of its
 containerPorts. The pod's status is written back to the store whenever it changes.
+
+Pod processes outlive the mesh (each leads its own session), so after a crash the next
+kubelet adopts them, as a restarted kubelet adopts its running containers: a process
+that is provably this pod's (:func:`tcpmesh.runtime.process.is_ours`) and runs what its
+container would run now keeps running, with its sockets and its open connections; only
+processes that no longer match a desired pod are stopped.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from tcpmesh.runtime.podstatus import (
     previous_containers,
     stopped_by_shutdown,
 )
+from tcpmesh.runtime.process import TOKEN_VARIABLE, PodProcess
 from tcpmesh.runtime.storeapi import StoreLike
 
 log = logging.getLogger(__name__)
@@ -68,7 +75,13 @@ def should_run(pod: Mapping[str, Any]) -> bool:
 class PodWorker:
     """The processes of one pod, their restarts, probes and status."""
 
-    def __init__(self, kubelet: Kubelet, pod: Obj, pod_ip: str) -> None:
+    def __init__(
+        self,
+        kubelet: Kubelet,
+        pod: Obj,
+        pod_ip: str,
+        adopted: Mapping[str, PodProcess] | None = None,
+    ) -> None:
         self._kubelet = kubelet
         self.pod = pod
         self.pod_ip = pod_ip
@@ -83,12 +96,22 @@ class PodWorker:
         self._previous_status: Obj = dict(status)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._pids: dict[str, tuple[int, list[str]]] = {}
+        self._pids: dict[str, PodProcess] = {}
+        self._adopted = dict(adopted or {})
+        # A process of this pod, on any IP (to stop it) and on this pod's IP (to adopt it).
+        self._pod_identity = pod_identity(self.namespace, self.name, kubelet.state_dir)
+        self._identity = {**self._pod_identity, "POD_IP": pod_ip}
         before = previous_containers(pod)
         self.containers = [
-            (ContainerRecord.resume(c["name"], str(c.get("image", "")), before.get(c["name"])), c)
-            for c in spec.get("containers") or []
+            (self._record(c, before.get(c["name"])), c) for c in spec.get("containers") or []
         ]
+
+    def _record(self, spec: Mapping[str, Any], before: Mapping[str, Any] | None) -> ContainerRecord:
+        name, image = spec["name"], str(spec.get("image", ""))
+        adopted = self._adopted.get(name)
+        if adopted is not None:
+            return ContainerRecord.adopt(name, image, before, adopted.pid)
+        return ContainerRecord.resume(name, image, before)
 
     def start(self) -> None:
         self.publish()
@@ -148,6 +171,16 @@ class PodWorker:
         ports = [int(p["containerPort"]) for p in spec.get("ports") or [] if "containerPort" in p]
         backoff = BACKOFF_BASE
         first = True
+        adopted = self._adopted.pop(record.name, None)
+        if adopted is not None:
+            if adopted.argv == tuple(argv) and process.is_ours(adopted, self._identity):
+                await self._run_adopted(record, adopted, ports)
+                first = False
+            else:
+                # What the container runs has changed (its command, or the pod's IP):
+                # the old process goes before the new one starts, and that is a restart.
+                await process.stop_adopted(adopted, self._pod_identity, self._grace)
+                first = False
         while not self._stop.is_set():
             if not first:
                 record.restart_count += 1
@@ -183,15 +216,17 @@ class PodWorker:
     ) -> None:
         """Run the container's process until it exits or the pod is stopped."""
         log_path = self._kubelet.log_path(self.namespace, self.name)
+        token = process.new_token()
         try:
-            proc = await process.spawn(argv, env, cwd, log_path)
+            proc = await process.spawn(argv, {**env, TOKEN_VARIABLE: token}, cwd, log_path)
         except OSError as exc:
             record.terminated(128, "StartError", f"failed to start {argv[0]!r}: {exc}")
             self.publish()
             return
         record.running(proc.pid)
         record.ready = not ports
-        self._pids[record.name] = (proc.pid, argv)
+        ticks = process.start_ticks(proc.pid) or 0
+        self._pids[record.name] = PodProcess(proc.pid, tuple(argv), ticks, token, self.uid or "")
         process.write_pid_file(self._kubelet.pid_path(self.namespace, self.name), self._pids)
         self.publish()
         waiter = asyncio.ensure_future(proc.wait())
@@ -211,6 +246,35 @@ class PodWorker:
         self._pids.pop(record.name, None)
         process.write_pid_file(self._kubelet.pid_path(self.namespace, self.name), self._pids)
         record.terminated(proc.returncode)
+        self.publish()
+
+    async def _run_adopted(
+        self, record: ContainerRecord, adopted: PodProcess, ports: list[int]
+    ) -> None:
+        """Follow a process an earlier mesh started until it exits or the pod is stopped."""
+        log.info(
+            "pod %s/%s: adopted %s (pid %d)", self.namespace, self.name, record.name, adopted.pid
+        )
+        self._pids[record.name] = adopted
+        process.write_pid_file(self._kubelet.pid_path(self.namespace, self.name), self._pids)
+        self.publish()
+        exited = asyncio.ensure_future(process.wait_exit(adopted.pid))
+        stop = asyncio.ensure_future(self._stop.wait())
+        probe = asyncio.ensure_future(self._probe(record, ports)) if ports else None
+        try:
+            await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not exited.done():
+                await process.stop_adopted(adopted, self._identity, self._grace)
+        finally:
+            for task in (exited, stop, probe):
+                if task is not None:
+                    task.cancel()
+        self._pids.pop(record.name, None)
+        process.write_pid_file(self._kubelet.pid_path(self.namespace, self.name), self._pids)
+        # Not our child: its exit status went to whoever reaped it.
+        record.terminated(
+            None, "ContainerStatusUnknown", "adopted from an earlier mesh; exit status unknown"
+        )
         self.publish()
 
     async def _probe(self, record: ContainerRecord, ports: list[int]) -> None:
@@ -239,8 +303,11 @@ class Kubelet:
         self.node_address = node_address
         self.changed = on_change
         self.workers: dict[tuple[str, str], PodWorker] = {}
+        # Processes of a crashed mesh that may be adopted, until the first sync decides.
+        self._leftovers: dict[tuple[str, str], dict[str, PodProcess]] = {}
         # Pods being stopped keep their IP reserved until their processes are gone.
         self._stopping: dict[PodWorker, asyncio.Task[None]] = {}
+        self._unclaimed: set[asyncio.Task[None]] = set()
 
     def log_path(self, namespace: str, name: str) -> Path:
         return self.state_dir / "pods" / namespace / f"{name}.log"
@@ -249,19 +316,38 @@ class Kubelet:
         return self.state_dir / "pods" / namespace / f"{name}.pid"
 
     async def clean_up(self, pods: list[Obj]) -> None:
-        """Stop the processes a crashed mesh left running; drop logs of pods now gone."""
+        """Find the processes a crashed mesh left running; drop logs of pods now gone.
+
+        Processes of pods that still exist (same uid) and should run are kept for the
+        next :meth:`sync` to adopt; the others are stopped now.
+        """
         pods_dir = self.state_dir / "pods"
         if not pods_dir.is_dir():
             return
-        await asyncio.gather(
-            *(
-                process.kill_leftovers(
-                    pid_file, pod_identity(*self._file_key(pid_file), self.state_dir), GRACE_CAP
-                )
-                for pid_file in pods_dir.glob("*/*.pid")
-            )
-        )
-        known = {key_of(p) for p in pods}
+        by_key = {key_of(p): p for p in pods}
+        stops = []
+        for pid_file in pods_dir.glob("*/*.pid"):
+            key = self._file_key(pid_file)
+            identity = pod_identity(*key, self.state_dir)
+            ours = {
+                name: proc
+                for name, proc in process.read_pid_file(pid_file).items()
+                if process.is_ours(proc, identity)
+            }
+            pod = by_key.get(key)
+            if pod is not None and should_run(pod):
+                uid = meta(pod).get("uid") or ""
+                kept = {n: p for n, p in ours.items() if p.pod_uid == uid}
+                if kept:
+                    self._leftovers[key] = kept
+                ours = {n: p for n, p in ours.items() if n not in kept}
+            stops += [process.stop_adopted(p, identity, GRACE_CAP) for p in ours.values()]
+            stops.append(process.kill_legacy_leftovers(pid_file, identity, GRACE_CAP))
+        await asyncio.gather(*stops)
+        for pid_file in pods_dir.glob("*/*.pid"):
+            if self._file_key(pid_file) not in self._leftovers:
+                pid_file.unlink(missing_ok=True)
+        known = set(by_key)
         for log_file in pods_dir.glob("*/*.log"):
             if self._file_key(log_file) not in known:
                 logs.remove(log_file)
@@ -269,10 +355,6 @@ class Kubelet:
     @staticmethod
     def _file_key(path: Path) -> tuple[str, str]:
         return path.parent.name, path.stem
-
-    def rotate_logs(self) -> None:
-        for worker in self.workers.values():
-            logs.rotate_if_large(self.log_path(worker.namespace, worker.name))
 
     def used_ips(self, pods: list[Obj]) -> set[str]:
         used = {w.pod_ip for w in (*self.workers.values(), *self._stopping)}
@@ -310,12 +392,24 @@ class Kubelet:
             if any(key_of(w.pod) == key for w in self._stopping):
                 continue  # a pod re-created under the same name waits for the old one
             try:
-                worker = PodWorker(self, pod, self._pod_ip(pod, pods))
+                adopted = self._leftovers.pop(key, {})
+                worker = PodWorker(self, pod, self._pod_ip(pod, pods), adopted)
                 self.workers[key] = worker
                 worker.start()
                 log.info("pod %s/%s: started on %s", *key, worker.pod_ip)
             except Exception:
                 log.exception("pod %s/%s: cannot start", *key)
+        self._stop_unclaimed()
+
+    def _stop_unclaimed(self) -> None:
+        """Leftovers no worker took (their pod went, or will not run) are stopped."""
+        leftovers, self._leftovers = self._leftovers, {}
+        for (namespace, name), processes in leftovers.items():
+            identity = pod_identity(namespace, name, self.state_dir)
+            for proc in processes.values():
+                task = asyncio.create_task(process.stop_adopted(proc, identity, GRACE_CAP))
+                self._unclaimed.add(task)
+                task.add_done_callback(self._unclaimed.discard)
 
     def _stop_worker(self, worker: PodWorker, *, remove_files: bool) -> None:
         async def stop() -> None:
@@ -333,8 +427,10 @@ class Kubelet:
     async def shutdown(self) -> None:
         """Stop every pod process; pods stay in the store, marked as stopped with the node."""
         workers, self.workers = list(self.workers.values()), {}
+        self._stop_unclaimed()
         await asyncio.gather(
             *(w.stop(shutdown=True) for w in workers),
             *self._stopping.values(),
+            *self._unclaimed,
             return_exceptions=True,
         )

@@ -1,41 +1,29 @@
-"""Pod log files, rotated by size as the kubelet rotates container logs.
+"""Pod log files, bounded as the kubelet bounds container logs: 10 MiB, five files.
 
-Pod processes write straight into their log file (opened with O_APPEND), so rotation is
-copy-then-truncate: the writer keeps its descriptor and its next write lands at the start
-of the emptied file. Lines written between the copy and the truncation are lost, the same
-trade-off logrotate's ``copytruncate`` makes.
+A container's stdout and stderr go into a pipe whose reader is a small log writer
+process per container (:mod:`tcpmesh.runtime.logwriter`). The writer rotates before a
+write would pass the cap, so no file ever grows beyond it, however fast the container
+writes (copy-then-truncate from outside cannot promise that: a chatty pod outran it by
+gigabytes). The writer outlives a crash of the mesh together with its container.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+from tcpmesh.runtime import logwriter
 
 # The kubelet's defaults: containerLogMaxSize 10Mi, containerLogMaxFiles 5.
 MAX_BYTES = 10 * 1024 * 1024
 MAX_FILES = 5
 
 
-def rotated(path: Path, index: int) -> Path:
-    return path.with_name(f"{path.name}.{index}")
-
-
-def rotate_if_large(path: Path, max_bytes: int = MAX_BYTES, max_files: int = MAX_FILES) -> bool:
-    """Keep ``path`` under ``max_bytes``, with ``max_files - 1`` older files beside it."""
-    try:
-        if path.stat().st_size <= max_bytes:
-            return False
-    except FileNotFoundError:
-        return False
-    for index in range(max_files - 1, 1, -1):
-        older = rotated(path, index - 1)
-        if older.exists():
-            older.replace(rotated(path, index))
-    shutil.copyfile(path, rotated(path, 1))
-    os.truncate(path, 0)
-    return True
+def writer_argv(path: Path, max_bytes: int = MAX_BYTES, max_files: int = MAX_FILES) -> list[str]:
+    """The log writer's command line: run by path without site, so it starts small."""
+    script = str(Path(logwriter.__file__).resolve())
+    return [sys.executable, "-S", script, str(path), str(max_bytes), str(max_files)]
 
 
 def all_files(path: Path) -> Iterator[Path]:

@@ -47,6 +47,27 @@ class ContainerRecord:
         record.last_state = last_state
         return record
 
+    @classmethod
+    def adopt(
+        cls, name: str, image: str, before: Mapping[str, Any] | None, pid: int
+    ) -> ContainerRecord:
+        """A container whose process outlived the mesh: it keeps running, uncounted.
+
+        Its readiness is kept from the stored status until the first probe: the process
+        is the same one, so the endpoints it served stay in place without a flap.
+        """
+        before = before or {}
+        started = ((before.get("state") or {}).get("running") or {}).get("startedAt")
+        return cls(
+            name=name,
+            image=image,
+            restart_count=int(before.get("restartCount", 0)),
+            state={"running": {"startedAt": started or now_rfc3339()}},
+            last_state=dict(before.get("lastState") or {}),
+            ready=bool(before.get("ready")),
+            pid=pid,
+        )
+
     def waiting(self, reason: str, message: str | None = None) -> None:
         self.state = _waiting(reason, message)
         self.ready = False

@@ -97,7 +97,6 @@ class Runtime:
         self._step("deployments", lambda: sync_deployments(self.store, self.max_pods))
         if run_pods:
             self._step("pods", lambda: self.kubelet.sync(self.store.list("Pod")))
-            self._step("logs", self.kubelet.rotate_logs)
         self._step("services", lambda: sync_services(self.store, self.node_address))
 
     @staticmethod
