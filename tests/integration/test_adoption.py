@@ -48,7 +48,9 @@ def mesh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MeshHarness
         harness.up()
         harness.apply(SAMPLES / "tcp-echo-deployments.yaml", SAMPLES / "tcp-echo-service.yaml")
         harness.wait_for(
-            "tcp-echo v1 and v2", lambda: harness.deployments_ready("tcp-echo-v1", "tcp-echo-v2")
+            "tcp-echo v1 and v2",
+            lambda: harness.deployments_ready("tcp-echo-v1", "tcp-echo-v2"),
+            60.0,
         )
         harness.apply(SAMPLES / "tcp-echo-all-v1.yaml")
         harness.wait_for("routes to v1", lambda: _word(harness) == "one")
