@@ -145,6 +145,7 @@ def test_up_after_a_crash_stops_the_processes_no_pod_wants_any_more(
     mesh: MeshHarness,
 ) -> None:
     credentials = json.loads((mesh.state_dir / "apiserver.json").read_text())
+    mesh.wait_for("every container running", lambda: all(_pids(mesh).values()))
     pids = _pids(mesh)
     os.kill(credentials["pid"], signal.SIGKILL)
     mesh.wait_for("the API to go away", lambda: mesh.tcpmesh("status", check=False).code != 0)
