@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tcpmesh.replica import CampaignThread
 from tcpmesh.store import NotLeader, StoreBackend, leader_election, open_store
 from tests.etcd_cluster import Cluster, etcd_cluster
 
@@ -119,3 +121,54 @@ def test_sqlite_has_no_election(tmp_path: Path) -> None:
         assert leader_election(store, "runtime", "me") is None
     finally:
         store.close()
+
+
+def _move_raft_leadership_off(cluster: Cluster, endpoint: str) -> None:
+    """Make sure the member at ``endpoint`` is not etcd's own (raft) leader."""
+    statuses = json.loads(cluster.etcdctl("endpoint", "status", "--cluster", "-w", "json"))
+    by_endpoint = {s["Endpoint"].split("//", 1)[1]: s["Status"] for s in statuses}
+    status = by_endpoint[endpoint]
+    if status["header"]["member_id"] != status["leader"]:
+        return
+    target = next(s for e, s in by_endpoint.items() if e != endpoint)["header"]["member_id"]
+    cluster.etcdctl("move-leader", format(target, "x"), "--endpoints", f"http://{endpoint}")
+
+
+def test_a_hung_member_and_a_blocked_loop_do_not_cost_the_leader_its_lease(
+    tmp_path: Path,
+) -> None:
+    """As in the mesh: the campaign on its own thread, the store's calls blocking the loop."""
+    with etcd_cluster(tmp_path, count=3) as cluster:
+        store = open_store(cluster.url("/hung"), tmp_path)
+        try:
+            elected = leader_election(store, "runtime", "steady")
+            assert elected is not None
+            election, fenced = elected
+            campaign = CampaignThread(election, lambda: None)
+            campaign.start()
+            try:
+                deadline = time.monotonic() + 10
+                while not election.is_leader and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                endpoint = election.endpoint
+                _move_raft_leadership_off(cluster, endpoint)
+                [member] = [m for m in cluster.members if m.endpoint == endpoint]
+                assert member.process is not None
+                # The member it talks to stops answering but keeps its connections open.
+                os.kill(member.process.pid, signal.SIGSTOP)
+                try:
+                    samples = []
+                    for _ in range(60):  # 3 s: one and a half TTLs
+                        samples.append(election.is_leader)
+                        time.sleep(0.05)
+                    # A write may wait on the hung member for the store's whole call timeout.
+                    fenced.create(service("still-leading"))
+                    samples.append(election.is_leader)
+                finally:
+                    os.kill(member.process.pid, signal.SIGCONT)
+            finally:
+                campaign.stop()
+            assert all(samples), f"lost the lead {samples.count(False)} times of {len(samples)}"
+            assert [s["metadata"]["name"] for s in store.list("Service")] == ["still-leading"]
+        finally:
+            store.close()

@@ -51,13 +51,28 @@ class LeaderElection:
         self._term = 0  # create_revision of our key while we lead, else 0
         self._valid_until = 0.0  # monotonic; past it we are not leader, whatever etcd says
         self._lease: Any = None
+        self._owns_connection = False
         self.elected = asyncio.Event()
         self.deposed = asyncio.Event()
         self.deposed.set()
 
     @classmethod
     def for_store(cls, store: EtcdStore, name: str, identity: str) -> LeaderElection:
-        return cls(store.connection, store.config.prefix, name, identity)
+        """A candidacy on its own connection, whose calls give up after a quarter TTL.
+
+        A member that hangs (rather than dies) holds a call until its timeout; with the
+        store's 5 s the leader would lose its lease waiting. A quarter TTL leaves time to
+        fail over to another member and renew within the TTL.
+        """
+        connection = EtcdConnection(store.config, rpc_timeout=DEFAULT_TTL / 4)
+        election = cls(connection, store.config.prefix, name, identity)
+        election._owns_connection = True
+        return election
+
+    @property
+    def endpoint(self) -> str:
+        """The member this candidacy talks to now (HOST:PORT)."""
+        return self._conn.endpoint
 
     def fenced_store(self, store: EtcdStore) -> StoreBackend:
         """``store`` for the leader's controllers: no write lands unless we lead."""
@@ -112,6 +127,8 @@ class LeaderElection:
                 await asyncio.to_thread(self._resign)
         finally:
             await asyncio.to_thread(self._resign)
+            if self._owns_connection:
+                self._conn.close()
 
     def _step_down(self) -> None:
         if self._term:

@@ -44,12 +44,14 @@ class EtcdConnection:
     etcd's message.
     """
 
-    def __init__(self, config: EtcdConfig) -> None:
+    def __init__(self, config: EtcdConfig, rpc_timeout: float = _RPC_TIMEOUT) -> None:
         import pyetcd
         import pyetcd.events
         import pyetcd.exceptions
 
         self.config = config
+        # Per call: past it the endpoint counts as failed and the next try goes elsewhere.
+        self.rpc_timeout = rpc_timeout
         self._pyetcd = pyetcd
         self._lock = threading.Lock()
         self._client: Any = None
@@ -83,7 +85,7 @@ class EtcdConnection:
                 # The constructor authenticates (a round trip) when a user is given.
                 self._client = self._pyetcd.MultiEndpointEtcd3Client(
                     endpoints=endpoints,
-                    timeout=_RPC_TIMEOUT,
+                    timeout=self.rpc_timeout,
                     user=config.user,
                     password=config.password,
                     failover=True,
@@ -103,6 +105,11 @@ class EtcdConnection:
     def events(self) -> Any:
         """The library's watch event classes (a module)."""
         return self._pyetcd.events
+
+    @property
+    def endpoint(self) -> str:
+        """HOST:PORT of the member this connection talks to now."""
+        return str(self._client.endpoint_in_use.netloc)
 
     @property
     def client(self) -> Any:
