@@ -25,6 +25,8 @@ from aiohttp import web
 from tcpmesh.api import validate_object
 from tcpmesh.apiserver import create_app
 from tcpmesh.apiserver.credentials import new_token, remove_credentials, write_credentials
+from tcpmesh.apiserver.kubeconfig import write_kubeconfig
+from tcpmesh.apiserver.pki import ensure_ca, server_ssl_context
 from tcpmesh.control import ControlPlane
 from tcpmesh.replica import RUNTIME_ELECTION, LeaderGate
 from tcpmesh.runtime import DEFAULT_MAX_PODS, Runtime, pod_is_ready, replica_cap_errors
@@ -57,6 +59,8 @@ PROMETHEUS_ANNOTATIONS = {
     "prometheus.io/port": str(PROMETHEUS_PORT),
     "prometheus.io/path": PROMETHEUS_PATH,
 }
+# The API (HTTPS, bearer token) listens here; its certificate names this address.
+API_HOST = "127.0.0.1"
 GATEWAY_READY_TIMEOUT = 60.0
 # The ports of Istio's demo profile ingress gateway Service.
 GATEWAY_PORTS = (
@@ -213,10 +217,11 @@ class Mesh:
         )
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        tls = server_ssl_context(self.config.state_dir, [API_HOST, "localhost"])
+        site = web.TCPSite(self._runner, API_HOST, 0, ssl_context=tls)
         await site.start()
         port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"https://{API_HOST}:{port}"
         # Before the pods: an Envoy gateway reads the ADS address when it starts.
         await self._start_xds()
         # Pods first: until the runtime has rewritten their status, a Ready condition in the
@@ -225,7 +230,9 @@ class Mesh:
             await self.runtime.start()
         else:
             self.gate.start()
-        write_credentials(self.config.state_dir, self.url, token, os.getpid())
+        ca = ensure_ca(self.config.state_dir)
+        write_kubeconfig(self.config.state_dir, self.url, token, ca.cert_pem)
+        write_credentials(self.config.state_dir, self.url, token, os.getpid(), ca.cert_path)
         log.info("tcpmesh API on %s, gateway address %s", self.url, self.config.address)
 
     async def _start_xds(self) -> None:

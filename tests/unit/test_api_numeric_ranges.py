@@ -121,6 +121,15 @@ WORKLOAD_ENTRY: Obj = {
     "spec": {"address": "10.0.0.2", "ports": {"tcp": 80}, "weight": 1},
 }
 
+EVENT: Obj = {
+    "apiVersion": "v1",
+    "kind": "Event",
+    "metadata": META,
+    "involvedObject": {"kind": "Pod", "name": "p"},
+    "reason": "Started",
+    "count": 1,
+}
+
 TEMPLATE_SPEC = ("spec", "template", "spec")
 CONTAINER_PORT = (*TEMPLATE_SPEC, "containers", 0, "ports", 0)
 DR_POLICY = ("spec", "trafficPolicy")
@@ -192,6 +201,7 @@ CASES: dict[tuple[type[models.Model], str], tuple[Obj, Path]] = {
     (models.ServiceEntryPort, "target_port"): (SERVICE_ENTRY, ("spec", "ports", 0, "targetPort")),
     (models.WorkloadEntrySpec, "ports"): (WORKLOAD_ENTRY, ("spec", "ports", "[tcp]")),
     (models.WorkloadEntrySpec, "weight"): (SERVICE_ENTRY, ("spec", "endpoints", 0, "weight")),
+    (models.Event, "count"): (EVENT, ("count",)),
 }
 # The Endpoints kind is written by tcpmesh only; its port is range-checked all the same.
 RUNTIME_ONLY = {(models.EndpointPort, "port")}
@@ -297,6 +307,7 @@ def test_just_outside_the_range_is_refused_with_the_upstream_message(
             models.PodSpec,
             models.DeploymentSpec,
             models.ServicePort,
+            models.Event,
         ):
             assert f"json: cannot unmarshal number {value} into Go " in error
             assert error.endswith(f"of type {int_type.name}")

@@ -181,6 +181,9 @@ class ObjectReference(Model):
     name: str
     namespace: str | None = None
     uid: str | None = None
+    api_version: str | None = None
+    resource_version: str | None = None
+    field_path: str | None = None
 
 
 class EndpointAddress(Model):
@@ -461,6 +464,30 @@ class Resource(Model):
     @property
     def namespace(self) -> str:
         return self.metadata.namespace or "default"
+
+
+class EventSource(Model):
+    component: str | None = None
+    host: str | None = None
+
+
+class Event(Resource):
+    """A core/v1 Event: something that happened to an object (``kubectl get events``)."""
+
+    involved_object: ObjectReference
+    reason: str | None = None
+    message: str | None = None
+    source: EventSource | None = None
+    first_timestamp: str | None = None
+    last_timestamp: str | None = None
+    count: int | None = None
+    type: str | None = None
+    event_time: str | None = None
+    series: Any = None
+    action: str | None = None
+    related: ObjectReference | None = None
+    reporting_component: str | None = None
+    reporting_instance: str | None = None
 
 
 class Deployment(Resource):

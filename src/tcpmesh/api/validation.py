@@ -124,6 +124,7 @@ NUMERIC_FIELDS: dict[tuple[type[models.Model], str], IntType] = {
     (models.ServiceEntryPort, "target_port"): UINT32,
     (models.WorkloadEntrySpec, "ports"): UINT32,
     (models.WorkloadEntrySpec, "weight"): UINT32,
+    (models.Event, "count"): INT32,
 }
 # The Go structs among the models: their numbers fail in Kubernetes' JSON decoder.
 _GO_STRUCTS = (
@@ -133,6 +134,7 @@ _GO_STRUCTS = (
     models.DeploymentSpec,
     models.ServicePort,
     models.EndpointPort,
+    models.Event,
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -13,7 +14,7 @@ from typing import Any
 
 from tcpmesh.api import kinds
 from tcpmesh.api.kinds import KindInfo
-from tcpmesh.apiserver.credentials import read_credentials
+from tcpmesh.apiserver.credentials import client_ssl_context, read_credentials
 
 Obj = dict[str, Any]
 
@@ -42,12 +43,27 @@ class OutcomeUnknown(Exception):
 
 
 class ApiClient:
-    def __init__(self, url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Talks to the API at ``url``; an https URL is verified against ``ca_file`` only."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        ca_file: Path | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._token = token
-        # The API is local; an http_proxy in the environment must not get in the way.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        handlers: list[urllib.request.BaseHandler] = [
+            # The API is local; an http_proxy in the environment must not get in the way.
+            urllib.request.ProxyHandler({})
+        ]
+        if self.url.startswith("https:"):
+            context: ssl.SSLContext = client_ssl_context(ca_file)
+            handlers.append(urllib.request.HTTPSHandler(context=context))
+        self._opener = urllib.request.build_opener(*handlers)
 
     @classmethod
     def from_state_dir(cls, state_dir: Path, *, timeout: float = DEFAULT_TIMEOUT) -> ApiClient:
@@ -57,7 +73,8 @@ class ApiClient:
                 f"the mesh is not running (no API credentials in {state_dir}); "
                 "start it with `tcpmesh up`"
             )
-        return cls(creds.url, creds.token, timeout=timeout)
+        ca_file = Path(creds.ca_file) if creds.ca_file else None
+        return cls(creds.url, creds.token, timeout=timeout, ca_file=ca_file)
 
     # ------------------------------------------------------------------ resources
 

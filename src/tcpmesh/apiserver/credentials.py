@@ -1,10 +1,11 @@
-"""The API server's address and token in the state directory, like a kubeconfig."""
+"""The API server's address, token and CA in the state directory, like a kubeconfig."""
 
 from __future__ import annotations
 
 import json
 import os
 import secrets
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,27 @@ class Credentials:
     url: str
     token: str
     pid: int
+    # The CA that signed the server's certificate (for https URLs).
+    ca_file: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """What a client verifies the server with: the mesh's CA, nothing else.
+
+        None for a plain http URL. An https URL without a CA file gets a context that
+        trusts nothing, so the connection fails rather than skipping verification.
+        """
+        if not self.url.startswith("https:"):
+            return None
+        return client_ssl_context(Path(self.ca_file) if self.ca_file else None)
+
+
+def client_ssl_context(ca_file: Path | None) -> ssl.SSLContext:
+    """A TLS client context trusting only ``ca_file`` (not the system's trust store)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca_file is not None:
+        context.load_verify_locations(cafile=str(ca_file))
+    return context
 
 
 def new_token() -> str:
@@ -26,16 +48,15 @@ def credentials_path(state_dir: Path) -> Path:
     return state_dir / FILENAME
 
 
-def write_credentials(state_dir: Path, url: str, token: str, pid: int) -> Path:
-    """Write the file with mode 0600, atomically: readers see the old file or the new one."""
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = credentials_path(state_dir)
-    tmp = path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
-    # Created 0600 from the start so the token is never readable by others, not even briefly.
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` with mode 0600 from the start, atomically: readers see old or new."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Created 0600 from the start so a token is never readable by others, not even briefly.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"url": url, "token": token, "pid": pid}, f)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o600)  # O_CREAT leaves an existing file's mode alone
@@ -43,6 +64,17 @@ def write_credentials(state_dir: Path, url: str, token: str, pid: int) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_credentials(
+    state_dir: Path, url: str, token: str, pid: int, ca_file: Path | None = None
+) -> Path:
+    """Write the file with mode 0600, atomically."""
+    path = credentials_path(state_dir)
+    data: dict[str, object] = {"url": url, "token": token, "pid": pid}
+    if ca_file is not None:
+        data["ca"] = str(ca_file)
+    write_private(path, json.dumps(data).encode())
     return path
 
 
@@ -50,8 +82,14 @@ def read_credentials(state_dir: Path) -> Credentials | None:
     """The credentials, or None when the file is missing or unreadable as credentials."""
     try:
         data = json.loads(credentials_path(state_dir).read_text(encoding="utf-8"))
-        return Credentials(url=str(data["url"]), token=str(data["token"]), pid=int(data["pid"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        ca = data.get("ca")
+        return Credentials(
+            url=str(data["url"]),
+            token=str(data["token"]),
+            pid=int(data["pid"]),
+            ca_file=str(ca) if ca else None,
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 

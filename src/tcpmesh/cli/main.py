@@ -227,6 +227,26 @@ def status(ctx: Context, output: str) -> None:
         sys.exit(1)
 
 
+@cli.command("kubeconfig")
+@click.option("--path", "path_only", is_flag=True, help="Print the file's path, not its content.")
+@pass_context
+@friendly_errors
+def kubeconfig_command(ctx: Context, path_only: bool) -> None:
+    """The kubeconfig of the running mesh (HTTPS, the mesh's CA, its token), for kubectl.
+
+    export KUBECONFIG=$(tcpmesh kubeconfig --path)
+    """
+    from tcpmesh.apiserver.kubeconfig import kubeconfig_path
+
+    path = kubeconfig_path(ctx.state_dir)
+    if lifecycle.running_client(ctx.state_dir) is None or not path.exists():
+        fail(
+            f"error: tcpmesh is not running (state directory {ctx.state_dir}); "
+            "start it with `tcpmesh up`"
+        )
+    click.echo(str(path) if path_only else path.read_text(encoding="utf-8"), nl=path_only)
+
+
 # ---------------------------------------------------------------- objects
 
 

@@ -25,6 +25,9 @@ __all__ = [
     "human_duration",
     "no_resources_message",
     "print_table",
+    "table_cells",
+    "table_columns",
+    "table_has_name",
     "to_json",
     "to_yaml",
 ]
@@ -384,6 +387,29 @@ def _secret(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row:
     ]
 
 
+def _event(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row:
+    involved = _get(obj, "involvedObject") or {}
+    last = obj.get("lastTimestamp") or obj.get("eventTime") or obj.get("firstTimestamp")
+    row = [
+        age(last, now),
+        str(obj.get("type") or ""),
+        str(obj.get("reason") or ""),
+        f"{str(involved.get('kind', '')).lower()}/{involved.get('name', '')}",
+        str(obj.get("message") or "").strip(),
+    ]
+    if wide:
+        source = _get(obj, "source") or {}
+        parts = [str(source[k]) for k in ("component", "host") if source.get(k)]
+        row += [
+            str(involved.get("fieldPath") or ""),
+            ", ".join(parts),
+            age(obj.get("firstTimestamp") or last, now),
+            str(obj.get("count") or 1),
+            str(_get(obj, "metadata", "name") or ""),
+        ]
+    return row
+
+
 def _age_only(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row:
     return [age(_get(obj, "metadata", "creationTimestamp"), now)]
 
@@ -412,7 +438,31 @@ _TABLES: dict[str, tuple[list[str], list[str], _Columns]] = {
     "DestinationRule": (["HOST", "AGE"], [], _destination_rule),
     "ServiceEntry": (["HOSTS", "LOCATION", "RESOLUTION", "AGE"], [], _service_entry),
     "WorkloadEntry": (["AGE", "ADDRESS"], [], _workload_entry),
+    "Event": (
+        ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        ["SUBOBJECT", "SOURCE", "FIRST SEEN", "COUNT", "NAME"],
+        _event,
+    ),
 }
+# kubectl's event table has no leading NAME column (the name is a wide column).
+_NAMELESS = frozenset({"Event"})
+
+
+def table_has_name(kind: str) -> bool:
+    """Whether kubectl's table for ``kind`` starts with a NAME column."""
+    return kind not in _NAMELESS
+
+
+def table_columns(kind: str) -> tuple[list[str], list[str]]:
+    """kubectl's column headers for ``kind`` after NAME: (always shown, shown with -o wide)."""
+    columns, wide_columns, _ = _TABLES.get(kind, (["AGE"], [], _age_only))
+    return list(columns), list(wide_columns)
+
+
+def table_cells(kind: str, obj: Mapping[str, Any], *, wide: bool, now: datetime) -> list[str]:
+    """The cells after NAME of ``obj``'s row, as :func:`table_columns` orders them."""
+    _, _, build = _TABLES.get(kind, (["AGE"], [], _age_only))
+    return build(obj, wide, now)
 
 
 def print_table(
@@ -429,12 +479,14 @@ def print_table(
     """
     now = now or datetime.now(UTC)
     columns, wide_columns, build = _TABLES.get(kind_info.kind, (["AGE"], [], _age_only))
-    headers = ["NAME", *columns, *(wide_columns if wide else [])]
+    named = table_has_name(kind_info.kind)
+    headers = [*(["NAME"] if named else []), *columns, *(wide_columns if wide else [])]
     if all_namespaces and kind_info.namespaced:
         headers.insert(0, "NAMESPACE")
     rows = []
     for obj in objects:
-        row = [str(_get(obj, "metadata", "name") or ""), *build(obj, wide, now)]
+        name = [str(_get(obj, "metadata", "name") or "")] if named else []
+        row = [*name, *build(obj, wide, now)]
         if all_namespaces and kind_info.namespaced:
             row.insert(0, str(_get(obj, "metadata", "namespace") or ""))
         rows.append(row)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -116,7 +117,9 @@ class SnapshotFeed:
         namespace, _, pod = self.node.partition("/")
         url = f"{creds.url.rstrip('/')}/tcpmesh/v1/snapshots/{namespace}/{pod}"
         headers = {"Authorization": f"Bearer {creds.token}", "Accept": "application/x-ndjson"}
-        async with session.get(url, params={"watch": "true"}, headers=headers) as resp:
+        # https: verified against the mesh's CA only; plain http has no TLS to configure.
+        tls: ssl.SSLContext | bool = creds.ssl_context() or True
+        async with session.get(url, params={"watch": "true"}, headers=headers, ssl=tls) as resp:
             if resp.status != 200:
                 raise aiohttp.ClientResponseError(
                     resp.request_info, (), status=resp.status, message=resp.reason or ""
