@@ -75,6 +75,10 @@ def test_seed_step_4_verbatim(mesh: MeshHarness, which: str, tmp_path: Path) -> 
 @pytest.mark.parametrize("which", ["current", "1.20"])
 def test_get_prints_kubectl_tables(mesh: MeshHarness, which: str) -> None:
     binary = current_kubectl() if which == "current" else old_kubectl()
+    # A pod may be restarting (pod IPs are shared with every other mesh on this machine).
+    mesh.wait_for(
+        "both versions ready", lambda: mesh.deployments_ready("tcp-echo-v1", "tcp-echo-v2")
+    )
     out = kubectl(binary, kubeconfig_of(mesh), "get", "vs,dr,gw,svc,deploy,po").stdout
     headers = {" ".join(line.split()) for line in out.splitlines() if line.startswith("NAME")}
     assert "NAME GATEWAYS HOSTS AGE" in headers

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tcpmesh.runtime.events import NORMAL, EventRecorder, Happening
 from tcpmesh.runtime.objects import (
     Obj,
     condition,
@@ -222,6 +223,46 @@ def _create_pod(store: StoreLike, deploy: Mapping[str, Any], pod_hash: str) -> O
     raise RuntimeError(f"no free pod name for deployment {name_of(deploy)}")
 
 
+def scaling_happenings(
+    deploy: Mapping[str, Any],
+    owned: Sequence[Obj],
+    deleted: Sequence[Obj],
+    created: int,
+    pod_hash: str,
+) -> list[Happening]:
+    """``ScalingReplicaSet`` events, one per replica set (pod template hash) that changed size."""
+    sizes: dict[str, int] = {}
+    for pod in owned:
+        replica_hash = str(labels_of(pod).get(HASH_LABEL, ""))
+        sizes[replica_hash] = sizes.get(replica_hash, 0) + 1
+    found = []
+    if created:
+        before = sizes.get(pod_hash, 0)
+        replica_set = f"{name_of(deploy)}-{pod_hash}"
+        found.append(
+            Happening(
+                NORMAL,
+                "ScalingReplicaSet",
+                f"Scaled up replica set {replica_set} from {before} to {before + created}",
+            )
+        )
+    gone: dict[str, int] = {}
+    for pod in deleted:
+        replica_hash = str(labels_of(pod).get(HASH_LABEL, ""))
+        gone[replica_hash] = gone.get(replica_hash, 0) + 1
+    for replica_hash, count in sorted(gone.items()):
+        before = sizes.get(replica_hash, 0)
+        found.append(
+            Happening(
+                NORMAL,
+                "ScalingReplicaSet",
+                f"Scaled down replica set {name_of(deploy)}-{replica_hash} from {before} to "
+                f"{before - count}",
+            )
+        )
+    return found
+
+
 @dataclass
 class PodBudget:
     """How many more pods the mesh may run (:mod:`tcpmesh.runtime.podcap`)."""
@@ -240,11 +281,12 @@ def sync_deployment(
     deploy: Mapping[str, Any],
     pods: Sequence[Obj],
     budget: PodBudget | None = None,
+    events: EventRecorder | None = None,
 ) -> None:
     """One reconciliation step for one Deployment; ``pods`` are its namespace's pods.
 
     ``budget`` bounds the pods created; a Deployment it leaves short says so in a
-    ``ReplicaFailure`` condition.
+    ``ReplicaFailure`` condition. ``events`` records the scaling it does.
     """
     spec = deploy["spec"]
     template = spec["template"]
@@ -276,12 +318,17 @@ def sync_deployment(
             plan = Plan(create=granted, delete=plan.delete)
     current = [p for p in owned if key_of(p) not in deleted]
     current += [_create_pod(store, deploy, pod_hash) for _ in range(plan.create)]
+    if events is not None:
+        for happening in scaling_happenings(deploy, owned, plan.delete, plan.create, pod_hash):
+            events.record(deploy, happening)
     status = deployment_status(deploy, current, pod_hash, failure)
     if status != deploy.get("status"):
         store.update_status("Deployment", *key_of(deploy), status)
 
 
-def sync_deployments(store: StoreLike, max_pods: int = DEFAULT_MAX_PODS) -> None:
+def sync_deployments(
+    store: StoreLike, max_pods: int = DEFAULT_MAX_PODS, events: EventRecorder | None = None
+) -> None:
     """Reconcile every Deployment, then delete the pods of Deployments that are gone.
 
     No more than ``max_pods`` pods exist afterwards (pods already above it are left to
@@ -295,7 +342,9 @@ def sync_deployments(store: StoreLike, max_pods: int = DEFAULT_MAX_PODS) -> None
         by_namespace.setdefault(namespace_of(pod), []).append(pod)
     for deploy in deployments:
         try:
-            sync_deployment(store, deploy, by_namespace.get(namespace_of(deploy), []), budget)
+            sync_deployment(
+                store, deploy, by_namespace.get(namespace_of(deploy), []), budget, events
+            )
         except Exception:
             log.exception("deployment %s/%s: reconcile failed", *key_of(deploy))
     for pod in orphaned_pods(deployments, pods):

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tcpmesh.runtime.events import NORMAL, EventRecorder, Happening
 from tcpmesh.runtime.objects import (
     Obj,
     key_of,
@@ -148,14 +149,21 @@ def _sync_endpoints_of(store: StoreLike, service: Obj, pods: list[Obj]) -> None:
         store.replace({**existing, "metadata": metadata, "subsets": subsets})
 
 
-def _sync_load_balancer(store: StoreLike, service: Obj, node_address: str) -> None:
+def _sync_load_balancer(
+    store: StoreLike, service: Obj, node_address: str, events: EventRecorder | None
+) -> None:
     status = service.get("status") or {}
     wanted = load_balancer_status(service, node_address)
     if (status.get("loadBalancer") or {}) != wanted:
         store.update_status("Service", *key_of(service), {**status, "loadBalancer": wanted})
+        if events is not None and wanted:
+            # As Kubernetes' service controller reports a provisioned load balancer.
+            events.record(
+                service, Happening(NORMAL, "EnsuredLoadBalancer", "Ensured load balancer")
+            )
 
 
-def sync_services(store: StoreLike, node_address: str) -> None:
+def sync_services(store: StoreLike, node_address: str, events: EventRecorder | None = None) -> None:
     """Reconcile the Endpoints and load balancer status of every Service."""
     services = store.list("Service")
     pods = store.list("Pod")
@@ -163,7 +171,7 @@ def sync_services(store: StoreLike, node_address: str) -> None:
         try:
             if has_selector(service):
                 _sync_endpoints_of(store, service, pods)
-            _sync_load_balancer(store, service, node_address)
+            _sync_load_balancer(store, service, node_address, events)
         except Exception:
             log.exception("service %s/%s: reconcile failed", *key_of(service))
     service_keys = {key_of(s) for s in services}

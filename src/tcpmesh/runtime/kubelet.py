@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tcpmesh.runtime import logs, process
+from tcpmesh.runtime.events import EventRecorder, pod_happenings
 from tcpmesh.runtime.images import ImageNotRunnable, container_argv
 from tcpmesh.runtime.ipam import FIRST_POD_IP, allocate_ip, is_pod_ip
 from tcpmesh.runtime.launch import expand, pod_identity, pod_variables, process_environment
@@ -153,6 +154,10 @@ class PodWorker:
         except Exception:
             log.exception("pod %s/%s: status update failed", self.namespace, self.name)
             return
+        for happening in pod_happenings(
+            self.name, self.namespace, str(self.uid), self._previous_status, status
+        ):
+            self._kubelet.events.record(current, happening)
         self._previous_status = status
         self._kubelet.changed()
 
@@ -298,6 +303,7 @@ class Kubelet:
         first_pod_ip: str = FIRST_POD_IP,
     ) -> None:
         self.store = store
+        self.events = EventRecorder(store, "kubelet", node_address)
         self.first_pod_ip = first_pod_ip
         self.state_dir = state_dir
         self.node_address = node_address

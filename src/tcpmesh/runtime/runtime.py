@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tcpmesh.runtime.deployments import sync_deployments
 from tcpmesh.runtime.endpoints import sync_services
+from tcpmesh.runtime.events import EventRecorder
 from tcpmesh.runtime.ipam import FIRST_POD_IP
 from tcpmesh.runtime.kubelet import Kubelet
 from tcpmesh.runtime.podcap import DEFAULT_MAX_PODS
@@ -54,6 +55,8 @@ class Runtime:
         self.kubelet = Kubelet(
             store, self.state_dir, node_address, self._dirty.set, first_pod_ip=first_pod_ip
         )
+        self._deployment_events = EventRecorder(store, "deployment-controller")
+        self._service_events = EventRecorder(store, "service-controller")
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
 
@@ -94,10 +97,15 @@ class Runtime:
 
     def reconcile(self, *, run_pods: bool = True) -> None:
         """One level-triggered pass over Deployments, Pods and Services."""
-        self._step("deployments", lambda: sync_deployments(self.store, self.max_pods))
+        self._step(
+            "deployments",
+            lambda: sync_deployments(self.store, self.max_pods, self._deployment_events),
+        )
         if run_pods:
             self._step("pods", lambda: self.kubelet.sync(self.store.list("Pod")))
-        self._step("services", lambda: sync_services(self.store, self.node_address))
+        self._step(
+            "services", lambda: sync_services(self.store, self.node_address, self._service_events)
+        )
 
     @staticmethod
     def _step(name: str, step: Callable[[], None]) -> None:
