@@ -66,6 +66,31 @@ DESTINATION_RULE: Obj = {
     "metadata": META,
     "spec": {"host": "a", "trafficPolicy": POLICY},
 }
+
+
+def _lb_subset(name: str, lb: Obj) -> Obj:
+    return {"name": name, "trafficPolicy": {"loadBalancer": lb}}
+
+
+# One subset per load balancer shape, since ringHash, maglev and backendUtilization exclude
+# each other within one loadBalancer.
+LB_RULE: Obj = {
+    "apiVersion": "networking.istio.io/v1",
+    "kind": "DestinationRule",
+    "metadata": META,
+    "spec": {
+        "host": "a",
+        "subsets": [
+            _lb_subset(
+                "r", {"consistentHash": {"useSourceIp": True, "ringHash": {"minimumRingSize": 1}}}
+            ),
+            _lb_subset(
+                "m", {"consistentHash": {"useSourceIp": True, "maglev": {"tableSize": 65537}}}
+            ),
+            _lb_subset("b", {"backendUtilization": {"errorUtilizationPenaltyPercent": 1}}),
+        ],
+    },
+}
 VIRTUAL_SERVICE: Obj = {
     "apiVersion": "networking.istio.io/v1",
     "kind": "VirtualService",
@@ -177,6 +202,44 @@ CASES: dict[tuple[type[models.Model], str], tuple[Obj, Path]] = {
     (models.ConsistentHashLB, "minimum_ring_size"): (
         DESTINATION_RULE,
         (*DR_POLICY, "loadBalancer", "consistentHash", "minimumRingSize"),
+    ),
+    (models.RingHash, "minimum_ring_size"): (
+        LB_RULE,
+        (
+            "spec",
+            "subsets",
+            0,
+            "trafficPolicy",
+            "loadBalancer",
+            "consistentHash",
+            "ringHash",
+            "minimumRingSize",
+        ),
+    ),
+    (models.MagLev, "table_size"): (
+        LB_RULE,
+        (
+            "spec",
+            "subsets",
+            1,
+            "trafficPolicy",
+            "loadBalancer",
+            "consistentHash",
+            "maglev",
+            "tableSize",
+        ),
+    ),
+    (models.BackendUtilization, "error_utilization_penalty_percent"): (
+        LB_RULE,
+        (
+            "spec",
+            "subsets",
+            2,
+            "trafficPolicy",
+            "loadBalancer",
+            "backendUtilization",
+            "errorUtilizationPenaltyPercent",
+        ),
     ),
     (models.TcpKeepalive, "probes"): (
         DESTINATION_RULE,

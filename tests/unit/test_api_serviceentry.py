@@ -175,7 +175,7 @@ def test_unknown_resolution_and_location_name_the_supported_values() -> None:
         se_error(
             "spec.resolution",
             'Unsupported value: "DNS_RR": supported values: "NONE", "STATIC", "DNS", '
-            '"DNS_ROUND_ROBIN"',
+            '"DNS_ROUND_ROBIN", "DYNAMIC_DNS"',
         ),
     ]
 

@@ -316,14 +316,51 @@ class GatewaySpec(Model):
     servers: list[Server | None] = Field(default_factory=list)
 
 
+class RingHash(Model):
+    minimum_ring_size: int | None = None
+
+
+class MagLev(Model):
+    table_size: int | None = None
+
+
+class HTTPCookieAttribute(Model):
+    name: str = ""
+    value: str | None = None
+
+
+class HTTPCookie(Model):
+    name: str = ""
+    path: str | None = None
+    ttl: str | None = None
+    attributes: list[HTTPCookieAttribute] = Field(default_factory=list)
+
+
 class ConsistentHashLB(Model):
     http_header_name: str | None = None
-    http_cookie: Any = None
+    http_cookie: HTTPCookie | None = None
     use_source_ip: bool | None = None
     http_query_parameter_name: str | None = None
-    ring_hash: Any = None
-    maglev: Any = None
+    ring_hash: RingHash | None = None
+    maglev: MagLev | None = None
+    # Deprecated in Istio in favour of ringHash.minimumRingSize; still honoured there.
     minimum_ring_size: int | None = None
+
+
+class WarmupConfiguration(Model):
+    duration: str | None = None
+    minimum_percent: float | None = None
+    aggression: float | None = None
+
+
+class BackendUtilization(Model):
+    """ORCA-weighted balancing (HTTP/gRPC load reports); accepted, meaningless for raw TCP."""
+
+    error_utilization_penalty_percent: int | None = None
+    metric_names_for_computing_utilization: list[str] = Field(default_factory=list)
+    weight_expiration_period: str | None = None
+    weight_stabilization_period: str | None = None
+    weight_update_period: str | None = None
 
 
 class LoadBalancerSettings(Model):
@@ -334,9 +371,25 @@ class LoadBalancerSettings(Model):
         | None
     ) = None
     consistent_hash: ConsistentHashLB | None = None
+    backend_utilization: BackendUtilization | None = None
     locality_lb_setting: Any = None
+    zone_aware_lb_setting: Any = None
     warmup_duration_secs: str | None = None
-    warmup: Any = None
+    warmup: WarmupConfiguration | None = None
+
+
+class ClientTLSSettings(Model):
+    """Upstream TLS of a DestinationRule; tcpmesh's data planes originate no TLS yet."""
+
+    mode: Literal["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"] = "DISABLE"
+    client_certificate: str = ""
+    private_key: str = ""
+    ca_certificates: str = ""
+    credential_name: str = ""
+    subject_alt_names: list[str] | None = None
+    sni: str = ""
+    insecure_skip_verify: bool | None = None
+    ca_crl: str = ""
 
 
 class TcpKeepalive(Model):
@@ -368,6 +421,7 @@ class OutlierDetection(Model):
     base_ejection_time: str | None = None
     max_ejection_percent: int | None = None
     min_health_percent: int | None = None
+    outlier_detection_http_error_codes: list[int] = Field(default_factory=list)
 
 
 class PortTrafficPolicy(Model):
@@ -375,14 +429,14 @@ class PortTrafficPolicy(Model):
     load_balancer: LoadBalancerSettings | None = None
     connection_pool: ConnectionPoolSettings | None = None
     outlier_detection: OutlierDetection | None = None
-    tls: Any = None
+    tls: ClientTLSSettings | None = None
 
 
 class TrafficPolicy(Model):
     load_balancer: LoadBalancerSettings | None = None
     connection_pool: ConnectionPoolSettings | None = None
     outlier_detection: OutlierDetection | None = None
-    tls: Any = None
+    tls: ClientTLSSettings | None = None
     port_level_settings: list[PortTrafficPolicy] = Field(default_factory=list)
     tunnel: Any = None
     proxy_protocol: Any = None
@@ -439,7 +493,7 @@ class ServiceEntrySpec(Model):
     addresses: list[str] = Field(default_factory=list)
     ports: list[ServiceEntryPort | None] = Field(default_factory=list)
     location: Literal["MESH_EXTERNAL", "MESH_INTERNAL"] = "MESH_EXTERNAL"
-    resolution: Literal["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"] = "NONE"
+    resolution: Literal["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"] = "NONE"
     endpoints: list[WorkloadEntrySpec | None] = Field(default_factory=list)
     workload_selector: EntryWorkloadSelector | None = None
     export_to: list[str] = Field(default_factory=list)

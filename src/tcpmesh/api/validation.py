@@ -14,6 +14,7 @@ up to 100 is accepted (as Istio does since 1.15) but the effective split is spel
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -52,9 +53,10 @@ def validate(resource: models.Resource) -> list[Finding]:
     findings = list(_metadata(resource))
     if isinstance(resource, models.VirtualService):
         findings += _virtual_service(resource.spec)
+        findings += _export_to(resource.namespace, resource.spec.export_to, service_entry=False)
         findings += _weighted_pick(resource)
     elif isinstance(resource, models.DestinationRule):
-        findings += _destination_rule(resource.spec)
+        findings += _destination_rule(resource.namespace, resource.spec)
     elif isinstance(resource, models.Gateway):
         findings += _gateway(resource)
     elif isinstance(resource, models.Deployment):
@@ -86,6 +88,8 @@ INT32 = IntType("int32", -(2**31), 2**31 - 1)
 INT64 = IntType("int64", -(2**63), 2**63 - 1)
 UINT32 = IntType("uint32", 0, 2**32 - 1)
 UINT64 = IntType("uint64", 0, 2**64 - 1)
+# outlierDetectionHttpErrorCodes items: the CRD schema's minimum and maximum.
+HTTP_STATUS = IntType("http status code", 100, 599)
 
 # Every integer field of every served kind, with its upstream type: Kubernetes' Go
 # structs (k8s.io/api core/v1, apps/v1, meta/v1) and Istio's protos (networking v1),
@@ -112,6 +116,9 @@ NUMERIC_FIELDS: dict[tuple[type[models.Model], str], IntType] = {
     (models.GatewayPort, "number"): UINT32,
     (models.GatewayPort, "target_port"): UINT32,
     (models.ConsistentHashLB, "minimum_ring_size"): UINT64,
+    (models.RingHash, "minimum_ring_size"): UINT64,
+    (models.MagLev, "table_size"): UINT64,
+    (models.BackendUtilization, "error_utilization_penalty_percent"): UINT32,
     (models.TcpKeepalive, "probes"): UINT32,
     (models.TCPSettings, "max_connections"): INT32,
     (models.OutlierDetection, "consecutive_local_origin_failures"): UINT32,
@@ -469,7 +476,8 @@ def _unreachable_tcp_rules(routes: Sequence[models.TCPRoute]) -> Iterator[Findin
 # ---------------------------------------------------------------- DestinationRule
 
 
-def _destination_rule(spec: models.DestinationRuleSpec) -> Iterator[Finding]:
+def _destination_rule(namespace: str, spec: models.DestinationRuleSpec) -> Iterator[Finding]:
+    """ValidateDestinationRule, in Istio's order."""
     problem = names.validate_wildcard_domain(spec.host)
     if problem:
         yield _error("spec.host", problem)
@@ -490,9 +498,33 @@ def _destination_rule(spec: models.DestinationRuleSpec) -> Iterator[Finding]:
         for problem in names.validate_labels(subset.labels):
             yield _error(f"{path}.labels", problem)
         yield from _traffic_policy(f"{path}.trafficPolicy", subset.traffic_policy)
+    selector = spec.workload_selector
+    yield from _export_to(
+        namespace, spec.export_to, service_entry=False, selector=selector is not None
+    )
+    if selector is not None:
+        yield from _workload_selector("spec.workloadSelector", selector)
+
+
+def _workload_selector(path: str, selector: models.WorkloadSelector) -> Iterator[Finding]:
+    """validateWorkloadSelector (type.v1beta1.WorkloadSelector: ``matchLabels``)."""
+    for key, value in selector.match_labels.items():
+        if not key:
+            yield _error(
+                f"{path}.matchLabels",
+                f"empty key is not supported in selector: {quote(f'{key}={value}')}",
+            )
+        if "*" in key or "*" in value:
+            yield _error(
+                f"{path}.matchLabels",
+                f"wildcard is not supported in selector: {quote(f'{key}={value}')}",
+            )
+    if not selector.match_labels:
+        yield _warning(path, "workload selector specified without labels")
 
 
 def _traffic_policy(path: str, policy: models.TrafficPolicy | None) -> Iterator[Finding]:
+    """validateTrafficPolicy."""
     if policy is None:
         return
     fields = (
@@ -513,6 +545,10 @@ def _traffic_policy(path: str, policy: models.TrafficPolicy | None) -> Iterator[
         return
     yield from _outlier_detection(f"{path}.outlierDetection", policy.outlier_detection)
     yield from _connection_pool(f"{path}.connectionPool", policy.connection_pool)
+    yield from _load_balancer(
+        f"{path}.loadBalancer", policy.load_balancer, policy.outlier_detection
+    )
+    yield from _client_tls(f"{path}.tls", policy.tls)
     for i, port_policy in enumerate(policy.port_level_settings):
         where = f"{path}.portLevelSettings[{i}]"
         if port_policy.port is None:
@@ -528,6 +564,163 @@ def _traffic_policy(path: str, policy: models.TrafficPolicy | None) -> Iterator[
             continue
         yield from _outlier_detection(f"{where}.outlierDetection", port_policy.outlier_detection)
         yield from _connection_pool(f"{where}.connectionPool", port_policy.connection_pool)
+        yield from _load_balancer(
+            f"{where}.loadBalancer", port_policy.load_balancer, port_policy.outlier_detection
+        )
+        yield from _client_tls(f"{where}.tls", port_policy.tls)
+
+
+# Envoy's bound on a Maglev table (and Istio's, in validateLoadBalancer).
+MAGLEV_TABLE_SIZE_LIMIT = 5000011
+
+
+def _load_balancer(
+    path: str, lb: models.LoadBalancerSettings | None, outlier: models.OutlierDetection | None
+) -> Iterator[Finding]:
+    """The CRD schema's oneOf and CEL rules, then validateLoadBalancer."""
+    if lb is None:
+        return
+    chosen = [lb.simple, lb.consistent_hash, lb.backend_utilization]
+    if sum(value is not None for value in chosen) > 1:
+        yield _one_of(path)
+    if lb.warmup_duration_secs is not None and lb.warmup is not None:
+        yield _error(path, "only one of warmupDurationSecs or warmup can be set")
+    if lb.consistent_hash is not None:
+        yield from _consistent_hash(f"{path}.consistentHash", lb.consistent_hash)
+    if lb.locality_lb_setting is not None and lb.zone_aware_lb_setting is not None:
+        yield _error(path, "only one of localityLbSetting and zoneAwareLbSetting can be set")
+    for field, setting in (
+        ("localityLbSetting", lb.locality_lb_setting),
+        ("zoneAwareLbSetting", lb.zone_aware_lb_setting),
+    ):
+        failover = isinstance(setting, dict) and (
+            setting.get("failover") or setting.get("failoverPriority")
+        )
+        if failover and outlier is None:
+            yield _warning(
+                f"{path}.{field}", "outlier detection policy must be provided for failover"
+            )
+    yield from _duration(f"{path}.warmupDurationSecs", lb.warmup_duration_secs)
+    if lb.warmup is not None:
+        yield from _warmup(f"{path}.warmup", lb.warmup)
+    if lb.backend_utilization is not None:
+        for field in ("weightExpirationPeriod", "weightStabilizationPeriod", "weightUpdatePeriod"):
+            value = getattr(lb.backend_utilization, _snake(field))
+            yield from _parsed_duration(f"{path}.backendUtilization.{field}", value)
+
+
+def _consistent_hash(path: str, ch: models.ConsistentHashLB) -> Iterator[Finding]:
+    keys = [ch.http_header_name, ch.http_cookie, ch.use_source_ip, ch.http_query_parameter_name]
+    if sum(value is not None for value in keys) > 1:
+        yield _one_of(path)
+    if ch.ring_hash is not None and ch.maglev is not None:
+        yield _one_of(path)
+    cookie = ch.http_cookie
+    if cookie is not None:
+        if not cookie.name:
+            yield _error(f"{path}.httpCookie", "name required for HttpCookie")
+        names_seen: set[str] = set()
+        for attribute in cookie.attributes:
+            if not attribute.name:
+                yield _error(f"{path}.httpCookie", "cookie attribute name cannot be empty")
+            elif attribute.name in names_seen:
+                yield _error(
+                    f"{path}.httpCookie", f"duplicate cookie attribute name: {attribute.name}"
+                )
+            names_seen.add(attribute.name)
+    if ch.minimum_ring_size:
+        yield _warning(
+            f"{path}.minimumRingSize",
+            "consistent hash MinimumRingSize is deprecated, use ConsistentHashLB's RingHash "
+            "configuration instead",
+        )
+        if ch.ring_hash is not None or ch.maglev is not None:
+            yield _error(path, "only one of MinimumRingSize or Maglev/Ringhash can be specified")
+    if ch.maglev is not None:
+        size = ch.maglev.table_size or 0
+        where = f"{path}.maglev.tableSize"
+        if size == 0:
+            yield _error(where, "tableSize must be set for maglev")
+        if size >= MAGLEV_TABLE_SIZE_LIMIT:
+            yield _error(where, f"tableSize must be less than {MAGLEV_TABLE_SIZE_LIMIT} for maglev")
+        if not is_prime(size):
+            yield _error(where, "tableSize must be a prime number for maglev")
+
+
+def is_prime(number: int) -> bool:
+    """Envoy's Primes::isPrime, which Istio copies: 0 counts as not prime, 1 as prime."""
+    if 0 < number < 4:
+        return True
+    if number % 2 == 0:
+        return False
+    return all(number % factor for factor in range(3, math.isqrt(number) + 1, 2))
+
+
+def _warmup(path: str, warmup: models.WarmupConfiguration) -> Iterator[Finding]:
+    if warmup.duration is None:
+        yield _error(f"{path}.duration", "duration is required")
+    else:
+        yield from _duration(f"{path}.duration", warmup.duration)
+    if warmup.minimum_percent is not None and warmup.minimum_percent > 100:
+        yield _error(
+            f"{path}.minimumPercent", "minimumPercent value should be less than or equal to 100"
+        )
+    if warmup.aggression is not None and warmup.aggression <= 0:
+        yield _error(f"{path}.aggression", "aggression should be greater than 0")
+
+
+def _client_tls(path: str, tls: models.ClientTLSSettings | None) -> Iterator[Finding]:
+    """agent.ValidateTLS for a DestinationRule's upstream TLS."""
+    if tls is None:
+        return
+    if tls.insecure_skip_verify:
+        if tls.mode == "SIMPLE" and (
+            tls.ca_certificates or tls.credential_name or tls.subject_alt_names is not None
+        ):
+            yield _error(
+                path,
+                "cannot specify CaCertificates or CredentialName or SubjectAltNames when "
+                "InsecureSkipVerify is set true",
+            )
+        if tls.mode == "MUTUAL" and (tls.ca_certificates or tls.subject_alt_names is not None):
+            yield _error(
+                path,
+                "cannot specify CaCertificates or SubjectAltNames when InsecureSkipVerify is "
+                "set true",
+            )
+    if tls.mode in ("SIMPLE", "MUTUAL") and tls.credential_name:
+        if tls.client_certificate or tls.ca_certificates or tls.private_key or tls.ca_crl:
+            yield _error(
+                path,
+                "cannot specify client certificates or CA certificate or CA CRL If "
+                "credentialName is set",
+            )
+        return
+    if tls.mode == "MUTUAL":
+        if not tls.client_certificate:
+            yield _error(path, "client certificate required for mutual tls")
+        if not tls.private_key:
+            yield _error(path, "private key required for mutual tls")
+
+
+def _one_of(path: str) -> Finding:
+    """The API server's message when a CRD schema's oneOf alternatives both match."""
+    message = f"{path} in body must validate one and only one schema (oneOf)"
+    return _error(path, f'Invalid value: "object": {message}')
+
+
+def _parsed_duration(path: str, value: str | None) -> Iterator[Finding]:
+    """A google.protobuf.Duration that must parse, with no lower bound (backendUtilization)."""
+    if value is None:
+        return
+    try:
+        parse_duration_ns(value)
+    except ValueError as exc:
+        yield _error(path, str(exc))
+
+
+def _snake(camel: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", camel).lower()
 
 
 def _connection_pool(path: str, pool: models.ConnectionPoolSettings | None) -> Iterator[Finding]:
@@ -574,6 +767,10 @@ def _outlier_detection(path: str, outlier: models.OutlierDetection | None) -> It
     ):
         if value is not None and not 0 <= value <= 100:
             yield _error(f"{path}.{field}", f"percentage {value} is not in range 0..100")
+    for i, code in enumerate(outlier.outlier_detection_http_error_codes):
+        where = f"{path}.outlierDetectionHttpErrorCodes[{i}]"
+        if not HTTP_STATUS.low <= code <= HTTP_STATUS.high:
+            yield _error(where, _schema_message(where, code, HTTP_STATUS))
 
 
 def _duration(path: str, value: str | None, *, zero_disables: bool = False) -> Iterator[Finding]:
@@ -719,7 +916,8 @@ def _service_entry(entry: models.ServiceEntry) -> Iterator[Finding]:
         problem = names.validate_wildcard_domain(host)
         if problem:
             yield _error(f"spec.hosts[{i}]", problem)
-        if "*" in host and len(host) != 1 and not host.startswith("*."):
+        partial = "*" in host and len(host) != 1 and not host.startswith("*.")
+        if partial and spec.resolution != "DYNAMIC_DNS":
             yield _warning(f"spec.hosts[{i}]", f"partial wildcard {quote(host)} not allowed")
 
     for i, address in enumerate(spec.addresses):
@@ -752,6 +950,8 @@ def _service_entry(entry: models.ServiceEntry) -> Iterator[Finding]:
                 yield from _workload_entry(
                     f"spec.endpoints[{i}]", endpoint, port_names, allow_fqdn=False
                 )
+    elif spec.resolution == "DYNAMIC_DNS":
+        yield from _dynamic_dns_entry(spec)
     else:
         yield from _dns_entry(spec, port_names)
 
@@ -824,6 +1024,43 @@ def _entry_ports(entry: models.ServiceEntry) -> Iterator[Finding]:
         problem = names.validate_port(port.number)
         if problem:
             yield _error(f"{path}.number", problem)
+
+
+# The protocols a dynamic forward proxy cluster serves (Istio's buildOutboundClusters).
+_DYNAMIC_DNS_PROTOCOLS = {"http", "tls", "grpc", "http2"}
+
+
+def _dynamic_dns_entry(spec: models.ServiceEntrySpec) -> Iterator[Finding]:
+    """The DYNAMIC_DNS branch of ValidateServiceEntry: wildcard hosts, HTTP or TLS ports."""
+    mode = spec.resolution
+    if not spec.hosts:
+        yield _error(
+            "spec.hosts", f"at least one wildcard host must be provided for resolution type {mode}"
+        )
+    for i, host in enumerate(spec.hosts):
+        if not host.startswith("*"):
+            yield _error(f"spec.hosts[{i}]", f"host must be wildcarded for resolution mode {mode}")
+    if spec.addresses:
+        yield _error(
+            "spec.addresses",
+            f"addresses cannot be set for resolution type {mode}. HTTP route domains will only "
+            "be generatedfrom the hosts field values",
+        )
+    if spec.endpoints:
+        yield _error(
+            "spec.endpoints",
+            f"endpoints cannot be set for resolution type {mode}. Destination IP address "
+            "determined from hostsfield values",
+        )
+    for i, port in enumerate(spec.ports):
+        if port is None:
+            yield _error(f"spec.ports[{i}]", "port cannot be nil")
+        elif port.protocol.lower() not in _DYNAMIC_DNS_PROTOCOLS:
+            yield _error(
+                f"spec.ports[{i}].protocol",
+                f"only HTTP, TLS, GRPC, and HTTP2 protocols are supported for resolution type "
+                f"{mode}",
+            )
 
 
 def _dns_entry(spec: models.ServiceEntrySpec, port_names: set[str]) -> Iterator[Finding]:
@@ -941,9 +1178,13 @@ def _unix_address_problem(path: str) -> str | None:
 
 
 def _export_to(
-    namespace: str, export_to: Sequence[str], *, service_entry: bool
+    namespace: str, export_to: Sequence[str], *, service_entry: bool, selector: bool = False
 ) -> Iterator[Finding]:
-    """validateExportTo; ``~`` (visible to no one) is allowed for ServiceEntries only."""
+    """validateExportTo; ``~`` (visible to no one) is allowed for ServiceEntries only.
+
+    A DestinationRule with a workloadSelector applies to workloads of its own namespace
+    only, so it may be exported to that namespace and nowhere else.
+    """
     seen: set[str] = set()
     for i, entry in enumerate(export_to):
         path = f"spec.exportTo[{i}]"
@@ -963,6 +1204,18 @@ def _export_to(
                 yield _error(path, problem)
             else:
                 seen.add(key)
+    if selector and seen:
+        if namespace not in seen:
+            yield _error(
+                "spec.exportTo",
+                "destination rule with workload selector cannot have exportTo beyond current "
+                "namespace",
+            )
+        elif len(seen) > 1:
+            yield _error(
+                "spec.exportTo",
+                "destination rule with workload selector cannot have multiple entries in exportTo",
+            )
     if "*" in seen and len(export_to) > 1:
         yield _error(
             "spec.exportTo",
