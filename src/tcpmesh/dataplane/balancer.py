@@ -15,12 +15,16 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from tcpmesh.control import Cluster, Endpoint, OutlierDetection, WeightedCluster
-
-EndpointKey = tuple[str, int]
+from tcpmesh.dataplane.counters import (
+    ClusterCounters,
+    CounterStore,
+    EndpointCounters,
+    EndpointKey,
+    LocalCounters,
+)
 
 # Envoy caps the growing ejection time at max_ejection_time, 300s unless configured.
 MAX_EJECTION_TIME = 300.0
@@ -96,55 +100,38 @@ def _rendezvous_score(client: str, key: EndpointKey) -> int:
     return int.from_bytes(digest, "big")
 
 
-@dataclass
-class _OutlierState:
-    consecutive_failures: int = 0
-    ejections: int = 0
-    ejected_until: float = 0.0
-
-
-@dataclass
-class _ClusterState:
-    # Keyed by address:port so counts survive a snapshot that rebuilds the Endpoint objects.
-    active: dict[EndpointKey, int] = field(default_factory=dict)
-    outlier: dict[EndpointKey, _OutlierState] = field(default_factory=dict)
-    rr_next: int = 0
-    open_connections: int = 0
-
-
 class LoadBalancer:
-    """Per-worker endpoint choice with state that outlives snapshots.
+    """Endpoint choice with state that outlives snapshots, kept in a ``CounterStore``.
 
-    Callers report the life of each upstream connection: ``connect_succeeded`` or
-    ``connect_failed`` once, and ``connection_closed`` after a success.
+    With ``SharedCounters`` the circuit breaker, least-request loads, round-robin position
+    and outlier state are those of the whole proxy (every worker process), as Envoy's are
+    per cluster across its threads; with ``LocalCounters`` (the default) they are this
+    process's. Callers report the life of each upstream connection: ``try_start`` (the
+    breaker), then ``connect_succeeded`` or ``connect_failed`` per attempt, then
+    ``connection_closed`` after a success and ``connection_finished`` at the end.
     """
 
-    def __init__(self, rng: RandomSource, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rng: RandomSource,
+        clock: Callable[[], float] = time.monotonic,
+        store: CounterStore | None = None,
+    ) -> None:
         self._rng = rng
         self._clock = clock
-        self._clusters: dict[str, _ClusterState] = {}
-
-    def _state(self, cluster_name: str) -> _ClusterState:
-        state = self._clusters.get(cluster_name)
-        if state is None:
-            state = self._clusters[cluster_name] = _ClusterState()
-        return state
+        self._store: CounterStore = store if store is not None else LocalCounters()
 
     def open_connections(self, cluster_name: str) -> int:
         """Connections counted against the cluster (connecting or open)."""
-        state = self._clusters.get(cluster_name)
-        return state.open_connections if state else 0
+        return self._store.cluster(cluster_name).open
 
     def active(self, cluster_name: str, endpoint: Endpoint) -> int:
-        state = self._clusters.get(cluster_name)
-        return state.active.get(endpoint_key(endpoint), 0) if state else 0
+        counters = self._store.cluster(cluster_name).known_endpoint(endpoint_key(endpoint))
+        return counters.active if counters is not None else 0
 
     def is_ejected(self, cluster_name: str, endpoint: Endpoint) -> bool:
-        state = self._clusters.get(cluster_name)
-        if state is None:
-            return False
-        od = state.outlier.get(endpoint_key(endpoint))
-        return od is not None and od.ejected_until > self._clock()
+        counters = self._store.cluster(cluster_name).known_endpoint(endpoint_key(endpoint))
+        return counters is not None and counters.ejected_until > self._clock()
 
     def healthy_endpoints(self, cluster: Cluster) -> tuple[Endpoint, ...]:
         """Ready endpoints not ejected; all ready ones when too few are healthy (panic)."""
@@ -158,33 +145,48 @@ class LoadBalancer:
         return healthy
 
     def pick(
-        self, cluster: Cluster, client_ip: str | None = None, *, hash_source_ip: bool = False
+        self,
+        cluster: Cluster,
+        client_ip: str | None = None,
+        *,
+        hash_source_ip: bool = False,
+        exclude: frozenset[EndpointKey] = frozenset(),
     ) -> Endpoint | None:
-        """Choose an endpoint, or None when the cluster has no healthy endpoint (UH)."""
+        """Choose an endpoint, or None when the cluster has no healthy endpoint (UH).
+
+        ``exclude`` holds endpoints a connection already failed to reach (connect
+        failover skips them while others remain)."""
         candidates = self.healthy_endpoints(cluster)
+        if exclude:
+            remaining = tuple(e for e in candidates if endpoint_key(e) not in exclude)
+            candidates = remaining or candidates
         if not candidates:
             return None
         if len(candidates) == 1:
             return candidates[0]
-        if (hash_source_ip or cluster.lb_policy == "RING_HASH") and client_ip is not None:
+        if hash_source_ip and client_ip is not None:
             return max(candidates, key=lambda e: _rendezvous_score(client_ip, endpoint_key(e)))
-        state = self._state(cluster.name)
+        counters = self._store.cluster(cluster.name)
         if cluster.lb_policy == "ROUND_ROBIN":
-            chosen = candidates[state.rr_next % len(candidates)]
-            state.rr_next = (state.rr_next + 1) % len(candidates)
-            return chosen
-        if cluster.lb_policy in ("RANDOM", "RING_HASH"):
+            with counters.locked():
+                position = counters.rr_next
+                counters.rr_next = position + 1
+            return candidates[position % len(candidates)]
+        if cluster.lb_policy in ("RANDOM", "RING_HASH", "MAGLEV"):
+            # A hash policy without a hash key: Envoy's ring and Maglev draw at random.
             return candidates[self._rng.randrange(len(candidates))]
-        return self._least_request(state, candidates)
+        return self._least_request(counters, candidates)
 
-    def _least_request(self, state: _ClusterState, candidates: Sequence[Endpoint]) -> Endpoint:
+    def _least_request(self, counters: ClusterCounters, candidates: Sequence[Endpoint]) -> Endpoint:
         def load(e: Endpoint) -> int:
-            return state.active.get(endpoint_key(e), 0)
+            found = counters.known_endpoint(endpoint_key(e))
+            return found.active if found is not None else 0
 
         if len(candidates) == 2:
             a, b = candidates
-            if load(a) != load(b):
-                return a if load(a) < load(b) else b
+            load_a, load_b = load(a), load(b)
+            if load_a != load_b:
+                return a if load_a < load_b else b
             return candidates[self._rng.randrange(2)]
         # Power of two choices, two distinct hosts: the less loaded one wins, ties go to
         # the first draw (itself uniform).
@@ -195,71 +197,86 @@ class LoadBalancer:
         first, second = candidates[i], candidates[j]
         return second if load(second) < load(first) else first
 
+    def try_start(self, cluster: Cluster) -> bool:
+        """Count a new connection against ``max_connections``; False when the breaker is open.
+
+        Check and count are one step under the cluster's lock, so concurrent workers
+        never admit more than the limit between them."""
+        counters = self._store.cluster(cluster.name)
+        limit = cluster.max_connections
+        with counters.locked():
+            if limit is not None and counters.open >= limit:
+                return False
+            counters.open = counters.open + 1
+        return True
+
     def connection_started(self, cluster_name: str) -> None:
-        """A downstream connection now counts against the cluster's max_connections."""
-        self._state(cluster_name).open_connections += 1
+        """Count a connection without the breaker check (the caller already decided)."""
+        counters = self._store.cluster(cluster_name)
+        with counters.locked():
+            counters.open = counters.open + 1
 
     def connection_finished(self, cluster_name: str) -> None:
-        state = self._state(cluster_name)
-        state.open_connections = max(0, state.open_connections - 1)
+        counters = self._store.cluster(cluster_name)
+        with counters.locked():
+            counters.open = max(0, counters.open - 1)
 
     def connect_succeeded(self, cluster: Cluster, endpoint: Endpoint) -> None:
-        state = self._state(cluster.name)
-        key = endpoint_key(endpoint)
-        state.active[key] = state.active.get(key, 0) + 1
-        od = state.outlier.get(key)
-        if od is not None:
-            od.consecutive_failures = 0
+        counters = self._store.cluster(cluster.name)
+        host = counters.endpoint(endpoint_key(endpoint))
+        with counters.locked():
+            host.active = host.active + 1
+            if host.failures:
+                host.failures = 0
 
     def connect_failed(self, cluster: Cluster, endpoint: Endpoint) -> bool:
         """Record a failed connect; True when it ejected the endpoint."""
         od_config = cluster.outlier_detection
         if od_config is None or od_config.consecutive_errors <= 0:
             return False
-        state = self._state(cluster.name)
-        key = endpoint_key(endpoint)
-        od = state.outlier.setdefault(key, _OutlierState())
-        od.consecutive_failures += 1
-        if od.consecutive_failures < od_config.consecutive_errors:
-            return False
-        od.consecutive_failures = 0
-        return self._eject(cluster, state, key, od, od_config)
+        counters = self._store.cluster(cluster.name)
+        host = counters.endpoint(endpoint_key(endpoint))
+        with counters.locked():
+            host.failures = host.failures + 1
+            if host.failures < od_config.consecutive_errors:
+                return False
+            host.failures = 0
+            return self._eject(cluster, counters, host, od_config)
 
     def _eject(
         self,
         cluster: Cluster,
-        state: _ClusterState,
-        key: EndpointKey,
-        od: _OutlierState,
+        counters: ClusterCounters,
+        host: EndpointCounters,
         config: OutlierDetection,
     ) -> bool:
         now = self._clock()
-        if od.ejected_until > now:
+        if host.ejected_until > now:
             return False
-        keys = {endpoint_key(e) for e in cluster.endpoints}
-        ejected_now = sum(
-            1 for k, s in state.outlier.items() if k in keys and s.ejected_until > now
-        )
+        ejected_now = 0
+        for e in cluster.endpoints:
+            other = counters.known_endpoint(endpoint_key(e))
+            if other is not None and other.ejected_until > now:
+                ejected_now += 1
         # Envoy's check: the ejection may not push the ejected share above the maximum.
-        if 100 * (ejected_now + 1) > config.max_ejection_percent * max(len(keys), 1):
+        if 100 * (ejected_now + 1) > config.max_ejection_percent * max(len(cluster.endpoints), 1):
             return False
-        if od.ejections and config.interval > 0:
+        ejections = host.ejections
+        if ejections and config.interval > 0:
             # Envoy lowers the multiplier by one for every interval the host stayed healthy.
-            healthy_intervals = int((now - od.ejected_until) // config.interval)
-            od.ejections = max(0, od.ejections - healthy_intervals)
-        od.ejections += 1
+            healthy_intervals = int((now - host.ejected_until) // config.interval)
+            ejections = max(0, ejections - healthy_intervals)
+        ejections += 1
+        host.ejections = ejections
         duration = min(
-            config.base_ejection_time * od.ejections,
+            config.base_ejection_time * ejections,
             max(config.base_ejection_time, MAX_EJECTION_TIME),
         )
-        od.ejected_until = now + duration
+        host.ejected_until = now + duration
         return True
 
     def connection_closed(self, cluster_name: str, endpoint: Endpoint) -> None:
-        state = self._state(cluster_name)
-        key = endpoint_key(endpoint)
-        left = state.active.get(key, 0) - 1
-        if left > 0:
-            state.active[key] = left
-        else:
-            state.active.pop(key, None)
+        counters = self._store.cluster(cluster_name)
+        host = counters.endpoint(endpoint_key(endpoint))
+        with counters.locked():
+            host.active = max(0, host.active - 1)

@@ -5,10 +5,10 @@ it is accepted, and decides route, cluster and endpoint then; it never looks aga
 a new snapshot cannot move or close it. Listening sockets are keyed by address and
 port: a snapshot that changes a listener's routes leaves its socket alone.
 
-Per-worker state: load-balancer counts, outlier ejections, the ``max_connections``
-circuit breaker and the weighted pick's position are kept per worker process, so with
-N workers a cluster may hold up to N x ``max_connections`` connections (Envoy shares its
-breakers across its threads).
+Per-cluster state: load-balancer counts, outlier ejections and the ``max_connections``
+circuit breaker live in the ``CounterStore`` given to the proxy; the supervisor gives
+every worker the same shared table (``dataplane.counters``), so they hold for the whole
+proxy as Envoy's do across its threads. The weighted pick's position is per worker.
 
 The weighted pick is the route's (``TcpRoute.weighted_pick``, set by the control plane):
 ``smooth`` (nginx's smooth weighted round robin: each worker splits every
@@ -44,6 +44,7 @@ from tcpmesh.control import (
 from tcpmesh.dataplane.accesslog import AccessLogRecord, AccessLogSink, StreamAccessLog
 from tcpmesh.dataplane.balancer import LoadBalancer, SmoothWeighted, pick_weighted
 from tcpmesh.dataplane.clienthello import Outcome, Peek
+from tcpmesh.dataplane.counters import CounterStore
 from tcpmesh.dataplane.inspect import PEEK_TIMEOUT, TlsContexts, peek_client_hello
 from tcpmesh.dataplane.pump import DEFAULT_HIGH_WATER, DOWNSTREAM, UPSTREAM, Relay, Termination
 from tcpmesh.dataplane.routing import Decision, decide, match_route
@@ -207,9 +208,10 @@ class Proxy:
         clock: Callable[[], float] = time.monotonic,
         bind_retry: tuple[float, float] = (0.5, 5.0),
         client_hello_timeout: float = PEEK_TIMEOUT,
+        counters: CounterStore | None = None,
     ) -> None:
         self.rng = rng if rng is not None else random.Random()
-        self.balancer = LoadBalancer(self.rng, clock)
+        self.balancer = LoadBalancer(self.rng, clock, counters)
         self.access_log: AccessLogSink = access_log if access_log is not None else StreamAccessLog()
         self.stats = stats if stats is not None else ProxyStats()
         self.high_water = high_water

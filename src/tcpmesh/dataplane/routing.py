@@ -126,13 +126,10 @@ def decide(
     cluster = snapshot.cluster(weighted.cluster_name)
     if cluster is None:
         return Decision(route, weighted, flag=ResponseFlag.NO_CLUSTER)
-    if (
-        cluster.max_connections is not None
-        and balancer.open_connections(cluster.name) >= cluster.max_connections
-    ):
+    if not balancer.try_start(cluster):
         return Decision(route, weighted, cluster, flag=ResponseFlag.UPSTREAM_OVERFLOW)
     endpoint = balancer.pick(cluster, client_ip, hash_source_ip=route.hash_policy == "source_ip")
     if endpoint is None:
+        balancer.connection_finished(cluster.name)
         return Decision(route, weighted, cluster, flag=ResponseFlag.NO_HEALTHY_UPSTREAM)
-    balancer.connection_started(cluster.name)
     return Decision(route, weighted, cluster, endpoint)

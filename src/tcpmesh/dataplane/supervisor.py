@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from tcpmesh.dataplane.counters import SHARED_STATE_ENV, SharedCounters
 from tcpmesh.telemetry import Counts, MetricsThread, Source, WorkerTotals
 
 log = logging.getLogger("tcpmesh.dataplane")
@@ -48,9 +49,12 @@ class _Slot:
 
 
 class Supervisor:
-    def __init__(self, workers: int, worker_args: list[str]) -> None:
+    def __init__(
+        self, workers: int, worker_args: list[str], counters: SharedCounters | None = None
+    ) -> None:
         self._slots = [_Slot(i) for i in range(max(1, workers))]
         self._worker_args = worker_args
+        self._counters = counters
         self._stopping = False
         self._stop_deadline = 0.0
         self._pending_signals: list[int] = []
@@ -74,8 +78,12 @@ class Supervisor:
         env = dict(os.environ)
         env["TCPMESH_WORKER_INDEX"] = str(slot.index)
         env["TCPMESH_SUPERVISOR_PID"] = str(os.getpid())
+        fds: tuple[int, ...] = ()
+        if self._counters is not None:
+            env[SHARED_STATE_ENV] = str(self._counters.fd)
+            fds = (self._counters.fd,)
         cmd = [sys.executable, "-m", "tcpmesh.dataplane.worker", "--index", str(slot.index)]
-        slot.process = subprocess.Popen([*cmd, *self._worker_args], env=env)
+        slot.process = subprocess.Popen([*cmd, *self._worker_args], env=env, pass_fds=fds)
         slot.started = time.monotonic()
         log.info("started worker %d (pid %d)", slot.index, slot.process.pid)
 
@@ -159,8 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     worker_args: list[str] = []
     if args.snapshot_file is not None:
         worker_args += ["--snapshot-file", str(args.snapshot_file.resolve())]
-    supervisor = Supervisor(workers, worker_args)
+    # One counter table for all workers, so breakers and outlier state are per proxy.
+    counters = SharedCounters.create()
+    supervisor = Supervisor(workers, worker_args, counters)
     prometheus_port = os.environ.get("TCPMESH_PROMETHEUS_PORT", "").strip()
     if prometheus_port:
         supervisor.serve_metrics(os.environ.get("POD_IP") or "127.0.0.1", int(prometheus_port))
-    return supervisor.run()
+    try:
+        return supervisor.run()
+    finally:
+        counters.close()

@@ -30,6 +30,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tcpmesh.control import Snapshot
+from tcpmesh.dataplane.counters import store_from_env
 from tcpmesh.dataplane.feed import SnapshotFeed
 from tcpmesh.dataplane.proxy import Proxy
 from tcpmesh.telemetry import channel_name, serve_counts
@@ -145,7 +146,9 @@ async def serve(config: WorkerConfig, proxy: Proxy | None = None) -> None:
     """Run until SIGTERM/SIGINT (or the supervisor disappears)."""
     loop = asyncio.get_running_loop()
     if proxy is None:
-        proxy = Proxy()
+        # The supervisor's shared counters (one circuit breaker and outlier state per
+        # cluster for every worker), or this process's own when run alone.
+        proxy = Proxy(counters=store_from_env())
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
