@@ -188,12 +188,14 @@ def test_source_ip_hash_is_sticky_and_consistent_when_an_endpoint_goes() -> None
     eps = endpoints(5)
     lb = LoadBalancer(random.Random(0))
     clients = [f"10.1.{i // 250}.{i % 250}" for i in range(1000)]
-    before = {ip: lb.pick(cluster(eps), ip, hash_source_ip=True) for ip in clients}
-    again = {ip: lb.pick(cluster(eps), ip, hash_source_ip=True) for ip in clients}
+    ring = cluster(eps, lb_policy="RING_HASH")
+    before = {ip: lb.pick(ring, ip, hash_source_ip=True) for ip in clients}
+    again = {ip: lb.pick(ring, ip, hash_source_ip=True) for ip in clients}
     assert before == again
     assert len(set(before.values())) == 5
     removed = eps[2]
-    after = {ip: lb.pick(cluster(eps[:2] + eps[3:]), ip, hash_source_ip=True) for ip in clients}
+    fewer = cluster(eps[:2] + eps[3:], lb_policy="RING_HASH")
+    after = {ip: lb.pick(fewer, ip, hash_source_ip=True) for ip in clients}
     moved = [ip for ip in clients if before[ip] != after[ip]]
     assert moved and all(before[ip] == removed for ip in moved)
 
@@ -287,3 +289,17 @@ def test_every_policy_picks_a_ready_endpoint(policy: str) -> None:
     c = cluster(eps, lb_policy=policy)
     lb = LoadBalancer(random.Random(2))
     assert all(lb.pick(c, "10.0.0.1") in eps for _ in range(50))
+
+
+def test_a_hash_key_counts_only_in_a_ring_or_maglev_cluster() -> None:
+    """Envoy's tcp_proxy hash_policy feeds the hash balancers only: LEAST_REQUEST and
+    ROUND_ROBIN ignore it, and a ring without a key (no hash_policy) draws at random
+    (envoy source/common/upstream/thread_aware_lb_impl.cc: no hash -> random)."""
+    eps = endpoints(3)
+    lb = LoadBalancer(random.Random(3))
+    least = cluster(eps)
+    assert len({lb.pick(least, "10.0.0.1", hash_source_ip=True) for _ in range(200)}) > 1
+    for policy in ("RING_HASH", "MAGLEV"):
+        hashed = cluster(eps, lb_policy=policy)
+        assert len({lb.pick(hashed, "10.0.0.1", hash_source_ip=True) for _ in range(50)}) == 1
+        assert len({lb.pick(hashed, "10.0.0.1") for _ in range(200)}) == 3

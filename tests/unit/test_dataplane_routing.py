@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from tcpmesh.control.snapshot import (
@@ -121,7 +122,8 @@ def test_source_ip_hash_policy_is_sticky() -> None:
         stat_prefix="r",
         hash_policy="source_ip",
     )
-    snap = Snapshot.build((listener(r),), (v1(eps),))
+    ring = dataclasses.replace(v1(eps), lb_policy="RING_HASH")
+    snap = Snapshot.build((listener(r),), (ring,))
     lb = LoadBalancer(random.Random(1))
     rng = random.Random(1)
     picks = {

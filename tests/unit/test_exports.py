@@ -18,6 +18,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "tcpmesh"
 
 SURFACES: dict[str, set[str]] = {
     "tcpmesh.control": {
+        "HASH_POLICIES",
         "Cluster",
         "ControlPlane",
         "DownstreamTls",
@@ -34,6 +35,7 @@ SURFACES: dict[str, set[str]] = {
         "ResponseFlag",
         "RouteOrigin",
         "ServerPort",
+        "SlowStart",
         "Snapshot",
         "SnapshotError",
         "SnapshotSource",

@@ -190,6 +190,9 @@ def test_cluster_policies() -> None:
     assert cluster["circuit_breakers"]["thresholds"][0]["max_connections"] == 7
     assert cluster["outlier_detection"] == {
         "consecutive_5xx": 3,
+        "enforcing_consecutive_5xx": 100,
+        "enforcing_consecutive_gateway_failure": 0,
+        "enforcing_consecutive_local_origin_failure": 0,
         "interval": "5s",
         "base_ejection_time": "60s",
         "max_ejection_percent": 50,

@@ -30,6 +30,7 @@ from tcpmesh.control.resources import (
     service_fqdn,
 )
 from tcpmesh.control.snapshot import (
+    HASH_POLICIES,
     Cluster,
     DownstreamTls,
     Endpoint,
@@ -38,6 +39,7 @@ from tcpmesh.control.snapshot import (
     OutlierDetection,
     ResponseFlag,
     RouteOrigin,
+    SlowStart,
     Snapshot,
     SnapshotError,
     SnapshotSource,
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from tcpmesh.control.plane import ControlPlane
 
 __all__ = [
+    "HASH_POLICIES",
     "INGRESS_GATEWAY_SELECTOR",
     "OPAQUE_TCP_PROTOCOLS",
     "TERMINATING_MODES",
@@ -68,6 +71,7 @@ __all__ = [
     "ResponseFlag",
     "RouteOrigin",
     "ServerPort",
+    "SlowStart",
     "Snapshot",
     "SnapshotError",
     "SnapshotSource",

@@ -22,7 +22,9 @@ from typing import Any, Literal, Protocol
 
 # What a data plane does inside a cluster. Istio's PASSTHROUGH is not among them: the
 # builder maps it (see control.build), so no data plane has to.
-LbPolicy = Literal["LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", "RING_HASH"]
+LbPolicy = Literal["LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", "RING_HASH", "MAGLEV"]
+# The ring and Maglev balancers hash the route's hash key; without one they draw at random.
+HASH_POLICIES = ("RING_HASH", "MAGLEV")
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 3600.0
@@ -90,6 +92,15 @@ class OutlierDetection:
 
 
 @dataclass(frozen=True)
+class SlowStart:
+    """Envoy's slow_start_config (Istio's loadBalancer.warmup / warmupDurationSecs)."""
+
+    window: float
+    aggression: float = 1.0
+    min_weight_percent: float = 10.0
+
+
+@dataclass(frozen=True)
 class Cluster:
     """``outbound|<port>|<subset>|<fqdn>``; no endpoints → connections close with UH."""
 
@@ -104,6 +115,11 @@ class Cluster:
     outlier_detection: OutlierDetection | None = None
     tcp_keepalive: TcpKeepalive | None = None
     endpoints: tuple[Endpoint, ...] = ()
+    # RING_HASH: the ring's minimum size; MAGLEV: the table size (None: Envoy's default).
+    ring_hash_minimum_size: int | None = None
+    maglev_table_size: int | None = None
+    # LEAST_REQUEST and ROUND_ROBIN: new endpoints ramp up over this window.
+    slow_start: SlowStart | None = None
 
     @property
     def ready_endpoints(self) -> tuple[Endpoint, ...]:
@@ -448,6 +464,7 @@ def _tls_from_dict(d: dict[str, Any] | None) -> DownstreamTls | None:
 def _cluster_from_dict(d: dict[str, Any]) -> Cluster:
     od = d["outlier_detection"]
     ka = d["tcp_keepalive"]
+    slow = d.get("slow_start")
     return Cluster(
         name=d["name"],
         service=d["service"],
@@ -458,6 +475,9 @@ def _cluster_from_dict(d: dict[str, Any]) -> Cluster:
         max_connections=d["max_connections"],
         outlier_detection=OutlierDetection(**od) if od is not None else None,
         tcp_keepalive=TcpKeepalive(**ka) if ka is not None else None,
+        ring_hash_minimum_size=d.get("ring_hash_minimum_size"),
+        maglev_table_size=d.get("maglev_table_size"),
+        slow_start=SlowStart(**slow) if slow is not None else None,
         endpoints=tuple(
             Endpoint(
                 address=e["address"],

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from tcpmesh.control import Cluster, Endpoint, OutlierDetection, WeightedCluster
+from tcpmesh.control import HASH_POLICIES, Cluster, Endpoint, OutlierDetection, WeightedCluster
 from tcpmesh.dataplane.counters import (
     ClusterCounters,
     CounterStore,
@@ -164,7 +164,9 @@ class LoadBalancer:
             return None
         if len(candidates) == 1:
             return candidates[0]
-        if hash_source_ip and client_ip is not None:
+        hashing = cluster.lb_policy in HASH_POLICIES
+        if hashing and hash_source_ip and client_ip is not None:
+            # Envoy hashes only in a ring or Maglev cluster; other balancers ignore the key.
             return max(candidates, key=lambda e: _rendezvous_score(client_ip, endpoint_key(e)))
         counters = self._store.cluster(cluster.name)
         if cluster.lb_policy == "ROUND_ROBIN":
@@ -172,7 +174,7 @@ class LoadBalancer:
                 position = counters.rr_next
                 counters.rr_next = position + 1
             return candidates[position % len(candidates)]
-        if cluster.lb_policy in ("RANDOM", "RING_HASH", "MAGLEV"):
+        if cluster.lb_policy == "RANDOM" or hashing:
             # A hash policy without a hash key: Envoy's ring and Maglev draw at random.
             return candidates[self._rng.randrange(len(candidates))]
         return self._least_request(counters, candidates)

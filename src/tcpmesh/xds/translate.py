@@ -337,12 +337,17 @@ def cluster_resource(cluster: Cluster) -> Resource:
             ]
         },
     }
+    resource.update(_lb_config(cluster))
     od = cluster.outlier_detection
     if od is not None:
         resource["outlier_detection"] = {
             # For TCP a failed connect is a local-origin error, counted as a 5xx while
-            # local and external errors are not split.
-            "consecutive_5xx": od.consecutive_errors,
+            # local and external errors are not split; the control plane folded Istio's
+            # 5xx, gateway and local-origin thresholds into the one that ejects first.
+            "consecutive_5xx": max(od.consecutive_errors, 0),
+            "enforcing_consecutive_5xx": 100 if od.consecutive_errors > 0 else 0,
+            "enforcing_consecutive_gateway_failure": 0,
+            "enforcing_consecutive_local_origin_failure": 0,
             "interval": duration(od.interval),
             "base_ejection_time": duration(od.base_ejection_time),
             "max_ejection_percent": od.max_ejection_percent,
@@ -363,6 +368,30 @@ def cluster_resource(cluster: Cluster) -> Resource:
             keepalive["keepalive_interval"] = max(1, round(ka.interval))
         resource["upstream_connection_options"] = {"tcp_keepalive": keepalive}
     return resource
+
+
+def _lb_config(cluster: Cluster) -> Resource:
+    """The load balancer's parameters, as Istio's applyLoadBalancer and setWarmup set them."""
+    if cluster.lb_policy == "RING_HASH" and cluster.ring_hash_minimum_size is not None:
+        return {"ring_hash_lb_config": {"minimum_ring_size": cluster.ring_hash_minimum_size}}
+    if cluster.lb_policy == "MAGLEV" and cluster.maglev_table_size is not None:
+        return {"maglev_lb_config": {"table_size": cluster.maglev_table_size}}
+    slow = cluster.slow_start
+    if slow is None or cluster.lb_policy not in ("LEAST_REQUEST", "ROUND_ROBIN"):
+        return {}
+    config = {
+        "slow_start_config": {
+            "slow_start_window": duration(slow.window),
+            "aggression": {"default_value": slow.aggression, "runtime_key": "tcpmesh.aggression"},
+            "min_weight_percent": {"value": slow.min_weight_percent},
+        }
+    }
+    key = (
+        "least_request_lb_config"
+        if cluster.lb_policy == "LEAST_REQUEST"
+        else "round_robin_lb_config"
+    )
+    return {key: config}
 
 
 def load_assignment(cluster: Cluster) -> Resource:
