@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from tcpmesh.control.snapshot import (
     Listener,
     OutlierDetection,
     RouteOrigin,
+    SlowStart,
     Snapshot,
     TcpKeepalive,
     TcpRoute,
@@ -25,6 +27,7 @@ from tcpmesh.xds.translate import (
     EXTENSION_CONFIG_TYPE,
     LISTENER_TYPE,
     TCP_PROXY_TYPE,
+    cluster_resource,
     duration,
     envoy_differences,
     translate,
@@ -283,3 +286,35 @@ def test_every_resource_parses_as_its_envoy_message() -> None:
             # Round trip: nothing was dropped or misspelt on the way in.
             back = json_format.MessageToDict(message, preserving_proto_field_name=True)
             assert back == without_empty_lists(resource)
+
+
+def _cluster(**fields: Any) -> dict[str, Any]:
+    base = Cluster(
+        name="outbound|9000||a.ns.svc.cluster.local", service="a.ns.svc.cluster.local", port=9000
+    )
+    return cluster_resource(dataclasses.replace(base, **fields))
+
+
+def test_lb_parameters_as_istio_sets_them() -> None:
+    """ApplyRingHashLoadBalancer and setWarmup (istio cluster_traffic_policy.go)."""
+    ring = _cluster(lb_policy="RING_HASH", ring_hash_minimum_size=1024)
+    assert ring["lb_policy"] == "RING_HASH"
+    assert ring["ring_hash_lb_config"] == {"minimum_ring_size": 1024}
+    maglev = _cluster(lb_policy="MAGLEV", maglev_table_size=131)
+    assert maglev["lb_policy"] == "MAGLEV" and maglev["maglev_lb_config"] == {"table_size": 131}
+    warm = _cluster(lb_policy="ROUND_ROBIN", slow_start=SlowStart(30.0, 1.0, 10.0))
+    assert warm["round_robin_lb_config"]["slow_start_config"]["slow_start_window"] == "30s"
+    assert warm["round_robin_lb_config"]["slow_start_config"]["min_weight_percent"] == {
+        "value": 10.0
+    }
+
+
+def test_unset_max_connections_is_istios_maxuint32() -> None:
+    thresholds = _cluster()["circuit_breakers"]["thresholds"][0]
+    assert thresholds["max_connections"] == 4294967295
+
+
+def test_a_zero_threshold_disables_ejection() -> None:
+    """consecutive5xxErrors: 0 -> enforcing_consecutive_5xx 0 (applyOutlierDetection)."""
+    od = _cluster(outlier_detection=OutlierDetection(consecutive_errors=0))["outlier_detection"]
+    assert od["enforcing_consecutive_5xx"] == 0
