@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import http.client
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tcpmesh.control import OutlierDetection
+from tcpmesh.control import OutlierDetection, Snapshot
 from tests.integration.dataplane_helpers import (
     PROXY_HOST,
     V1_HOST,
@@ -39,7 +42,6 @@ from tests.integration.dataplane_helpers import (
 from tests.integration.test_dataplane_workers import (
     Process,
     answers,
-    free_port_pair,
     metric_sum,
     scrape,
     wait_until,
@@ -67,34 +69,65 @@ class Counting(LineEcho):
         super().connection_made(transport)
 
 
-def _start(tmp_path: Path, snap_file: Path, metrics: int) -> Process:
-    proc = Process(
-        ["-m", "tcpmesh.dataplane", "--snapshot-file", str(snap_file)],
-        tmp_path,
-        {"TCPMESH_WORKERS": str(WORKERS), "TCPMESH_METRICS_PORT": str(metrics)},
-    )
-    try:
-        wait_until(
-            lambda: all(answers(metrics + i) for i in range(WORKERS)), 60, "all four workers"
+def _start(tmp_path: Path, make: Callable[[int], Snapshot]) -> tuple[Process, int, int]:
+    """The proxy with four workers; (process, listener port, first metrics port).
+
+    Free ports are only free until someone binds them (other suites share the machine),
+    so a start whose metrics port was taken in between is retried with new ports."""
+    for attempt in range(3):
+        port, metrics = _ports()
+        snap_file = tmp_path / f"snapshot-{attempt}.json"
+        write_snapshot(snap_file, make(port))
+        run_dir = tmp_path / f"run-{attempt}"
+        run_dir.mkdir()
+        proc = Process(
+            ["-m", "tcpmesh.dataplane", "--snapshot-file", str(snap_file)],
+            run_dir,
+            {"TCPMESH_WORKERS": str(WORKERS), "TCPMESH_METRICS_PORT": str(metrics)},
         )
-    except AssertionError:
-        proc.kill_all()
-        raise AssertionError(f"the workers did not start:\n{proc.stderr()[-3000:]}") from None
-    return proc
+        try:
+            wait_until(functools.partial(_all_answer, metrics), 60, "four workers")
+            return proc, port, metrics
+        except AssertionError:
+            proc.kill_all()
+            if "cannot serve metrics" not in proc.stderr():
+                text = proc.stderr()[-3000:]
+                raise AssertionError(f"the workers did not start:\n{text}") from None
+    raise AssertionError("three starts lost their metrics ports to other processes")
+
+
+def _all_answer(metrics: int) -> bool:
+    try:
+        return all(answers(metrics + i) for i in range(WORKERS))
+    except http.client.HTTPException:
+        return False  # a stranger sharing the port (SO_REUSEPORT) answered
 
 
 def free_ports(n: int) -> int:
     """A port P with P..P+n-1 free (worker i serves its metrics on P+i)."""
-    for _ in range(100):
-        port = free_port_pair()
+    for _ in range(500):
+        with socket.socket() as first:
+            first.bind((PROXY_HOST, 0))
+            port = first.getsockname()[1]
+        if port + n > 65535:
+            continue
         try:
-            for i in range(2, n):
+            for i in range(n):
                 with socket.socket() as s:
                     s.bind((PROXY_HOST, port + i))
         except OSError:
             continue
-        return port
+        return int(port)
     raise AssertionError("no free run of ports")
+
+
+def _ports() -> tuple[int, int]:
+    """The listener's port and the first of the workers' metrics ports, disjoint."""
+    metrics = free_ports(WORKERS)
+    while True:
+        port = free_port()
+        if not metrics <= port < metrics + WORKERS:
+            return port, metrics
 
 
 def _line(port: int, text: bytes) -> bytes:
@@ -105,9 +138,23 @@ def _line(port: int, text: bytes) -> bytes:
         return b""
 
 
+def _scrape(port: int) -> str:
+    """A worker's metrics. Other suites on this machine bind ports with SO_REUSEPORT, so
+    a connection may land on a stranger sharing the port: ask again until ours answers."""
+    for _ in range(20):
+        try:
+            text = scrape(port)
+        except (OSError, http.client.HTTPException):
+            time.sleep(0.1)
+            continue
+        if "istio_tcp_connections_opened_total" in text:
+            return text
+    raise AssertionError(f"no tcpmesh metrics on port {port}")
+
+
 def _opened_per_worker(metrics: int) -> list[float]:
     return [
-        metric_sum(scrape(metrics + i), "istio_tcp_connections_opened_total")
+        metric_sum(_scrape(metrics + i), "istio_tcp_connections_opened_total")
         for i in range(WORKERS)
     ]
 
@@ -140,13 +187,10 @@ def test_max_connections_one_admits_one_connection_across_four_workers(
     per-worker breaker would have let two or more through."""
     Counting.accepted = 0
     backend = backends.start(V1_HOST, lambda: Counting(b"one"))
-    port, metrics = free_port(), free_ports(WORKERS)
     limited = dataclasses.replace(cluster("v1", (V1_HOST, backend)), max_connections=1)
-    snap_file = tmp_path / "snapshot.json"
-    write_snapshot(
-        snap_file, snapshot([listener(port, route((cluster_name("v1"), 100)))], [limited])
+    proc, port, metrics = _start(
+        tmp_path, lambda p: snapshot([listener(p, route((cluster_name("v1"), 100)))], [limited])
     )
-    proc = _start(tmp_path, snap_file, metrics)
     try:
         replies = run(_hold(port, 16), timeout=30)
         assert replies.count(b"one hi\n") == 1, replies
@@ -178,16 +222,15 @@ def test_five_connect_failures_eject_the_endpoint_once_for_all_workers(
     with socket.socket() as s:
         s.bind((V1_HOST, 0))
         dead = s.getsockname()[1]  # closed again: nothing listens there
-    port, metrics = free_port(), free_ports(WORKERS)
     both = dataclasses.replace(
         cluster("v1", (V1_HOST, dead), (V2_HOST, live)),
         outlier_detection=OutlierDetection(
             consecutive_errors=5, base_ejection_time=300.0, max_ejection_percent=100
         ),
     )
-    snap_file = tmp_path / "snapshot.json"
-    write_snapshot(snap_file, snapshot([listener(port, route((cluster_name("v1"), 100)))], [both]))
-    proc = _start(tmp_path, snap_file, metrics)
+    proc, port, metrics = _start(
+        tmp_path, lambda p: snapshot([listener(p, route((cluster_name("v1"), 100)))], [both])
+    )
     try:
         replies = [_line(port, b"m%d" % i) for i in range(60)]
         failed = [i for i, r in enumerate(replies) if r == b""]
