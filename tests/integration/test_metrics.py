@@ -22,12 +22,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tcpmesh.xds.envoyfiles import missing_envoy_support
+from tests.integration.addresses import idle_gateway_address
 from tests.integration.harness import SAMPLES, MeshHarness, first_word
 
 pytestmark = pytest.mark.integration
 
 PORT = 31400
-ADDRESSES = {"python": "127.0.0.45", "envoy": "127.0.0.46"}
+FIRST_ADDRESS = {"python": "127.0.45.1", "envoy": "127.0.46.1"}
 MESSAGE = "metrics-check"
 VERSION_OF = {"one": "v1", "two": "v2"}
 
@@ -41,7 +42,7 @@ def mesh(
     dataplane: str = request.param
     if dataplane == "envoy" and (missing := missing_envoy_support()) is not None:
         pytest.skip(f"Envoy data plane: {missing}")
-    address = ADDRESSES[dataplane]
+    address = idle_gateway_address(FIRST_ADDRESS[dataplane])
     state_dir = tmp_path_factory.mktemp(f"metrics-{dataplane}")
     harness = MeshHarness(state_dir, address, workers=2, dataplane=dataplane)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from tcpmesh.cli.top import Reading, Totals, routes_of, totals_by_destination, view
 from tcpmesh.control import (
     Cluster,
     Endpoint,
@@ -12,6 +11,7 @@ from tcpmesh.control import (
     TcpRoute,
     WeightedCluster,
 )
+from tcpmesh.telemetry import Reading, Totals, routes_of, totals_by_destination, view
 
 SERVICE = "tcp-echo.default.svc.cluster.local"
 

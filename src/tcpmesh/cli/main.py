@@ -652,6 +652,7 @@ def top(
     from rich.console import Console
 
     from tcpmesh.cli import top as top_module
+    from tcpmesh.telemetry import Sampler
 
     name = None
     if target is not None:
@@ -659,7 +660,7 @@ def top(
         if not sep or not name or _resolve_kind(kind).kind != "VirtualService":
             fail(f"error: top takes vs/NAME, not {target!r}")
     ns = ctx.ns(namespace)
-    sampler = top_module.Sampler(ctx.client(), name, ns)
+    sampler = Sampler(ctx.client(), name, ns)
     if name is not None:
         routes, _ = sampler.read()
         if not routes:

@@ -31,6 +31,17 @@ from tcpmesh.telemetry.labels import (
     workload_of,
 )
 from tcpmesh.telemetry.server import PROMETHEUS_PATH, PROMETHEUS_PORT, MetricsThread, make_app
+from tcpmesh.telemetry.split import (
+    Reading,
+    Route,
+    RouteDestination,
+    Sampler,
+    Totals,
+    destination_totals,
+    routes_of,
+    totals_by_destination,
+    view,
+)
 
 __all__ = [
     "ALL_FAMILIES",
@@ -49,19 +60,28 @@ __all__ = [
     "Destination",
     "Family",
     "MetricsThread",
+    "Reading",
+    "Route",
+    "RouteDestination",
+    "Sampler",
     "Source",
     "TcpProxyStat",
+    "Totals",
     "WorkerTotals",
     "channel_name",
     "common_destination",
     "destination",
+    "destination_totals",
     "envoy_counts",
     "families",
     "fetch_counts",
     "make_app",
     "parse_envoy_prometheus",
     "render",
+    "routes_of",
     "serve_counts",
     "total",
+    "totals_by_destination",
+    "view",
     "workload_of",
 ]
