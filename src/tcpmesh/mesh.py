@@ -23,10 +23,16 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from tcpmesh.api import validate_object
-from tcpmesh.apiserver import create_app
-from tcpmesh.apiserver.credentials import new_token, remove_credentials, write_credentials
+from tcpmesh.apiserver import create_app, mount
+from tcpmesh.apiserver.credentials import (
+    client_ssl_context,
+    new_token,
+    remove_credentials,
+    write_credentials,
+)
 from tcpmesh.apiserver.kubeconfig import write_kubeconfig
 from tcpmesh.apiserver.pki import ensure_ca, server_ssl_context
+from tcpmesh.console import CONSOLE_PREFIX, create_console, traffic_source
 from tcpmesh.control import ControlPlane
 from tcpmesh.replica import RUNTIME_ELECTION, LeaderGate
 from tcpmesh.runtime import DEFAULT_MAX_PODS, Runtime, pod_is_ready, replica_cap_errors
@@ -215,6 +221,16 @@ class Mesh:
             status=self.status,
             pod_log=self.runtime.pod_log_path,
         )
+        # The console calls this API over HTTPS, trusting only the mesh's CA.
+        ca = ensure_ca(self.config.state_dir)
+        console = create_console(
+            CONSOLE_PREFIX,
+            lambda: self.url,
+            token,
+            traffic_source(self.config.state_dir),
+            client_ssl_context(ca.cert_path),
+        )
+        mount(app, CONSOLE_PREFIX, console, authenticate=False)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         tls = server_ssl_context(self.config.state_dir, [API_HOST, "localhost"])

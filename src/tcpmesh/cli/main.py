@@ -678,6 +678,34 @@ def top(
         return
 
 
+@cli.command("console")
+@click.option("--with-token", is_flag=True, help="Print a login link that carries the token.")
+@click.option("--no-browser", is_flag=True, help="Do not open a browser.")
+@pass_context
+@friendly_errors
+def console_command(ctx: Context, with_token: bool, no_browser: bool) -> None:
+    """Print the web console's URL and open a browser where one exists."""
+    from tcpmesh.apiserver.credentials import read_credentials
+    from tcpmesh.console import console_url
+
+    creds = read_credentials(ctx.state_dir)
+    if creds is None or lifecycle.running_client(ctx.state_dir) is None:
+        fail(
+            f"error: tcpmesh is not running (state directory {ctx.state_dir}); "
+            "start it with `tcpmesh up`"
+        )
+    url = console_url(creds.url)
+    # The token travels in the fragment: browsers never send it, servers never log it.
+    login = f"{url}#token={creds.token}"
+    click.echo(url)
+    if with_token:
+        click.echo(login)
+    if not no_browser and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        import webbrowser
+
+        webbrowser.open(login)
+
+
 @cli.command()
 @click.option("--keep", is_flag=True, help="Leave the mesh and the sample running at the end.")
 @pass_context
