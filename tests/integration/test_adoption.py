@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tcpmesh.runtime import process
 from tcpmesh.store import Store
 from tcpmesh.xds import missing_envoy_support
 from tests.integration.harness import SAMPLES, MeshHarness, first_word
@@ -27,6 +28,7 @@ from tests.integration.harness import SAMPLES, MeshHarness, first_word
 pytestmark = pytest.mark.integration
 
 ADDRESSES = {"python": "127.0.0.162", "envoy": "127.0.0.163"}
+HAND_OVER_ADDRESS = "127.0.0.165"
 PORT = 31400
 CONNECTIONS = 20
 ENVOY_DRAIN_TIME = "2"
@@ -171,3 +173,52 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _api_up(mesh: MeshHarness) -> bool:
+    return mesh.tcpmesh("status", check=False).code == 0
+
+
+def test_a_gateway_of_an_older_build_hands_over_by_draining(tmp_path: Path) -> None:
+    """After an upgrade, the new gateway takes new connections and the old one drains."""
+    state_dir, address = tmp_path / "state", HAND_OVER_ADDRESS
+    old_build = MeshHarness(state_dir, address, workers=1, env={"TCPMESH_BUILD": "build-1"})
+    new_build = MeshHarness(state_dir, address, workers=1, env={"TCPMESH_BUILD": "build-2"})
+    conversations: list[Conversation] = []
+    try:
+        old_build.up()
+        old_build.apply(SAMPLES / "tcp-echo-deployments.yaml", SAMPLES / "tcp-echo-service.yaml")
+        old_build.apply(SAMPLES / "tcp-echo-all-v1.yaml")
+        old_build.wait_for("routes to v1", lambda: _word(old_build) == "one", 60.0)
+        conversations = [Conversation(address, i) for i in range(CONNECTIONS)]
+        assert [c.say() for c in conversations] == ["one"] * CONNECTIONS
+        (gateway,) = [n for n in _pids(old_build) if n.startswith("istio-ingressgateway-")]
+        old_gateway = int(_pids(old_build)[gateway].removeprefix("pid://"))
+        credentials = json.loads((state_dir / "apiserver.json").read_text())
+        os.kill(credentials["pid"], signal.SIGKILL)
+        old_build.wait_for(
+            "the API to go away", lambda: old_build.tcpmesh("status", check=False).code != 0
+        )
+
+        new_build.up()
+        new_build.wait_for(
+            "the old gateway to stop accepting",
+            lambda: PORT not in process.listening_ports(old_gateway),
+            30.0,
+        )
+        new_gateway = int(_pids(new_build)[gateway].removeprefix("pid://"))
+        assert new_gateway != old_gateway
+        # Draining: the old gateway still relays every open connection...
+        assert _alive(old_gateway)
+        assert _survivors(conversations) == (CONNECTIONS, ["one"] * CONNECTIONS)
+        # ...while the new one takes the new connections.
+        assert _word(new_build) == "one"
+        # It exits once its last connection is closed.
+        for conversation in conversations:
+            conversation.close()
+        conversations = []
+        new_build.wait_for("the drained gateway to exit", lambda: not _alive(old_gateway), 15.0)
+    finally:
+        for conversation in conversations:
+            conversation.close()
+        new_build.down()

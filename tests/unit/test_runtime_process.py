@@ -90,3 +90,33 @@ def test_stop_and_wait_for_a_process_that_is_not_a_child_of_the_loop(
     asyncio.run(stop())
     assert proc.wait(5) == -15
     assert not process.is_ours(recorded, IDENTITY)
+
+
+def test_listening_ports_are_those_of_the_process_tree(tmp_path: Path) -> None:
+    script = (
+        "import socket, sys, time\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+        "print(s.getsockname()[1], flush=True); time.sleep(60)\n"
+    )
+    # The listener is a grandchild: a shell in between, as a supervisor and its workers.
+    shell = subprocess.Popen(
+        ["sh", "-c", f'"{sys.executable}" -c "$0"', script],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "MARKER": "value"},
+    )
+    try:
+        assert shell.stdout is not None
+        port = int(shell.stdout.readline())
+        assert port in process.listening_ports(shell.pid)
+        # The test runner is the shell's parent: its tree includes the listener.
+        assert port in process.listening_ports(os.getpid())
+        with subprocess.Popen(["sleep", "60"]) as bystander:
+            assert process.listening_ports(bystander.pid) == set()
+            bystander.kill()
+        assert process.environment_value(shell.pid, "MARKER") == "value"
+        assert process.environment_value(shell.pid, "NOT_THERE") is None
+    finally:
+        os.killpg(shell.pid, 9)
+        shell.wait()

@@ -6,7 +6,9 @@ Workers are separate interpreters (``python -m tcpmesh.dataplane.worker``), each
 own event loop and listening sockets bound with SO_REUSEPORT, so the kernel spreads
 new connections over them. SIGTERM/SIGINT are forwarded as SIGTERM and the parent
 exits once every worker is gone; SIGHUP is forwarded (workers serving a snapshot file
-re-read it).
+re-read it). SIGUSR1 asks for a drain, the hand-over to a newer gateway: workers stop
+accepting, relay their open connections until they end (at most TCPMESH_DRAIN_SECONDS,
+default an hour, the default idle timeout), then exit, and so does the parent.
 
 With TCPMESH_PROMETHEUS_PORT (15020 in the gateway pod) the supervisor serves Istio's
 merged metrics on ``POD_IP:PORT/stats/prometheus``: the sum over its workers, asked
@@ -36,6 +38,7 @@ RESTART_MAX = 5.0
 # A worker that lived this long before dying is restarted without delay growth.
 STABLE_AFTER = 10.0
 STOP_TIMEOUT = 10.0
+DRAIN_SECONDS = 3600.0
 POLL_INTERVAL = 0.05
 
 
@@ -97,6 +100,11 @@ class Supervisor:
             signum = self._pending_signals.pop(0)
             if signum == signal.SIGHUP:
                 self._signal_workers(signal.SIGHUP)
+            elif signum == signal.SIGUSR1 and not self._stopping:
+                log.info("draining: no new connections; exiting when the open ones end")
+                self._stopping = True
+                self._stop_deadline = time.monotonic() + drain_seconds() + STOP_TIMEOUT
+                self._signal_workers(signal.SIGUSR1)
             elif not self._stopping:
                 log.info("stopping workers (signal %d)", signum)
                 self._stopping = True
@@ -124,7 +132,7 @@ class Supervisor:
             slot.delay = min(slot.delay * 2, RESTART_MAX)
 
     def run(self) -> int:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(signum, self._on_signal)
         for slot in self._slots:
             self._spawn(slot)
@@ -145,6 +153,15 @@ class Supervisor:
                     if slot.process is None and now >= slot.restart_at:
                         self._spawn(slot)
             time.sleep(POLL_INTERVAL)
+
+
+def drain_seconds() -> float:
+    """How long a drain waits for open connections (``TCPMESH_DRAIN_SECONDS``)."""
+    text = os.environ.get("TCPMESH_DRAIN_SECONDS", "").strip()
+    try:
+        return float(text) if text else DRAIN_SECONDS
+    except ValueError:
+        return DRAIN_SECONDS
 
 
 def main(argv: list[str] | None = None) -> int:

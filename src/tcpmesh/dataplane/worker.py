@@ -33,6 +33,7 @@ from tcpmesh.control import Snapshot
 from tcpmesh.dataplane.counters import store_from_env
 from tcpmesh.dataplane.feed import SnapshotFeed
 from tcpmesh.dataplane.proxy import Proxy
+from tcpmesh.dataplane.supervisor import drain_seconds
 from tcpmesh.telemetry import channel_name, serve_counts
 
 log = logging.getLogger("tcpmesh.dataplane")
@@ -150,8 +151,16 @@ async def serve(config: WorkerConfig, proxy: Proxy | None = None) -> None:
         # cluster for every worker), or this process's own when run alone.
         proxy = Proxy(counters=store_from_env())
     stop = asyncio.Event()
+    draining = False
+
+    def drain() -> None:
+        nonlocal draining
+        draining = True
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, drain)
     tasks: list[asyncio.Task[None]] = []
     configured = asyncio.Event()
 
@@ -205,7 +214,8 @@ async def serve(config: WorkerConfig, proxy: Proxy | None = None) -> None:
             await runner.cleanup()
         if channel is not None:
             channel.close()
-        await proxy.close()
+        # A drain (the hand-over to a newer gateway) lets open connections finish.
+        await proxy.close(grace=drain_seconds() if draining else 0.0)
 
 
 def setup_logging(index: int) -> None:

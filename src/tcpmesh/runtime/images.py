@@ -22,6 +22,9 @@ class BuiltinImage:
     # still means the built-in program.
     entrypoint: str
     owner: str = "istio"  # the image repository's owner, for messages
+    # SIGUSR1 makes it drain (stop accepting, finish open connections, exit), so a newer
+    # build can take over without cutting connections (see tcpmesh.runtime.kubelet).
+    drains: bool = False
 
     def argv(self, args: Sequence[str]) -> list[str]:
         return [sys.executable, "-m", self.module, *args]
@@ -29,7 +32,7 @@ class BuiltinImage:
 
 BUILTIN_IMAGES: tuple[BuiltinImage, ...] = (
     BuiltinImage("tcp-echo-server", "tcpmesh.runtime.tcpecho", ("9000", "hello"), "/bin/tcp-echo"),
-    BuiltinImage("proxyv2", "tcpmesh.dataplane", (), "/usr/local/bin/pilot-agent"),
+    BuiltinImage("proxyv2", "tcpmesh.dataplane", (), "/usr/local/bin/pilot-agent", drains=True),
     # Envoy fed by the mesh's xDS server (`up --dataplane envoy`); args go to Envoy.
     BuiltinImage("envoy", "tcpmesh.xds.gateway", (), "/docker-entrypoint.sh", "envoyproxy"),
 )

@@ -9,6 +9,13 @@ kubelet adopts them, as a restarted kubelet adopts its running containers: a pro
 that is provably this pod's (:func:`tcpmesh.runtime.process.is_ours`) and runs what its
 container would run now keeps running, with its sockets and its open connections; only
 processes that no longer match a desired pod are stopped.
+
+A gateway started by an older build of tcpmesh (an upgrade) is handed over rather than
+cut: the new gateway starts beside the old one (both bind their ports with SO_REUSEPORT),
+and once it listens on every port the old one does, the old one gets SIGUSR1: it stops
+accepting, serves its open connections until they end (at most TCPMESH_DRAIN_SECONDS,
+an hour by default), and exits. Should the mesh crash during a drain, the draining
+gateway is no longer tracked but still ends by itself.
 """
 
 from __future__ import annotations
@@ -24,9 +31,16 @@ from typing import Any
 
 from tcpmesh.runtime import logs, process
 from tcpmesh.runtime.events import EventRecorder, pod_happenings
-from tcpmesh.runtime.images import ImageNotRunnable, container_argv
+from tcpmesh.runtime.images import ImageNotRunnable, builtin_image, container_argv
 from tcpmesh.runtime.ipam import FIRST_POD_IP, allocate_ip, is_pod_ip
-from tcpmesh.runtime.launch import expand, pod_identity, pod_variables, process_environment
+from tcpmesh.runtime.launch import (
+    BUILD_VARIABLE,
+    build_id,
+    expand,
+    pod_identity,
+    pod_variables,
+    process_environment,
+)
 from tcpmesh.runtime.objects import Obj, key_of, meta, now_rfc3339
 from tcpmesh.runtime.podstatus import (
     ContainerRecord,
@@ -47,6 +61,8 @@ GRACE_CAP = 5.0
 PROBE_INTERVAL_UNREADY = 0.5
 PROBE_INTERVAL_READY = 2.0
 PROBE_TIMEOUT = 1.0
+# How long a hand-over waits for the new gateway to listen on every port of the old one.
+HAND_OVER_WAIT = 10.0
 
 
 def format_duration(seconds: float) -> str:
@@ -97,6 +113,7 @@ class PodWorker:
         self._previous_status: Obj = dict(status)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._hand_overs: list[asyncio.Task[None]] = []
         self._pids: dict[str, PodProcess] = {}
         self._adopted = dict(adopted or {})
         # A process of this pod, on any IP (to stop it) and on this pod's IP (to adopt it).
@@ -124,7 +141,7 @@ class PodWorker:
     async def stop(self, *, shutdown: bool) -> None:
         """Stop every process; ``shutdown`` records the mesh going down in the status."""
         self._stop.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._hand_overs, return_exceptions=True)
         process.write_pid_file(self._kubelet.pid_path(self.namespace, self.name), {})
         if shutdown:
             self.publish(shutdown=True)
@@ -178,14 +195,8 @@ class PodWorker:
         first = True
         adopted = self._adopted.pop(record.name, None)
         if adopted is not None:
-            if adopted.argv == tuple(argv) and process.is_ours(adopted, self._identity):
-                await self._run_adopted(record, adopted, ports)
-                first = False
-            else:
-                # What the container runs has changed (its command, or the pod's IP):
-                # the old process goes before the new one starts, and that is a restart.
-                await process.stop_adopted(adopted, self._pod_identity, self._grace)
-                first = False
+            await self._resume(record, spec, adopted, argv, ports)
+            first = False  # whatever runs next is a restart
         while not self._stop.is_set():
             if not first:
                 record.restart_count += 1
@@ -253,6 +264,24 @@ class PodWorker:
         record.terminated(proc.returncode)
         self.publish()
 
+    async def _resume(
+        self,
+        record: ContainerRecord,
+        spec: Mapping[str, Any],
+        adopted: PodProcess,
+        argv: list[str],
+        ports: list[int],
+    ) -> None:
+        """Take over the process an earlier mesh left running for this container."""
+        if adopted.argv != tuple(argv) or not process.is_ours(adopted, self._identity):
+            # What the container runs has changed (its command, or the pod's IP): the old
+            # process goes before the new one starts.
+            await process.stop_adopted(adopted, self._pod_identity, self._grace)
+        elif _upgraded(spec, adopted):
+            self._hand_overs.append(asyncio.create_task(self._hand_over(record.name, adopted)))
+        else:
+            await self._run_adopted(record, adopted, ports)
+
     async def _run_adopted(
         self, record: ContainerRecord, adopted: PodProcess, ports: list[int]
     ) -> None:
@@ -282,6 +311,35 @@ class PodWorker:
         )
         self.publish()
 
+    async def _hand_over(self, container: str, old: PodProcess) -> None:
+        """Drain ``old`` once this container's new process listens on all its ports."""
+        wanted = process.listening_ports(old.pid)
+        log.info("pod %s/%s: a new build replaces pid %d", self.namespace, self.name, old.pid)
+        deadline = asyncio.get_running_loop().time() + HAND_OVER_WAIT
+        try:
+            while not self._stop.is_set():
+                new = self._pids.get(container)
+                serving = set() if new is None else process.listening_ports(new.pid)
+                late = asyncio.get_running_loop().time() > deadline
+                # A port the new build cannot share (not SO_REUSEPORT) must not keep the
+                # old one running for ever: after a while, serving anything is enough.
+                if wanted <= serving or (late and serving):
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), PROBE_INTERVAL_UNREADY)
+            else:
+                return
+            log.info("pod %s/%s: draining pid %d", self.namespace, self.name, old.pid)
+            process.signal_adopted(old, self._pod_identity, signal.SIGUSR1)
+            stop = asyncio.ensure_future(self._stop.wait())
+            exited = asyncio.ensure_future(process.wait_exit(old.pid))
+            await asyncio.wait({stop, exited}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (stop, exited):
+                task.cancel()
+        finally:
+            # The pod is stopping, or the old process is gone already (then a no-op).
+            await process.stop_adopted(old, self._pod_identity, self._grace)
+
     async def _probe(self, record: ContainerRecord, ports: list[int]) -> None:
         while True:
             ready = await tcp_ready(self.pod_ip, ports)
@@ -289,6 +347,14 @@ class PodWorker:
                 record.ready = ready
                 self.publish()
             await asyncio.sleep(PROBE_INTERVAL_READY if ready else PROBE_INTERVAL_UNREADY)
+
+
+def _upgraded(spec: Mapping[str, Any], adopted: PodProcess) -> bool:
+    """Whether an adopted process is a gateway of an older build that can hand over."""
+    image = builtin_image(str(spec.get("image") or ""))
+    if image is None or not image.drains:
+        return False
+    return process.environment_value(adopted.pid, BUILD_VARIABLE) != build_id()
 
 
 class Kubelet:

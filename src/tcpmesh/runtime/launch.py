@@ -7,12 +7,17 @@ the mesh's own environment so that PATH and the Python installation keep working
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import tcpmesh
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +88,28 @@ def pod_variables(
     return variables
 
 
+BUILD_VARIABLE = "TCPMESH_BUILD"
+
+
+@functools.cache
+def build_id() -> str:
+    """An id that changes whenever tcpmesh's code does (an upgrade, an edited checkout).
+
+    A gateway started by an older build is replaced by a draining hand-over when a newer
+    mesh adopts it. ``TCPMESH_BUILD`` in the mesh's own environment sets it instead (for
+    packagers with their own version scheme, and for tests).
+    """
+    given = os.environ.get(BUILD_VARIABLE, "").strip()
+    if given:
+        return given
+    root = Path(tcpmesh.__file__).parent
+    digest = hashlib.sha256(sys.version.encode())
+    for path in sorted(root.rglob("*.py")):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def process_environment(variables: Mapping[str, str]) -> dict[str, str]:
     # Unbuffered Python output makes a pod's log follow what it does.
-    return {**os.environ, "PYTHONUNBUFFERED": "1", **variables}
+    return {**os.environ, "PYTHONUNBUFFERED": "1", BUILD_VARIABLE: build_id(), **variables}

@@ -280,6 +280,62 @@ async def kill_legacy_leftovers(pid_file: Path, identity: Mapping[str, str], gra
             _signal_leftover(pid, signal.SIGKILL)
 
 
+def environment_value(pid: int, name: str) -> str | None:
+    """One variable of the environment ``pid`` started with."""
+    environ = _proc_file(pid, "environ")
+    if environ is None:
+        return None
+    prefix = os.fsencode(f"{name}=")
+    for entry in environ.split(b"\0"):
+        if entry.startswith(prefix):
+            return os.fsdecode(entry[len(prefix) :])
+    return None
+
+
+def signal_adopted(process: PodProcess, identity: Mapping[str, str], sig: signal.Signals) -> None:
+    """Signal an adopted process's group, if it is still that process."""
+    if is_ours(process, identity):
+        _signal_leftover(process.pid, sig)
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports that ``pid`` and its descendants listen on (read from /proc).
+
+    With SO_REUSEPORT an old and a new gateway listen on the same ports, so connecting
+    tells them apart not; their sockets do.
+    """
+    inodes: set[bytes] = set()
+    for member in _tree(pid):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{member}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{member}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1].encode())
+    ports: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        text = _proc_file(pid, f"net/{table}") or b""
+        for line in text.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == b"0A" and fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(b":", 1)[1], 16))
+    return ports
+
+
+def _tree(pid: int) -> set[int]:
+    """``pid`` and its descendants."""
+    found, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        if current in found:
+            continue
+        found.add(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError, ValueError):
+                todo += [int(child) for child in task.read_text().split()]
+    return found
+
+
 def _signal_leftover(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         if os.getpgid(pid) == pid:

@@ -410,7 +410,9 @@ class XdsServer:
         return self._nodes.setdefault(node_id, NodeState(node_id))
 
     async def start(self) -> int:
-        self._grpc = grpc.aio.server()
+        # No SO_REUSEPORT: a port another server holds must fail to bind, not be shared
+        # (a restarted mesh asks for its previous port; see tcpmesh.mesh).
+        self._grpc = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), self._grpc)
         self.port = self._grpc.add_insecure_port(f"{self.host}:{self.port}")
         await self._grpc.start()
