@@ -12,7 +12,9 @@ mode orders it, and every step waits for Envoy's answer before the next:
 3. ECDS, then CDS with EDS, with exactly the new resources (what nothing uses any more
    goes).
 
-ACKs and NACKs are tracked per node and type URL. A NACK stops the push there: the node
+ACKs and NACKs are tracked per node and type URL by a sans-IO ``AdsSession``
+(``xds.session``, where the rules are stated and tested as transcripts); this module is
+the I/O around it. A NACK stops the push there: the node
 stays on its last good configuration for that type and every later one, the NACK (with
 Envoy's ``error_detail`` text) is kept for ``status`` until a later snapshot is applied
 in full. Envoy applies the valid part of a rejected state-of-the-world response, so the
@@ -28,13 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import itertools
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -50,12 +48,12 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2, json_format
 
 from tcpmesh.control import SnapshotSource
+from tcpmesh.xds.session import AdsSession, Answer, NodeState, Request, Response
 from tcpmesh.xds.translate import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
     EXTENSION_CONFIG_TYPE,
     LISTENER_TYPE,
-    PUSH_ORDER,
     SECRET_TYPE,
     SHORT_NAMES,
     EnvoyConfig,
@@ -67,15 +65,8 @@ log = logging.getLogger("tcpmesh.xds")
 
 # Envoy answers a response in milliseconds; a silent stream this long is broken.
 ACK_TIMEOUT = 20.0
-WILDCARD_TYPES = (LISTENER_TYPE, CLUSTER_TYPE)
 
 Transform = Callable[[EnvoyConfig], EnvoyConfig]
-
-
-def content_version(resources: dict[str, Resource]) -> str:
-    """Equal resource sets, equal versions, whatever snapshot they came from."""
-    body = json.dumps(resources, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
 def to_any(resource: Resource) -> Any:
@@ -84,94 +75,34 @@ def to_any(resource: Resource) -> Any:
     return message
 
 
-@dataclass
-class Nack:
-    type_url: str
-    version: str
-    snapshot: str
-    error: str
-    at: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": SHORT_NAMES.get(self.type_url, self.type_url),
-            "typeUrl": self.type_url,
-            "version": self.version,
-            "snapshot": self.snapshot,
-            "error": self.error,
-            "time": self.at,
-        }
+def _request(message: Any) -> Request:
+    return Request(
+        type_url=message.type_url,
+        nonce=message.response_nonce,
+        names=frozenset(message.resource_names),
+        version=message.version_info,
+        error=message.error_detail.message if message.HasField("error_detail") else None,
+    )
 
 
-@dataclass
-class NodeState:
-    """What the server knows of one Envoy: kept after it disconnects, for ``status``."""
-
-    node: str
-    streams: int = 0
-    # The snapshot whose every resource the node ACKed, and the one being pushed.
-    applied: str = ""
-    pending: str = ""
-    acked: dict[str, str] = field(default_factory=dict)
-    nacks: dict[str, Nack] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "node": self.node,
-            "connected": self.streams > 0,
-            "appliedSnapshot": self.applied,
-            "pendingSnapshot": self.pending,
-            "acked": {SHORT_NAMES.get(t, t): v for t, v in self.acked.items()},
-            "nacks": [n.to_dict() for n in self.nacks.values()],
-        }
-
-
-@dataclass
-class _InFlight:
-    version: str
-    resources: dict[str, Resource]
-    answer: asyncio.Future[str | None]  # None: ACK; text: NACK error_detail
-
-
-@dataclass
-class _TypeState:
-    type_url: str
-    subscribed: bool = False
-    names: frozenset[str] = frozenset()
-    desired: dict[str, Resource] | None = None
-    desired_version: str = ""
-    sent_version: str = ""
-    sent_names: frozenset[str] | None = None
-    sent_nonce: str = ""
-    # What Envoy accepted last: every resource the server wanted it to have then.
-    good: dict[str, Resource] = field(default_factory=dict)
-    accepted: bool = False
-    inflight: dict[str, _InFlight] = field(default_factory=dict)
-
-    @property
-    def wildcard(self) -> bool:
-        return self.type_url in WILDCARD_TYPES
-
-    def set_desired(self, resources: dict[str, Resource]) -> None:
-        self.desired = resources
-        self.desired_version = content_version(resources)
-
-    def names_to_send(self) -> frozenset[str]:
-        assert self.desired is not None
-        if self.wildcard or "*" in self.names:
-            return frozenset(self.desired)
-        return frozenset(n for n in self.names if n in self.desired)
+def _response(response: Response) -> Any:
+    return discovery_pb2.DiscoveryResponse(
+        version_info=response.version,
+        resources=[to_any(resource) for _, resource in response.resources],
+        type_url=response.type_url,
+        nonce=response.nonce,
+    )
 
 
 class _Stream:
-    """One ADS stream: its subscriptions, its responses, and the pushes of its node."""
+    """One ADS stream: the I/O around an ``AdsSession`` (gRPC messages, futures, pushes)."""
 
     def __init__(self, server: XdsServer) -> None:
         self._server = server
-        self._types = {t: _TypeState(t) for t in PUSH_ORDER}
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
-        self._nonces = itertools.count(1)
-        self._node: NodeState | None = None
+        self._session: AdsSession | None = None
+        # The answer Envoy gives each response, by nonce: None an ACK, text a NACK.
+        self._answers: dict[str, asyncio.Future[str | None]] = {}
         self._pusher: asyncio.Task[None] | None = None
 
     async def responses(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -188,117 +119,69 @@ class _Stream:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-            for state in self._types.values():
-                for entry in state.inflight.values():
-                    if not entry.answer.done():
-                        entry.answer.cancel()
-            if self._node is not None:
-                self._node.streams -= 1
-                log.info("xDS stream of %s closed", self._node.node)
+            for answer in self._answers.values():
+                if not answer.done():
+                    answer.cancel()
+            if self._session is not None:
+                self._session.node.streams -= 1
+                log.info("xDS stream of %s closed", self._session.node.node)
 
     async def _read(self, requests: AsyncIterator[Any]) -> None:
-        async for request in requests:
-            if self._node is None:
-                node_id = request.node.id
+        async for message in requests:
+            if self._session is None:
+                node_id = message.node.id
                 if not node_id:
                     raise ValueError("the first DiscoveryRequest names no node")
-                self._node = self._server.node_state(node_id)
-                self._node.streams += 1
+                node = self._server.node_state(node_id)
+                node.streams += 1
+                self._session = AdsSession(node)
                 log.info("xDS stream of %s opened", node_id)
                 self._pusher = asyncio.create_task(self._follow(node_id))
+            session = self._session
+            request = _request(message)
             log.debug(
                 "%s: %s request version=%r nonce=%r names=%s error=%r",
-                self._node.node,
+                session.node.node,
                 SHORT_NAMES.get(request.type_url, request.type_url),
-                request.version_info,
-                request.response_nonce,
-                list(request.resource_names),
-                request.error_detail.message,
+                request.version,
+                request.nonce,
+                sorted(request.names),
+                request.error,
             )
-            state = self._types.get(request.type_url)
-            if state is None:
+            if not session.serves(request.type_url):
                 log.warning("ignoring a request for unserved type %s", request.type_url)
                 continue
-            answer = self._answered(state, request)
-            if request.response_nonce and request.response_nonce != state.sent_nonce:
-                continue  # stale: a newer response is on its way to Envoy
-            names = frozenset(request.resource_names)
-            if not answer and state.subscribed and names == state.names:
-                # Envoy asks again for what it has: a cluster updated by CDS stays warming
-                # until its endpoints come again, unchanged or not. Answer again.
-                state.sent_names = None
-            state.subscribed = True
-            state.names = names
-            self._offer(state)
+            received = session.receive(request)
+            if received.answer is not None:
+                self._settle(received.answer)
+            for response in received.responses:
+                self._send(response)
 
-    def _answered(self, state: _TypeState, request: Any) -> bool:
-        """Take an ACK or NACK of a response; False when the request answers none."""
-        entry = state.inflight.pop(request.response_nonce, None)
-        if entry is None:
-            return False
-        assert self._node is not None
-        if request.HasField("error_detail"):
-            message = request.error_detail.message or "rejected without a message"
+    def _settle(self, answer: Answer) -> None:
+        assert self._session is not None
+        if answer.error is not None:
             log.warning(
                 "%s rejected %s version %s: %s",
-                self._node.node,
-                SHORT_NAMES[state.type_url],
-                entry.version,
-                message,
+                self._session.node.node,
+                SHORT_NAMES[answer.type_url],
+                answer.version,
+                answer.error,
             )
-            self._node.nacks[state.type_url] = Nack(
-                state.type_url, entry.version, self._node.pending, message, time.time()
-            )
-            # Envoy may have applied the valid part of a rejected state-of-the-world
-            # response: offer the last accepted set again (from _read, right after this),
-            # so it is back on exactly that, and never offer the rejected set again. With
-            # nothing accepted on this stream yet, what Envoy runs is unknown here (it may
-            # have kept a configuration across a reconnect): leave it alone.
-            if state.accepted:
-                state.set_desired(state.good)
-                state.sent_names = None
-            if not entry.answer.done():
-                entry.answer.set_result(message)
-        else:
-            state.good = entry.resources
-            state.accepted = True
-            self._node.acked[state.type_url] = entry.version
-            if not entry.answer.done():
-                entry.answer.set_result(None)
-        return True
+        future = self._answers.pop(answer.nonce, None)
+        if future is not None and not future.done():
+            future.set_result(answer.error)
 
-    def _offer(self, state: _TypeState) -> asyncio.Future[str | None] | None:
-        """Send the desired resources unless Envoy has (or is being sent) exactly them."""
-        if not state.subscribed or state.desired is None:
-            return None
-        names = state.names_to_send()
-        if state.sent_version == state.desired_version and state.sent_names == names:
-            pending = state.inflight.get(state.sent_nonce)
-            return pending.answer if pending is not None else None
-        nonce = str(next(self._nonces))
-        response = discovery_pb2.DiscoveryResponse(
-            version_info=state.desired_version,
-            resources=[to_any(state.desired[n]) for n in sorted(names)],
-            type_url=state.type_url,
-            nonce=nonce,
-        )
-        answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        state.inflight[nonce] = _InFlight(state.desired_version, state.desired, answer)
-        state.sent_version, state.sent_names, state.sent_nonce = (
-            state.desired_version,
-            names,
-            nonce,
-        )
+    def _send(self, response: Response) -> None:
+        self._answers[response.nonce] = asyncio.get_running_loop().create_future()
         log.debug(
             "%s: %s response version=%s nonce=%s names=%s",
-            self._node.node if self._node else "?",
-            SHORT_NAMES[state.type_url],
-            state.desired_version,
-            nonce,
-            sorted(names),
+            self._session.node.node if self._session else "?",
+            SHORT_NAMES[response.type_url],
+            response.version,
+            response.nonce,
+            response.names,
         )
-        self._outbox.put_nowait(response)
-        return answer
+        self._outbox.put_nowait(_response(response))
 
     async def _follow(self, node_id: str) -> None:
         async for snapshot in self._server.source.watch(node_id):
@@ -312,12 +195,13 @@ class _Stream:
             await self._apply(config)
 
     async def _apply(self, config: EnvoyConfig) -> None:
-        node = self._node
-        assert node is not None
+        session = self._session
+        assert session is not None
+        node = session.node
         node.pending = config.snapshot_version
 
         def staged(type_url: str) -> tuple[str, dict[str, Resource]]:
-            return type_url, {**self._types[type_url].good, **config.of(type_url)}
+            return type_url, {**session.good(type_url), **config.of(type_url)}
 
         def final(type_url: str) -> tuple[str, dict[str, Resource]]:
             return type_url, config.of(type_url)
@@ -341,16 +225,17 @@ class _Stream:
 
     async def _push(self, step: list[tuple[str, dict[str, Resource]]]) -> bool:
         """Offer resources and wait for Envoy's answers; False on a NACK (or no answer)."""
-        node = self._node
-        assert node is not None
+        session = self._session
+        assert session is not None
+        node = session.node
         started = time.time()
         answers: list[asyncio.Future[str | None]] = []
         for type_url, resources in step:
-            state = self._types[type_url]
-            state.set_desired(resources)
-            answer = self._offer(state)
-            if answer is not None:
-                answers.append(answer)
+            response, awaited = session.offer(type_url, resources)
+            if response is not None:
+                self._send(response)
+            if awaited and awaited in self._answers:
+                answers.append(self._answers[awaited])
         if answers:
             try:
                 await asyncio.wait_for(
