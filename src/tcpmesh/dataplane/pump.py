@@ -32,7 +32,7 @@ import ctypes
 import errno
 import socket
 from collections.abc import Callable
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import cast
 
 DOWNSTREAM = 0
@@ -41,6 +41,49 @@ DEFAULT_HIGH_WATER = 256 * 1024
 # One read takes at most this much: large reads keep the per-byte cost of bulk transfers
 # low (uvloop reads the client side with the same size).
 READ_CHUNK = 256 * 1024
+
+
+class Flow(IntEnum):
+    """The state of one relay direction: from its source peer to its sink peer.
+
+    Each ``Relay`` has two: toward the upstream (source: the client) and toward the
+    client (source: the upstream). Half-close is this machine: a FIN from the source
+    waits until the bytes queued for the sink have left, then goes to the sink, while the
+    other direction keeps flowing.
+    """
+
+    OPEN = 0  # bytes flow
+    FIN_PENDING = 1  # the source sent FIN; it follows the bytes still queued for the sink
+    FIN_SENT = 2  # the sink got FIN: this direction is done
+    LOST = 3  # the sink is gone; nothing more can be delivered
+
+
+class FlowEvent(IntEnum):
+    EOF = 0  # the source sent FIN
+    DRAINED = 1  # nothing is queued for the sink any more, and it can take a FIN
+    LOST = 2  # the sink went away
+
+
+# Every transition, in one table (h11's "Rule 1"): (state, event, bytes still queued)
+# -> (next state, send FIN to the sink now). Pairs not listed leave the state as it is;
+# LOST is reached from any state.
+FLOW_TRANSITIONS: dict[tuple[Flow, FlowEvent, bool], tuple[Flow, bool]] = {
+    (Flow.OPEN, FlowEvent.EOF, False): (Flow.FIN_SENT, True),
+    (Flow.OPEN, FlowEvent.EOF, True): (Flow.FIN_PENDING, False),
+    (Flow.FIN_PENDING, FlowEvent.DRAINED, False): (Flow.FIN_SENT, True),
+}
+
+
+def flow_step(state: Flow, event: FlowEvent, queued: bool) -> tuple[Flow, bool]:
+    """The next state of a direction, and whether its sink gets a FIN now (pure)."""
+    if event is FlowEvent.LOST:
+        return Flow.LOST, False
+    return FLOW_TRANSITIONS.get((state, event, queued), (state, False))
+
+
+def fin_seen(state: Flow) -> bool:
+    """Whether the direction's source has sent FIN (delivered to the sink or not)."""
+    return state is Flow.FIN_PENDING or state is Flow.FIN_SENT
 
 
 class Termination(StrEnum):
@@ -144,22 +187,20 @@ class Relay(asyncio.Protocol):
 
     __slots__ = (
         "_down",
-        "_down_eof",
         "_down_lost",
         "_down_paused",
         "_down_write_paused",
         "_early",
-        "_fin_down_wanted",
         "_high_water",
         "_loop",
         "_pending",
         "_pending_size",
+        "_to_client",
+        "_to_up",
         "_up",
         "_up_close_wanted",
         "_up_connected",
-        "_up_eof",
         "_up_fd",
-        "_up_fin_wanted",
         "_up_reading",
         "_up_timer",
         "_up_writing",
@@ -177,15 +218,14 @@ class Relay(asyncio.Protocol):
         self._up_connected = False
         self._up_reading = False
         self._up_writing = False
-        self._up_eof = False  # FIN received from the upstream
-        self._up_fin_wanted = False  # FIN to send upstream once the pending bytes left
         self._up_close_wanted = False  # close the upstream once the pending bytes left
         self._up_timer: asyncio.TimerHandle | None = None
-        self._down_eof = False  # FIN received from the client
         self._down_lost = False
         self._down_paused = False  # we paused reading the client
         self._down_write_paused = False  # the client transport's buffer is above the mark
-        self._fin_down_wanted = False
+        # The two directions (see Flow): client -> upstream, upstream -> client.
+        self._to_up = Flow.OPEN
+        self._to_client = Flow.OPEN
         # Client bytes that arrived before the upstream connected.
         self._early: list[bytes] = []
         # Client bytes the upstream socket has not taken yet.
@@ -277,8 +317,8 @@ class Relay(asyncio.Protocol):
                 self._send_up(chunk)
                 if self._up is None:
                     return
-        if self._up_fin_wanted and not self._pending:
-            self._shutdown_up()
+        if self._to_up is Flow.FIN_PENDING:
+            self._up_drained()
         if not self._up_reading:
             self._up_reading = True
             self._loop.add_reader(self._up_fd, self._on_up_readable)
@@ -297,12 +337,11 @@ class Relay(asyncio.Protocol):
             self._end("")
             return
         if not n:
-            self._up_eof = True
             self._stop_up_reading()
-            if self._down_eof or self._down_lost:
-                self._close_all()
+            self._to_client, _ = flow_step(self._to_client, FlowEvent.EOF, True)
+            if fin_seen(self._to_up) or self._down_lost:
+                self._close_all()  # both directions ended: no half-open state to keep
                 return
-            self._fin_down_wanted = True
             self._send_fin_down_when_drained()
             return
         self.bytes_from[UPSTREAM] += n
@@ -373,12 +412,17 @@ class Relay(asyncio.Protocol):
             self._close_upstream()
             self._maybe_done()
             return
-        if self._up_fin_wanted:
-            self._shutdown_up()
+        if self._to_up is Flow.FIN_PENDING:
+            self._up_drained()
         self._update_down_reading()
 
+    def _up_drained(self) -> None:
+        """Nothing may be queued for the upstream: send the client's FIN if it waits."""
+        self._to_up, fin = flow_step(self._to_up, FlowEvent.DRAINED, bool(self._pending))
+        if fin:
+            self._shutdown_up()
+
     def _shutdown_up(self) -> None:
-        self._up_fin_wanted = False
         if self._up is not None:
             # ENOTCONN and friends: the peer is gone; the next read or write says so.
             with contextlib.suppress(OSError):
@@ -403,6 +447,7 @@ class Relay(asyncio.Protocol):
         if sock is None:
             return
         self._up = None
+        self._to_up, _ = flow_step(self._to_up, FlowEvent.LOST, False)
         if self._up_timer is not None:
             self._up_timer.cancel()
             self._up_timer = None
@@ -437,18 +482,20 @@ class Relay(asyncio.Protocol):
             self._send_up(data)
 
     def eof_received(self) -> bool:
-        self._down_eof = True
-        if self._up_eof:
+        if fin_seen(self._to_client):
+            # Both directions ended: close (which flushes what is queued) instead of a FIN.
+            self._to_up, _ = flow_step(self._to_up, FlowEvent.EOF, True)
             self._close_all()
             return True
-        if not self._up_connected or self._pending:
-            self._up_fin_wanted = True
-        else:
+        queued = not self._up_connected or bool(self._pending)
+        self._to_up, fin = flow_step(self._to_up, FlowEvent.EOF, queued)
+        if fin:
             self._shutdown_up()
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._down_lost = True
+        self._to_client, _ = flow_step(self._to_client, FlowEvent.LOST, False)
         connecting = self._up is not None and not self._up_connected
         if connecting:
             self._close_upstream()
@@ -462,14 +509,13 @@ class Relay(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._down_write_paused = False
-        if self._fin_down_wanted:
+        if self._to_client is Flow.FIN_PENDING:
             self._send_fin_down_when_drained()
         if (
             self._up is not None
             and self._up_connected
             and not self._up_reading
-            and not self._up_eof
-            and not self._down_lost
+            and self._to_client is Flow.OPEN
         ):
             self._up_reading = True
             self._loop.add_reader(self._up_fd, self._on_up_readable)
@@ -480,8 +526,9 @@ class Relay(asyncio.Protocol):
         down = self._down
         if down is None or down.is_closing():
             return
-        if down.get_write_buffer_size() == 0:
-            self._fin_down_wanted = False
+        queued = down.get_write_buffer_size() != 0
+        self._to_client, fin = flow_step(self._to_client, FlowEvent.DRAINED, queued)
+        if fin:
             shutdown_write(down)
             return
         # Ask for resume_writing() exactly when the buffer is empty.
@@ -495,7 +542,7 @@ class Relay(asyncio.Protocol):
         want = (
             self._up_connected
             and self._up is not None
-            and not self._down_eof
+            and self._to_up is Flow.OPEN
             and self._pending_size <= self._high_water
         )
         if want == (not self._down_paused):
