@@ -368,3 +368,64 @@ def test_proxy_config_prints_the_same_tables_for_both_data_planes(mesh: MeshHarn
     assert all(r[1:3] == ["HEALTHY", "OK"] for r in rows if r[3] == v1)
     as_json = json.loads(mesh.tcpmesh("proxy-config", "listeners", "-o", "json").stdout)
     assert [lst["name"] for lst in as_json] == [f"0.0.0.0_{PORT}"]
+
+
+SERVICE_PORT_AND_TARGET_PORT = """apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata:
+  name: on-80
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port: {number: 80, name: tcp-80, protocol: TCP}
+    hosts: ["*"]
+  - port: {number: 8080, name: tcp-8080, protocol: TCP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: on-80
+spec:
+  hosts: ["*"]
+  gateways: [on-80]
+  tcp:
+  - route:
+    - destination: {host: tcp-echo, port: {number: 9000}, subset: v2}
+"""
+
+
+def test_a_service_port_and_its_target_port_make_one_listener_on_both_planes(
+    mesh: MeshHarness, tmp_path: Path
+) -> None:
+    # The gateway Service maps port 80 to targetPort 8080: servers on 80 and 8080 both
+    # resolve to port 80. The first server keeps it (docs/architecture.md states the rule).
+    manifest = tmp_path / "on-80.yaml"
+    manifest.write_text(SERVICE_PORT_AND_TARGET_PORT)
+    mesh.apply(manifest)
+    try:
+        mesh.wait_for("port 80", lambda: _first_word_on(80) == "two", 10.0)
+        rows = [
+            line.split() for line in mesh.tcpmesh("proxy-config", "listeners").stdout.splitlines()
+        ]
+        assert [r[1] for r in rows[1:]].count("80") == 1
+        names = [
+            lst["name"]
+            for lst in json.loads(mesh.tcpmesh("proxy-config", "listeners", "-o", "json").stdout)
+        ]
+        assert "0.0.0.0_80" in names and "0.0.0.0_8080" not in names
+        analysis = mesh.tcpmesh("analyze", check=False)
+        assert analysis.code == 1
+        (conflict,) = [x for x in analysis.stdout.splitlines() if "IST0145" in x]
+        assert "ports 80 and 8080 are both served on port 80" in conflict
+    finally:
+        mesh.tcpmesh("delete", "-f", str(manifest))
+    mesh.wait_for("port 80 closed", lambda: _first_word_on(80) == "", 10.0)
+
+
+def _first_word_on(port: int) -> str:
+    try:
+        return first_word(ADDRESS, port)
+    except OSError:
+        return ""
