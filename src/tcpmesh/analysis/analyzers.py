@@ -18,6 +18,7 @@ from tcpmesh.control import (
     TERMINATING_MODES,
     MeshResources,
     ProxyNode,
+    ResponseFlag,
     build_snapshot,
     downstream_tls,
     find_service,
@@ -279,7 +280,8 @@ def _destination_rule_messages(
             ):
                 text = (
                     f"The Subset {subset.name} defined in the DestinationRule does not select "
-                    "any pods. Which may lead to 503 UH (NoHealthyUpstream)."
+                    f"any pods. Which may lead to 503 {ResponseFlag.NO_HEALTHY_UPSTREAM} "
+                    "(NoHealthyUpstream)."
                 )
                 yield _message("Error", "IST0173", rule, text)
 
