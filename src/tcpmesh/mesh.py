@@ -33,7 +33,7 @@ from tcpmesh.apiserver.credentials import (
 from tcpmesh.apiserver.kubeconfig import write_kubeconfig
 from tcpmesh.apiserver.pki import ensure_ca, server_ssl_context
 from tcpmesh.console import CONSOLE_PREFIX, create_console, traffic_source
-from tcpmesh.control import ControlPlane
+from tcpmesh.control import INGRESS_GATEWAY_SELECTOR, ControlPlane
 from tcpmesh.replica import RUNTIME_ELECTION, LeaderGate
 from tcpmesh.runtime import DEFAULT_MAX_PODS, Runtime, pod_is_ready, replica_cap_errors
 from tcpmesh.statedir import make_private, private_umask
@@ -53,7 +53,7 @@ log = logging.getLogger("tcpmesh.mesh")
 
 GATEWAY_NAMESPACE = "istio-system"
 GATEWAY_NAME = "istio-ingressgateway"
-GATEWAY_LABELS = {"app": "istio-ingressgateway", "istio": "ingressgateway"}
+GATEWAY_LABELS = {"app": "istio-ingressgateway", **INGRESS_GATEWAY_SELECTOR}
 GATEWAY_IMAGE = "docker.io/istio/proxyv2:1.24.0"
 # `--dataplane envoy`: the image tcpmesh runs as Envoy fed by its xDS server.
 ENVOY_GATEWAY_IMAGE = "docker.io/envoyproxy/envoy:v1.40.0"
@@ -297,7 +297,7 @@ class Mesh:
         return errors, warnings
 
     def gateway_pods(self) -> list[dict[str, Any]]:
-        return self.store.list("Pod", GATEWAY_NAMESPACE, label_selector={"istio": "ingressgateway"})
+        return self.store.list("Pod", GATEWAY_NAMESPACE, label_selector=INGRESS_GATEWAY_SELECTOR)
 
     def status(self) -> dict[str, Any]:
         pods = self.store.list("Pod")

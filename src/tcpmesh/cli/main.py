@@ -520,6 +520,7 @@ def proxy_config(
     POD is NAME or NAME.NAMESPACE (default: the ingress gateway pod; namespace
     istio-system).
     """
+    from tcpmesh.control import INGRESS_GATEWAY_SELECTOR, labels_match
     from tcpmesh.runtime.images import builtin_image
     from tcpmesh.xds import proxyconfig
 
@@ -532,7 +533,7 @@ def proxy_config(
         gateways = [
             p
             for p in client.list("Pod", ns)
-            if (p["metadata"].get("labels") or {}).get("istio") == "ingressgateway"
+            if labels_match(INGRESS_GATEWAY_SELECTOR, p["metadata"].get("labels") or {})
         ]
         if not gateways:
             fail(f"error: no gateway pod in namespace {ns}; name one")
