@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tcpmesh.control import Snapshot
+from tcpmesh.control import ResponseFlag, Snapshot
 from tcpmesh.telemetry.counts import DURATION_BUCKETS, Counts
 from tcpmesh.telemetry.families import ClusterStat, TcpProxyStat
 from tcpmesh.telemetry.labels import common_destination, destination
@@ -103,7 +103,7 @@ def _no_cluster(counts: Counts, stats: EnvoyStats, snapshot: Snapshot) -> None:
             n = int(no_route.get(route.stat_prefix, 0))
             missing = [d for d in route.destinations if snapshot.cluster(d.cluster_name) is None]
             if n and len(missing) == 1:
-                row = counts.row(destination(missing[0], None, None), "NC")
+                row = counts.row(destination(missing[0], None, None), ResponseFlag.NO_CLUSTER)
                 row[0] += n
                 row[1] += n
 
@@ -130,8 +130,11 @@ def envoy_counts(stats: EnvoyStats, buckets: Buckets, snapshot: Snapshot) -> Cou
             ok[3] += get("upstream_cx_rx_bytes_total", name)
             counts.active[dest] = active
         if failed:
-            counts.row(dest, "UF")[1] += failed
-        for flag, stat in (("UH", "upstream_cx_none_healthy"), ("UO", "upstream_cx_overflow")):
+            counts.row(dest, ResponseFlag.UPSTREAM_CONNECT_FAILURE)[1] += failed
+        for flag, stat in (
+            (ResponseFlag.NO_HEALTHY_UPSTREAM, ClusterStat.UPSTREAM_CX_NONE_HEALTHY),
+            (ResponseFlag.UPSTREAM_OVERFLOW, ClusterStat.UPSTREAM_CX_OVERFLOW),
+        ):
             n = get(stat, name)
             if n:
                 row = counts.row(destination(None, cluster, None), flag)
