@@ -34,6 +34,7 @@ from tcpmesh.apiserver.kubeconfig import write_kubeconfig
 from tcpmesh.apiserver.pki import ensure_ca, server_ssl_context
 from tcpmesh.console import CONSOLE_PREFIX, create_console, traffic_source
 from tcpmesh.control import INGRESS_GATEWAY_SELECTOR, ControlPlane
+from tcpmesh.controllers import RolloutController
 from tcpmesh.replica import RUNTIME_ELECTION, LeaderGate
 from tcpmesh.runtime import DEFAULT_MAX_PODS, Runtime, pod_is_ready, replica_cap_errors
 from tcpmesh.statedir import make_private, private_umask
@@ -193,6 +194,23 @@ def single_instance(state_dir: Path) -> Iterator[None]:
             handle.truncate()
 
 
+class _Writers:
+    """The writing controllers, started and stopped together (under the leader gate on
+    a shared store): the runtime, then the Rollout controller; stopped in reverse."""
+
+    def __init__(self, runtime: Runtime, rollouts: RolloutController) -> None:
+        self.runtime = runtime
+        self.rollouts = rollouts
+
+    async def start(self) -> None:
+        await self.runtime.start()
+        await self.rollouts.start()
+
+    async def stop(self) -> None:
+        await self.rollouts.stop()
+        await self.runtime.stop()
+
+
 class Mesh:
     def __init__(self, config: MeshConfig) -> None:
         self.config = config
@@ -202,7 +220,10 @@ class Mesh:
         elected = leader_election(self.store, RUNTIME_ELECTION, identity)
         writer = self.store if elected is None else elected[1]
         self.runtime = Runtime(writer, config.state_dir, config.address, max_pods=config.max_pods)
-        self.gate = None if elected is None else LeaderGate(elected[0], self.runtime)
+        # The Rollout controller writes too: same leadership, same fenced store.
+        self.rollouts = RolloutController(writer)
+        self.writers = _Writers(self.runtime, self.rollouts)
+        self.gate = None if elected is None else LeaderGate(elected[0], self.writers)
         self.control = ControlPlane(self.store)
         self.started_at = time.time()
         self._runner: web.AppRunner | None = None
@@ -243,7 +264,7 @@ class Mesh:
         # Pods first: until the runtime has rewritten their status, a Ready condition in the
         # store may be left over from a mesh that crashed, and `up` must not trust it.
         if self.gate is None:
-            await self.runtime.start()
+            await self.writers.start()
         else:
             self.gate.start()
         ca = ensure_ca(self.config.state_dir)
@@ -279,7 +300,7 @@ class Mesh:
         remove_credentials(self.config.state_dir)
         if self.gate is not None:
             await self.gate.stop()
-        await self.runtime.stop()
+        await self.writers.stop()
         if self.xds is not None:
             remove_xds_address(self.config.state_dir)
             await self.xds.stop()

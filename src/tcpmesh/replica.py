@@ -16,10 +16,9 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from tcpmesh.runtime import Runtime
     from tcpmesh.store import Election
 
 log = logging.getLogger("tcpmesh.replica")
@@ -84,10 +83,18 @@ class CampaignThread:
         self._thread.join(timeout=15)
 
 
+class Writers(Protocol):
+    """What a gate starts and stops: the runtime, or the runtime with other writers."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class LeaderGate:
     """Starts ``runtime`` whenever ``election`` is won and stops it whenever it is lost."""
 
-    def __init__(self, election: Election, runtime: Runtime) -> None:
+    def __init__(self, election: Election, runtime: Writers) -> None:
         self.election = election
         self.runtime = runtime
         self._task: asyncio.Task[None] | None = None

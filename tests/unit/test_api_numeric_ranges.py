@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from tcpmesh.api import kinds, models, validate_object
+from tcpmesh.api import kinds, models, rollouts, validate_object
 from tcpmesh.api.validation import NUMERIC_FIELDS, IntType, numeric_ranges
 
 Obj = dict[str, Any]
@@ -155,6 +155,32 @@ EVENT: Obj = {
     "count": 1,
 }
 
+ROLLOUT_ANALYSIS: Obj = {
+    "minSamples": 1,
+    "failureLimit": 1,
+    "consecutiveSuccessLimit": 1,
+    "gates": {"connectFailureRate": {"max": 0.1}},
+}
+
+
+def rollout(selector: Obj) -> Obj:
+    return {
+        "apiVersion": "rollouts.tcpmesh.io/v1alpha1",
+        "kind": "Rollout",
+        "metadata": META,
+        "spec": {
+            "virtualService": {"name": "vs", **selector},
+            "stable": {"host": "h", "subset": "v1"},
+            "canary": {"host": "h", "subset": "v2"},
+            "analysis": ROLLOUT_ANALYSIS,
+            "steps": [{"setWeight": 10}],
+        },
+    }
+
+
+ROLLOUT_BY_INDEX = rollout({"route": 0})
+ROLLOUT_BY_PORT = rollout({"port": 80})
+
 TEMPLATE_SPEC = ("spec", "template", "spec")
 CONTAINER_PORT = (*TEMPLATE_SPEC, "containers", 0, "ports", 0)
 DR_POLICY = ("spec", "trafficPolicy")
@@ -265,6 +291,17 @@ CASES: dict[tuple[type[models.Model], str], tuple[Obj, Path]] = {
     (models.WorkloadEntrySpec, "ports"): (WORKLOAD_ENTRY, ("spec", "ports", "[tcp]")),
     (models.WorkloadEntrySpec, "weight"): (SERVICE_ENTRY, ("spec", "endpoints", 0, "weight")),
     (models.Event, "count"): (EVENT, ("count",)),
+    (rollouts.RouteSelector, "route"): (ROLLOUT_BY_INDEX, ("spec", "virtualService", "route")),
+    (rollouts.RouteSelector, "port"): (ROLLOUT_BY_PORT, ("spec", "virtualService", "port")),
+    (rollouts.Step, "set_weight"): (ROLLOUT_BY_INDEX, ("spec", "steps", 0, "setWeight")),
+    **{
+        (rollouts.Analysis, field): (ROLLOUT_BY_INDEX, ("spec", "analysis", alias))
+        for field, alias in (
+            ("min_samples", "minSamples"),
+            ("failure_limit", "failureLimit"),
+            ("consecutive_success_limit", "consecutiveSuccessLimit"),
+        )
+    },
 }
 # The Endpoints kind is written by tcpmesh only; its port is range-checked all the same.
 RUNTIME_ONLY = {(models.EndpointPort, "port")}

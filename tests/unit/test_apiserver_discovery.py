@@ -13,6 +13,7 @@ SERVED = {
     ("v1", "events", "Event", ("ev",)),
     ("v1", "secrets", "Secret", ()),
     ("apps/v1", "deployments", "Deployment", ("deploy",)),
+    ("rollouts.tcpmesh.io/v1alpha1", "rollouts", "Rollout", ("ro",)),
     *(
         (f"networking.istio.io/{v}", plural, kind, short)
         for v in ("v1", "v1beta1", "v1alpha3")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tcpmesh.api import models
+from tcpmesh.api import models, rollouts
 
 ISTIO_NETWORKING = "networking.istio.io"
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
@@ -83,6 +83,14 @@ KINDS: tuple[KindInfo, ...] = (
         "workloadentries",
         ("we",),
         models.WorkloadEntry,
+    ),
+    KindInfo(
+        "Rollout",
+        rollouts.GROUP,
+        (rollouts.VERSION,),
+        "rollouts",
+        ("ro",),
+        rollouts.Rollout,
     ),
 )
 

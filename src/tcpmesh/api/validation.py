@@ -23,6 +23,7 @@ from tcpmesh.api import models, names, tls
 from tcpmesh.api.durations import parse_duration_ns
 from tcpmesh.api.findings import Finding, error, warning
 from tcpmesh.api.names import quote
+from tcpmesh.api.rollouts import Analysis, Rollout, RouteSelector, Step, rollout_problems
 
 MESH_GATEWAY = "mesh"
 # tcpmesh's own setting, on a VirtualService: how a gateway splits the new connections of
@@ -69,6 +70,8 @@ def validate(resource: models.Resource) -> list[Finding]:
         findings += tls.secret(resource)
     elif isinstance(resource, models.WorkloadEntry):
         findings += _workload_entry("spec", resource.spec, None, allow_fqdn=True)
+    elif isinstance(resource, Rollout):
+        findings += (_error(path, message) for path, message in rollout_problems(resource.spec))
     return list(dict.fromkeys(findings))
 
 
@@ -132,6 +135,13 @@ NUMERIC_FIELDS: dict[tuple[type[models.Model], str], IntType] = {
     (models.WorkloadEntrySpec, "ports"): UINT32,
     (models.WorkloadEntrySpec, "weight"): UINT32,
     (models.Event, "count"): INT32,
+    # tcpmesh's own CRD: int32 as its OpenAPI schema states (format: int32).
+    (RouteSelector, "route"): INT32,
+    (RouteSelector, "port"): INT32,
+    (Step, "set_weight"): INT32,
+    (Analysis, "min_samples"): INT32,
+    (Analysis, "failure_limit"): INT32,
+    (Analysis, "consecutive_success_limit"): INT32,
 }
 # The Go structs among the models: their numbers fail in Kubernetes' JSON decoder.
 _GO_STRUCTS = (

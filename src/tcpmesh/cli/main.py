@@ -623,6 +623,69 @@ def send(
     sys.exit(code)
 
 
+@cli.group()
+def rollout() -> None:
+    """Drive a Rollout: progressive delivery with TCP gates."""
+
+
+_ROLLOUT_HELP = {
+    "promote": "Skip the current pause or analysis step.",
+    "abort": "Put 100% back on stable at once.",
+    "retry": "Start an aborted Rollout again from its first step.",
+    "pause": "Hold the Rollout where it is (spec.paused).",
+    "resume": "Continue a paused Rollout (also after an inconclusive analysis).",
+}
+
+
+@rollout.command("status")
+@click.argument("name")
+@namespace_option
+@click.option("-w", "--watch", "follow", is_flag=True, help="Print each step until done.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None)
+@pass_context
+@friendly_errors
+def rollout_status(
+    ctx: Context, name: str, namespace: str | None, follow: bool, timeout: float | None
+) -> None:
+    """A Rollout's phase, step, weights and gates; --watch follows it (exit 1 if Degraded)."""
+    from tcpmesh.cli import rollout as rollout_cli
+
+    client, ns = ctx.client(), ctx.ns(namespace)
+    name = name.removeprefix("rollout/")
+    if not follow:
+        obj = client.get("Rollout", ns, name)
+        click.echo("\n".join(rollout_cli.summary(obj)))
+        return
+    phase = None
+    for line, obj in rollout_cli.watch(client, ns, name, timeout):
+        click.echo(line)
+        phase = (obj.get("status") or {}).get("phase")
+    if phase != "Healthy":
+        sys.exit(1)
+
+
+def _rollout_action(action: str) -> None:
+    @rollout.command(action, help=_ROLLOUT_HELP[action])
+    @click.argument("name")
+    @namespace_option
+    @pass_context
+    @friendly_errors
+    def command(ctx: Context, name: str, namespace: str | None) -> None:
+        from tcpmesh.cli import rollout as rollout_cli
+
+        try:
+            line = rollout_cli.request(
+                ctx.client(), ctx.ns(namespace), name.removeprefix("rollout/"), action
+            )
+        except rollout_cli.RolloutCommandError as exc:
+            fail(str(exc))
+        click.echo(line)
+
+
+for _action in _ROLLOUT_HELP:
+    _rollout_action(_action)
+
+
 @cli.command()
 @click.argument("target", metavar="[vs/NAME]", required=False)
 @namespace_option

@@ -410,6 +410,25 @@ def _event(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row:
     return row
 
 
+def _rollout(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row:
+    """Argo's ``kubectl argo rollouts list`` columns, for a canary over one route."""
+    status = obj.get("status") or {}
+    steps = _get(obj, "spec", "steps") or []
+    step = status.get("currentStepIndex")
+    row = [
+        str(status.get("phase") or "<none>"),
+        f"{step}/{len(steps)}" if step is not None else "<none>",
+        f"{status.get('stableWeight', 100)}/{status.get('canaryWeight', 0)}",
+        age(_get(obj, "metadata", "creationTimestamp"), now),
+    ]
+    if wide:
+        for ref in ("stable", "canary"):
+            host, subset = _get(obj, "spec", ref, "host"), _get(obj, "spec", ref, "subset")
+            row.append(f"{host}/{subset}")
+        row.append(str(status.get("message") or ""))
+    return row
+
+
 def _age_only(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row:
     return [age(_get(obj, "metadata", "creationTimestamp"), now)]
 
@@ -443,6 +462,7 @@ _TABLES: dict[str, tuple[list[str], list[str], _Columns]] = {
         ["SUBOBJECT", "SOURCE", "FIRST SEEN", "COUNT", "NAME"],
         _event,
     ),
+    "Rollout": (["PHASE", "STEP", "WEIGHTS", "AGE"], ["STABLE", "CANARY", "MESSAGE"], _rollout),
 }
 # kubectl's event table has no leading NAME column (the name is a wide column).
 _NAMELESS = frozenset({"Event"})
