@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from tcpmesh.api import validate_object
+from tcpmesh.api import VERSION_AFFINITY_ANNOTATION, validate_object
 from tcpmesh.apiserver import create_app, mount
 from tcpmesh.apiserver.credentials import (
     client_ssl_context,
@@ -315,6 +315,8 @@ class Mesh:
         if not errors:
             stored = self.store.list("Deployment")
             errors = replica_cap_errors(objects, stored, self.config.max_pods)
+        if self.config.dataplane == "envoy":
+            warnings += _envoy_warnings(objects)
         return errors, warnings
 
     def gateway_pods(self) -> list[dict[str, Any]]:
@@ -365,6 +367,23 @@ def _validate(objects: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
         errors.extend(obj_errors)
         warnings.extend(obj_warnings)
     return errors, warnings
+
+
+def _envoy_warnings(objects: list[dict[str, Any]]) -> list[str]:
+    """What this mesh's Envoy data plane will not do of what the objects ask (once each)."""
+    from tcpmesh.xds import ENVOY_NO_VERSION_AFFINITY
+
+    warnings = []
+    for obj in objects:
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        value = annotations.get(VERSION_AFFINITY_ANNOTATION)
+        if obj.get("kind") == "VirtualService" and value:
+            name = obj["metadata"].get("name")
+            warnings.append(
+                f'VirtualService "{name}": metadata.annotations[{VERSION_AFFINITY_ANNOTATION}]: '
+                f"{value} {ENVOY_NO_VERSION_AFFINITY}; the routes split at random"
+            )
+    return warnings
 
 
 def _pod_summary(pod: dict[str, Any]) -> dict[str, Any]:

@@ -233,3 +233,14 @@ def test_a_smooth_split_on_an_envoy_gateway_is_reported_as_a_difference() -> Non
     assert not [m for m in analyze(mesh(split)) if m.code == "TCM0001"]
     split["metadata"]["annotations"] = {"tcpmesh.io/weighted-pick": "random"}
     assert not [m for m in analyze([*seed(split), pod]) if m.code == "TCM0001"]
+
+
+def test_version_affinity_on_an_envoy_gateway_is_reported() -> None:
+    pod = gateway_pod()
+    pod["spec"]["containers"][0]["image"] = "docker.io/envoyproxy/envoy:v1.40.0"
+    split = virtual_service([route("v1", 80), route("v2", 20)])
+    split["metadata"]["annotations"] = {"traffic.tcpmesh.io/version-affinity": "source-ip"}
+    messages = [m for m in analyze([*seed(split), pod]) if m.code == "TCM0001"]
+    assert len(messages) == 1
+    assert "version affinity source-ip is not available on Envoy" in messages[0].text
+    assert not [m for m in analyze(mesh(split)) if m.code == "TCM0001"]

@@ -1013,3 +1013,14 @@ def test_the_weighted_pick_setting_is_validated() -> None:
         f'VirtualService "tcp-echo" is invalid: metadata.annotations[{annotation}]: '
         'Unsupported value: "round-robin": supported values: "random", "smooth"'
     ]
+
+
+def test_the_version_affinity_setting_is_validated() -> None:
+    annotation = "traffic.tcpmesh.io/version-affinity"
+    good = with_(VS, ("metadata.annotations", {annotation: "source-ip"}))
+    assert validate_object(good) == ([], [])
+    errors, _ = validate_object(with_(VS, ("metadata.annotations", {annotation: "cookie"})))
+    assert errors == [
+        f'VirtualService "tcp-echo" is invalid: metadata.annotations[{annotation}]: '
+        'Unsupported value: "cookie": supported values: "source-ip"'
+    ]

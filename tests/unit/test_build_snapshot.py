@@ -12,6 +12,7 @@ from tcpmesh.control import (
     ProxyNode,
     RouteOrigin,
     Snapshot,
+    VersionAffinity,
     WeightedPick,
     build_snapshot,
 )
@@ -531,3 +532,18 @@ def test_the_weighted_pick_is_a_route_field_from_the_virtual_service(
     if annotation is not None:
         vs["metadata"]["annotations"] = {"tcpmesh.io/weighted-pick": annotation}
     assert only_route(build(seed(vs))).weighted_pick is expected
+
+
+@pytest.mark.parametrize(
+    ("annotation", "expected"),
+    [(None, VersionAffinity.NONE), ("source-ip", VersionAffinity.SOURCE_IP)],
+)
+def test_version_affinity_is_a_route_field_from_the_virtual_service(
+    annotation: str | None, expected: VersionAffinity
+) -> None:
+    vs = virtual_service([route("v1", 80), route("v2", 20)])
+    if annotation is not None:
+        vs["metadata"]["annotations"] = {"traffic.tcpmesh.io/version-affinity": annotation}
+    snapshot = build(seed(vs))
+    assert only_route(snapshot).version_affinity is expected
+    assert only_route(Snapshot.from_dict(snapshot.to_dict())).version_affinity is expected

@@ -41,7 +41,7 @@ def decide_on(
 ) -> Decision:
     """Match the listener's route for ``local_ip``, then decide with Envoy's random pick."""
     matched = match_route(lst, local_ip) if lst is not None else None
-    return decide(snap, matched, client_ip, lb, lambda r: pick_weighted(r.destinations, rng))
+    return decide(snap, matched, client_ip, lb, lambda r, _: pick_weighted(r.destinations, rng))
 
 
 def listener(*routes: TcpRoute) -> Listener:

@@ -41,6 +41,7 @@ SURFACES: dict[str, set[str]] = {
         "SnapshotSource",
         "TcpKeepalive",
         "TcpRoute",
+        "VersionAffinity",
         "WeightedCluster",
         "WeightedPick",
         "build_snapshot",
@@ -73,6 +74,7 @@ SURFACES: dict[str, set[str]] = {
         "pick_weighted",
     },
     "tcpmesh.xds": {
+        "ENVOY_NO_VERSION_AFFINITY",
         "ENVOY_WEIGHTED_PICK",
         "EnvoyConfig",
         "INSTALL_HINT",

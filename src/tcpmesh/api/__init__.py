@@ -23,7 +23,12 @@ from tcpmesh.api.tls import (
     is_valid_cipher_suite,
     secret_bytes,
 )
-from tcpmesh.api.validation import WEIGHTED_PICK_ANNOTATION, WEIGHTED_PICKS
+from tcpmesh.api.validation import (
+    VERSION_AFFINITIES,
+    VERSION_AFFINITY_ANNOTATION,
+    WEIGHTED_PICK_ANNOTATION,
+    WEIGHTED_PICKS,
+)
 
 __all__ = [
     "CA_CERT_KEY",
@@ -31,6 +36,8 @@ __all__ = [
     "MAX_INPUT_BYTES",
     "TLS_CERT_KEY",
     "TLS_PRIVATE_KEY_KEY",
+    "VERSION_AFFINITIES",
+    "VERSION_AFFINITY_ANNOTATION",
     "WEIGHTED_PICKS",
     "WEIGHTED_PICK_ANNOTATION",
     "InvalidInput",

@@ -32,6 +32,9 @@ MESH_GATEWAY = "mesh"
 # weighted round robin); "random": each connection draws, as Envoy's tcp_proxy does.
 WEIGHTED_PICK_ANNOTATION = "tcpmesh.io/weighted-pick"
 WEIGHTED_PICKS = ("smooth", "random")
+# Sticky versions: the route's weighted pick by a consistent hash of the client address.
+VERSION_AFFINITY_ANNOTATION = "traffic.tcpmesh.io/version-affinity"
+VERSION_AFFINITIES = ("source-ip",)
 _MS = 1_000_000
 _TLS_PROTOCOLS = {"https", "tls"}
 _HTTP_PROTOCOLS = {"http", "http2", "http_proxy", "grpc", "grpc-web"}
@@ -246,13 +249,17 @@ def _metadata(resource: models.Resource) -> Iterator[Finding]:
 
 
 def _weighted_pick(resource: models.Resource) -> Iterator[Finding]:
-    value = resource.metadata.annotations.get(WEIGHTED_PICK_ANNOTATION)
-    if value is not None and value not in WEIGHTED_PICKS:
-        supported = ", ".join(quote(v) for v in sorted(WEIGHTED_PICKS))
-        yield _error(
-            f"metadata.annotations[{WEIGHTED_PICK_ANNOTATION}]",
-            f"Unsupported value: {quote(value)}: supported values: {supported}",
-        )
+    for annotation, supported_values in (
+        (WEIGHTED_PICK_ANNOTATION, WEIGHTED_PICKS),
+        (VERSION_AFFINITY_ANNOTATION, VERSION_AFFINITIES),
+    ):
+        value = resource.metadata.annotations.get(annotation)
+        if value is not None and value not in supported_values:
+            supported = ", ".join(quote(v) for v in sorted(supported_values))
+            yield _error(
+                f"metadata.annotations[{annotation}]",
+                f"Unsupported value: {quote(value)}: supported values: {supported}",
+            )
 
 
 def _virtual_service(spec: models.VirtualServiceSpec) -> Iterator[Finding]:

@@ -14,6 +14,7 @@ from tcpmesh.control import (
     ResponseFlag,
     Snapshot,
     TcpRoute,
+    VersionAffinity,
     labels_match,
     resolve_host,
     service_fqdn,
@@ -74,7 +75,7 @@ def routing_lines(client: ApiClient, obj: dict[str, Any]) -> list[str]:
                     lines.append(
                         f"gateway {node} listener {listener.name} "
                         f"({listener.address}:{listener.port}) from {route.source}, "
-                        f"weighted pick {route.weighted_pick}:"
+                        f"{_pick_text(route)}:"
                     )
                     lines.extend(f"  on Envoy: {d}" for d in envoy_differences(route))
                     total = sum(d.weight for d in route.destinations) or 1
@@ -137,3 +138,10 @@ def _pairs(mapping: dict[str, str] | None) -> str:
 
 def _yaml(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def _pick_text(route: TcpRoute) -> str:
+    """How the route splits: its weighted pick, or the client address when it is sticky."""
+    if route.version_affinity is not VersionAffinity.NONE:
+        return f"version affinity {route.version_affinity}"
+    return f"weighted pick {route.weighted_pick}"

@@ -17,6 +17,7 @@ from tcpmesh.api import (
     CA_CERT_KEY,
     TLS_CERT_KEY,
     TLS_PRIVATE_KEY_KEY,
+    VERSION_AFFINITY_ANNOTATION,
     WEIGHTED_PICK_ANNOTATION,
     hosts_overlap,
     is_ip,
@@ -50,6 +51,7 @@ from tcpmesh.control.snapshot import (
     Snapshot,
     TcpKeepalive,
     TcpRoute,
+    VersionAffinity,
     WeightedCluster,
     WeightedPick,
     cluster_name,
@@ -311,6 +313,7 @@ def _tcp_route(
         max_connection_duration=_optional_duration(tcp.max_connection_duration if tcp else None),
         hash_policy="source_ip" if hash_by_source_ip else None,
         weighted_pick=_weighted_pick(vs),
+        version_affinity=_version_affinity(vs),
     )
 
 
@@ -458,6 +461,14 @@ def _weighted_pick(vs: models.VirtualService) -> WeightedPick:
         return WeightedPick(vs.metadata.annotations.get(WEIGHTED_PICK_ANNOTATION, "smooth"))
     except ValueError:
         return WeightedPick.SMOOTH
+
+
+def _version_affinity(vs: models.VirtualService) -> VersionAffinity:
+    """The VirtualService's ``traffic.tcpmesh.io/version-affinity`` (validated at apply)."""
+    try:
+        return VersionAffinity(vs.metadata.annotations.get(VERSION_AFFINITY_ANNOTATION, "none"))
+    except ValueError:
+        return VersionAffinity.NONE
 
 
 def _destination_for(

@@ -157,6 +157,18 @@ class WeightedPick(StrEnum):
     RANDOM = "random"
 
 
+class VersionAffinity(StrEnum):
+    """Which client keeps its version across a route's weighted split (opt-in).
+
+    ``SOURCE_IP``: the weighted pick is a consistent hash of the client address, so one
+    address always gets one version while the weights stand, and a weight change moves
+    only the addresses that must move (``dataplane.affinity``). It replaces the route's
+    ``weighted_pick``; the DestinationRule's load balancer still picks the endpoint."""
+
+    NONE = "none"
+    SOURCE_IP = "source-ip"
+
+
 @dataclass(frozen=True)
 class L4Match:
     """Match criteria decided per connection (everything else was decided at build time).
@@ -224,6 +236,7 @@ class TcpRoute:
     weighted_pick: WeightedPick = WeightedPick.SMOOTH
     # Set: the gateway terminates TLS and the route relays the plaintext.
     tls: DownstreamTls | None = None
+    version_affinity: VersionAffinity = VersionAffinity.NONE
 
     @property
     def source(self) -> str:
@@ -447,6 +460,7 @@ def _listener_from_dict(d: dict[str, Any]) -> Listener:
             hash_policy=r["hash_policy"],
             weighted_pick=WeightedPick(r["weighted_pick"]),
             tls=_tls_from_dict(r.get("tls")),
+            version_affinity=VersionAffinity(r.get("version_affinity", VersionAffinity.NONE)),
         )
         for r in d["routes"]
     )

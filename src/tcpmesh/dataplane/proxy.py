@@ -14,6 +14,8 @@ The weighted pick is the route's (``TcpRoute.weighted_pick``, set by the control
 ``smooth`` (nginx's smooth weighted round robin: each worker splits every
 ``sum(weights)`` consecutive connections exactly by weight) or ``random`` (Envoy's
 draw). A route whose destinations are unchanged by a new snapshot keeps its position.
+A route with ``version_affinity`` source-ip picks by the client address instead
+(``dataplane.affinity``): the same client, the same version.
 
 Idle timeouts and maximum durations are enforced by one sweep per worker rather than a
 timer per connection: a connection ends at most one sweep interval (a quarter of the
@@ -38,10 +40,12 @@ from tcpmesh.control import (
     Snapshot,
     TcpKeepalive,
     TcpRoute,
+    VersionAffinity,
     WeightedCluster,
     WeightedPick,
 )
 from tcpmesh.dataplane.accesslog import AccessLogRecord, AccessLogSink, StreamAccessLog
+from tcpmesh.dataplane.affinity import pick_by_address
 from tcpmesh.dataplane.balancer import LoadBalancer, SmoothWeighted, pick_weighted
 from tcpmesh.dataplane.clienthello import Outcome, Peek
 from tcpmesh.dataplane.counters import CounterStore
@@ -280,11 +284,13 @@ class Proxy:
         # Keyed by identity: the routes live as long as the state that holds them.
         self._route_pickers = by_route
 
-    def pick(self, route: TcpRoute) -> WeightedCluster | None:
-        """The destination of a new connection on ``route``."""
+    def pick(self, route: TcpRoute, client_ip: str | None = None) -> WeightedCluster | None:
+        """The destination of a new connection on ``route`` from ``client_ip``."""
         dests = route.destinations
         if len(dests) == 1:
             return dests[0]
+        if route.version_affinity is VersionAffinity.SOURCE_IP:
+            return pick_by_address(dests, client_ip)
         picker = self._route_pickers.get(id(route))
         if picker is not None:
             return picker.pick()  # the route's pick is smooth (see _prepare_pickers)

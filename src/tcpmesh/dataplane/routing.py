@@ -22,7 +22,8 @@ from tcpmesh.control import (
 )
 from tcpmesh.dataplane.balancer import LoadBalancer
 
-Pick = Callable[[TcpRoute], WeightedCluster | None]
+# (route, client address) -> the destination of a new connection.
+Pick = Callable[[TcpRoute, str | None], WeightedCluster | None]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -120,7 +121,7 @@ def decide(
     route's split algorithm."""
     if route is None:
         return Decision(None, flag=ResponseFlag.NO_ROUTE)
-    weighted = pick(route)
+    weighted = pick(route, client_ip)
     if weighted is None:
         return Decision(route, flag=ResponseFlag.NO_CLUSTER)
     cluster = snapshot.cluster(weighted.cluster_name)

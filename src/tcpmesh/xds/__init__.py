@@ -21,12 +21,19 @@ from tcpmesh.xds.envoyfiles import (
     xds_libraries_installed,
 )
 from tcpmesh.xds.proxyconfig import status_lines
-from tcpmesh.xds.translate import ENVOY_WEIGHTED_PICK, EnvoyConfig, envoy_differences, translate
+from tcpmesh.xds.translate import (
+    ENVOY_NO_VERSION_AFFINITY,
+    ENVOY_WEIGHTED_PICK,
+    EnvoyConfig,
+    envoy_differences,
+    translate,
+)
 
 if TYPE_CHECKING:
     from tcpmesh.xds.server import XdsServer
 
 __all__ = [
+    "ENVOY_NO_VERSION_AFFINITY",
     "ENVOY_WEIGHTED_PICK",
     "INSTALL_HINT",
     "EnvoyConfig",

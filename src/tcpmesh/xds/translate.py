@@ -46,7 +46,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tcpmesh.control import Cluster, DownstreamTls, Listener, Snapshot, TcpRoute, WeightedPick
+from tcpmesh.control import (
+    Cluster,
+    DownstreamTls,
+    Listener,
+    Snapshot,
+    TcpRoute,
+    VersionAffinity,
+    WeightedPick,
+)
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -107,6 +115,12 @@ class EnvoyConfig:
 # Envoy's tcp_proxy picks a weighted cluster by a random draw per connection; it has no
 # other pick, so a route's WeightedPick.SMOOTH cannot be honoured by Envoy.
 ENVOY_WEIGHTED_PICK = WeightedPick.RANDOM
+# Envoy's hash policies (source_ip) choose an endpoint inside the cluster its weighted
+# pick already drew at random; nothing hashes the pick of the cluster itself.
+ENVOY_NO_VERSION_AFFINITY = (
+    "is not available on Envoy: its tcp_proxy draws the version at random and hashes "
+    "the client address only to pick an endpoint inside it"
+)
 
 
 def envoy_differences(route: TcpRoute) -> list[str]:
@@ -114,7 +128,11 @@ def envoy_differences(route: TcpRoute) -> list[str]:
 
     ``describe`` and ``analyze`` show these lines, so a user sees why the two data
     planes split differently."""
-    if len(route.destinations) > 1 and route.weighted_pick is not ENVOY_WEIGHTED_PICK:
+    if len(route.destinations) < 2:
+        return []
+    if route.version_affinity is not VersionAffinity.NONE:
+        return [f"version affinity {route.version_affinity} {ENVOY_NO_VERSION_AFFINITY}"]
+    if route.weighted_pick is not ENVOY_WEIGHTED_PICK:
         return [
             f"weighted pick {route.weighted_pick} is not available on Envoy: its tcp_proxy "
             f"draws each connection at random ({ENVOY_WEIGHTED_PICK})"
