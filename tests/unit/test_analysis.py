@@ -244,3 +244,23 @@ def test_version_affinity_on_an_envoy_gateway_is_reported() -> None:
     assert len(messages) == 1
     assert "version affinity source-ip is not available on Envoy" in messages[0].text
     assert not [m for m in analyze(mesh(split)) if m.code == "TCM0001"]
+
+
+def test_a_rollout_over_a_missing_route_is_reported_tcm0002() -> None:
+    rollout = {
+        "apiVersion": "rollouts.tcpmesh.io/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": "tcp-echo", "namespace": "default"},
+        "spec": {
+            "virtualService": {"name": "tcp-echo", "port": 9999},
+            "stable": {"host": "tcp-echo", "subset": "v1"},
+            "canary": {"host": "tcp-echo", "subset": "v2"},
+            "steps": [{"setWeight": 20}],
+        },
+    }
+    split = virtual_service([route("v1", 80), route("v2", 20)])
+    messages = [m for m in analyze([*seed(split), rollout]) if m.code == "TCM0002"]
+    assert [(m.level, m.kind, m.name) for m in messages] == [("Error", "Rollout", "tcp-echo")]
+    assert "has no tcp route matching port 9999" in messages[0].text
+    rollout["spec"]["virtualService"] = {"name": "tcp-echo", "route": 0}
+    assert not [m for m in analyze([*seed(split), rollout]) if m.code == "TCM0002"]

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tcpmesh.api import from_dict, hosts_overlap, models, validate_object
+from tcpmesh.api import InvalidInput, Rollout, from_dict, hosts_overlap, models, validate_object
 from tcpmesh.control import (
     OPAQUE_TCP_PROTOCOLS,
     TERMINATING_MODES,
@@ -28,6 +28,7 @@ from tcpmesh.control import (
     resolve_host,
     service_entry_ports,
 )
+from tcpmesh.controllers import RouteProblem, weighted
 from tcpmesh.runtime import image_name
 
 Level = Literal["Error", "Warning", "Info"]
@@ -72,6 +73,7 @@ def analyze(
         *_credential_messages(resources, workloads),
         *_listen_port_conflicts(resources, workloads),
         *_envoy_differences(resources, workloads),
+        *_rollout_messages(objects),
     ]
     sources = sources or {}
     located = [
@@ -89,6 +91,35 @@ def analyze(
     return sorted(
         located, key=lambda m: (LEVEL_ORDER[m.level], m.code, m.kind, m.namespace, m.name, m.text)
     )
+
+
+def _rollout_messages(objects: list[Mapping[str, Any]]) -> Iterator[Message]:
+    """TCM0002: a Rollout whose VirtualService, route or stable destination is not there
+    (the controller says the same in the Rollout's status and waits)."""
+    stored = {
+        (
+            o.get("kind"),
+            (o.get("metadata") or {}).get("namespace") or "default",
+            (o.get("metadata") or {}).get("name"),
+        ): o
+        for o in objects
+    }
+    for obj in objects:
+        if obj.get("kind") != "Rollout":
+            continue
+        try:
+            rollout = from_dict(obj)
+        except InvalidInput:
+            continue
+        assert isinstance(rollout, Rollout)
+        name = rollout.spec.virtual_service.name
+        vs = stored.get(("VirtualService", rollout.namespace, name))
+        try:
+            if vs is None:
+                raise RouteProblem(f'VirtualService "{name}" not found')
+            weighted(vs, rollout.spec, 0)
+        except RouteProblem as problem:
+            yield _message("Error", "TCM0002", rollout, f"{problem}: the Rollout cannot start.")
 
 
 def _message(level: Level, code: str, resource: models.Resource, text: str) -> Message:

@@ -16,6 +16,7 @@ from tcpmesh.api.limits import (
 from tcpmesh.api.names import hosts_overlap, is_ip
 from tcpmesh.api.objects import from_dict, pod_ready, to_dict, validate_object
 from tcpmesh.api.parse import load_documents, load_documents_with_warnings, load_yaml_body
+from tcpmesh.api.rollouts import Rollout
 from tcpmesh.api.tls import (
     CA_CERT_KEY,
     TLS_CERT_KEY,
@@ -42,6 +43,7 @@ __all__ = [
     "WEIGHTED_PICK_ANNOTATION",
     "InvalidInput",
     "LimitExceeded",
+    "Rollout",
     "from_dict",
     "hosts_overlap",
     "is_ip",
