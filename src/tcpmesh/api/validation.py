@@ -330,28 +330,42 @@ def _gateway_name(path: str, name: str) -> Iterator[Finding]:
         yield _error(path, f"invalid value for gateway name: {quote(gateway)}")
 
 
+def _l4_match(
+    where: str, match: models.L4MatchAttributes | models.TLSMatchAttributes
+) -> Iterator[Finding]:
+    """The match fields ``tcp:`` and ``tls:`` rules share (Istio's ``validateTCPMatch``)."""
+    for j, subnet in enumerate(match.destination_subnets):
+        problem = names.validate_ip_subnet(subnet)
+        if problem:
+            yield _error(f"{where}.destinationSubnets[{j}]", problem)
+    if match.port != 0:
+        problem = names.validate_port(match.port)
+        if problem:
+            yield _error(f"{where}.port", problem)
+    for problem in names.validate_labels(match.source_labels):
+        yield _error(f"{where}.sourceLabels", problem)
+    for j, gateway in enumerate(match.gateways):
+        yield from _gateway_name(f"{where}.gateways[{j}]", gateway)
+
+
+def _route_body(
+    path: str, protocol: str, destinations: list[models.RouteDestination | None]
+) -> Iterator[Finding]:
+    """A rule's weighted destinations, checked alike for ``tcp:`` and ``tls:``."""
+    if not destinations:
+        yield _error(f"{path}.route", f"{protocol} route is required")
+    yield from _route_destinations(f"{path}.route", destinations)
+    yield from _weight_split(f"{path}.route", destinations)
+
+
 def _tcp_route(path: str, route: models.TCPRoute) -> Iterator[Finding]:
     for i, match in enumerate(route.match):
         where = f"{path}.match[{i}]"
         if match is None:
             yield _error(where, "tcp match may not be nil")
             continue
-        for j, subnet in enumerate(match.destination_subnets):
-            problem = names.validate_ip_subnet(subnet)
-            if problem:
-                yield _error(f"{where}.destinationSubnets[{j}]", problem)
-        if match.port != 0:
-            problem = names.validate_port(match.port)
-            if problem:
-                yield _error(f"{where}.port", problem)
-        for problem in names.validate_labels(match.source_labels):
-            yield _error(f"{where}.sourceLabels", problem)
-        for j, gateway in enumerate(match.gateways):
-            yield from _gateway_name(f"{where}.gateways[{j}]", gateway)
-    if not route.route:
-        yield _error(f"{path}.route", "TCP route is required")
-    yield from _route_destinations(f"{path}.route", route.route)
-    yield from _weight_split(f"{path}.route", route.route)
+        yield from _l4_match(where, match)
+    yield from _route_body(path, "TCP", route.route)
 
 
 def _tls_route(
@@ -371,22 +385,8 @@ def _tls_route(
             yield _error(f"{where}.sniHosts", "TLS match must have at least one SNI host")
         for j, sni in enumerate(match.sni_hosts):
             yield from tls.sni_host(f"{where}.sniHosts[{j}]", sni, spec.hosts)
-        for j, subnet in enumerate(match.destination_subnets):
-            problem = names.validate_ip_subnet(subnet)
-            if problem:
-                yield _error(f"{where}.destinationSubnets[{j}]", problem)
-        if match.port != 0:
-            problem = names.validate_port(match.port)
-            if problem:
-                yield _error(f"{where}.port", problem)
-        for problem in names.validate_labels(match.source_labels):
-            yield _error(f"{where}.sourceLabels", problem)
-        for j, gateway in enumerate(match.gateways):
-            yield from _gateway_name(f"{where}.gateways[{j}]", gateway)
-    if not route.route:
-        yield _error(f"{path}.route", "TLS route is required")
-    yield from _route_destinations(f"{path}.route", route.route)
-    yield from _weight_split(f"{path}.route", route.route)
+        yield from _l4_match(where, match)
+    yield from _route_body(path, "TLS", route.route)
 
 
 def _route_destinations(
