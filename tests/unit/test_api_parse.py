@@ -24,7 +24,10 @@ from tcpmesh.api import (
     validate_object,
 )
 
-SEED_FILE = Path("/work/shared/seeds/000_550e7f6ef1bf1826.txt")
+# The brief lives beside the repository: ../shared relative to its root.
+SEED_FILE = (
+    Path(__file__).resolve().parents[2].parent / "shared" / "seeds" / "000_550e7f6ef1bf1826.txt"
+)
 
 SEED_DEPLOYMENTS = """\
 apiVersion: apps/v1
