@@ -149,6 +149,12 @@ def test_rollout_reaches_healthy_under_load_with_each_weight_in_turn(
     )
     seen: list[str] = []
     try:
+        missing = mesh.tcpmesh("rollout", "status", "tcp-echo", check=False)
+        assert missing.code == 1 and "(NotFound)" in missing.stderr, missing.stderr
+        assert watcher.stdout is not None
+        # The watch started before the Rollout exists waits for it (no NotFound race).
+        first = watcher.stdout.readline()
+        assert first == 'Waiting for rollout "tcp-echo" to be created\n'
         with Load() as load:
             _apply_text(mesh, tmp_path, ROLLOUT)
             mesh.wait_for("weight 20", lambda: _weights(mesh) == "80 20", 15)
@@ -167,6 +173,7 @@ def test_rollout_reaches_healthy_under_load_with_each_weight_in_turn(
             seen.append(_weights(mesh))
             time.sleep(1)
         out, err = watcher.communicate(timeout=30)
+        out = first + out
     finally:
         if watcher.poll() is None:
             watcher.kill()

@@ -657,9 +657,12 @@ def rollout_status(
         click.echo("\n".join(rollout_cli.summary(obj)))
         return
     phase = None
-    for line, obj in rollout_cli.watch(client, ns, name, timeout):
-        click.echo(line)
-        phase = (obj.get("status") or {}).get("phase")
+    try:
+        for line, obj in rollout_cli.watch(lambda: client.get("Rollout", ns, name), name, timeout):
+            click.echo(line)
+            phase = (obj.get("status") or {}).get("phase")
+    except rollout_cli.RolloutCommandError as exc:
+        fail(str(exc))
     if phase != "Healthy":
         sys.exit(1)
 

@@ -72,22 +72,50 @@ def watch_line(obj: Mapping[str, Any]) -> str:
 
 
 def watch(
-    client: ApiClient, namespace: str, name: str, timeout: float | None
+    get: Callable[[], Obj],
+    name: str,
+    timeout: float | None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[tuple[str, Obj]]:
-    """A line each time what the user sees changes, until Healthy or Degraded."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    last = None
+    """A line each time what the user sees changes, until Healthy or Degraded.
+
+    ``get`` reads the Rollout. One that does not exist yet is waited for (one
+    "Waiting" line, then polling until ``timeout``): ``rollout status --watch`` is
+    commonly started beside the ``apply`` that creates it, and a watch that fails
+    in that race is a flake for every script doing so. Once seen, a Rollout that
+    disappears ends the watch with an error, as kubectl's ``rollout status`` does
+    ("object has been deleted"), rather than silently following a re-created one.
+    """
+    deadline = None if timeout is None else clock() + timeout
+    last: str | None = None
+    seen = False
     while True:
-        obj = client.get("Rollout", namespace, name)
-        line = watch_line(obj)
+        obj = _read(get, name, seen)
+        line = watch_line(obj) if obj is not None else f'Waiting for rollout "{name}" to be created'
+        seen = seen or obj is not None
         if line != last:
             last = line
-            yield line, obj
-        if _settled(obj):
+            yield line, obj or {}
+        if obj is not None and _settled(obj):
             return
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"rollout {name} is still {obj.get('status', {}).get('phase')}")
-        time.sleep(POLL)
+        if deadline is not None and clock() > deadline:
+            phase = ((obj or {}).get("status") or {}).get("phase") or "Pending"
+            raise TimeoutError(f"rollout {name} is still {phase if seen else 'not created'}")
+        sleep(POLL)
+
+
+def _read(get: Callable[[], Obj], name: str, seen: bool) -> Obj | None:
+    """The Rollout, or None while it has not been created yet."""
+    try:
+        return get()
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        if seen:
+            raise RolloutCommandError(f"error: rollout {name} has been deleted") from exc
+        return None
 
 
 def _settled(obj: Mapping[str, Any]) -> bool:
