@@ -502,7 +502,7 @@ def test_a_service_port_and_its_target_port_are_one_listener_the_first_server_wi
 
 
 def test_the_dropped_server_is_reported_by_gateway_servers() -> None:
-    from tcpmesh.control.build import gateway_servers
+    from tcpmesh.control import gateway_servers
 
     servers, conflicts = gateway_servers(MeshResources.from_objects(port_80_and_8080()), NODE)
     assert [(s.gateway_name, s.number, s.listen_port) for s in servers] == [

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from tcpmesh.control import MeshResources, ProxyNode, Snapshot, build_snapshot
-from tcpmesh.control.build import dns_names, entry_services, service_entry_ports
 from tcpmesh.control.plane import ControlPlane
+from tcpmesh.control.serviceentries import dns_names, entry_services, service_entry_ports
 from tcpmesh.store import Store
 
 Obj = dict[str, Any]

@@ -390,7 +390,7 @@ def _listen_port_conflicts(
     """Servers with different port numbers that one Service port serves (IST0145 style).
 
     A Service port and its targetPort are one listen port on the gateway; the builder
-    keeps the first server (control.build.gateway_servers states the rule). Servers
+    keeps the first server (control.gateway_servers states the rule). Servers
     sharing one number are reported above, as Istio's ConflictingGateways does.
     """
     seen: set[Message] = set()

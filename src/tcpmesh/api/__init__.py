@@ -6,6 +6,7 @@ model (:mod:`tcpmesh.api.models`) when code wants attributes instead of keys.
 
 from tcpmesh.api.durations import parse_duration
 from tcpmesh.api.errors import InvalidInput
+from tcpmesh.api.labels import selector_matches, stored_selector_matches
 from tcpmesh.api.limits import (
     MAX_DOCUMENT_BYTES,
     MAX_INPUT_BYTES,
@@ -55,7 +56,9 @@ __all__ = [
     "parse_duration",
     "pod_ready",
     "secret_bytes",
+    "selector_matches",
     "size_problem",
+    "stored_selector_matches",
     "to_dict",
     "validate_object",
 ]

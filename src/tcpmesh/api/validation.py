@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from tcpmesh.api import models, names, tls
 from tcpmesh.api.durations import parse_duration_ns
 from tcpmesh.api.findings import Finding, error, warning
+from tcpmesh.api.labels import selector_matches
 from tcpmesh.api.names import quote
 from tcpmesh.api.rollouts import Analysis, Rollout, RouteSelector, Step, rollout_problems
 
@@ -1303,24 +1304,6 @@ def _selector_requirements(selector: models.LabelSelector) -> Iterator[Finding]:
                 path,
                 "Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
             )
-
-
-def selector_matches(selector: models.LabelSelector, labels: dict[str, str]) -> bool:
-    """Kubernetes label-selector semantics (matchLabels and matchExpressions, ANDed)."""
-    if any(labels.get(key) != value for key, value in selector.match_labels.items()):
-        return False
-    for requirement in selector.match_expressions:
-        present = requirement.key in labels
-        value = labels.get(requirement.key)
-        if requirement.operator == "In" and value not in requirement.values:
-            return False
-        if requirement.operator == "NotIn" and present and value in requirement.values:
-            return False
-        if requirement.operator == "Exists" and not present:
-            return False
-        if requirement.operator == "DoesNotExist" and present:
-            return False
-    return True
 
 
 def _go_map(labels: dict[str, str]) -> str:

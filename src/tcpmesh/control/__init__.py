@@ -9,17 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tcpmesh.control.build import (
-    OPAQUE_TCP_PROTOCOLS,
-    TERMINATING_MODES,
-    PortConflict,
-    ServerPort,
-    build_snapshot,
-    downstream_tls,
-    find_service,
-    gateway_servers,
-    service_entry_ports,
-)
+from tcpmesh.control.build import build_snapshot
+from tcpmesh.control.gatewaytls import downstream_tls
 from tcpmesh.control.resources import (
     INGRESS_GATEWAY_SELECTOR,
     MeshResources,
@@ -29,6 +20,15 @@ from tcpmesh.control.resources import (
     resolve_host,
     service_fqdn,
 )
+from tcpmesh.control.routes import find_service
+from tcpmesh.control.servers import (
+    OPAQUE_TCP_PROTOCOLS,
+    TERMINATING_MODES,
+    PortConflict,
+    ServerPort,
+    gateway_servers,
+)
+from tcpmesh.control.serviceentries import service_entry_ports
 from tcpmesh.control.snapshot import (
     HASH_POLICIES,
     Cluster,

@@ -29,8 +29,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from tcpmesh.api import from_dict, models
-from tcpmesh.control.build import build_snapshot, dns_names
+from tcpmesh.control.build import build_snapshot
 from tcpmesh.control.resources import MeshResources, ProxyNode
+from tcpmesh.control.serviceentries import dns_names
 from tcpmesh.control.snapshot import Snapshot, SnapshotError
 from tcpmesh.store import Expired, StoreBackend
 

@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 # What a data plane does inside a cluster. Istio's PASSTHROUGH is not among them: the
-# builder maps it (see control.build), so no data plane has to.
+# builder maps it (see control.policy), so no data plane has to.
 LbPolicy = Literal["LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", "RING_HASH", "MAGLEV"]
 # The ring and Maglev balancers hash the route's hash key; without one they draw at random.
 HASH_POLICIES = ("RING_HASH", "MAGLEV")

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tcpmesh.api import stored_selector_matches
 from tcpmesh.runtime.events import NORMAL, EventRecorder, Happening
 from tcpmesh.runtime.objects import (
     Obj,
@@ -29,7 +30,6 @@ from tcpmesh.runtime.objects import (
     name_of,
     namespace_of,
     pod_is_ready,
-    selector_matches,
 )
 from tcpmesh.runtime.podcap import DEFAULT_MAX_PODS, over_cap_message
 from tcpmesh.runtime.storeapi import StoreLike
@@ -294,7 +294,7 @@ def sync_deployment(
     owned = [p for p in pods if is_owned_by(p, deploy)]
     template_labels = (template.get("metadata") or {}).get("labels") or {}
     failure = None
-    if not selector_matches(spec.get("selector"), template_labels):
+    if not stored_selector_matches(spec.get("selector"), template_labels):
         # The API server of Kubernetes rejects this; creating pods that the selector
         # cannot count would create them forever.
         failure = "`selector` does not match template `labels`"

@@ -38,30 +38,6 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
-    """A Kubernetes LabelSelector (matchLabels + matchExpressions) against labels.
-
-    An empty selector matches everything, as in Kubernetes.
-    """
-    if not selector:
-        return True
-    match_labels: Mapping[str, str] = selector.get("matchLabels") or {}
-    if any(labels.get(k) != v for k, v in match_labels.items()):
-        return False
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
-        present = key in labels
-        if op == "In" and not (present and labels[key] in values):
-            return False
-        if op == "NotIn" and present and labels[key] in values:
-            return False
-        if op == "Exists" and not present:
-            return False
-        if op == "DoesNotExist" and present:
-            return False
-    return True
-
-
 def pod_is_ready(pod: Mapping[str, Any]) -> bool:
     return pod_ready(pod.get("status"))
 

@@ -1,0 +1,82 @@
+"""Clusters of Kubernetes Services: one per Service port and per DestinationRule subset.
+
+References (istio/istio): pilot/pkg/networking/core/cluster_builder.go (subset clusters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from tcpmesh.api import (
+    models,
+)
+from tcpmesh.control.policy import (
+    destination_rule_for,
+    make_cluster,
+    merged_policies,
+    unique_subsets,
+)
+from tcpmesh.control.resources import (
+    MeshResources,
+    labels_match,
+    service_fqdn,
+)
+from tcpmesh.control.snapshot import (
+    Cluster,
+    Endpoint,
+)
+
+
+def service_clusters(resources: MeshResources) -> Iterable[Cluster]:
+    pods = {(p.namespace, p.name): p for p in resources.pods}
+    endpoints = {(e.namespace, e.name): e for e in resources.endpoints}
+    for service in resources.services:
+        fqdn = service_fqdn(service.name, service.namespace)
+        rule = destination_rule_for(resources, fqdn, service.namespace)
+        service_endpoints = endpoints.get((service.namespace, service.name))
+        for port in service.spec.ports:
+            members = tuple(_endpoints_for_port(service_endpoints, port, pods))
+            yield make_cluster(fqdn, port.port, "", members, merged_policies(rule, None, port.port))
+            if rule is None:
+                continue
+            for subset in unique_subsets(rule):
+                selected = tuple(e for e in members if labels_match(subset.labels, e.label_dict()))
+                policies = merged_policies(rule, subset, port.port)
+                yield make_cluster(fqdn, port.port, subset.name, selected, policies)
+
+
+def _endpoints_for_port(
+    service_endpoints: models.Endpoints | None,
+    port: models.ServicePort,
+    pods: dict[tuple[str, str], models.Pod],
+) -> Iterable[Endpoint]:
+    if service_endpoints is None:
+        return
+    for subset in service_endpoints.subsets:
+        target = _endpoint_port(subset.ports, port)
+        if target is None:
+            continue
+        for address, ready in [(a, True) for a in subset.addresses] + [
+            (a, False) for a in subset.not_ready_addresses
+        ]:
+            labels: dict[str, str] = {}
+            workload = ""
+            ref = address.target_ref
+            if ref is not None:
+                namespace = ref.namespace or service_endpoints.namespace
+                pod = pods.get((namespace, ref.name))
+                labels = pod.metadata.labels if pod is not None else {}
+                workload = f"{namespace}/{ref.name}"
+            yield Endpoint(
+                address=address.ip,
+                port=target,
+                labels=tuple(sorted(labels.items())),
+                ready=ready,
+                workload=workload,
+            )
+
+
+def _endpoint_port(ports: Sequence[models.EndpointPort], port: models.ServicePort) -> int | None:
+    if len(ports) == 1 and (ports[0].name or None) == (port.name or None):
+        return ports[0].port
+    return next((p.port for p in ports if p.name and p.name == port.name), None)

@@ -1,0 +1,190 @@
+"""VirtualService rules bound to a gateway, as the weighted tcp_proxy routes of its listeners.
+
+References (istio/istio): model/push_context.go (VirtualServicesForGateway),
+networking/core/gateway.go (buildGatewayNetworkFiltersFromTCPRoutes), networkfilter.go
+(buildOutboundNetworkFilters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tcpmesh.api import (
+    VERSION_AFFINITY_ANNOTATION,
+    WEIGHTED_PICK_ANNOTATION,
+    hosts_overlap,
+    models,
+)
+from tcpmesh.control.policy import (
+    idle_timeout,
+    optional_duration,
+    route_policy,
+)
+from tcpmesh.control.resources import (
+    MeshResources,
+    ProxyNode,
+    creation_order_key,
+    resolve_gateway_name,
+    resolve_host,
+    service_fqdn,
+)
+from tcpmesh.control.serviceentries import service_entry_ports
+from tcpmesh.control.snapshot import (
+    L4Match,
+    RouteOrigin,
+    TcpRoute,
+    VersionAffinity,
+    WeightedCluster,
+    WeightedPick,
+    cluster_name,
+)
+
+
+def virtual_services_for_gateway(
+    resources: MeshResources, node: ProxyNode, gateway_name: str
+) -> list[models.VirtualService]:
+    """VirtualServicesForGateway: private, then exported to the proxy's namespace, then public."""
+    private: list[models.VirtualService] = []
+    exported: list[models.VirtualService] = []
+    public: list[models.VirtualService] = []
+    for vs in sorted(resources.virtual_services, key=creation_order_key):
+        bound = {resolve_gateway_name(g, vs.namespace) for g in vs.spec.gateways or ["mesh"]}
+        if gateway_name not in bound:
+            continue
+        export_to = vs.spec.export_to
+        if not export_to or "*" in export_to:
+            public.append(vs)
+        elif vs.namespace == node.namespace and "." in export_to:
+            private.append(vs)
+        elif node.namespace in export_to:
+            exported.append(vs)
+    return private + exported + public
+
+
+def gateway_route(
+    resources: MeshResources,
+    node: ProxyNode,
+    gateway: models.Gateway,
+    gateway_name: str,
+    server: models.Server,
+    port: int,
+) -> TcpRoute | None:
+    server_hosts = [server_host(h, gateway.namespace) for h in server.hosts]
+    for vs in virtual_services_for_gateway(resources, node, gateway_name):
+        if not vs_matches_server_hosts(vs, server_hosts):
+            continue
+        for index, rule in enumerate(vs.spec.tcp):
+            if not rule.route or not _l4_match_fits(rule, vs.namespace, gateway_name, port):
+                continue
+            return tcp_route(resources, vs, index, rule, port)
+    return None
+
+
+def server_host(host: str, gateway_namespace: str) -> tuple[str, str]:
+    """A server host as (namespace or "*", dns name); ``./h`` means the gateway's namespace."""
+    if "/" not in host:
+        return "*", host
+    namespace, dns = host.split("/", 1)
+    return (gateway_namespace if namespace == "." else namespace), dns
+
+
+def vs_matches_server_hosts(vs: models.VirtualService, server_hosts: list[tuple[str, str]]) -> bool:
+    for namespace, dns in server_hosts:
+        if namespace not in ("*", vs.namespace):
+            continue
+        if any(hosts_overlap(resolve_host(h, vs.namespace), dns) for h in vs.spec.hosts):
+            return True
+    return False
+
+
+def _l4_match_fits(rule: models.TCPRoute, namespace: str, gateway_name: str, port: int) -> bool:
+    """l4MultiMatch on a gateway: only ``port`` and ``gateways`` count."""
+    if not rule.match:
+        return True
+    for match in rule.match:
+        if match is None:
+            continue
+        if match.port not in (0, port):
+            continue
+        gateways = {resolve_gateway_name(g, namespace) for g in match.gateways}
+        if gateways and gateway_name not in gateways:
+            continue
+        return True
+    return False
+
+
+def tcp_route(
+    resources: MeshResources,
+    vs: models.VirtualService,
+    index: int,
+    rule: models.TCPRoute | models.TLSRoute,
+    listener_port: int,
+    section: str = "tcp",
+) -> TcpRoute:
+    """buildOutboundNetworkFilters: the weighted tcp_proxy of a ``tcp`` or ``tls`` rule."""
+    entries = [r for r in rule.route if r is not None and r.destination is not None]
+    named = [
+        (destination_for(resources, r.destination, vs.namespace, listener_port), r.weight)
+        for r in entries
+        if r.destination is not None
+    ]
+    if len(named) == 1:
+        destinations: tuple[WeightedCluster, ...] = (dataclasses.replace(named[0][0], weight=100),)
+        stat_prefix = named[0][0].cluster_name
+    else:
+        destinations = tuple(dataclasses.replace(d, weight=w) for d, w in named if w > 0)
+        stat_prefix = f"{vs.name}.{vs.namespace}"
+    first = entries[0].destination if entries else None
+    tcp, hash_by_source_ip = route_policy(resources, first, vs.namespace)
+    return TcpRoute(
+        destinations=destinations,
+        origin=RouteOrigin("VirtualService", vs.namespace, vs.name, index, section),
+        stat_prefix=stat_prefix,
+        match=L4Match(),
+        idle_timeout=idle_timeout(tcp),
+        max_connection_duration=optional_duration(tcp.max_connection_duration if tcp else None),
+        hash_policy="source_ip" if hash_by_source_ip else None,
+        weighted_pick=_weighted_pick(vs),
+        version_affinity=_version_affinity(vs),
+    )
+
+
+def _weighted_pick(vs: models.VirtualService) -> WeightedPick:
+    """The VirtualService's ``tcpmesh.io/weighted-pick``; validation rejects other values
+    at apply time, and one stored before that rule existed counts as the default."""
+    try:
+        return WeightedPick(vs.metadata.annotations.get(WEIGHTED_PICK_ANNOTATION, "smooth"))
+    except ValueError:
+        return WeightedPick.SMOOTH
+
+
+def _version_affinity(vs: models.VirtualService) -> VersionAffinity:
+    """The VirtualService's ``traffic.tcpmesh.io/version-affinity`` (validated at apply)."""
+    try:
+        return VersionAffinity(vs.metadata.annotations.get(VERSION_AFFINITY_ANNOTATION, "none"))
+    except ValueError:
+        return VersionAffinity.NONE
+
+
+def destination_for(
+    resources: MeshResources,
+    destination: models.Destination,
+    namespace: str,
+    listener_port: int,
+) -> WeightedCluster:
+    """The share of a route destination (weight 0 here; the caller sets it)."""
+    fqdn = resolve_host(destination.host, namespace)
+    port = destination.port.number if destination.port and destination.port.number else 0
+    if not port:
+        service = find_service(resources, fqdn)
+        if service is not None:
+            ports = [p.port for p in service.spec.ports]
+        else:
+            ports = service_entry_ports(resources, fqdn)
+        port = ports[0] if len(ports) == 1 else listener_port
+    subset = destination.subset or ""
+    return WeightedCluster(cluster_name(port, subset, fqdn), 0, fqdn, subset, port)
+
+
+def find_service(resources: MeshResources, fqdn: str) -> models.Service | None:
+    return next((s for s in resources.services if service_fqdn(s.name, s.namespace) == fqdn), None)
