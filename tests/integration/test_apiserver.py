@@ -34,6 +34,9 @@ TOKEN = "s3cret-token"
 WAIT = 10.0
 
 
+API = "networking.istio.io/v1beta1"
+
+
 def vs(name: str, ns: str = "default", weight: int = 100, **labels: str) -> Obj:
     return {
         "apiVersion": "networking.istio.io/v1beta1",
@@ -280,8 +283,14 @@ def test_unknown_paths_and_bad_bodies(mesh: Mesh) -> None:
 def test_apply_and_warnings(mesh: Mesh) -> None:
     result = mesh.client.apply([vs("echo"), vs("warn-me")])
     assert result["results"] == [
-        {"kind": "VirtualService", "namespace": "default", "name": "echo", "action": "created"},
-        {"kind": "VirtualService", "namespace": "default", "name": "warn-me", "action": "created"},
+        {
+            "apiVersion": API,
+            "kind": "VirtualService",
+            "namespace": "default",
+            "name": n,
+            "action": "created",
+        }
+        for n in ("echo", "warn-me")
     ]
     assert result["warnings"] == ['VirtualService "warn-me": total weight 90 "is not" 100']
     again = mesh.client.apply([vs("echo", weight=50), vs("warn-me")])

@@ -7,7 +7,9 @@ revision, etcd gives one transaction one revision and counts its own bookkeeping
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 
 from tcpmesh.store import (
+    SQLITE_FILE,
     AlreadyExists,
     Conflict,
     Expired,
@@ -29,6 +32,7 @@ from tcpmesh.store import (
     WatchEvent,
     open_store,
 )
+from tcpmesh.store.etcd import EtcdStore
 from tests.etcd_cluster import Cluster, etcd_cluster
 
 pytestmark = pytest.mark.integration
@@ -457,3 +461,101 @@ def test_watch_from_trimmed_history_is_expired(
         await events.aclose()
 
     asyncio.run(main())
+
+
+# ------------------------------------------------------------------ kind keys (group, kind)
+
+
+def istio_gateway(name: str) -> Obj:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"selector": {"istio": "ingressgateway"}},
+    }
+
+
+def k8s_gateway(name: str) -> Obj:
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"gatewayClassName": "tcpmesh"},
+    }
+
+
+K8S_GATEWAY = "Gateway.gateway.networking.k8s.io"
+
+
+def test_two_groups_kinds_of_one_name_are_two_kinds(store: StoreBackend) -> None:
+    istio = store.create(istio_gateway("gw"))
+    k8s = store.create(k8s_gateway("gw"))
+    assert store.get("Gateway", "default", "gw") == istio
+    assert store.get(K8S_GATEWAY, "default", "gw") == k8s
+    assert [o["apiVersion"] for o in store.list(K8S_GATEWAY)] == ["gateway.networking.k8s.io/v1"]
+    assert [o["apiVersion"] for o in store.list("Gateway")] == ["networking.istio.io/v1"]
+    [result] = store.apply([{**k8s_gateway("gw"), "spec": {"gatewayClassName": "istio"}}])
+    assert result.action == "configured"
+    assert store.get("Gateway", "default", "gw") == istio  # the other kind is untouched
+    store.delete(K8S_GATEWAY, "default", "gw")
+    assert store.get(K8S_GATEWAY, "default", "gw") is None
+    assert store.get("Gateway", "default", "gw") == istio
+
+
+def test_watch_filters_by_kind_key(store: StoreBackend) -> None:
+    since = store.revision
+
+    async def main() -> None:
+        events = store.watch([K8S_GATEWAY], since=since)
+        try:
+            store.create(istio_gateway("a"))
+            k8s = store.create(k8s_gateway("b"))
+            store.delete(K8S_GATEWAY, "default", "b")
+            seen = await _take(events, 2)
+            assert [(e.type, e.object["apiVersion"]) for e in seen] == [
+                ("ADDED", k8s["apiVersion"]),
+                ("DELETED", k8s["apiVersion"]),
+            ]
+        finally:
+            await events.aclose()
+
+    asyncio.run(main())
+
+
+def _write_as_before_group_keys(backend: Backend, store: StoreBackend, obj: Obj) -> None:
+    """Store ``obj`` the way tcpmesh did before groups joined the key (bare Kind)."""
+    meta = obj["metadata"]
+    stored = {**obj, "metadata": {**meta, "uid": "u-old", "generation": 1}}
+    text = json.dumps(stored, separators=(",", ":"), sort_keys=True)
+    if backend.name == "sqlite":
+        db = sqlite3.connect(backend.state_dir / SQLITE_FILE)
+        with db:
+            db.execute(
+                "INSERT INTO objects (kind, namespace, name, json) VALUES (?,?,?,?)",
+                (obj["kind"], meta["namespace"], meta["name"], text),
+            )
+        db.close()
+        return
+    assert isinstance(store, EtcdStore)
+    prefix = store.config.prefix.rstrip("/")
+    key = f"{prefix}/o/{obj['kind']}/{meta['namespace']}/{meta['name']}"
+    store.connection.run(lambda client: client.put(key, text))
+
+
+def test_rows_stored_before_group_keys_stay_readable(backend: Backend) -> None:
+    first = backend.open()
+    try:
+        _write_as_before_group_keys(backend, first, vs("old"))
+        _write_as_before_group_keys(backend, first, istio_gateway("old-gw"))
+    finally:
+        first.close()
+    store = backend.open()
+    try:
+        assert store.get("VirtualService", "default", "old") is not None
+        assert [o["metadata"]["name"] for o in store.list("Gateway")] == ["old-gw"]
+        [result] = store.apply([istio_gateway("old-gw")])
+        assert result.action == "unchanged"  # the same row, not a second object
+        store.delete("Gateway", "default", "old-gw")
+        assert store.list("Gateway") == []
+    finally:
+        store.close()

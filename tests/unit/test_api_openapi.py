@@ -77,7 +77,7 @@ def test_unknown_fields_are_found_and_can_be_dropped() -> None:
         "spec": {"hosts": ["a"], "tcp": [{"route": [{"wieght": 1}]}], "extra": {}},
         "status": {"anything": True},
     }
-    info = kinds.by_kind("VirtualService")
+    info = kinds.by_key("VirtualService")
     found = openapi.unknown_fields(vs, info)
     assert [openapi.render_path(p) for p in found] == ["spec.tcp[0].route[0].wieght", "spec.extra"]
     assert openapi.unknown_fields(openapi.without_fields(vs, found), info) == []

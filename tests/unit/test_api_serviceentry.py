@@ -641,7 +641,7 @@ def test_service_entry_table_has_istios_printer_columns() -> None:
         _stamped(service_entry(location=None, resolution=None, endpoints=None), timedelta(hours=4)),
     ]
     objects[1]["metadata"]["name"] = "external"
-    text = printers.print_table(kinds.by_kind("ServiceEntry"), objects, now=NOW)
+    text = printers.print_table(kinds.by_key("ServiceEntry"), objects, now=NOW)
     assert text.splitlines() == [
         "NAME       HOSTS                          LOCATION        RESOLUTION   AGE",
         'vm-echo    ["vm-echo.example.internal"]   MESH_INTERNAL   STATIC       5m',
@@ -652,7 +652,7 @@ def test_service_entry_table_has_istios_printer_columns() -> None:
 def test_workload_entry_table_has_age_then_address() -> None:
     objects = [_stamped(workload_entry(), timedelta(seconds=42))]
     text = printers.print_table(
-        kinds.by_kind("WorkloadEntry"), objects, now=NOW, all_namespaces=True
+        kinds.by_key("WorkloadEntry"), objects, now=NOW, all_namespaces=True
     )
     assert text.splitlines() == [
         "NAMESPACE   NAME   AGE   ADDRESS",

@@ -375,7 +375,7 @@ def test_get_secret_prints_type_and_key_count_never_the_data() -> None:
     assert secret is not None
     secret["metadata"]["creationTimestamp"] = "2026-11-26T11:00:00Z"
     now = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
-    out = printers.print_table(kinds.by_kind("Secret"), [secret], now=now)
+    out = printers.print_table(kinds.by_key("Secret"), [secret], now=now)
     assert out == (
         "NAME           TYPE                DATA   AGE\n"
         "gateway-cert   kubernetes.io/tls   2      60m\n"

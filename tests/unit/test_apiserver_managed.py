@@ -20,7 +20,7 @@ NOW = "2026-12-01T00:00:00Z"
 
 
 def apply(live: Any, config: dict[str, Any], manager: str, force: bool = False) -> dict[str, Any]:
-    schema, defs = openapi.kind_schema(kinds.by_kind("Deployment"))
+    schema, defs = openapi.kind_schema(kinds.by_key("Deployment"))
     return server_side_apply(
         live, config, manager, force=force, schema=schema, defs=defs, api_version="apps/v1", now=NOW
     )
@@ -48,7 +48,7 @@ def test_apply_records_ownership_in_fields_v1() -> None:
 
 
 def test_fields_v1_round_trips() -> None:
-    schema, defs = openapi.kind_schema(kinds.by_kind("Deployment"))
+    schema, defs = openapi.kind_schema(kinds.by_key("Deployment"))
     paths = set(leaves(config(a="1", b="2"), schema, defs))
     assert from_fields_v1(to_fields_v1(paths)) == paths
 
@@ -84,7 +84,7 @@ def test_containers_merge_by_name_under_apply() -> None:
 
 
 def test_an_update_gives_the_changed_fields_to_its_manager() -> None:
-    schema, defs = openapi.kind_schema(kinds.by_kind("Deployment"))
+    schema, defs = openapi.kind_schema(kinds.by_key("Deployment"))
     obj = apply(None, config(a="1"), "alice")
     changed = {**obj, "metadata": {**obj["metadata"], "labels": {"a": "2"}}}
     updated = record_update(obj, changed, "kubectl-edit", schema, defs, "apps/v1", NOW)

@@ -30,7 +30,7 @@ def deployment() -> dict[str, Any]:
 
 
 def smp(obj: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    schema, defs = openapi.kind_schema(kinds.by_kind("Deployment"))
+    schema, defs = openapi.kind_schema(kinds.by_key("Deployment"))
     return strategic_merge_patch(obj, patch, schema, defs)
 
 

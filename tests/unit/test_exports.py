@@ -109,9 +109,13 @@ SURFACES: dict[str, set[str]] = {
         "Unavailable",
         "WatchEvent",
         "check_store_spec",
+        "group_of",
+        "kind_key",
         "leader_election",
+        "object_kind_key",
         "open_store",
         "parse_etcd_url",
+        "split_kind_key",
     },
     "tcpmesh.telemetry": {
         "Reading",

@@ -30,7 +30,7 @@ def cells(line: str) -> list[str]:
 
 
 def table(kind: str, objects: list[dict[str, Any]], **kwargs: bool) -> str:
-    return printers.print_table(kinds.by_kind(kind), objects, now=NOW, **kwargs)
+    return printers.print_table(kinds.by_key(kind), objects, now=NOW, **kwargs)
 
 
 def gateway_service(ago: timedelta = timedelta(minutes=31)) -> dict[str, Any]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from tcpmesh.api import models, rollouts
+from tcpmesh.store import group_of, kind_key
 
 ISTIO_NETWORKING = "networking.istio.io"
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
@@ -25,6 +28,16 @@ class KindInfo:
     @property
     def singular(self) -> str:
         return self.kind.lower()
+
+    @property
+    def key(self) -> str:
+        """The kind's identity in the store, watches and tables: (group, kind) as one string."""
+        return kind_key(self.group, self.kind)
+
+    @property
+    def qualified_plural(self) -> str:
+        """``gateways.networking.istio.io``: the name kubectl and its messages use."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
 
     def api_version(self, version: str) -> str:
         return f"{self.group}/{version}" if self.group else version
@@ -94,25 +107,47 @@ KINDS: tuple[KindInfo, ...] = (
     ),
 )
 
-_BY_KIND = {info.kind: info for info in KINDS}
+
+def _index(infos: tuple[KindInfo, ...]) -> dict[str, KindInfo]:
+    """The registry by kind key; two entries with one key, or one short name, are a bug."""
+    index = {info.key: info for info in infos}
+    shorts = [s for info in infos for s in info.short_names]
+    if len(index) != len(infos) or len(set(shorts)) != len(shorts):
+        raise AssertionError("api.kinds: two kinds share a kind key or a short name")
+    return index
+
+
+_BY_KEY = _index(KINDS)
 
 
 class UnknownKind(LookupError):
     pass
 
 
-def by_kind(kind: str) -> KindInfo:
-    """The registry entry of a canonical Kind name such as ``VirtualService``."""
+def by_key(key: str) -> KindInfo:
+    """The entry of a kind key (``VirtualService``, ``Gateway.gateway.networking.k8s.io``)."""
     try:
-        return _BY_KIND[kind]
+        return _BY_KEY[key]
     except KeyError:
-        raise UnknownKind(kind) from None
+        raise UnknownKind(key) from None
+
+
+def by_group_kind(group: str, kind: str) -> KindInfo:
+    return by_key(kind_key(group, kind))
+
+
+def for_object(obj: Mapping[str, Any]) -> KindInfo:
+    """The registry entry of an object dict, from its ``apiVersion`` group and ``kind``."""
+    return by_group_kind(group_of(obj.get("apiVersion")), str(obj.get("kind")))
 
 
 def resolve(name: str) -> KindInfo:
     """Resolve what a user types (kind, plural, singular or short name, any case).
 
-    ``virtualservices.networking.istio.io`` style qualified names are accepted too.
+    ``virtualservices.networking.istio.io`` style qualified names (and kind keys such as
+    ``Gateway.gateway.networking.k8s.io``) are accepted too. An unqualified name two groups
+    share (``gateways``) is the first kind in :data:`KINDS` that has it: Istio's, as before
+    the Gateway API was served.
     """
     wanted = name.lower()
     group = None

@@ -55,7 +55,7 @@ def check_object(obj: Any, where: str | None = None) -> Checked:
     if unset:
         return Checked(errors=[f"{lead}{key} not set" for key in unset])
     try:
-        info = kinds.by_kind(str(kind))
+        info = kinds.for_object(obj)
         if not info.accepts_api_version(str(api_version)):
             raise kinds.UnknownKind(kind)
     except kinds.UnknownKind:
@@ -105,7 +105,7 @@ def from_dict(obj: Mapping[str, Any]) -> models.Resource:
     """
     kind = obj.get("kind")
     try:
-        info = kinds.by_kind(str(kind))
+        info = kinds.for_object(obj)
     except kinds.UnknownKind:
         raise InvalidInput([f'no matches for kind "{kind}"']) from None
     try:

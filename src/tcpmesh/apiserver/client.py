@@ -21,6 +21,14 @@ Obj = dict[str, Any]
 DEFAULT_TIMEOUT = 10.0
 
 
+def _kind_info(kind: str) -> KindInfo:
+    """A kind key (``Gateway.gateway.networking.k8s.io``) exactly, else what a user types."""
+    try:
+        return kinds.by_key(kind)
+    except kinds.UnknownKind:
+        return kinds.resolve(kind)
+
+
 class ApiError(Exception):
     """The server answered with an error (a Kubernetes Status when it is ours)."""
 
@@ -88,30 +96,30 @@ class ApiClient:
         namespace: str | None = None,
         label_selector: Mapping[str, str] | None = None,
     ) -> list[Obj]:
-        info = kinds.resolve(kind)
+        info = _kind_info(kind)
         query = {"labelSelector": _selector(label_selector)} if label_selector else {}
         items: list[Obj] = self._json("GET", _path(info, namespace, query=query))["items"]
         return items
 
     def get(self, kind: str, namespace: str, name: str) -> Obj:
-        return self._json("GET", _path(kinds.resolve(kind), namespace, name))
+        return self._json("GET", _path(_kind_info(kind), namespace, name))
 
     def create(self, obj: Obj) -> Obj:
-        info = kinds.by_kind(obj["kind"])
+        info = kinds.for_object(obj)
         return self._json("POST", _path(info, _namespace(obj)), obj)
 
     def replace(self, obj: Obj) -> Obj:
         """PUT; fails with a 409 ApiError if ``metadata.resourceVersion`` is stale."""
-        info = kinds.by_kind(obj["kind"])
+        info = kinds.for_object(obj)
         return self._json("PUT", _path(info, _namespace(obj), obj["metadata"]["name"]), obj)
 
     def update_status(self, obj: Obj) -> Obj:
-        info = kinds.by_kind(obj["kind"])
+        info = kinds.for_object(obj)
         path = _path(info, _namespace(obj), obj["metadata"]["name"]) + "/status"
         return self._json("PUT", path, obj)
 
     def delete(self, kind: str, namespace: str, name: str) -> Obj:
-        return self._json("DELETE", _path(kinds.resolve(kind), namespace, name))
+        return self._json("DELETE", _path(_kind_info(kind), namespace, name))
 
     def apply(self, objects: Sequence[Obj], dry_run: bool = False) -> Obj:
         """``{"results": [{"kind","namespace","name","action"}], "warnings": [...]}``."""
@@ -126,9 +134,10 @@ class ApiClient:
         refs = []
         for obj in objects:
             meta = obj.get("metadata", obj)
-            refs.append(
-                {"kind": obj["kind"], "namespace": meta.get("namespace"), "name": meta["name"]}
-            )
+            ref = {"kind": obj["kind"], "namespace": meta.get("namespace"), "name": meta["name"]}
+            if obj.get("apiVersion"):
+                ref["apiVersion"] = obj["apiVersion"]
+            refs.append(ref)
         return self._json("POST", "/tcpmesh/v1/delete", {"objects": refs})
 
     def watch(
@@ -149,7 +158,7 @@ class ApiClient:
             query["resourceVersion"] = resource_version
         if label_selector:
             query["labelSelector"] = _selector(label_selector)
-        path = _path(kinds.resolve(kind), namespace, query=query)
+        path = _path(_kind_info(kind), namespace, query=query)
         return self._lines(path, timeout)
 
     # ------------------------------------------------------------------ tcpmesh
@@ -158,7 +167,7 @@ class ApiClient:
         return self._json("GET", "/tcpmesh/v1/status")
 
     def pod_log(self, namespace: str, name: str) -> str:
-        path = _path(kinds.by_kind("Pod"), namespace, name) + "/log"
+        path = _path(kinds.by_key("Pod"), namespace, name) + "/log"
         with self._open("GET", path, timeout=self.timeout) as resp:
             return bytes(resp.read()).decode("utf-8", "replace")
 

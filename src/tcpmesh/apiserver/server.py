@@ -777,7 +777,7 @@ class _Api:
         table_api = tables.table_version(request.headers.get("Accept", ""))
         if _is_true(request.query.get("watch")):
             return await self._watch(request, info, namespace, matches, table_api)
-        items, revision = self._store.list_with_revision(info.kind, namespace)
+        items, revision = self._store.list_with_revision(info.key, namespace)
         items = [o for o in items if matches(o)]
         if table_api is not None:
             return web.json_response(
@@ -814,7 +814,7 @@ class _Api:
         initial: list[Obj] = []
         if since == 0:
             # As in Kubernetes: no (or "0") resourceVersion starts with the current objects.
-            current, since = self._store.list_with_revision(info.kind, namespace)
+            current, since = self._store.list_with_revision(info.key, namespace)
             initial = [o for o in current if matches(o)]
         visible = {_obj_key(o) for o in initial} if text in ("", "0") else None
         watch = _WatchEncoder(info, request, table_api, since, visible)
@@ -822,7 +822,7 @@ class _Api:
         async def lines() -> AsyncIterator[bytes]:
             for obj in initial:
                 yield watch.line("ADDED", obj)
-            events = self._store.watch([info.kind], since)
+            events = self._store.watch([info.key], since)
             try:
                 async for event in _with_idle_ticks(events, watch.bookmark_every):
                     if event is None:
@@ -841,7 +841,7 @@ class _Api:
     async def get(self, request: web.Request) -> web.Response:
         info = self._kind(request)
         name = request.match_info["name"]
-        obj = self._store.get(info.kind, request.match_info["namespace"], name)
+        obj = self._store.get(info.key, request.match_info["namespace"], name)
         if obj is None:
             raise _not_found(info, name)
         table_api = tables.table_version(request.headers.get("Accept", ""))
@@ -893,7 +893,7 @@ class _Api:
         expected = obj["metadata"].get("resourceVersion") or None
         with _object_errors(info, name):
             if _dry_run(request):
-                if live is None and self._store.get(info.kind, obj["metadata"]["namespace"], name):
+                if live is None and self._store.get(info.key, obj["metadata"]["namespace"], name):
                     raise AlreadyExists(name)
                 return self._store.apply([obj], dry_run=True)[0].object
             if live is None:
@@ -920,7 +920,7 @@ class _Api:
 
     def _live(self, info: KindInfo, request: web.Request) -> Obj:
         name = request.match_info["name"]
-        live = self._store.get(info.kind, request.match_info["namespace"], name)
+        live = self._store.get(info.key, request.match_info["namespace"], name)
         if live is None:
             raise _not_found(info, name)
         return live
@@ -938,7 +938,7 @@ class _Api:
     def _patch_once(self, request: web.Request, info: KindInfo, body: Any) -> web.Response:
         """One attempt: read, patch, check, write; _Retry when the object moved meanwhile."""
         name, namespace = request.match_info["name"], request.match_info["namespace"]
-        live = self._store.get(info.kind, namespace, name)
+        live = self._store.get(info.key, namespace, name)
         if request.content_type == APPLY_PATCH:
             new = self._applied(request, info, live, body)
         else:
@@ -1011,7 +1011,7 @@ class _Api:
                 live = self._live(info, request)
                 return {**live, "status": status}
             return self._store.update_status(
-                info.kind,
+                info.key,
                 obj["metadata"]["namespace"],
                 name,
                 status,
@@ -1080,21 +1080,21 @@ class _Api:
         if _dry_run(request):
             return web.json_response(self._live(info, request))
         with _object_errors(info, name):
-            deleted = self._store.delete(info.kind, request.match_info["namespace"], name)
+            deleted = self._store.delete(info.key, request.match_info["namespace"], name)
         return web.json_response(deleted)
 
     async def delete_collection(self, request: web.Request) -> web.Response:
         info = self._kind(request)
         namespace = request.match_info["namespace"]
         matches = _selector(request, info, namespace)
-        items = [o for o in self._store.list(info.kind, namespace) if matches(o)]
+        items = [o for o in self._store.list(info.key, namespace) if matches(o)]
         deleted = []
         for obj in items:
             if _dry_run(request):
                 deleted.append(obj)
                 continue
             with suppress(NotFound):
-                deleted.append(self._store.delete(info.kind, namespace, obj["metadata"]["name"]))
+                deleted.append(self._store.delete(info.key, namespace, obj["metadata"]["name"]))
         return web.json_response(
             {
                 "apiVersion": info.api_version(request.match_info["version"]),
@@ -1110,11 +1110,11 @@ class _Api:
         One log file holds every container's output across restarts, so ``previous`` is
         refused (it would need a file per container instance).
         """
-        info = kinds.by_kind("Pod")
+        info = kinds.by_key("Pod")
         if request.match_info["version"] not in info.versions:
             raise _Fail(404, "NotFound", "the server could not find the requested resource")
         namespace, name = request.match_info["namespace"], request.match_info["name"]
-        pod = self._store.get(info.kind, namespace, name)
+        pod = self._store.get(info.key, namespace, name)
         if pod is None:
             raise _not_found(info, name)
         options = _log_options(request, pod)
@@ -1133,7 +1133,7 @@ class _Api:
             if body:
                 yield body
             position = offset
-            while self._store.get(info.kind, namespace, name) is not None:
+            while self._store.get(info.key, namespace, name) is not None:
                 current = self._pod_log(namespace, name)
                 data = b""
                 if current is not None:
@@ -1169,6 +1169,7 @@ class _Api:
         results = self._store.apply(objects, dry_run=dry_run)
         summary = [
             {
+                "apiVersion": r.object["apiVersion"],
                 "kind": r.object["kind"],
                 "namespace": r.object["metadata"]["namespace"],
                 "name": r.object["metadata"]["name"],
@@ -1190,20 +1191,27 @@ class _Api:
             for r in refs
         ):
             raise _Fail(
-                400, "BadRequest", 'objects must be a list of {"kind", "namespace", "name"}'
+                400,
+                "BadRequest",
+                'objects must be a list of {"apiVersion", "kind", "namespace", "name"}',
             )
         infos: list[KindInfo] = []
         for ref in refs:
             try:
-                infos.append(kinds.by_kind(ref["kind"]))
+                infos.append(kinds.for_object(ref))
             except kinds.UnknownKind:
                 raise _invalid([f'unknown kind "{ref["kind"]}"']) from None
         results = []
         for ref, info in zip(refs, infos, strict=True):
             namespace = ref.get("namespace") or "default"
-            result = {"kind": info.kind, "namespace": namespace, "name": ref["name"]}
+            result = {
+                "apiVersion": info.api_version(info.versions[0]),
+                "kind": info.kind,
+                "namespace": namespace,
+                "name": ref["name"],
+            }
             try:
-                self._store.delete(info.kind, namespace, ref["name"])
+                self._store.delete(info.key, namespace, ref["name"])
                 result["action"] = "deleted"
             except NotFound:
                 result["action"] = "not found"
@@ -1246,7 +1254,7 @@ def _not_appliable(obj: Obj) -> str | None:
     kind, api_version = obj.get("kind"), obj.get("apiVersion")
     name = (obj.get("metadata") or {}).get("name", "")
     try:
-        info = kinds.by_kind(str(kind))
+        info = kinds.for_object(obj)
     except kinds.UnknownKind:
         return f'no matches for kind "{kind}" in version "{api_version}"'
     if not info.accepts_api_version(str(api_version)):

@@ -39,9 +39,9 @@ def _title(header: str) -> str:
 
 
 def column_definitions(info: KindInfo) -> list[Obj]:
-    columns, wide = table_columns(info.kind)
+    columns, wide = table_columns(info.key)
     found: list[Obj] = []
-    if table_has_name(info.kind):
+    if table_has_name(info.key):
         found.append(
             {
                 "name": "Name",
@@ -92,8 +92,8 @@ def table(
     rows = []
     for obj in objects:
         name = str((obj.get("metadata") or {}).get("name") or "")
-        named = [name] if table_has_name(info.kind) else []
-        row: Obj = {"cells": [*named, *table_cells(info.kind, obj, wide=True, now=now)]}
+        named = [name] if table_has_name(info.key) else []
+        row: Obj = {"cells": [*named, *table_cells(info.key, obj, wide=True, now=now)]}
         embedded = _row_object(obj, include_object, table_api)
         if embedded is not None:
             row["object"] = embedded

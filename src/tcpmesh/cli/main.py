@@ -23,6 +23,7 @@ from tcpmesh.apiserver.client import ApiClient, ApiError, OutcomeUnknown, Unreac
 from tcpmesh.cli import lifecycle, printers
 from tcpmesh.cli.inputs import InputError, load_manifests, load_manifests_by_source
 from tcpmesh.cli.jsonpath import JsonPathError, compile_template
+from tcpmesh.store import object_kind_key
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -168,10 +169,7 @@ def up(
 
     def apply_files(mesh: Mesh) -> list[str]:
         results = mesh.store.apply(objects) if objects else []
-        return [
-            _apply_line(r.object["kind"], r.object["metadata"]["name"], r.action, False)
-            for r in results
-        ]
+        return [_apply_line(r.object, r.action, False) for r in results]
 
     lifecycle.run_foreground(config, apply_files)
 
@@ -250,8 +248,11 @@ def kubeconfig_command(ctx: Context, path_only: bool) -> None:
 # ---------------------------------------------------------------- objects
 
 
-def _apply_line(kind: str, name: str, action: str, dry_run: bool) -> str:
-    return f"{_qualified(kinds.by_kind(kind))}/{name} {action}{' (dry run)' if dry_run else ''}"
+def _apply_line(result: dict[str, Any], action: str, dry_run: bool) -> str:
+    """``virtualservice.networking.istio.io/x configured``; ``result`` has apiVersion and kind."""
+    name = result.get("name") or result["metadata"]["name"]
+    qualified = _qualified(kinds.for_object(result))
+    return f"{qualified}/{name} {action}{' (dry run)' if dry_run else ''}"
 
 
 def _qualified(info: kinds.KindInfo) -> str:
@@ -263,7 +264,7 @@ def _how_to_check(objects: list[dict[str, Any]], done: str) -> str:
     """The ``tcpmesh get`` commands that show whether ``objects`` were ``done``."""
     by_namespace: dict[tuple[str, str], list[str]] = {}
     for obj in objects:
-        info = kinds.by_kind(obj["kind"])
+        info = kinds.for_object(obj)
         namespace = obj["metadata"].get("namespace") or "default"
         by_namespace.setdefault((namespace, info.plural), []).append(obj["metadata"]["name"])
     commands = [
@@ -280,7 +281,7 @@ def _print_apply_results(response: dict[str, Any], dry_run: bool) -> None:
     for warning in response.get("warnings", []):
         click.echo(f"Warning: {warning}", err=True)
     for result in response["results"]:
-        click.echo(_apply_line(result["kind"], result["name"], result["action"], dry_run))
+        click.echo(_apply_line(result, result["action"], dry_run))
 
 
 @cli.command()
@@ -326,7 +327,7 @@ def delete(
     if files:
         objects, _ = load_manifests(files, namespace or ctx.namespace)
         targets = [
-            (kinds.by_kind(o["kind"]), o["metadata"]["namespace"], o["metadata"]["name"])
+            (kinds.for_object(o), o["metadata"]["namespace"], o["metadata"]["name"])
             for o in objects
         ]
     elif kind and names:
@@ -337,7 +338,7 @@ def delete(
     failed = False
     for info, ns, name in targets:
         try:
-            client.delete(info.kind, ns, name)
+            client.delete(info.key, ns, name)
         except ApiError as exc:
             if exc.status == 404 and ignore_not_found:
                 continue
@@ -391,9 +392,7 @@ def get(
     found = [
         (
             info,
-            [client.get(info.kind, ctx.ns(namespace), name)]
-            if name
-            else client.list(info.kind, ns),
+            [client.get(info.key, ctx.ns(namespace), name)] if name else client.list(info.key, ns),
         )
         for info in infos
     ]
@@ -441,7 +440,7 @@ def describe(ctx: Context, kind: str, name: str, namespace: str | None) -> None:
 
     info = _resolve_kind(kind)
     client = ctx.client()
-    obj = client.get(info.kind, ctx.ns(namespace), name)
+    obj = client.get(info.key, ctx.ns(namespace), name)
     click.echo(describe_object(client, info, obj), nl=False)
 
 
@@ -463,7 +462,7 @@ def analyze(
     client = lifecycle.running_client(ctx.state_dir)
     if client is not None:
         for info in kinds.KINDS:
-            for obj in client.list(info.kind, None):
+            for obj in client.list(info.key, None):
                 objects[_object_key(obj)] = obj
     elif not files:
         fail(f"error: nothing to analyze: tcpmesh is not running ({ctx.state_dir}) and no -f given")
@@ -492,7 +491,7 @@ def analyze(
 
 def _object_key(obj: dict[str, Any]) -> tuple[str, str, str]:
     meta = obj["metadata"]
-    return obj["kind"], meta.get("namespace") or "default", meta["name"]
+    return object_kind_key(obj), meta.get("namespace") or "default", meta["name"]
 
 
 @cli.command()

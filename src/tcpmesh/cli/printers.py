@@ -498,8 +498,8 @@ def print_table(
     ``now`` (timezone-aware) is the clock the AGE column is computed against.
     """
     now = now or datetime.now(UTC)
-    columns, wide_columns, build = _TABLES.get(kind_info.kind, (["AGE"], [], _age_only))
-    named = table_has_name(kind_info.kind)
+    columns, wide_columns, build = _TABLES.get(kind_info.key, (["AGE"], [], _age_only))
+    named = table_has_name(kind_info.key)
     headers = [*(["NAME"] if named else []), *columns, *(wide_columns if wide else [])]
     if all_namespaces and kind_info.namespaced:
         headers.insert(0, "NAMESPACE")

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from tcpmesh.api import InvalidInput, kinds, load_documents_with_warnings
 from tcpmesh.console.sessions import COOKIE, CSRF_HEADER, Sessions, csrf_ok, same_origin
+from tcpmesh.store import object_kind_key
 
 Obj = dict[str, Any]
 Traffic = Callable[[str], Awaitable[list[Obj]]]
@@ -180,7 +181,7 @@ async def session_info(request: web.Request) -> web.Response:
 async def namespaces(request: web.Request) -> web.Response:
     found: set[str] = {"default"}
     for kind in LISTED_KINDS:
-        doc = await request.app[UPSTREAM].call("GET", kinds.by_kind(kind).api_path(None))
+        doc = await request.app[UPSTREAM].call("GET", kinds.by_key(kind).api_path(None))
         found.update(o["metadata"].get("namespace", "default") for o in doc.get("items", []))
     return web.json_response({"namespaces": sorted(found)})
 
@@ -197,7 +198,7 @@ async def watch(request: web.Request) -> web.StreamResponse:
     upstream = request.app[UPSTREAM]
 
     async def follow(kind: str) -> None:
-        path = kinds.by_kind(kind).api_path(namespace)
+        path = kinds.by_key(kind).api_path(namespace)
         try:
             async for event in upstream.watch(path):
                 doc = {"kind": kind, "type": event.get("type"), "object": event.get("object")}
@@ -225,8 +226,8 @@ async def watch(request: web.Request) -> web.StreamResponse:
 
 def _info(request: web.Request) -> kinds.KindInfo:
     try:
-        return kinds.by_kind(request.match_info["kind"])
-    except KeyError:
+        return kinds.by_key(request.match_info["kind"])
+    except kinds.UnknownKind:
         raise web.HTTPNotFound() from None
 
 
@@ -256,7 +257,7 @@ async def put_yaml(request: web.Request) -> web.Response:
         docs = _parse(str(body.get("yaml", "")), m["namespace"])
     except InvalidInput as exc:
         return _error(422, *exc.messages)
-    if len(docs) != 1 or docs[0].get("kind") != info.kind:
+    if len(docs) != 1 or object_kind_key(docs[0]) != info.key:
         return _error(422, f"{SOURCE}: the YAML must be one {info.kind}")
     obj = docs[0]
     meta = obj.setdefault("metadata", {})
@@ -293,7 +294,7 @@ async def split(request: web.Request) -> web.Response:
     """Set the weights of one tcp route of a VirtualService (one PUT, validated as any)."""
     m = request.match_info
     body = await request.json()
-    info = kinds.by_kind("VirtualService")
+    info = kinds.by_key("VirtualService")
     path = info.api_path(m["namespace"], m["name"])
     upstream = request.app[UPSTREAM]
     try:

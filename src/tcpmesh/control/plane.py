@@ -33,7 +33,7 @@ from tcpmesh.control.build import build_snapshot
 from tcpmesh.control.resources import MeshResources, ProxyNode
 from tcpmesh.control.serviceentries import dns_names
 from tcpmesh.control.snapshot import Snapshot, SnapshotError
-from tcpmesh.store import Expired, StoreBackend
+from tcpmesh.store import Expired, StoreBackend, object_kind_key
 
 log = logging.getLogger(__name__)
 
@@ -258,4 +258,4 @@ def _same_version(typed: models.Resource, obj: dict[str, Any]) -> bool:
 
 def _key(obj: dict[str, Any]) -> ObjectKey:
     meta = obj["metadata"]
-    return obj["kind"], meta.get("namespace", "default"), meta["name"]
+    return object_kind_key(obj), meta.get("namespace", "default"), meta["name"]

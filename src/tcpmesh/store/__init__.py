@@ -17,6 +17,10 @@ from tcpmesh.store.objects import (
     StoreError,
     Unavailable,
     WatchEvent,
+    group_of,
+    kind_key,
+    object_kind_key,
+    split_kind_key,
 )
 from tcpmesh.store.sqlite import EVENT_HISTORY, Store
 
@@ -89,7 +93,11 @@ __all__ = [
     "Unavailable",
     "WatchEvent",
     "check_store_spec",
+    "group_of",
+    "kind_key",
     "leader_election",
+    "object_kind_key",
     "open_store",
     "parse_etcd_url",
+    "split_kind_key",
 ]

@@ -11,7 +11,11 @@ from tcpmesh.store.objects import ApplyResult, Obj, WatchEvent
 
 
 class StoreBackend(Protocol):
-    """Versioned, watchable objects keyed by (kind, namespace, name).
+    """Versioned, watchable objects keyed by (kind key, namespace, name).
+
+    - A kind key names (API group, kind): ``Kind`` for the groups stored before groups
+      joined the key, ``Kind.group`` for the others (``objects.kind_key``); every ``kind``
+      parameter and watch filter below is a kind key.
 
     - ``resourceVersion`` is the store revision of an object's last write; revisions only
       grow, and every write of one call shares one revision only where the backend says so

@@ -1,6 +1,7 @@
 """The etcd store: the same contract as the SQLite store, on a cluster several hosts share.
 
-Layout: one key per object, ``PREFIX/o/KIND/NAMESPACE/NAME``, whose value is the object's
+Layout: one key per object, ``PREFIX/o/KIND/NAMESPACE/NAME`` (KIND: the kind key,
+``Kind`` or ``Kind.group``, see ``objects.kind_key``), whose value is the object's
 JSON without ``resourceVersion``: that is the key's ``mod_revision``, as in Kubernetes, so
 it cannot disagree with etcd. Every write is one transaction guarded by compares on the
 ``mod_revision`` (or ``create_revision == 0``) of every key it read, which is optimistic
@@ -46,6 +47,7 @@ from tcpmesh.store.objects import (
     matches,
     new_object,
     same,
+    split_kind_key,
     updated_object,
     with_status,
 )
@@ -443,9 +445,12 @@ class EtcdStore:
         if raw.prev_value:
             return _decode(raw.prev_value, revision)
         # etcd omits the previous value once it is compacted; the key still names the object.
+        # Its version is gone with the value: "group/" keeps the group, so key_of still
+        # names the same kind.
         _, namespace, name = raw.key.decode()[len(self._prefix) :].split("/", 2)
         meta = {"name": name, "namespace": namespace, "resourceVersion": str(revision)}
-        return {"kind": kind, "metadata": meta}
+        group, bare_kind = split_kind_key(kind)
+        return {"apiVersion": f"{group}/" if group else "v1", "kind": bare_kind, "metadata": meta}
 
 
 @dataclass

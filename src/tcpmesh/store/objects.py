@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 Obj = dict[str, Any]
-Key = tuple[str, str, str]
+Key = tuple[str, str, str]  # (kind key, namespace, name); see kind_key
 Action = Literal["created", "configured", "unchanged"]
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 
@@ -70,12 +70,44 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def key_of(obj: Mapping[str, Any]) -> Key:
-    """(kind, namespace, name) of an object, or StoreError saying which part is missing."""
+# The API groups whose objects were stored before the group joined the key: their rows are
+# keyed by the bare Kind, which is unique among these groups (api.kinds checks it), so old
+# state directories and etcd prefixes stay readable without a migration. Every other group's
+# kinds are keyed "Kind.group" (Kubernetes' GroupKind.String()), so that Gateway API's
+# Gateway and Istio's Gateway are two kinds.
+UNQUALIFIED_GROUPS = frozenset({"", "apps", "networking.istio.io", "rollouts.tcpmesh.io"})
+
+
+def group_of(api_version: object) -> str:
+    """The API group of an ``apiVersion`` (``""`` for the core group, or when it is unset)."""
+    if not isinstance(api_version, str) or "/" not in api_version:
+        return ""
+    return api_version.split("/", 1)[0]
+
+
+def kind_key(group: str, kind: str) -> str:
+    """The store's identity of the kind (group, kind): ``Kind`` or ``Kind.group``."""
+    return kind if group in UNQUALIFIED_GROUPS else f"{kind}.{group}"
+
+
+def split_kind_key(key: str) -> tuple[str, str]:
+    """(group, kind) of a kind key; a bare Kind is one of the unqualified groups (``""``)."""
+    kind, _, group = key.partition(".")
+    return group, kind
+
+
+def object_kind_key(obj: Mapping[str, Any]) -> str:
+    """The kind key of an object from its ``apiVersion`` and ``kind``."""
     kind = obj.get("kind")
-    meta = obj.get("metadata")
     if not isinstance(kind, str) or not kind:
         raise StoreError("object has no kind")
+    return kind_key(group_of(obj.get("apiVersion")), kind)
+
+
+def key_of(obj: Mapping[str, Any]) -> Key:
+    """(kind key, namespace, name) of an object, or StoreError saying which part is missing."""
+    kind = object_kind_key(obj)
+    meta = obj.get("metadata")
     if not isinstance(meta, dict):
         raise StoreError(f"{kind} has no metadata")
     name, namespace = meta.get("name"), meta.get("namespace")

@@ -51,7 +51,7 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0);
 
 
 class Store:
-    """Objects keyed by (kind, namespace, name) in one SQLite file in WAL mode.
+    """Objects keyed by (kind key, namespace, name) in one SQLite file in WAL mode.
 
     Thread-safe; writes notify the watchers, which live on asyncio loops of this process.
     Every write gets the next global revision and exactly one event, so the event log is
