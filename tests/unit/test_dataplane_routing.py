@@ -131,3 +131,24 @@ def test_source_ip_hash_policy_is_sticky() -> None:
         for _ in range(50)
     }
     assert len(picks) == 1
+
+
+def test_source_prefixes_pick_the_most_specific_client_route_after_the_destination() -> None:
+    pod = dataclasses.replace(
+        route((V1, 100), source="pod"), match=L4Match(source_prefixes=("127.1.0.5/32",))
+    )
+    pods = dataclasses.replace(
+        route((V1, 100), source="pods"), match=L4Match(source_prefixes=("127.1.0.0/16",))
+    )
+    anyone = route((V1, 100), source="anyone")
+    lst = listener(anyone, pods, pod)
+    assert match_route(lst, "127.240.1.1", None, "127.1.0.5") is pod
+    assert match_route(lst, "127.240.1.1", None, "127.1.0.6") is pods
+    assert match_route(lst, "127.240.1.1", None, "127.0.0.1") is anyone
+    assert match_route(lst, "127.240.1.1", None, None) is anyone
+    # Envoy never backtracks: the most specific destination wins before the source is looked at.
+    narrow = route((V1, 100), subnets=("127.240.1.1/32",), source="narrow")
+    narrow = dataclasses.replace(
+        narrow, match=dataclasses.replace(narrow.match, source_prefixes=("127.1.0.9/32",))
+    )
+    assert match_route(listener(pod, anyone, narrow), "127.240.1.1", None, "127.1.0.5") is None

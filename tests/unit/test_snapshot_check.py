@@ -9,6 +9,7 @@ import pytest
 from tcpmesh.control import (
     Cluster,
     Endpoint,
+    L4Match,
     Listener,
     RouteOrigin,
     Snapshot,
@@ -133,3 +134,18 @@ def test_a_version_that_is_not_the_content_digest_is_inconsistent() -> None:
 def test_several_problems_are_reported_together() -> None:
     found = problems((listener(routes=()),), (v1(), v1()))
     assert len(found) == 2
+
+
+def test_a_source_prefix_that_is_not_a_cidr_is_inconsistent() -> None:
+    bad = dataclasses.replace(tcp_route(), match=L4Match(source_prefixes=("pod-a",)))
+    assert problems((listener(routes=(bad,)),), (v1(),)) == [
+        "listener 0.0.0.0_31400 route 0 (VirtualService default/tcp-echo tcp[0]) "
+        "has subnet 'pod-a', not a CIDR"
+    ]
+
+
+def test_routes_told_apart_by_source_prefix_only_are_consistent() -> None:
+    by_pod = dataclasses.replace(tcp_route(), match=L4Match(source_prefixes=("127.1.0.5/32",)))
+    Snapshot.build((listener(routes=(by_pod, tcp_route())),), (v1(),)).check()
+    twice = problems((listener(routes=(by_pod, by_pod)),), (v1(),))
+    assert len(twice) == 1 and "has the same match as route 0" in twice[0]

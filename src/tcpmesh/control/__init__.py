@@ -13,7 +13,11 @@ from tcpmesh.control.build import build_snapshot
 from tcpmesh.control.gatewaytls import downstream_tls
 from tcpmesh.control.resources import (
     INGRESS_GATEWAY_SELECTOR,
+    NODE_PROXY_LABELS,
+    NODE_PROXY_NAME,
+    NODE_PROXY_NAMESPACE,
     MeshResources,
+    ProxyKind,
     ProxyNode,
     labels_match,
     resolve_gateway_name,
@@ -57,6 +61,9 @@ if TYPE_CHECKING:
 __all__ = [
     "HASH_POLICIES",
     "INGRESS_GATEWAY_SELECTOR",
+    "NODE_PROXY_LABELS",
+    "NODE_PROXY_NAME",
+    "NODE_PROXY_NAMESPACE",
     "OPAQUE_TCP_PROTOCOLS",
     "TERMINATING_MODES",
     "Cluster",
@@ -68,6 +75,7 @@ __all__ = [
     "MeshResources",
     "OutlierDetection",
     "PortConflict",
+    "ProxyKind",
     "ProxyNode",
     "ResponseFlag",
     "RouteOrigin",

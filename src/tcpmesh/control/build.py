@@ -3,8 +3,8 @@
 The stages live in modules named for them: ``servers`` (which gateway servers hold which
 port), ``routes`` (VirtualService rules as weighted routes), ``gatewaytls`` (SNI and
 terminating filter chains), ``policy`` (DestinationRule lookup and traffic policy),
-``clusters`` (Service clusters) and ``serviceentries`` (ServiceEntry clusters). This module
-assembles them and checks the result.
+``clusters`` (Service clusters) and ``serviceentries`` (ServiceEntry clusters); the node
+proxy's listeners come from ``outbound``. This module assembles them and checks the result.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from collections.abc import Iterable
 
 from tcpmesh.control.clusters import service_clusters
 from tcpmesh.control.gatewaytls import tls_listener_routes
+from tcpmesh.control.outbound import outbound_snapshot
 from tcpmesh.control.resources import (
     MeshResources,
+    ProxyKind,
     ProxyNode,
     service_entries_visible_to,
 )
@@ -38,6 +40,8 @@ def build_snapshot(resources: MeshResources, node: ProxyNode) -> Snapshot:
     resources = dataclasses.replace(resources, service_entries=entries)
     built = itertools.chain(service_clusters(resources), service_entry_clusters(resources))
     clusters = tuple(sorted(built, key=lambda c: c.name))
+    if node.kind is ProxyKind.NODE:
+        return outbound_snapshot(resources, node, clusters)
     listeners = tuple(build_listeners(resources, node))
     return Snapshot.build(listeners, clusters).check()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from tcpmesh.api import from_dict, is_ip, models
@@ -12,6 +13,25 @@ DOMAIN_SUFFIX = "svc.cluster.local"
 # The labels that make a pod an ingress gateway (Istio's default gateway selector); the
 # mesh labels its default gateway so, and describe and status look gateways up by them.
 INGRESS_GATEWAY_SELECTOR: Mapping[str, str] = {"istio": "ingressgateway"}
+# The node proxy (kube-proxy's place, with Istio's sidecar-outbound routing): the pod that
+# serves cluster IPs, node ports and load-balancer addresses for the whole node.
+NODE_PROXY_NAMESPACE = "kube-system"
+NODE_PROXY_NAME = "tcpmesh-node-proxy"
+NODE_PROXY_LABELS: Mapping[str, str] = {
+    "app": NODE_PROXY_NAME,
+    "tcpmesh.io/component": "node-proxy",
+}
+
+
+class ProxyKind(StrEnum):
+    """What a proxy serves, so the builder knows which table to make (Istio's NodeType).
+
+    ``ROUTER``: a gateway, its Gateway servers' ports. ``NODE``: the node proxy, every
+    Service's cluster IP, node ports and load-balancer addresses, routed as Istio routes a
+    sidecar's outbound traffic (``control.outbound``)."""
+
+    ROUTER = "router"
+    NODE = "node"
 
 
 @dataclass(frozen=True)
@@ -29,6 +49,15 @@ class ProxyNode:
 
     def label_dict(self) -> dict[str, str]:
         return dict(self.labels)
+
+    @property
+    def kind(self) -> ProxyKind:
+        """The node proxy is the pod with its labels in its namespace; any other is a router."""
+        if self.namespace == NODE_PROXY_NAMESPACE and labels_match(
+            NODE_PROXY_LABELS, self.label_dict()
+        ):
+            return ProxyKind.NODE
+        return ProxyKind.ROUTER
 
     @classmethod
     def from_pod(cls, pod: models.Pod, address: str | None = None) -> ProxyNode:

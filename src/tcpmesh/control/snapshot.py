@@ -176,10 +176,16 @@ class L4Match:
     An empty tuple matches every destination address. ``server_names`` are the SNI names
     (lowercase; exact, or ``*.suffix`` for any name under the suffix) of Envoy's
     ``filter_chain_match.server_names``: empty matches every connection, TLS or not.
+    ``source_prefixes`` are Envoy's ``source_prefix_ranges`` (CIDRs of the client's
+    address; empty matches every client): how a node proxy shared by many pods tells
+    them apart, since every pod connects from its own address (``control.outbound``).
+    A connection takes the route Envoy's filter-chain match would pick: the most
+    specific destination subnet, then server name, then source prefix.
     """
 
     destination_subnets: tuple[str, ...] = ()
     server_names: tuple[str, ...] = ()
+    source_prefixes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -358,6 +364,14 @@ def _ip_ok(address: str) -> bool:
     return True
 
 
+def _cidr_ok(cidr: str) -> bool:
+    try:
+        ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
 def _listener_problems(listeners: tuple[Listener, ...]) -> list[str]:
     """Names and address:port pairs are unique; every listener has a route."""
     problems: list[str] = []
@@ -410,11 +424,15 @@ def _route_problems(lst: Listener, clusters: dict[str, Cluster]) -> list[str]:
     A destination naming no cluster is deliberate (its share closes with NC); it still
     says which service, subset and port it was meant for."""
     problems: list[str] = []
-    matchers: dict[tuple[frozenset[str], frozenset[str]], int] = {}
+    matchers: dict[tuple[frozenset[str], frozenset[str], frozenset[str]], int] = {}
     for index, route in enumerate(lst.routes):
         where = f"listener {lst.name} route {index} ({route.origin})"
         # Envoy rejects a listener whose filter chains share a matcher; so must we.
-        matcher = (frozenset(route.match.destination_subnets), frozenset(route.match.server_names))
+        matcher = (
+            frozenset(route.match.destination_subnets),
+            frozenset(route.match.server_names),
+            frozenset(route.match.source_prefixes),
+        )
         if matcher in matchers:
             problems.append(f"{where} has the same match as route {matchers[matcher]}")
         matchers.setdefault(matcher, index)
@@ -422,6 +440,11 @@ def _route_problems(lst: Listener, clusters: dict[str, Cluster]) -> list[str]:
             f"{where} has server name {name!r}, not a lowercase (wildcard) DNS name"
             for name in route.match.server_names
             if not _server_name_ok(name)
+        ]
+        problems += [
+            f"{where} has subnet {cidr!r}, not a CIDR"
+            for cidr in (*route.match.destination_subnets, *route.match.source_prefixes)
+            if not _cidr_ok(cidr)
         ]
         if route.tls is not None and not (route.tls.certificate_chain and route.tls.private_key):
             problems.append(f"{where} terminates TLS without a certificate and key")
@@ -454,6 +477,7 @@ def _listener_from_dict(d: dict[str, Any]) -> Listener:
             match=L4Match(
                 destination_subnets=tuple(r["match"]["destination_subnets"]),
                 server_names=tuple(r["match"].get("server_names", ())),
+                source_prefixes=tuple(r["match"].get("source_prefixes", ())),
             ),
             idle_timeout=r["idle_timeout"],
             max_connection_duration=r["max_connection_duration"],

@@ -73,10 +73,13 @@ class _ListenerPlan:
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
         routes = listener.routes
-        # The usual gateway listener: one route that matches every destination, so no
-        # per-connection address match is needed.
+        # The usual gateway listener: one route that matches every destination and
+        # client, so no per-connection address match is needed.
+        only = routes[0].match if len(routes) == 1 else None
         self.only_route = (
-            routes[0] if len(routes) == 1 and not routes[0].match.destination_subnets else None
+            routes[0]
+            if only is not None and not only.destination_subnets and not only.source_prefixes
+            else None
         )
 
 
@@ -339,8 +342,8 @@ class Proxy:
         plan = self._state.listeners.get(key)
         if plan is None or peek.outcome in (Outcome.NEED_MORE, Outcome.TOO_LARGE):
             return None, None  # Envoy's inspector closes these before any filter chain
-        local = conn.getsockname()
-        route = match_route(plan.listener, local[0], peek.server_name)
+        local, peer = conn.getsockname(), conn.getpeername()
+        route = match_route(plan.listener, local[0], peek.server_name, peer[0])
         if route is None or route.tls is None:
             return route, None
         context = self.tls_contexts.get(route.tls)
@@ -509,14 +512,16 @@ class _Connection(Relay):
         peer = self._peer = transport.get_extra_info("peername")
         plan = state.listeners.get(self._key)
         route: TcpRoute | None
+        peer_ip = peer[0] if isinstance(peer, tuple) else None
         if self._chosen is not None:
             route = self._chosen[0]
-        elif plan is not None and plan.only_route is not None:
+        elif plan is None:
+            route = None
+        elif plan.only_route is not None:
             route = plan.only_route
         else:
             local_ip = local[0] if isinstance(local, tuple) else ""
-            route = match_route(plan.listener, local_ip) if plan is not None else None
-        peer_ip = peer[0] if isinstance(peer, tuple) else None
+            route = match_route(plan.listener, local_ip, None, peer_ip)
         decision = decide(state.snapshot, route, peer_ip, proxy.balancer, proxy.pick)
         self._decision = decision
         dest = self._dest = proxy.stats.destination(

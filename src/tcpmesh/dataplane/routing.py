@@ -39,39 +39,54 @@ def _address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def route_matches(route: TcpRoute, local_ip: str) -> bool:
-    subnets = route.match.destination_subnets
+def prefix_rank(subnets: tuple[str, ...], ip: str | None) -> int:
+    """How specifically ``subnets`` contain ``ip``: -1 not at all, 0 for no subnets (they
+    match every address), else 1 + the longest matching prefix length."""
     if not subnets:
-        return True
-    addr = _address(local_ip)
+        return 0
+    addr = _address(ip) if ip else None
     if addr is None:
-        return False
+        return -1
+    best = -1
     for cidr in subnets:
         net = _network(cidr)
         if addr.version == net.version and addr in net:
-            return True
-    return False
+            best = max(best, net.prefixlen + 1)
+    return best
+
+
+def route_matches(route: TcpRoute, local_ip: str) -> bool:
+    return prefix_rank(route.match.destination_subnets, local_ip) >= 0
 
 
 def match_route(
-    listener: Listener, local_ip: str, server_name: str | None = None
+    listener: Listener,
+    local_ip: str,
+    server_name: str | None = None,
+    source_ip: str | None = None,
 ) -> TcpRoute | None:
     """The route whose match fits the connection, chosen as Envoy chooses a filter chain.
 
-    Among the routes that fit the address the client connected to, the SNI decides as in
-    Envoy's ``server_names`` match: an exact name beats the longest matching ``*.suffix``,
-    which beats a route without server names; without SNI only the latter can match.
-    Ties keep the listener's order (the control plane allows no duplicate matchers).
+    Envoy narrows level by level and never backtracks: the routes whose destination
+    subnets fit the address the client connected to, most specific first; among them
+    the SNI (an exact name beats the longest matching ``*.suffix``, which beats a route
+    without server names; without SNI only the latter can match); among those the
+    client's address, the most specific source prefix. Ties keep the listener's order
+    (the control plane allows no duplicate matchers).
     """
-    best: TcpRoute | None = None
-    best_rank = -1
-    for route in listener.routes:
-        if not route_matches(route, local_ip):
-            continue
-        rank = server_name_rank(route.match.server_names, server_name)
-        if rank > best_rank:
-            best, best_rank = route, rank
-    return best
+    candidates: list[TcpRoute] = list(listener.routes)
+    levels: tuple[Callable[[TcpRoute], int], ...] = (
+        lambda r: prefix_rank(r.match.destination_subnets, local_ip),
+        lambda r: server_name_rank(r.match.server_names, server_name),
+        lambda r: prefix_rank(r.match.source_prefixes, source_ip),
+    )
+    for rank in levels:
+        scored = [(rank(r), r) for r in candidates]
+        best = max((score for score, _ in scored), default=-1)
+        if best < 0:
+            return None
+        candidates = [r for score, r in scored if score == best]
+    return candidates[0]
 
 
 def server_name_rank(names: tuple[str, ...], server_name: str | None) -> int:

@@ -34,13 +34,18 @@ def destination_text(
     return f"WeightedClusters: {shares}; pick {pick}"
 
 
-def match_text(subnets: list[str], server_names: list[str] | None = None) -> str:
-    """istioctl's MATCH column: ``Addr: ...``, ``SNI: ...`` (joined by ``; ``) or ``ALL``."""
+def match_text(
+    subnets: list[str], server_names: list[str] | None = None, sources: list[str] | None = None
+) -> str:
+    """istioctl's MATCH column: ``Addr: ...``, ``SNI: ...`` (joined by ``; ``) or ``ALL``;
+    a node proxy's routes by client address add ``Src: ...``."""
     parts = []
     if subnets:
         parts.append(f"Addr: {','.join(subnets)}")
     if server_names:
         parts.append(f"SNI: {','.join(server_names)}")
+    if sources:
+        parts.append(f"Src: {','.join(sources)}")
     return "; ".join(parts) or "ALL"
 
 
@@ -77,7 +82,9 @@ def snapshot_listeners(snapshot: Snapshot) -> Table:
                     listener.address,
                     str(listener.port),
                     match_text(
-                        list(route.match.destination_subnets), list(route.match.server_names)
+                        list(route.match.destination_subnets),
+                        list(route.match.server_names),
+                        list(route.match.source_prefixes),
                     ),
                     destination_text(
                         single, [(d.cluster_name, d.weight) for d in dests], route.weighted_pick
@@ -160,6 +167,10 @@ def envoy_listeners(config_dump: dict[str, Any]) -> Table:
                 for r in chain_match.get("prefix_ranges", [])
             ]
             server_names = [str(n) for n in chain_match.get("server_names", [])]
+            sources = [
+                f"{r['address_prefix']}/{r.get('prefix_len', 32)}"
+                for r in chain_match.get("source_prefix_ranges", [])
+            ]
             proxy = next(
                 (
                     f["typed_config"]
@@ -181,7 +192,7 @@ def envoy_listeners(config_dump: dict[str, Any]) -> Table:
                 [
                     str(socket.get("address", "")),
                     str(socket.get("port_value", "")),
-                    match_text(subnets, server_names),
+                    match_text(subnets, server_names, sources),
                     destination,
                 ]
             )

@@ -252,6 +252,8 @@ def listener_resource(listener: Listener) -> Resource:
             match["prefix_ranges"] = [_cidr(s) for s in route.match.destination_subnets]
         if route.match.server_names:
             match["server_names"] = list(route.match.server_names)
+        if route.match.source_prefixes:
+            match["source_prefix_ranges"] = [_cidr(s) for s in route.match.source_prefixes]
         if match:
             chain["filter_chain_match"] = match
         if route.tls is not None:

@@ -1,0 +1,333 @@
+"""The node proxy's table: every Service's cluster IP, node ports and load-balancer
+addresses, with Istio's sidecar-outbound TCP routing on the cluster IPs.
+
+References (istio/istio): pilot/pkg/networking/core/listener.go (one outbound listener
+per Service port on its VIP, ``<vip>_<port>``), tls.go (buildSidecarOutboundTCPFilterChainOpts,
+matchTCP, getConfigsForHost), networkfilter.go (buildOutboundNetworkFiltersWithSingleDestination),
+model/push_context.go (VirtualServicesForGateway with the ``mesh`` gateway).
+
+Istio builds a table per sidecar: the sidecar knows its own labels and namespace, so a
+``sourceLabels`` or ``sourceNamespace`` match is decided while building. One node proxy
+serves every pod of the node, and tells them apart by the address they connect from
+(every pod has its own). So the builder makes Istio's per-sidecar decision once per
+*source class* (the pods of one namespace with one label set, and the processes outside
+any workload: no labels, no namespace, so ``sourceLabels`` and ``sourceNamespace`` never
+match them), and gives every class whose outcome differs from the outsiders' a route
+matched by its pods' addresses (Envoy's ``source_prefix_ranges``). The outsiders' route
+matches every client and comes last. Both data planes then pick what the pod's own
+sidecar would have picked.
+
+A listener binds one cluster IP, so a ``destinationSubnets`` match is decided here too:
+among the filter chains Istio would make, the one Envoy would select for that address
+(the most specific subnet containing it; a chain without subnets matches any).
+
+Node ports and load-balancer addresses are kube-proxy's: the Service port's endpoints
+(with its DestinationRule's traffic policy, which the cluster carries), never routed by a
+VirtualService, as in Istio, where traffic entering through them is no sidecar's
+outbound traffic. A gateway's LoadBalancer Service is served by the gateway pods on the
+node's address, so the node proxy leaves it alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from tcpmesh.api import hosts_overlap, models
+from tcpmesh.control.policy import idle_timeout, optional_duration, route_policy
+from tcpmesh.control.resources import (
+    INGRESS_GATEWAY_SELECTOR,
+    MeshResources,
+    ProxyNode,
+    creation_order_key,
+    labels_match,
+    resolve_gateway_name,
+    resolve_host,
+    service_fqdn,
+)
+from tcpmesh.control.routes import tcp_route, virtual_services_for_gateway
+from tcpmesh.control.snapshot import (
+    Cluster,
+    L4Match,
+    Listener,
+    RouteOrigin,
+    Snapshot,
+    TcpRoute,
+    WeightedCluster,
+    cluster_name,
+)
+
+# Istio's name for the sidecars' implicit gateway (constants.IstioMeshGateway).
+MESH_GATEWAY = "mesh"
+
+
+@dataclass(frozen=True)
+class SourceClass:
+    """Clients the routing cannot tell apart: one namespace, one label set.
+
+    ``OUTSIDE`` (namespace "") stands for every process that is not a pod, and for
+    host-network pods, which connect from the node's address."""
+
+    namespace: str
+    labels: tuple[tuple[str, str], ...]
+    addresses: tuple[str, ...] = ()
+
+    def label_dict(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+OUTSIDE = SourceClass("", ())
+
+
+def outbound_snapshot(
+    resources: MeshResources, node: ProxyNode, clusters: tuple[Cluster, ...]
+) -> Snapshot:
+    classes = source_classes(resources, node)
+    listeners = itertools.chain(
+        cluster_ip_listeners(resources, classes),
+        node_port_listeners(resources, node),
+        load_balancer_listeners(resources),
+    )
+    return Snapshot.build(tuple(_first_per_address(listeners)), clusters).check()
+
+
+def _first_per_address(listeners: Iterable[Listener]) -> Iterator[Listener]:
+    """One listener per address:port, the first (the ranges keep them apart; this only
+    guards against a Service stored with a colliding address before that rule)."""
+    bound: set[tuple[str, int]] = set()
+    for listener in listeners:
+        if (listener.address, listener.port) not in bound:
+            bound.add((listener.address, listener.port))
+            yield listener
+
+
+def source_classes(resources: MeshResources, node: ProxyNode) -> tuple[SourceClass, ...]:
+    """The pods' source classes, by their pod IPs (host-network pods are outsiders)."""
+    grouped: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = {}
+    for pod in resources.pods:
+        ip = str((pod.status or {}).get("podIP") or "")
+        if not ip or pod.spec.host_network or ip == node.address:
+            continue
+        key = (pod.namespace, tuple(sorted(pod.metadata.labels.items())))
+        grouped.setdefault(key, []).append(ip)
+    return tuple(
+        SourceClass(namespace, labels, tuple(sorted(set(ips), key=ipaddress.ip_address)))
+        for (namespace, labels), ips in sorted(grouped.items())
+    )
+
+
+def service_cluster_ip(service: models.Service) -> str | None:
+    """The Service's virtual IP; None for headless and ExternalName Services."""
+    ip = service.spec.cluster_ip
+    if service.spec.type == "ExternalName" or not ip or ip == "None":
+        return None
+    return ip
+
+
+def _tcp_ports(service: models.Service) -> Iterator[tuple[int, models.ServicePort]]:
+    for index, port in enumerate(service.spec.ports):
+        if port.protocol == "TCP":
+            yield index, port
+
+
+def cluster_ip_listeners(
+    resources: MeshResources, classes: Sequence[SourceClass]
+) -> Iterator[Listener]:
+    for service in sorted(resources.services, key=creation_order_key):
+        address = service_cluster_ip(service)
+        if address is None:
+            continue
+        for index, port in _tcp_ports(service):
+            routes = mesh_routes(resources, service, index, address, classes)
+            yield Listener(f"{address}_{port.port}", address, port.port, routes)
+
+
+def mesh_routes(
+    resources: MeshResources,
+    service: models.Service,
+    index: int,
+    address: str,
+    classes: Sequence[SourceClass],
+) -> tuple[TcpRoute, ...]:
+    """The listener's routes: per client address where a class fares unlike outsiders."""
+    outside = sidecar_route(resources, service, index, address, OUTSIDE)
+    by_route: dict[TcpRoute, list[str]] = {}
+    for source in classes:
+        route = sidecar_route(resources, service, index, address, source)
+        if route != outside:
+            by_route.setdefault(route, []).extend(source.addresses)
+    sourced = (
+        dataclasses.replace(route, match=L4Match(source_prefixes=_prefixes(addresses)))
+        for route, addresses in by_route.items()
+    )
+    return (*sourced, outside)
+
+
+def _prefixes(addresses: Iterable[str]) -> tuple[str, ...]:
+    return tuple(f"{a}/32" for a in sorted(set(addresses), key=ipaddress.ip_address))
+
+
+def sidecar_route(
+    resources: MeshResources,
+    service: models.Service,
+    index: int,
+    address: str,
+    source: SourceClass,
+) -> TcpRoute:
+    """The route a sidecar of ``source`` would give a connection to ``address``."""
+    chains = sidecar_tcp_chains(resources, service, index, source)
+    return max(chains, key=lambda chain: _subnet_rank(chain[0], address))[1]
+
+
+def _subnet_rank(subnets: tuple[str, ...], address: str) -> int:
+    """Envoy's destination match: -1 outside, 0 no subnets, 1 + the longest prefix."""
+    if not subnets:
+        return 0
+    ip = ipaddress.ip_address(address)
+    ranks = [
+        net.prefixlen + 1
+        for net in (ipaddress.ip_network(s, strict=False) for s in subnets)
+        if net.version == ip.version and ip in net
+    ]
+    return max(ranks, default=-1)
+
+
+Chain = tuple[tuple[str, ...], TcpRoute]
+
+
+def sidecar_tcp_chains(
+    resources: MeshResources, service: models.Service, index: int, source: SourceClass
+) -> list[Chain]:
+    """buildSidecarOutboundTCPFilterChainOpts for one sidecar: (destination subnets,
+    route) in Istio's order, ending at the first rule or match without subnets, or with
+    the Service's own route when no such rule fits."""
+    port = service.spec.ports[index].port
+    chains: list[Chain] = []
+    for vs in mesh_virtual_services(resources, service, source):
+        for rule_index, rule in enumerate(vs.spec.tcp):
+            if not rule.route:
+                continue
+            subnets: list[str] = []
+            for match in rule.match or [None]:
+                if not _match_tcp(match, vs.namespace, source, port):
+                    continue
+                if match is None or not match.destination_subnets:
+                    chains.append(((), tcp_route(resources, vs, rule_index, rule, port)))
+                    return chains
+                subnets.extend(match.destination_subnets)
+            if subnets:
+                chains.append((tuple(subnets), tcp_route(resources, vs, rule_index, rule, port)))
+    chains.append(((), service_route(resources, service, index)))
+    return chains
+
+
+def mesh_virtual_services(
+    resources: MeshResources, service: models.Service, source: SourceClass
+) -> list[models.VirtualService]:
+    """getConfigsForHost over the ``mesh`` VirtualServices a sidecar of ``source`` sees
+    (exportTo from its namespace; outsiders see the public ones only)."""
+    fqdn = service_fqdn(service.name, service.namespace)
+    sidecar = ProxyNode(source.namespace, "", source.labels, "")
+    return [
+        vs
+        for vs in virtual_services_for_gateway(resources, sidecar, MESH_GATEWAY)
+        if any(hosts_overlap(resolve_host(h, vs.namespace), fqdn) for h in vs.spec.hosts)
+    ]
+
+
+def _match_tcp(
+    match: models.L4MatchAttributes | None, namespace: str, source: SourceClass, port: int
+) -> bool:
+    """matchTCP: gateways, source labels, port and source namespace, for one sidecar."""
+    if match is None:
+        return True
+    gateways = {resolve_gateway_name(g, namespace) for g in match.gateways}
+    return (
+        (not gateways or MESH_GATEWAY in gateways)
+        # An outsider has no labels, so a non-empty sourceLabels never fits it.
+        and labels_match(match.source_labels, source.label_dict())
+        and match.port in (0, port)
+        and (not match.source_namespace or match.source_namespace == source.namespace)
+    )
+
+
+def service_route(resources: MeshResources, service: models.Service, index: int) -> TcpRoute:
+    """buildOutboundNetworkFiltersWithSingleDestination: all of it to the Service port's
+    cluster, with the route-level settings of its DestinationRule."""
+    fqdn = service_fqdn(service.name, service.namespace)
+    port = service.spec.ports[index].port
+    name = cluster_name(port, "", fqdn)
+    destination = models.Destination(host=fqdn)
+    tcp, hash_by_source_ip = route_policy(resources, destination, service.namespace)
+    return TcpRoute(
+        destinations=(WeightedCluster(name, 100, fqdn, "", port),),
+        origin=RouteOrigin("Service", service.namespace, service.name, index, "ports"),
+        stat_prefix=name,
+        idle_timeout=idle_timeout(tcp),
+        max_connection_duration=optional_duration(tcp.max_connection_duration if tcp else None),
+        hash_policy="source_ip" if hash_by_source_ip else None,
+    )
+
+
+def node_port_listeners(resources: MeshResources, node: ProxyNode) -> Iterator[Listener]:
+    """``--address:nodePort`` for every TCP node port (NodePort and LoadBalancer Services)."""
+    for service in sorted(resources.services, key=creation_order_key):
+        if service.spec.type not in ("NodePort", "LoadBalancer"):
+            continue
+        for index, port in _tcp_ports(service):
+            if port.node_port:
+                route = service_route(resources, service, index)
+                name = f"{node.address}_{port.node_port}"
+                yield Listener(name, node.address, port.node_port, (route,))
+
+
+def load_balancer_frontend(service: models.Service) -> tuple[str, frozenset[int] | None] | None:
+    """``status.loadBalancer.ingress[0]``: the address, and the ports the Service holds
+    there (None: all; a port listed with an ``error`` is another Service's)."""
+    ingress = ((service.status or {}).get("loadBalancer") or {}).get("ingress") or []
+    first = ingress[0] if ingress and isinstance(ingress[0], Mapping) else {}
+    address = first.get("ip")
+    if not address:
+        return None
+    ports = first.get("ports")
+    if not isinstance(ports, list):
+        return str(address), None
+    held = {int(p["port"]) for p in ports if isinstance(p, Mapping) and "error" not in p}
+    return str(address), frozenset(held)
+
+
+def load_balancer_listeners(resources: MeshResources) -> Iterator[Listener]:
+    """The load-balancer address:port of every LoadBalancer Service but the gateways'."""
+    for service in sorted(resources.services, key=creation_order_key):
+        frontend = load_balancer_frontend(service)
+        if service.spec.type != "LoadBalancer" or frontend is None:
+            continue
+        if serves_itself(resources, service):
+            continue
+        address, held = frontend
+        for index, port in _tcp_ports(service):
+            if held is None or port.port in held:
+                route = service_route(resources, service, index)
+                yield Listener(f"{address}_{port.port}", address, port.port, (route,))
+
+
+def serves_itself(resources: MeshResources, service: models.Service) -> bool:
+    """Whether the Service's own pods listen on its load-balancer address: a gateway's
+    Service (its selector covers a Gateway's or the ingress gateway's), or one that selects
+    host-network pods. Decided by labels, not by which pods run now, so the node proxy
+    never binds such a port while the gateway starts."""
+    selector = service.spec.selector or {}
+    if not selector:
+        return False
+    gateway_selectors = [INGRESS_GATEWAY_SELECTOR, *(g.spec.selector for g in resources.gateways)]
+    if any(s and labels_match(s, selector) for s in gateway_selectors):
+        return True
+    return any(
+        p.spec.host_network
+        and p.namespace == service.namespace
+        and labels_match(selector, p.metadata.labels)
+        for p in resources.pods
+    )
