@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from tcpmesh.api import VERSION_AFFINITY_ANNOTATION, validate_object
+from tcpmesh.api import (
+    REBALANCE_ANNOTATION,
+    REBALANCE_REQUEST_ANNOTATION,
+    VERSION_AFFINITY_ANNOTATION,
+    rebalance_settings,
+    validate_object,
+)
 from tcpmesh.apiserver import create_app, mount
 from tcpmesh.apiserver.credentials import (
     client_ssl_context,
@@ -371,17 +377,26 @@ def _validate(objects: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
 
 def _envoy_warnings(objects: list[dict[str, Any]]) -> list[str]:
     """What this mesh's Envoy data plane will not do of what the objects ask (once each)."""
-    from tcpmesh.xds import ENVOY_NO_VERSION_AFFINITY
+    from tcpmesh.xds import ENVOY_NO_REBALANCE, ENVOY_NO_VERSION_AFFINITY
 
     warnings = []
     for obj in objects:
+        if obj.get("kind") != "VirtualService":
+            continue
         annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        name = obj["metadata"].get("name")
         value = annotations.get(VERSION_AFFINITY_ANNOTATION)
-        if obj.get("kind") == "VirtualService" and value:
-            name = obj["metadata"].get("name")
+        if value:
             warnings.append(
                 f'VirtualService "{name}": metadata.annotations[{VERSION_AFFINITY_ANNOTATION}]: '
                 f"{value} {ENVOY_NO_VERSION_AFFINITY}; the routes split at random"
+            )
+        asked = rebalance_settings(annotations)
+        if asked is not None:
+            field = REBALANCE_REQUEST_ANNOTATION if asked.request else REBALANCE_ANNOTATION
+            warnings.append(
+                f'VirtualService "{name}": metadata.annotations[{field}]: rebalancing '
+                f"{ENVOY_NO_REBALANCE}; open connections stay where they are"
             )
     return warnings
 

@@ -36,6 +36,7 @@ SURFACES: dict[str, set[str]] = {
         "PortConflict",
         "ProxyKind",
         "ProxyNode",
+        "Rebalance",
         "ResponseFlag",
         "RouteOrigin",
         "ServerPort",
@@ -78,6 +79,7 @@ SURFACES: dict[str, set[str]] = {
         "pick_weighted",
     },
     "tcpmesh.xds": {
+        "ENVOY_NO_REBALANCE",
         "ENVOY_NO_VERSION_AFFINITY",
         "ENVOY_WEIGHTED_PICK",
         "EnvoyConfig",

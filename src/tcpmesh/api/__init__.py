@@ -17,6 +17,18 @@ from tcpmesh.api.limits import (
 from tcpmesh.api.names import hosts_overlap, is_ip
 from tcpmesh.api.objects import from_dict, pod_ready, to_dict, validate_object
 from tcpmesh.api.parse import load_documents, load_documents_with_warnings, load_yaml_body
+from tcpmesh.api.rebalance import (
+    REBALANCE_ANNOTATION,
+    REBALANCE_MAX_SHARE_ANNOTATION,
+    REBALANCE_OVER_ANNOTATION,
+    REBALANCE_REQUEST_ANNOTATION,
+    RebalanceSettings,
+    new_request_id,
+    parse_over,
+    parse_share,
+    rebalance_settings,
+    with_request,
+)
 from tcpmesh.api.rollouts import Rollout
 from tcpmesh.api.tls import (
     CA_CERT_KEY,
@@ -36,6 +48,10 @@ __all__ = [
     "CA_CERT_KEY",
     "MAX_DOCUMENT_BYTES",
     "MAX_INPUT_BYTES",
+    "REBALANCE_ANNOTATION",
+    "REBALANCE_MAX_SHARE_ANNOTATION",
+    "REBALANCE_OVER_ANNOTATION",
+    "REBALANCE_REQUEST_ANNOTATION",
     "TLS_CERT_KEY",
     "TLS_PRIVATE_KEY_KEY",
     "VERSION_AFFINITIES",
@@ -44,6 +60,7 @@ __all__ = [
     "WEIGHTED_PICK_ANNOTATION",
     "InvalidInput",
     "LimitExceeded",
+    "RebalanceSettings",
     "Rollout",
     "from_dict",
     "hosts_overlap",
@@ -53,12 +70,17 @@ __all__ = [
     "load_documents_with_warnings",
     "load_json_body",
     "load_yaml_body",
+    "new_request_id",
     "parse_duration",
+    "parse_over",
+    "parse_share",
     "pod_ready",
+    "rebalance_settings",
     "secret_bytes",
     "selector_matches",
     "size_problem",
     "stored_selector_matches",
     "to_dict",
     "validate_object",
+    "with_request",
 ]

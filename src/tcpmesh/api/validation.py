@@ -24,6 +24,7 @@ from tcpmesh.api.durations import parse_duration_ns
 from tcpmesh.api.findings import Finding, error, warning
 from tcpmesh.api.labels import selector_matches
 from tcpmesh.api.names import quote
+from tcpmesh.api.rebalance import rebalance_problems
 from tcpmesh.api.rollouts import Analysis, Rollout, RouteSelector, Step, rollout_problems
 
 MESH_GATEWAY = "mesh"
@@ -60,6 +61,7 @@ def validate(resource: models.Resource) -> list[Finding]:
         findings += _virtual_service(resource.spec)
         findings += _export_to(resource.namespace, resource.spec.export_to, service_entry=False)
         findings += _weighted_pick(resource)
+        findings += rebalance_problems(resource.metadata.annotations)
     elif isinstance(resource, models.DestinationRule):
         findings += _destination_rule(resource.namespace, resource.spec)
     elif isinstance(resource, models.Gateway):

@@ -689,6 +689,37 @@ for _action in _ROLLOUT_HELP:
 
 
 @cli.command()
+@click.argument("target", metavar="vs/NAME")
+@namespace_option
+@click.option(
+    "--over",
+    metavar="DURATION",
+    default=None,
+    help="Spread the closes over this long, with jitter [default: the VirtualService's, or 30s].",
+)
+@click.option(
+    "--max-share",
+    metavar="P",
+    default=None,
+    help="Close at most this share of the open connections, e.g. 25% [default: 100%].",
+)
+@pass_context
+@friendly_errors
+def rebalance(
+    ctx: Context, target: str, namespace: str | None, over: str | None, max_share: str | None
+) -> None:
+    """Move the fewest open connections needed to bring each version to its weight."""
+    from tcpmesh.cli import rebalance as rebalance_cli
+
+    try:
+        name = rebalance_cli.vs_name(target)
+        rebalance_cli.check_settings(over, max_share)
+    except rebalance_cli.RebalanceError as exc:
+        fail(str(exc))
+    click.echo(rebalance_cli.request(ctx.client(), ctx.ns(namespace), name, over, max_share))
+
+
+@cli.command()
 @click.argument("target", metavar="[vs/NAME]", required=False)
 @namespace_option
 @click.option("--once", is_flag=True, help="Print one reading over --window and exit.")

@@ -8,12 +8,15 @@ networking/core/gateway.go (buildGatewayNetworkFiltersFromTCPRoutes), networkfil
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from collections.abc import Sequence
 
 from tcpmesh.api import (
     VERSION_AFFINITY_ANNOTATION,
     WEIGHTED_PICK_ANNOTATION,
     hosts_overlap,
     models,
+    rebalance_settings,
 )
 from tcpmesh.control.policy import (
     idle_timeout,
@@ -31,6 +34,7 @@ from tcpmesh.control.resources import (
 from tcpmesh.control.serviceentries import service_entry_ports
 from tcpmesh.control.snapshot import (
     L4Match,
+    Rebalance,
     RouteOrigin,
     TcpRoute,
     VersionAffinity,
@@ -146,6 +150,7 @@ def tcp_route(
         hash_policy="source_ip" if hash_by_source_ip else None,
         weighted_pick=_weighted_pick(vs),
         version_affinity=_version_affinity(vs),
+        rebalance=_rebalance(vs, destinations),
     )
 
 
@@ -164,6 +169,25 @@ def _version_affinity(vs: models.VirtualService) -> VersionAffinity:
         return VersionAffinity(vs.metadata.annotations.get(VERSION_AFFINITY_ANNOTATION, "none"))
     except ValueError:
         return VersionAffinity.NONE
+
+
+def _rebalance(
+    vs: models.VirtualService, destinations: Sequence[WeightedCluster]
+) -> Rebalance | None:
+    """The route's rebalance request (``api.rebalance_settings``).
+
+    With ``on-weight-change`` the request id also carries a digest of the route's
+    weights, so every weight change is a new request that data planes act on once,
+    while a rebuild for any other reason (an endpoint came up) leaves the id as it was.
+    """
+    settings = rebalance_settings(vs.metadata.annotations)
+    if settings is None:
+        return None
+    parts = [settings.request] if settings.request else []
+    if settings.on_weight_change:
+        weights = ",".join(f"{d.cluster_name}={d.weight}" for d in destinations)
+        parts.append("w" + hashlib.sha256(weights.encode()).hexdigest()[:12])
+    return Rebalance("+".join(parts), settings.over, settings.max_share)
 
 
 def destination_for(

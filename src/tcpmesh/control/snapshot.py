@@ -170,6 +170,22 @@ class VersionAffinity(StrEnum):
 
 
 @dataclass(frozen=True)
+class Rebalance:
+    """Move a route's open connections toward its weights (opt-in; ``api.rebalance``).
+
+    The request is state, not a command: a data plane closes the fewest open
+    connections that bring each destination's share of the route's open connections to
+    its weight, once per new ``request`` (an id the user's request wrote, joined by the
+    digest of the weights when the route asks for it after every weight change), spread
+    over ``over`` seconds, never more than ``max_share`` of the route's open connections.
+    """
+
+    request: str
+    over: float
+    max_share: float
+
+
+@dataclass(frozen=True)
 class L4Match:
     """Match criteria decided per connection (everything else was decided at build time).
 
@@ -243,6 +259,7 @@ class TcpRoute:
     # Set: the gateway terminates TLS and the route relays the plaintext.
     tls: DownstreamTls | None = None
     version_affinity: VersionAffinity = VersionAffinity.NONE
+    rebalance: Rebalance | None = None
 
     @property
     def source(self) -> str:
@@ -418,6 +435,17 @@ def _cluster_problems(clusters: tuple[Cluster, ...]) -> list[str]:
     return problems
 
 
+def _rebalance_problems(where: str, rebalance: Rebalance | None) -> list[str]:
+    if rebalance is None:
+        return []
+    problems = [] if rebalance.request else [f"{where} has a rebalance without a request id"]
+    if rebalance.over < 0:
+        problems.append(f"{where} rebalances over a negative duration {rebalance.over}")
+    if not 0 < rebalance.max_share <= 1:
+        problems.append(f"{where} rebalances a share {rebalance.max_share} outside (0, 1]")
+    return problems
+
+
 def _route_problems(lst: Listener, clusters: dict[str, Cluster]) -> list[str]:
     """Destinations have positive weights and agree with the cluster they name, if any.
 
@@ -455,6 +483,7 @@ def _route_problems(lst: Listener, clusters: dict[str, Cluster]) -> list[str]:
         for limit in (route.idle_timeout, route.max_connection_duration):
             if limit is not None and limit < 0:
                 problems.append(f"{where} has a negative timeout {limit}")
+        problems += _rebalance_problems(where, route.rebalance)
         for d in route.destinations:
             if d.weight <= 0:
                 problems.append(f"{where}: {d.cluster_name} has weight {d.weight} <= 0")
@@ -485,6 +514,7 @@ def _listener_from_dict(d: dict[str, Any]) -> Listener:
             weighted_pick=WeightedPick(r["weighted_pick"]),
             tls=_tls_from_dict(r.get("tls")),
             version_affinity=VersionAffinity(r.get("version_affinity", VersionAffinity.NONE)),
+            rebalance=Rebalance(**r["rebalance"]) if r.get("rebalance") else None,
         )
         for r in d["routes"]
     )

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tcpmesh.api import from_dict
+from tcpmesh.api import from_dict, new_request_id, with_request
 from tcpmesh.api.rollouts import Rollout
 from tcpmesh.controllers import rolloutstatus as rs
 from tcpmesh.controllers.gates import Report, Sample, Tally, evaluate, tally
@@ -216,6 +216,10 @@ class RolloutController:
             new, _ = weighted(vs, rollout.spec, canary_weight)
         except RouteProblem:
             return
+        if new is not None and rollout.spec.rebalance:
+            # Asked for in the same write: the proxies move open connections to the new
+            # weights (an abort moves the canary's back to stable).
+            new = with_request(new, new_request_id(rollout.metadata.name))
         if new is not None:
             self._store.replace(
                 new, expected_resource_version=vs["metadata"].get("resourceVersion")

@@ -22,6 +22,11 @@ by a digest of ``address:port``. A cluster or endpoint that finds no free slot k
 its counters in the worker (logged once): the proxy still works, only that cluster's
 numbers are per worker again.
 
+After the cluster slots come ``RECORD_SLOTS`` records: small named byte strings (up to
+``RECORD_BYTES``) that workers read and replace whole under the record's lock, for
+rare proxy-wide decisions that need more than a counter (``dataplane.rebalance`` keeps
+a route's current rebalance plan in one). They are found by the same open addressing.
+
 ``LocalCounters`` has the same interface in plain Python objects, for a proxy that
 runs in one process (tests, ``--workers 1``).
 """
@@ -47,7 +52,10 @@ SHARED_STATE_ENV = "TCPMESH_SHARED_STATE_FD"
 CLUSTER_SLOTS = 512
 ENDPOINT_SLOTS = 128
 
-_MAGIC = b"tcpmeshC"
+RECORD_SLOTS = 64
+RECORD_BYTES = 4096 - 24
+
+_MAGIC = b"tcpmeshD"
 _HEADER = struct.Struct("<8sII")  # magic, cluster slots, endpoint slots
 _HEADER_SIZE = 64
 _DIGEST = 16
@@ -59,6 +67,10 @@ _CLUSTER_HEAD = 32
 _ENDPOINT = struct.Struct("<16siiixxxxd")
 _ENDPOINT_SIZE = 48
 _CLUSTER_SIZE = _CLUSTER_HEAD + ENDPOINT_SLOTS * _ENDPOINT_SIZE
+# A record slot: digest, length of the data that follows (padding to 24 bytes).
+_RECORD = struct.Struct("<16sIxxxx")
+_RECORD_SIZE = _RECORD.size + RECORD_BYTES
+_RECORDS_AT = _HEADER_SIZE + CLUSTER_SLOTS * _CLUSTER_SIZE
 _EMPTY = bytes(_DIGEST)
 
 EndpointKey = tuple[str, int]
@@ -84,8 +96,20 @@ class ClusterCounters(Protocol):
     def known_endpoint(self, key: EndpointKey) -> EndpointCounters | None: ...
 
 
+class SharedRecord(Protocol):
+    """A named byte string shared by the workers; read-modify-write it inside ``locked()``."""
+
+    def locked(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def load(self) -> bytes: ...
+
+    def store(self, data: bytes) -> None: ...
+
+
 class CounterStore(Protocol):
     def cluster(self, name: str) -> ClusterCounters: ...
+
+    def record(self, name: str) -> SharedRecord: ...
 
 
 # ---------------------------------------------------------------- one process
@@ -118,16 +142,43 @@ class _LocalCluster:
         return self.endpoints.get(key)
 
 
+@dataclass
+class _LocalRecord:
+    data: bytes = b""
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def load(self) -> bytes:
+        return self.data
+
+    def store(self, data: bytes) -> None:
+        _check_record(data)
+        self.data = bytes(data)
+
+
+def _check_record(data: bytes) -> None:
+    if len(data) > RECORD_BYTES:
+        raise ValueError(f"a shared record holds at most {RECORD_BYTES} bytes, not {len(data)}")
+
+
 class LocalCounters:
     """Counters of a proxy that is a single process."""
 
     def __init__(self) -> None:
         self._clusters: dict[str, _LocalCluster] = {}
+        self._records: dict[str, _LocalRecord] = {}
 
     def cluster(self, name: str) -> _LocalCluster:
         found = self._clusters.get(name)
         if found is None:
             found = self._clusters[name] = _LocalCluster()
+        return found
+
+    def record(self, name: str) -> _LocalRecord:
+        found = self._records.get(name)
+        if found is None:
+            found = self._records[name] = _LocalRecord()
         return found
 
 
@@ -257,6 +308,37 @@ class _SharedCluster:
         return None
 
 
+class _SharedRecord:
+    __slots__ = ("_buf", "_fd", "_index", "_offset")
+
+    def __init__(self, buf: mmap.mmap, fd: int, index: int) -> None:
+        self._buf = buf
+        self._fd = fd
+        self._index = index
+        self._offset = _RECORDS_AT + index * _RECORD_SIZE
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        # Bytes after the clusters' lock bytes stand for the records.
+        byte = 1 + CLUSTER_SLOTS + self._index
+        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, byte)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, byte)
+
+    def load(self) -> bytes:
+        _, length = _RECORD.unpack_from(self._buf, self._offset)
+        start = self._offset + _RECORD.size
+        return bytes(self._buf[start : start + min(length, RECORD_BYTES)])
+
+    def store(self, data: bytes) -> None:
+        _check_record(data)
+        start = self._offset + _RECORD.size
+        self._buf[start : start + len(data)] = data
+        struct.pack_into("<I", self._buf, self._offset + _DIGEST, len(data))
+
+
 class SharedCounters:
     """Counters in an unlinked file every worker maps through an inherited descriptor.
 
@@ -270,6 +352,7 @@ class SharedCounters:
         self.fd = fd
         self._buf = buf
         self._clusters: dict[str, ClusterCounters] = {}
+        self._records: dict[str, SharedRecord] = {}
         self._local = LocalCounters()
 
     @classmethod
@@ -277,7 +360,7 @@ class SharedCounters:
         """A new, zeroed table (sparse: untouched slots take no memory)."""
         fd, name = tempfile.mkstemp(prefix="tcpmesh-counters-", dir=directory or _shm())
         os.unlink(name)
-        size = _HEADER_SIZE + CLUSTER_SLOTS * _CLUSTER_SIZE
+        size = _RECORDS_AT + RECORD_SLOTS * _RECORD_SIZE
         os.ftruncate(fd, size)
         buf = mmap.mmap(fd, size)
         _HEADER.pack_into(buf, 0, _MAGIC, CLUSTER_SLOTS, ENDPOINT_SLOTS)
@@ -304,6 +387,35 @@ class SharedCounters:
                 found = _SharedCluster(self._buf, self.fd, index)
             self._clusters[name] = found
         return found
+
+    def record(self, name: str) -> SharedRecord:
+        found = self._records.get(name)
+        if found is None:
+            index = self._record_slot(_digest(name))
+            if index is None:
+                log.warning("shared counters: no record slot left for %s; per worker", name)
+                found = self._local.record(name)
+            else:
+                found = _SharedRecord(self._buf, self.fd, index)
+            self._records[name] = found
+        return found
+
+    def _record_slot(self, digest: bytes) -> int | None:
+        start = int.from_bytes(digest[:4], "little") % RECORD_SLOTS
+        fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, 0)
+        try:
+            for probe in range(RECORD_SLOTS):
+                index = (start + probe) % RECORD_SLOTS
+                offset = _RECORDS_AT + index * _RECORD_SIZE
+                stored = self._buf[offset : offset + _DIGEST]
+                if stored == digest:
+                    return index
+                if stored == _EMPTY:
+                    _RECORD.pack_into(self._buf, offset, digest, 0)
+                    return index
+            return None
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, 0)
 
     def _slot(self, digest: bytes) -> int | None:
         found = self._probe(digest, insert=False)
@@ -332,6 +444,7 @@ class SharedCounters:
 
     def close(self) -> None:
         self._clusters.clear()
+        self._records.clear()
         self._buf.close()
         os.close(self.fd)
 

@@ -48,9 +48,10 @@ from tcpmesh.dataplane.accesslog import AccessLogRecord, AccessLogSink, StreamAc
 from tcpmesh.dataplane.affinity import pick_by_address
 from tcpmesh.dataplane.balancer import LoadBalancer, SmoothWeighted, pick_weighted
 from tcpmesh.dataplane.clienthello import Outcome, Peek
-from tcpmesh.dataplane.counters import CounterStore
+from tcpmesh.dataplane.counters import CounterStore, LocalCounters
 from tcpmesh.dataplane.inspect import PEEK_TIMEOUT, TlsContexts, peek_client_hello
 from tcpmesh.dataplane.pump import DEFAULT_HIGH_WATER, DOWNSTREAM, UPSTREAM, Relay, Termination
+from tcpmesh.dataplane.rebalance import Rebalancer
 from tcpmesh.dataplane.routing import Decision, decide, match_route
 from tcpmesh.dataplane.stats import NO_FLAGS, ClusterStat, ProxyStats, TcpProxyStat
 from tcpmesh.telemetry import UNKNOWN, Destination
@@ -219,6 +220,7 @@ class Proxy:
     ) -> None:
         self.rng = rng if rng is not None else random.Random()
         self.balancer = LoadBalancer(self.rng, clock, counters)
+        self.rebalancer = Rebalancer(counters if counters is not None else LocalCounters())
         self.access_log: AccessLogSink = access_log if access_log is not None else StreamAccessLog()
         self.stats = stats if stats is not None else ProxyStats()
         self.high_water = high_water
@@ -269,6 +271,7 @@ class Proxy:
                 self._need_sweep(route)
         if self._sweep_handle is None:
             self._sweep_handle = loop.call_later(self._sweep_interval, self._sweep)
+        self.rebalancer.apply(snapshot)
 
     def _prepare_pickers(self, state: _State) -> None:
         pickers: dict[tuple[ListenerKey, tuple[WeightedCluster, ...]], SmoothWeighted] = {}
@@ -374,6 +377,7 @@ class Proxy:
             if not self._connections:
                 break
             await asyncio.sleep(0.025)
+        self.rebalancer.close()
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
@@ -542,6 +546,7 @@ class _Connection(Relay):
         # The sweep interval already suits the route: apply() sized it for every route
         # of the state this connection took its route from.
         proxy._connections.add(self)
+        proxy.rebalancer.opened(self, self._key, route, cluster.name)
         proxy.stats.relay_started(dest)
         self.connect(endpoint.address, endpoint.port, cluster.connect_timeout)
 
@@ -598,12 +603,14 @@ class _Connection(Relay):
         elif termination:
             flag = _TERMINATION_FLAGS.get(Termination(termination))
         route = self._decision.route
-        if termination and route is not None:
-            proxy.stats.event(route.stat_prefix, _TERMINATION_STATS[Termination(termination)])
+        stat = _TERMINATION_STATS.get(Termination(termination)) if termination else None
+        if stat is not None and route is not None:
+            proxy.stats.event(route.stat_prefix, stat)
         self.report_bytes(flag or NO_FLAGS)
         lived = self._loop.time() - self._start_mono if self._upstream_open else None
         proxy.stats.relay_ended(self._dest, lived)
         proxy._connections.discard(self)
+        proxy.rebalancer.closed(self)
         self._log(flag, self.termination)
 
     # -- timeouts (called by the proxy's sweep) -----------------------------------------
@@ -628,6 +635,15 @@ class _Connection(Relay):
             self.abort(Termination.IDLE_TIMEOUT)
 
     # -- bookkeeping ------------------------------------------------------------------
+
+    @property
+    def idle_since(self) -> float:
+        """When bytes last moved, as far as sweeps and rebalances looked (idle ones go first)."""
+        seen = self.bytes_from[DOWNSTREAM] + self.bytes_from[UPSTREAM]
+        if seen != self._activity_seen:
+            self._activity_seen = seen
+            self._activity_at = self._loop.time()
+        return self._activity_at
 
     @property
     def upstream_host(self) -> str:

@@ -91,6 +91,7 @@ class Termination(StrEnum):
 
     IDLE_TIMEOUT = "idle_timeout"
     MAX_CONNECTION_DURATION = "max_connection_duration"
+    REBALANCE = "rebalance"  # dataplane.rebalance moved it toward the route's weights
 
 
 _CONNECT_PENDING = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN)

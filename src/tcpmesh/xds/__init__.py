@@ -22,6 +22,7 @@ from tcpmesh.xds.envoyfiles import (
 )
 from tcpmesh.xds.proxyconfig import status_lines
 from tcpmesh.xds.translate import (
+    ENVOY_NO_REBALANCE,
     ENVOY_NO_VERSION_AFFINITY,
     ENVOY_WEIGHTED_PICK,
     EnvoyConfig,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from tcpmesh.xds.server import XdsServer
 
 __all__ = [
+    "ENVOY_NO_REBALANCE",
     "ENVOY_NO_VERSION_AFFINITY",
     "ENVOY_WEIGHTED_PICK",
     "INSTALL_HINT",

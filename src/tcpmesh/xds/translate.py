@@ -123,11 +123,24 @@ ENVOY_NO_VERSION_AFFINITY = (
 )
 
 
+# Envoy's tcp_proxy ends connections only on its own timers (idle timeout, max
+# connection duration: every connection alike); nothing closes a chosen few by version.
+ENVOY_NO_REBALANCE = (
+    "is not available on Envoy: its tcp_proxy can only recycle every connection "
+    "(max connection duration), not close the share that must move"
+)
+
+
 def envoy_differences(route: TcpRoute) -> list[str]:
     """Where Envoy, fed this route, behaves unlike the Snapshot says (stated once, here).
 
     ``describe`` and ``analyze`` show these lines, so a user sees why the two data
     planes split differently."""
+    moved = [f"rebalancing {ENVOY_NO_REBALANCE}"] if route.rebalance is not None else []
+    return moved + _envoy_pick_differences(route)
+
+
+def _envoy_pick_differences(route: TcpRoute) -> list[str]:
     if len(route.destinations) < 2:
         return []
     if route.version_affinity is not VersionAffinity.NONE:
