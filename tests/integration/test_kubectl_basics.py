@@ -219,3 +219,44 @@ def test_kubeconfig_without_a_running_mesh_is_one_clear_line(tmp_path: Path) -> 
             f"error: tcpmesh is not running (state directory {tmp_path / 'idle'}); "
             "start it with `tcpmesh up`"
         )
+
+
+TWO_GATEWAYS = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: same-name, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 31401, name: tcp, protocol: TCP}, hosts: ["*"]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: same-name, namespace: default}
+spec:
+  gatewayClassName: example
+  listeners: [{name: tcp, protocol: TCP, port: 9300}]
+"""
+
+
+def test_istio_and_gateway_api_gateways_are_resolved_apart(mesh: MeshHarness) -> None:
+    binary, config = current_kubectl(), kubeconfig_of(mesh)
+    kubectl(binary, config, "apply", "-f", "-", stdin=TWO_GATEWAYS)
+    try:
+        istio = kubectl(
+            binary, config, "get", "gateways.networking.istio.io", "same-name", "-o", "json"
+        )
+        k8s = kubectl(
+            binary, config, "get", "gateways.gateway.networking.k8s.io", "same-name", "-o", "json"
+        )
+        assert '"selector"' in istio.stdout and "gatewayClassName" not in istio.stdout
+        assert '"gatewayClassName": "example"' in k8s.stdout
+        short = kubectl(binary, config, "get", "gw", "same-name", "-o", "jsonpath={.apiVersion}")
+        assert short.stdout == "networking.istio.io/v1"
+        table = kubectl(binary, config, "get", "gtw").stdout.splitlines()
+        assert table[0].split() == ["NAME", "CLASS", "ADDRESS", "PROGRAMMED", "AGE"]
+        assert table[1].split()[:2] == ["same-name", "example"]
+        kubectl(binary, config, "delete", "gateways.gateway.networking.k8s.io", "same-name")
+        left = kubectl(binary, config, "get", "gateways.networking.istio.io", "-o", "name")
+        assert "gateway.networking.istio.io/same-name" in left.stdout
+    finally:
+        kubectl(binary, config, "delete", "-f", "-", "--ignore-not-found", stdin=TWO_GATEWAYS)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from tcpmesh.api import kinds, models, rollouts, validate_object
+from tcpmesh.api import gatewayapi, kinds, models, rollouts, validate_object
 from tcpmesh.api.validation import NUMERIC_FIELDS, IntType, numeric_ranges
 
 Obj = dict[str, Any]
@@ -178,6 +178,25 @@ def rollout(selector: Obj) -> Obj:
     }
 
 
+K8S_GATEWAY: Obj = {
+    "apiVersion": "gateway.networking.k8s.io/v1",
+    "kind": "Gateway",
+    "metadata": META,
+    "spec": {
+        "gatewayClassName": "tcpmesh",
+        "listeners": [{"name": "tcp", "port": 9000, "protocol": "TCP"}],
+    },
+}
+TCP_ROUTE: Obj = {
+    "apiVersion": "gateway.networking.k8s.io/v1",
+    "kind": "TCPRoute",
+    "metadata": META,
+    "spec": {
+        "parentRefs": [{"name": "gw", "port": 9000}],
+        "rules": [{"backendRefs": [{"name": "echo", "port": 9000, "weight": 1}]}],
+    },
+}
+
 ROLLOUT_BY_INDEX = rollout({"route": 0})
 ROLLOUT_BY_PORT = rollout({"port": 80})
 
@@ -294,6 +313,13 @@ CASES: dict[tuple[type[models.Model], str], tuple[Obj, Path]] = {
     (rollouts.RouteSelector, "route"): (ROLLOUT_BY_INDEX, ("spec", "virtualService", "route")),
     (rollouts.RouteSelector, "port"): (ROLLOUT_BY_PORT, ("spec", "virtualService", "port")),
     (rollouts.Step, "set_weight"): (ROLLOUT_BY_INDEX, ("spec", "steps", 0, "setWeight")),
+    (gatewayapi.Listener, "port"): (K8S_GATEWAY, ("spec", "listeners", 0, "port")),
+    (gatewayapi.ParentReference, "port"): (TCP_ROUTE, ("spec", "parentRefs", 0, "port")),
+    (gatewayapi.BackendRef, "port"): (TCP_ROUTE, ("spec", "rules", 0, "backendRefs", 0, "port")),
+    (gatewayapi.BackendRef, "weight"): (
+        TCP_ROUTE,
+        ("spec", "rules", 0, "backendRefs", 0, "weight"),
+    ),
     **{
         (rollouts.Analysis, field): (ROLLOUT_BY_INDEX, ("spec", "analysis", alias))
         for field, alias in (

@@ -25,6 +25,14 @@ SERVED = {
             ("workloadentries", "WorkloadEntry", ("we",)),
         )
     ),
+    ("gateway.networking.k8s.io/v1", "gateways", "Gateway", ("gtw",)),
+    ("gateway.networking.k8s.io/v1", "referencegrants", "ReferenceGrant", ("refgrant",)),
+    ("gateway.networking.k8s.io/v1beta1", "referencegrants", "ReferenceGrant", ("refgrant",)),
+    *(
+        (f"gateway.networking.k8s.io/{v}", plural, kind, ())
+        for v in ("v1", "v1alpha2")
+        for plural, kind in (("tcproutes", "TCPRoute"), ("tlsroutes", "TLSRoute"))
+    ),
 }
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tcpmesh.api import models, rollouts
+from tcpmesh.api import gatewayapi, models, rollouts
 from tcpmesh.store import group_of, kind_key
 
 ISTIO_NETWORKING = "networking.istio.io"
@@ -96,6 +96,39 @@ KINDS: tuple[KindInfo, ...] = (
         "workloadentries",
         ("we",),
         models.WorkloadEntry,
+    ),
+    # Gateway API: after Istio's kinds, so an unqualified "gateways" stays Istio's.
+    KindInfo(
+        "Gateway",
+        gatewayapi.GROUP,
+        gatewayapi.GATEWAY_VERSIONS,
+        "gateways",
+        ("gtw",),
+        gatewayapi.KubeGateway,
+    ),
+    KindInfo(
+        "TCPRoute",
+        gatewayapi.GROUP,
+        gatewayapi.ROUTE_VERSIONS,
+        "tcproutes",
+        (),
+        gatewayapi.KubeTCPRoute,
+    ),
+    KindInfo(
+        "TLSRoute",
+        gatewayapi.GROUP,
+        gatewayapi.ROUTE_VERSIONS,
+        "tlsroutes",
+        (),
+        gatewayapi.KubeTLSRoute,
+    ),
+    KindInfo(
+        "ReferenceGrant",
+        gatewayapi.GROUP,
+        gatewayapi.REFERENCE_GRANT_VERSIONS,
+        "referencegrants",
+        ("refgrant",),
+        gatewayapi.ReferenceGrant,
     ),
     KindInfo(
         "Rollout",

@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from tcpmesh.api import models, names, tls
+from tcpmesh.api import gatewayapi, models, names, tls
 from tcpmesh.api.durations import parse_duration_ns
 from tcpmesh.api.findings import Finding, error, warning
 from tcpmesh.api.labels import selector_matches
@@ -78,6 +78,8 @@ def validate(resource: models.Resource) -> list[Finding]:
         findings += _workload_entry("spec", resource.spec, None, allow_fqdn=True)
     elif isinstance(resource, Rollout):
         findings += (_error(path, message) for path, message in rollout_problems(resource.spec))
+    else:
+        findings += gatewayapi.problems(resource)
     return list(dict.fromkeys(findings))
 
 
@@ -148,6 +150,11 @@ NUMERIC_FIELDS: dict[tuple[type[models.Model], str], IntType] = {
     (Analysis, "min_samples"): INT32,
     (Analysis, "failure_limit"): INT32,
     (Analysis, "consecutive_success_limit"): INT32,
+    # Gateway API CRDs: int32 (PortNumber, weight), as their OpenAPI schemas state.
+    (gatewayapi.ParentReference, "port"): INT32,
+    (gatewayapi.BackendRef, "port"): INT32,
+    (gatewayapi.BackendRef, "weight"): INT32,
+    (gatewayapi.Listener, "port"): INT32,
 }
 # The Go structs among the models: their numbers fail in Kubernetes' JSON decoder.
 _GO_STRUCTS = (

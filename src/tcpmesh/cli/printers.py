@@ -433,6 +433,23 @@ def _age_only(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row:
     return [age(_get(obj, "metadata", "creationTimestamp"), now)]
 
 
+def _kube_gateway(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row:
+    """The Gateway API CRD's printer columns: Class, Address, Programmed, Age."""
+    status = obj.get("status") or {}
+    addresses = [str(a.get("value", "")) for a in status.get("addresses") or []]
+    programmed = [
+        str(c.get("status", ""))
+        for c in status.get("conditions") or []
+        if c.get("type") == "Programmed"
+    ]
+    return [
+        str(_get(obj, "spec", "gatewayClassName") or ""),
+        ",".join(addresses),
+        ",".join(programmed),
+        age(_get(obj, "metadata", "creationTimestamp"), now),
+    ]
+
+
 _TABLES: dict[str, tuple[list[str], list[str], _Columns]] = {
     # kind: (headers after NAME, extra wide headers, row builder)
     "Deployment": (
@@ -463,6 +480,12 @@ _TABLES: dict[str, tuple[list[str], list[str], _Columns]] = {
         _event,
     ),
     "Rollout": (["PHASE", "STEP", "WEIGHTS", "AGE"], ["STABLE", "CANARY", "MESSAGE"], _rollout),
+    # Gateway API kinds by kind key; TCPRoute, TLSRoute and ReferenceGrant print AGE only.
+    "Gateway.gateway.networking.k8s.io": (
+        ["CLASS", "ADDRESS", "PROGRAMMED", "AGE"],
+        [],
+        _kube_gateway,
+    ),
 }
 # kubectl's event table has no leading NAME column (the name is a wide column).
 _NAMELESS = frozenset({"Event"})
