@@ -471,7 +471,10 @@ def test_same_host_in_another_namespace_the_older_entry_wins() -> None:
         created=T1, endpoints=[{"address": "10.0.0.1", "labels": {"version": "v1"}}]
     )
     snapshot = build(routing(newer, older))
-    assert endpoints_of(snapshot, V1) == [("10.9.0.1", 9000, "v1")]
+    # The prod entry wins, so the "default" DestinationRule is not the service's: a gateway
+    # in the root namespace does not see it (push_context destinationRule), no subsets.
+    assert endpoints_of(snapshot, ALL) == [("10.9.0.1", 9000, "v1")]
+    assert snapshot.cluster(V1) is None
 
 
 def test_entry_exported_to_the_gateways_namespace_beats_a_public_one() -> None:

@@ -38,7 +38,9 @@ from tcpmesh.control.snapshot import (
 def build_snapshot(resources: MeshResources, node: ProxyNode) -> Snapshot:
     entries = service_entries_visible_to(resources.service_entries, node.namespace)
     resources = dataclasses.replace(resources, service_entries=entries)
-    built = itertools.chain(service_clusters(resources), service_entry_clusters(resources))
+    built = itertools.chain(
+        service_clusters(resources, node), service_entry_clusters(resources, node)
+    )
     clusters = tuple(sorted(built, key=lambda c: c.name))
     if node.kind is ProxyKind.NODE:
         return outbound_snapshot(resources, node, clusters)

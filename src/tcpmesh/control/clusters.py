@@ -11,13 +11,13 @@ from tcpmesh.api import (
     models,
 )
 from tcpmesh.control.policy import (
-    destination_rule_for,
+    destination_rule,
     make_cluster,
-    merged_policies,
     unique_subsets,
 )
 from tcpmesh.control.resources import (
     MeshResources,
+    ProxyNode,
     labels_match,
     service_fqdn,
 )
@@ -27,22 +27,21 @@ from tcpmesh.control.snapshot import (
 )
 
 
-def service_clusters(resources: MeshResources) -> Iterable[Cluster]:
+def service_clusters(resources: MeshResources, node: ProxyNode) -> Iterable[Cluster]:
+    """Every Service port's cluster, and one per subset of the rule the proxy uses."""
     pods = {(p.namespace, p.name): p for p in resources.pods}
     endpoints = {(e.namespace, e.name): e for e in resources.endpoints}
+    index, labels = resources.destination_rule_index, node.label_dict()
     for service in resources.services:
         fqdn = service_fqdn(service.name, service.namespace)
-        rule = destination_rule_for(resources, fqdn, service.namespace)
+        rule = destination_rule(index, fqdn, service.namespace, node.namespace, labels)
         service_endpoints = endpoints.get((service.namespace, service.name))
         for port in service.spec.ports:
             members = tuple(_endpoints_for_port(service_endpoints, port, pods))
-            yield make_cluster(fqdn, port.port, "", members, merged_policies(rule, None, port.port))
-            if rule is None:
-                continue
+            yield make_cluster(fqdn, port.port, "", members, rule)
             for subset in unique_subsets(rule):
                 selected = tuple(e for e in members if labels_match(subset.labels, e.label_dict()))
-                policies = merged_policies(rule, subset, port.port)
-                yield make_cluster(fqdn, port.port, subset.name, selected, policies)
+                yield make_cluster(fqdn, port.port, subset.name, selected, rule)
 
 
 def _endpoints_for_port(

@@ -84,7 +84,7 @@ def _passthrough_routes(
                 gateways = {resolve_gateway_name(g, vs.namespace) for g in match.gateways}
                 if gateways and entry.gateway_name not in gateways:
                     continue
-                route = tcp_route(resources, vs, index, rule, entry.number, "tls")
+                route = tcp_route(resources, node, vs, index, rule, entry.number, "tls")
                 names = server_names(match.sni_hosts)
                 yield dataclasses.replace(route, match=L4Match(server_names=names))
 

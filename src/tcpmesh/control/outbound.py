@@ -37,7 +37,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from tcpmesh.api import hosts_overlap, models
-from tcpmesh.control.policy import idle_timeout, optional_duration, route_policy
 from tcpmesh.control.resources import (
     INGRESS_GATEWAY_SELECTOR,
     MeshResources,
@@ -48,7 +47,11 @@ from tcpmesh.control.resources import (
     resolve_host,
     service_fqdn,
 )
-from tcpmesh.control.routes import tcp_route, virtual_services_for_gateway
+from tcpmesh.control.routes import (
+    route_destination_settings,
+    tcp_route,
+    virtual_services_for_gateway,
+)
 from tcpmesh.control.snapshot import (
     Cluster,
     L4Match,
@@ -89,7 +92,7 @@ def outbound_snapshot(
     listeners = itertools.chain(
         cluster_ip_listeners(resources, classes),
         node_port_listeners(resources, node),
-        load_balancer_listeners(resources),
+        load_balancer_listeners(resources, node),
     )
     return Snapshot.build(tuple(_first_per_address(listeners)), clusters).check()
 
@@ -205,6 +208,8 @@ def sidecar_tcp_chains(
     route) in Istio's order, ending at the first rule or match without subnets, or with
     the Service's own route when no such rule fits."""
     port = service.spec.ports[index].port
+    # The DestinationRules are looked up as a sidecar of the source class would.
+    sidecar = ProxyNode(source.namespace, "", source.labels, "")
     chains: list[Chain] = []
     for vs in mesh_virtual_services(resources, service, source):
         for rule_index, rule in enumerate(vs.spec.tcp):
@@ -215,12 +220,14 @@ def sidecar_tcp_chains(
                 if not _match_tcp(match, vs.namespace, source, port):
                     continue
                 if match is None or not match.destination_subnets:
-                    chains.append(((), tcp_route(resources, vs, rule_index, rule, port)))
+                    chains.append(((), tcp_route(resources, sidecar, vs, rule_index, rule, port)))
                     return chains
                 subnets.extend(match.destination_subnets)
             if subnets:
-                chains.append((tuple(subnets), tcp_route(resources, vs, rule_index, rule, port)))
-    chains.append(((), service_route(resources, service, index)))
+                chains.append(
+                    (tuple(subnets), tcp_route(resources, sidecar, vs, rule_index, rule, port))
+                )
+    chains.append(((), service_route(resources, sidecar, service, index)))
     return chains
 
 
@@ -254,21 +261,22 @@ def _match_tcp(
     )
 
 
-def service_route(resources: MeshResources, service: models.Service, index: int) -> TcpRoute:
+def service_route(
+    resources: MeshResources, client: ProxyNode, service: models.Service, index: int
+) -> TcpRoute:
     """buildOutboundNetworkFiltersWithSingleDestination: all of it to the Service port's
-    cluster, with the route-level settings of its DestinationRule."""
+    cluster, with the route-level settings of the DestinationRule ``client`` uses."""
     fqdn = service_fqdn(service.name, service.namespace)
     port = service.spec.ports[index].port
     name = cluster_name(port, "", fqdn)
-    destination = models.Destination(host=fqdn)
-    tcp, hash_by_source_ip = route_policy(resources, destination, service.namespace)
+    settings = route_destination_settings(resources, client, models.Destination(host=fqdn), "")
     return TcpRoute(
         destinations=(WeightedCluster(name, 100, fqdn, "", port),),
         origin=RouteOrigin("Service", service.namespace, service.name, index, "ports"),
         stat_prefix=name,
-        idle_timeout=idle_timeout(tcp),
-        max_connection_duration=optional_duration(tcp.max_connection_duration if tcp else None),
-        hash_policy="source_ip" if hash_by_source_ip else None,
+        idle_timeout=settings.idle_timeout,
+        max_connection_duration=settings.max_connection_duration,
+        hash_policy=settings.hash_policy,
     )
 
 
@@ -279,7 +287,7 @@ def node_port_listeners(resources: MeshResources, node: ProxyNode) -> Iterator[L
             continue
         for index, port in _tcp_ports(service):
             if port.node_port:
-                route = service_route(resources, service, index)
+                route = service_route(resources, node, service, index)
                 name = f"{node.address}_{port.node_port}"
                 yield Listener(name, node.address, port.node_port, (route,))
 
@@ -299,7 +307,7 @@ def load_balancer_frontend(service: models.Service) -> tuple[str, frozenset[int]
     return str(address), frozenset(held)
 
 
-def load_balancer_listeners(resources: MeshResources) -> Iterator[Listener]:
+def load_balancer_listeners(resources: MeshResources, node: ProxyNode) -> Iterator[Listener]:
     """The load-balancer address:port of every LoadBalancer Service but the gateways'."""
     for service in sorted(resources.services, key=creation_order_key):
         frontend = load_balancer_frontend(service)
@@ -310,7 +318,7 @@ def load_balancer_listeners(resources: MeshResources) -> Iterator[Listener]:
         address, held = frontend
         for index, port in _tcp_ports(service):
             if held is None or port.port in held:
-                route = service_route(resources, service, index)
+                route = service_route(resources, node, service, index)
                 yield Listener(f"{address}_{port.port}", address, port.port, (route,))
 
 

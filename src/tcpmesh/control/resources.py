@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tcpmesh.api import from_dict, is_ip, models
+
+if TYPE_CHECKING:
+    from tcpmesh.control.policy import DestinationRuleIndex
 
 DOMAIN_SUFFIX = "svc.cluster.local"
 # The labels that make a pod an ingress gateway (Istio's default gateway selector); the
@@ -85,6 +89,13 @@ class MeshResources:
     # Host name → IPv4 addresses, looked up by the control plane for DNS ServiceEntries so
     # that building stays pure; a name missing here has no endpoints yet.
     dns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @functools.cached_property
+    def destination_rule_index(self) -> DestinationRuleIndex:
+        """The DestinationRules indexed once (setDestinationRules) for every lookup of a build."""
+        from tcpmesh.control.policy import DestinationRuleIndex  # policy imports this module
+
+        return DestinationRuleIndex(self.destination_rules)
 
     @classmethod
     def from_objects(

@@ -19,9 +19,9 @@ from tcpmesh.api import (
     rebalance_settings,
 )
 from tcpmesh.control.policy import (
-    idle_timeout,
-    optional_duration,
-    route_policy,
+    RouteSettings,
+    destination_rule,
+    route_settings,
 )
 from tcpmesh.control.resources import (
     MeshResources,
@@ -31,7 +31,7 @@ from tcpmesh.control.resources import (
     resolve_host,
     service_fqdn,
 )
-from tcpmesh.control.serviceentries import service_entry_ports
+from tcpmesh.control.serviceentries import entry_services, service_entry_ports
 from tcpmesh.control.snapshot import (
     L4Match,
     Rebalance,
@@ -80,7 +80,7 @@ def gateway_route(
         for index, rule in enumerate(vs.spec.tcp):
             if not rule.route or not _l4_match_fits(rule, vs.namespace, gateway_name, port):
                 continue
-            return tcp_route(resources, vs, index, rule, port)
+            return tcp_route(resources, node, vs, index, rule, port)
     return None
 
 
@@ -119,6 +119,7 @@ def _l4_match_fits(rule: models.TCPRoute, namespace: str, gateway_name: str, por
 
 def tcp_route(
     resources: MeshResources,
+    node: ProxyNode,
     vs: models.VirtualService,
     index: int,
     rule: models.TCPRoute | models.TLSRoute,
@@ -139,19 +140,44 @@ def tcp_route(
         destinations = tuple(dataclasses.replace(d, weight=w) for d, w in named if w > 0)
         stat_prefix = f"{vs.name}.{vs.namespace}"
     first = entries[0].destination if entries else None
-    tcp, hash_by_source_ip = route_policy(resources, first, vs.namespace)
+    settings = route_destination_settings(resources, node, first, vs.namespace, len(named) == 1)
     return TcpRoute(
         destinations=destinations,
         origin=RouteOrigin("VirtualService", vs.namespace, vs.name, index, section),
         stat_prefix=stat_prefix,
         match=L4Match(),
-        idle_timeout=idle_timeout(tcp),
-        max_connection_duration=optional_duration(tcp.max_connection_duration if tcp else None),
-        hash_policy="source_ip" if hash_by_source_ip else None,
+        idle_timeout=settings.idle_timeout,
+        max_connection_duration=settings.max_connection_duration,
+        hash_policy=settings.hash_policy,
         weighted_pick=_weighted_pick(vs),
         version_affinity=_version_affinity(vs),
         rebalance=_rebalance(vs, destinations),
     )
+
+
+def route_destination_settings(
+    resources: MeshResources,
+    client: ProxyNode,
+    destination: models.Destination | None,
+    namespace: str,
+    single: bool = True,
+) -> RouteSettings:
+    """buildOutboundNetworkFilters: the tcp_proxy settings from the rule ``client`` uses for
+    route[0]'s host, when that host is a service it knows (ServiceForHostname; else none).
+    ``single``: the route has one destination, whose subset then counts for the hash."""
+    if destination is None:
+        return route_settings(None, "")
+    fqdn = resolve_host(destination.host, namespace)
+    service = find_service(resources, fqdn)
+    owner = service.namespace if service is not None else None
+    if owner is None:
+        entry = entry_services(resources).get(fqdn)
+        owner = entry.namespace if entry is not None else None
+    rule = None
+    if owner is not None:
+        index, labels = resources.destination_rule_index, client.label_dict()
+        rule = destination_rule(index, fqdn, owner, client.namespace, labels)
+    return route_settings(rule, (destination.subset or "") if single else "")
 
 
 def _weighted_pick(vs: models.VirtualService) -> WeightedPick:

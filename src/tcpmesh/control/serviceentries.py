@@ -19,13 +19,13 @@ from tcpmesh.api import (
     pod_ready,
 )
 from tcpmesh.control.policy import (
-    destination_rule_for,
+    destination_rule,
     make_cluster,
-    merged_policies,
     unique_subsets,
 )
 from tcpmesh.control.resources import (
     MeshResources,
+    ProxyNode,
     labels_match,
     service_fqdn,
 )
@@ -127,9 +127,11 @@ def dns_names(resources: MeshResources) -> set[str]:
     return names
 
 
-def service_entry_clusters(resources: MeshResources) -> Iterable[Cluster]:
+def service_entry_clusters(resources: MeshResources, node: ProxyNode) -> Iterable[Cluster]:
+    """Every entry host's port clusters, and one per subset of the rule the proxy uses."""
+    index, labels = resources.destination_rule_index, node.label_dict()
     for host, service in entry_services(resources).items():
-        rule = destination_rule_for(resources, host, service.namespace)
+        rule = destination_rule(index, host, service.namespace, node.namespace, labels)
         # Envoy builds no STRICT_DNS/LOGICAL_DNS cluster without endpoints (cluster_builder
         # buildCluster): routes to it find no cluster (NC) rather than no healthy host (UH).
         dns = service.resolution in DNS_RESOLUTIONS
@@ -139,17 +141,13 @@ def service_entry_clusters(resources: MeshResources) -> Iterable[Cluster]:
             instances = _port_instances(resources, service, port.number)
             if instances or not dns:
                 endpoints = _resolve(resources.dns, instances, service.resolution)
-                policies = merged_policies(rule, None, port.number)
-                yield make_cluster(host, port.number, "", endpoints, policies)
-            if rule is None:
-                continue
+                yield make_cluster(host, port.number, "", endpoints, rule)
             for subset in unique_subsets(rule):
                 selected = [i for i in instances if labels_match(subset.labels, dict(i.labels))]
                 if not selected and dns:
                     continue
                 endpoints = _resolve(resources.dns, selected, service.resolution)
-                policies = merged_policies(rule, subset, port.number)
-                yield make_cluster(host, port.number, subset.name, endpoints, policies)
+                yield make_cluster(host, port.number, subset.name, endpoints, rule)
 
 
 def _port_instances(

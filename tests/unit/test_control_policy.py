@@ -6,7 +6,7 @@ from typing import Any
 
 from tcpmesh.api import models
 from tcpmesh.control import SlowStart
-from tcpmesh.control.trafficpolicy import (
+from tcpmesh.control.policy import (
     ClusterSettings,
     DestinationRuleIndex,
     cluster_policy,
