@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,9 +40,17 @@ from tcpmesh.apiserver.kubeconfig import write_kubeconfig
 from tcpmesh.apiserver.pki import ensure_ca, server_ssl_context
 from tcpmesh.console import CONSOLE_PREFIX, create_console, traffic_source
 from tcpmesh.control import INGRESS_GATEWAY_SELECTOR, ControlPlane
+from tcpmesh.controllers import Event as RolloutEvent
 from tcpmesh.controllers import RolloutController
 from tcpmesh.replica import RUNTIME_ELECTION, LeaderGate
-from tcpmesh.runtime import DEFAULT_MAX_PODS, Runtime, pod_is_ready, replica_cap_errors
+from tcpmesh.runtime import (
+    DEFAULT_MAX_PODS,
+    EventRecorder,
+    Happening,
+    Runtime,
+    pod_is_ready,
+    replica_cap_errors,
+)
 from tcpmesh.statedir import make_private, private_umask
 from tcpmesh.store import leader_election, open_store
 from tcpmesh.telemetry import PROMETHEUS_PATH, PROMETHEUS_PORT
@@ -227,7 +235,7 @@ class Mesh:
         writer = self.store if elected is None else elected[1]
         self.runtime = Runtime(writer, config.state_dir, config.address, max_pods=config.max_pods)
         # The Rollout controller writes too: same leadership, same fenced store.
-        self.rollouts = RolloutController(writer)
+        self.rollouts = RolloutController(writer, record=_rollout_events(writer))
         self.writers = _Writers(self.runtime, self.rollouts)
         self.gate = None if elected is None else LeaderGate(elected[0], self.writers)
         self.control = ControlPlane(self.store)
@@ -373,6 +381,16 @@ def _validate(objects: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
         errors.extend(obj_errors)
         warnings.extend(obj_warnings)
     return errors, warnings
+
+
+def _rollout_events(store: Any) -> Callable[[Mapping[str, Any], RolloutEvent], None]:
+    """The Rollout controller's transitions as core/v1 Events (``kubectl get events``)."""
+    recorder = EventRecorder(store, "rollouts-controller")
+
+    def record(obj: Mapping[str, Any], event: RolloutEvent) -> None:
+        recorder.record(obj, Happening(event.type, event.reason, event.message))
+
+    return record
 
 
 def _envoy_warnings(objects: list[dict[str, Any]]) -> list[str]:

@@ -17,6 +17,7 @@ import pytest
 
 from tcpmesh.apiserver.client import ApiClient
 from tests.integration.harness import SAMPLES, MeshHarness, exchange, seeded_mesh
+from tests.integration.kubectl_helpers import current_kubectl, kubectl
 
 pytestmark = pytest.mark.integration
 
@@ -212,12 +213,29 @@ def test_abort_during_pause_returns_to_stable_and_retry_starts_over(
     watch = mesh.tcpmesh("rollout", "status", "tcp-echo", "--watch", check=False)
     assert watch.code == 1, "a Degraded rollout's watch exits 1"
     assert "Degraded weights 100/0: aborted by the user" in watch.stdout
+    _events_show_the_abort(mesh)
 
     retried = mesh.tcpmesh("rollout", "retry", "tcp-echo")
     assert retried.stdout.strip() == "rollout.rollouts.tcpmesh.io/tcp-echo retried"
     mesh.wait_for("the first pause again", lambda: _weights(mesh) in ("80 20", "50 50"), 10)
     again = mesh.tcpmesh("rollout", "retry", "tcp-echo", check=False)
     assert again.code == 1 and "is not aborted" in again.stderr
+
+
+def _events_show_the_abort(mesh: MeshHarness) -> None:
+    """Every transition is a core/v1 Event that kubectl lists and describes."""
+    config = Path(mesh.tcpmesh("kubeconfig", "--path").stdout.strip())
+    listed = kubectl(
+        *(current_kubectl(), config, "get", "events", "--field-selector"),
+        *("involvedObject.kind=Rollout", "-o", "jsonpath={range .items[*]}{.reason}{'\\n'}{end}"),
+    ).stdout.split()
+    for reason in ("RolloutStarted", "SetWeight", "PauseEnded", "RolloutPaused"):
+        assert reason in listed, listed
+    assert listed.count("RolloutAborted") == 1, listed
+    described = kubectl(current_kubectl(), config, "describe", "rollout", "tcp-echo").stdout
+    events = described[described.index("Events:") :]
+    assert re.search(r"Warning\s+RolloutAborted\s.*rollouts-controller", events), events
+    assert "aborted by the user: 100% to stable v1" in events, events
 
 
 def test_pause_resume_and_down_up_mid_rollout(mesh: MeshHarness, tmp_path: Path) -> None:

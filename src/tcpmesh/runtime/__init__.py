@@ -2,6 +2,7 @@
 controllers. Pods are OS processes, each on its own loopback IP (127.x.y.z)."""
 
 from tcpmesh.runtime.endpoints import endpoint_subsets, load_balancer_status, resolve_target_port
+from tcpmesh.runtime.events import EventRecorder, Happening
 from tcpmesh.runtime.images import BUILTIN_IMAGES, ImageNotRunnable, container_argv, image_name
 from tcpmesh.runtime.ipam import allocate_ip
 from tcpmesh.runtime.objects import pod_is_ready
@@ -11,6 +12,8 @@ from tcpmesh.runtime.runtime import Runtime
 __all__ = [
     "BUILTIN_IMAGES",
     "DEFAULT_MAX_PODS",
+    "EventRecorder",
+    "Happening",
     "ImageNotRunnable",
     "Runtime",
     "allocate_ip",
