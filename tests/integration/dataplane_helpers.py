@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -62,6 +63,16 @@ def run(coro: Coroutine[Any, Any, T], *, timeout: float = 60.0, loop: str = "asy
     if loop == "uvloop":
         return uvloop.run(bounded())
     return asyncio.run(bounded())
+
+
+def pipes_open(pid: int) -> int:
+    """How many pipes process ``pid`` holds (the splicing relay borrows them while a sink lags)."""
+    fds = Path(f"/proc/{pid}/fd")
+    count = 0
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd).startswith("pipe:")
+    return count
 
 
 def free_port(host: str = PROXY_HOST) -> int:

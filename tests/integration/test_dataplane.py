@@ -57,6 +57,11 @@ async def wait_for(predicate: object, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+def assert_relay_path(proxy: Proxy, relay_path: str, connections: int) -> None:
+    """Every finished connection took the path the test runs on (conftest.relay_path)."""
+    assert proxy.spliced_connections == (connections if relay_path == "splice" else 0)
+
+
 async def started_proxy(snap: Snapshot, **kw: object) -> tuple[Proxy, list[AccessLogRecord]]:
     records: list[AccessLogRecord] = []
     proxy = Proxy(access_log=records.append, **kw)  # type: ignore[arg-type]
@@ -269,7 +274,7 @@ def test_upstream_connect_timeout_is_uf() -> None:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_half_close_gets_its_reply_like_date_sleep_nc(loop: str) -> None:
+def test_half_close_gets_its_reply_like_date_sleep_nc(loop: str, relay_path: str) -> None:
     """``(date; sleep 1) | nc HOST PORT``: a line, a pause, then FIN; the reply still comes."""
 
     async def main() -> None:
@@ -300,6 +305,7 @@ def test_half_close_gets_its_reply_like_date_sleep_nc(loop: str) -> None:
             await wait_for(lambda: len(records) == 2)
             assert [r.flags for r in records] == [(), ()]
             assert proxy.connection_count == 0
+            assert_relay_path(proxy, relay_path, 2)
         finally:
             await proxy.close()
             v1.close()
@@ -309,7 +315,7 @@ def test_half_close_gets_its_reply_like_date_sleep_nc(loop: str) -> None:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_64_mib_each_way_byte_exact(loop: str) -> None:
+def test_64_mib_each_way_byte_exact(loop: str, relay_path: str) -> None:
     size = 64 * 1024 * 1024
 
     async def main() -> None:
@@ -353,6 +359,7 @@ def test_64_mib_each_way_byte_exact(loop: str) -> None:
             assert digest == sent.hexdigest()
             await wait_for(lambda: len(records) == 1)
             assert (records[0].bytes_received, records[0].bytes_sent) == (size, size)
+            assert_relay_path(proxy, relay_path, 1)
         finally:
             await proxy.close()
             echo.close()
@@ -361,7 +368,7 @@ def test_64_mib_each_way_byte_exact(loop: str) -> None:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_back_pressure_keeps_proxy_buffers_bounded(loop: str) -> None:
+def test_back_pressure_keeps_proxy_buffers_bounded(loop: str, relay_path: str) -> None:
     """A client that does not read (and an upstream that does not read) cannot make the
     proxy buffer what the other side sends."""
     size = 32 * 1024 * 1024
@@ -428,6 +435,7 @@ def test_back_pressure_keeps_proxy_buffers_bounded(loop: str) -> None:
             writer.close()
             await wait_for(lambda: Sink.received == size, 10)
             await wait_for(lambda: len(records) == 2)
+            assert_relay_path(proxy, relay_path, 2)
         finally:
             sampler.cancel()
             await proxy.close()
@@ -439,7 +447,7 @@ def test_back_pressure_keeps_proxy_buffers_bounded(loop: str) -> None:
     run(main(), timeout=120, loop=loop)
 
 
-def test_new_snapshot_leaves_open_connections_on_their_upstream() -> None:
+def test_new_snapshot_leaves_open_connections_on_their_upstream(relay_path: str) -> None:
     async def main() -> None:
         v1, p1 = await start_backend(V1_HOST, lambda: LineEcho(b"one"))
         v2, p2 = await start_backend(V2_HOST, lambda: LineEcho(b"two"))
@@ -470,6 +478,7 @@ def test_new_snapshot_leaves_open_connections_on_their_upstream() -> None:
             await wait_for(lambda: len(records) == 60)
             old = [r for r in records if r.upstream_cluster == cluster_name("v1")]
             assert len(old) == 40 and all(r.flags == () for r in old)
+            assert_relay_path(proxy, relay_path, 60)
         finally:
             for _, writer in conns:
                 writer.close()
@@ -480,13 +489,15 @@ def test_new_snapshot_leaves_open_connections_on_their_upstream() -> None:
     run(main())
 
 
-def test_removed_listener_stops_accepting_but_open_connections_continue() -> None:
+def test_removed_listener_stops_accepting_but_open_connections_continue(relay_path: str) -> None:
     async def main() -> None:
         v1, p1 = await start_backend(V1_HOST, lambda: LineEcho(b"one"))
         keep, gone = free_port(), free_port()
         clusters = [cluster("v1", (V1_HOST, p1))]
         r = route((cluster_name("v1"), 100))
-        proxy, _ = await started_proxy(snapshot([listener(keep, r), listener(gone, r)], clusters))
+        proxy, records = await started_proxy(
+            snapshot([listener(keep, r), listener(gone, r)], clusters)
+        )
         try:
             kept_before = proxy.bound_address(PROXY_HOST, keep)
             reader, writer = await asyncio.open_connection(PROXY_HOST, gone)
@@ -503,6 +514,8 @@ def test_removed_listener_stops_accepting_but_open_connections_continue() -> Non
             writer.close()
             assert proxy.bound_address(PROXY_HOST, keep) == kept_before
             assert await send_line(keep, b"still") == b"one still\n"
+            await wait_for(lambda: len(records) == 2)
+            assert_relay_path(proxy, relay_path, 2)
         finally:
             await proxy.close()
             v1.close()
@@ -536,7 +549,7 @@ def test_bind_failure_is_logged_and_retried(caplog: pytest.LogCaptureFixture) ->
     assert any("cannot listen on" in m for m in caplog.messages)
 
 
-def test_idle_timeout_and_max_connection_duration() -> None:
+def test_idle_timeout_and_max_connection_duration(relay_path: str) -> None:
     async def main() -> None:
         v1, p1 = await start_backend(V1_HOST, lambda: LineEcho(b"one"))
         idle_port, dur_port = free_port(), free_port()
@@ -585,6 +598,7 @@ def test_idle_timeout_and_max_connection_duration() -> None:
             assert (idle.flags, idle.termination) == ((), "idle_timeout")
             dur = by_port[f"{PROXY_HOST}:{dur_port}"]
             assert (dur.flags, dur.termination) == (("DT",), "max_connection_duration")
+            assert_relay_path(proxy, relay_path, 2)
         finally:
             await proxy.close()
             v1.close()
@@ -730,7 +744,9 @@ def test_smooth_pick_keeps_its_place_across_snapshots_that_keep_the_route() -> N
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_bytes_queued_for_a_half_closed_upstream_are_delivered_before_close(loop: str) -> None:
+def test_bytes_queued_for_a_half_closed_upstream_are_delivered_before_close(
+    loop: str, relay_path: str
+) -> None:
     """The upstream half-closes first and reads slowly; the client uploads 8 MiB and then
     sends FIN. Both sides have sent FIN while bytes are still queued for the upstream:
     the proxy must deliver them before it closes the upstream socket."""
@@ -782,6 +798,7 @@ def test_bytes_queued_for_a_half_closed_upstream_are_delivered_before_close(loop
             await wait_for(lambda: len(records) == 1)
             assert got == [size]
             assert records[0].bytes_received == size
+            assert_relay_path(proxy, relay_path, 1)
         finally:
             await proxy.close()
             sink.close()

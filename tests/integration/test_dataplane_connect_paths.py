@@ -68,7 +68,7 @@ async def _wait_records(records: list[AccessLogRecord], n: int) -> None:
 @pytest.mark.parametrize("connect_path", PATHS, indirect=True)
 @pytest.mark.parametrize("loop", LOOPS)
 def test_relay_and_half_close_on_either_connect_path(
-    loop: str, connect_path: tuple[str, list[bool]]
+    loop: str, connect_path: tuple[str, list[bool]], relay_path: str
 ) -> None:
     path, answers = connect_path
 
@@ -111,6 +111,7 @@ def test_relay_and_half_close_on_either_connect_path(
             assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
             await _wait_records(records, 2)
             assert proxy.connection_count == 0
+            assert proxy.spliced_connections == (2 if relay_path == "splice" else 0)
             return records
         finally:
             await proxy.close()

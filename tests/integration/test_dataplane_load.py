@@ -29,6 +29,7 @@ from tests.integration.dataplane_helpers import (
     free_port,
     gather_limited,
     listener,
+    pipes_open,
     route,
     run,
     snapshot,
@@ -154,7 +155,7 @@ def wait_listening(port: int, timeout: float = 20.0) -> None:
 
 
 def test_256_mib_each_way_byte_exact_through_a_worker(
-    backends: BackendThread, tmp_path: Path
+    backends: BackendThread, tmp_path: Path, relay_path: str
 ) -> None:
     """256 MiB up (client → upstream) and 256 MiB down (upstream → client) at the same
     time, each checked with SHA-256 at the far end."""
@@ -171,6 +172,12 @@ def test_256_mib_each_way_byte_exact_through_a_worker(
         [cluster("v1", (V1_HOST, sink)), cluster("v2", (V2_HOST, source))],
     )
     expected = stream_digest(blocks)
+    peak_pipes = [0]
+
+    async def count_pipes(pid: int) -> None:
+        while True:
+            peak_pipes[0] = max(peak_pipes[0], pipes_open(pid))
+            await asyncio.sleep(0.05)
 
     async def upload() -> bytes:
         reader, writer = await asyncio.open_connection(PROXY_HOST, up_port)
@@ -195,24 +202,31 @@ def test_256_mib_each_way_byte_exact_through_a_worker(
         return total, h.hexdigest()
 
     async def both() -> tuple[bytes, tuple[int, str]]:
-        return await asyncio.gather(upload(), download())
+        sampler = asyncio.get_running_loop().create_task(count_pipes(proc.pid))
+        try:
+            return await asyncio.gather(upload(), download())
+        finally:
+            sampler.cancel()
 
     try:
         wait_listening(up_port)
         wait_listening(down_port)
+        baseline = pipes_open(proc.pid)
         started = time.monotonic()
         answer, (got, digest) = run(both(), timeout=240, loop="uvloop")
         elapsed = time.monotonic() - started
         print(f"256 MiB each way in {elapsed:.1f}s ({2 * BIG / MiB / elapsed:.0f} MiB/s)")
         assert answer == b"%d %s\n" % (BIG, expected.encode())
         assert (got, digest) == (BIG, expected)
+        # Spliced directions borrow pipes while their sink lags; copying uses none.
+        assert (peak_pipes[0] > baseline) == (relay_path == "splice")
         assert proc.proc.poll() is None, proc.stderr()
     finally:
         proc.kill_all()
 
 
 def test_slow_readers_do_not_grow_the_proxys_memory(
-    backends: BackendThread, tmp_path: Path
+    backends: BackendThread, tmp_path: Path, relay_path: str
 ) -> None:
     """An upstream floods 128 MiB at a client that reads 256 KiB every 10 ms, and a client
     floods 128 MiB at an upstream that reads as slowly: the worker's RSS stays within a
@@ -258,6 +272,7 @@ def test_slow_readers_do_not_grow_the_proxys_memory(
         [cluster("v1", (V1_HOST, source)), cluster("v2", (V2_HOST, sink))],
     )
     peak = [0]
+    peak_pipes = [0]
 
     async def slow_download() -> int:
         reader, writer = await asyncio.open_connection(PROXY_HOST, down_port, limit=64 * 1024)
@@ -283,6 +298,7 @@ def test_slow_readers_do_not_grow_the_proxys_memory(
     async def sample(pid: int) -> None:
         while True:
             peak[0] = max(peak[0], rss(pid))
+            peak_pipes[0] = max(peak_pipes[0], pipes_open(pid))
             await asyncio.sleep(0.02)
 
     async def main() -> int:
@@ -298,6 +314,7 @@ def test_slow_readers_do_not_grow_the_proxys_memory(
         wait_listening(up_port)
         time.sleep(0.5)
         baseline = rss(proc.pid)
+        pipes_before = pipes_open(proc.pid)
         got = run(main(), timeout=240)
         wait_until(lambda: blocks * MiB == SlowSink.received, 30, "the slow upstream to get all")
         assert got == blocks * MiB
@@ -305,6 +322,7 @@ def test_slow_readers_do_not_grow_the_proxys_memory(
         print(f"worker RSS {baseline / MiB:.1f} MiB, peak growth {growth / MiB:.1f} MiB")
         # High-water 256 KiB per direction plus one read chunk; allocator slack on top.
         assert growth < 16 * MiB, growth
+        assert (peak_pipes[0] > pipes_before) == (relay_path == "splice")
         assert proc.proc.poll() is None, proc.stderr()
     finally:
         proc.kill_all()

@@ -63,6 +63,14 @@ def sni_route(names: tuple[str, ...], *dests: tuple[str, int]) -> TcpRoute:
     return dataclasses.replace(route(*dests), match=L4Match(server_names=names))
 
 
+async def wait_records(records: list[AccessLogRecord], n: int) -> None:
+    for _ in range(500):
+        if len(records) >= n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{len(records)} of {n} access log records")
+
+
 async def started_proxy(
     snap: Snapshot, client_hello_timeout: float = 15.0
 ) -> tuple[Proxy, list[AccessLogRecord]]:
@@ -90,7 +98,7 @@ async def exchange(
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_passthrough_splits_by_weight_and_routes_by_sni(
-    loop: str, certs: dict[str, Certificate]
+    loop: str, certs: dict[str, Certificate], relay_path: str
 ) -> None:
     async def main() -> None:
         servers = [
@@ -131,6 +139,9 @@ def test_passthrough_splits_by_weight_and_routes_by_sni(
             reply, peer = await exchange(port, "b.example.com", trust)
             assert reply == b"b hi\n" and peer == certs["b"].der
             assert all(r.flags == () for r in records)
+            # Once routed, passthrough bytes are opaque: they may take the zero-copy path.
+            await wait_records(records, 201)
+            assert proxy.spliced_connections == (201 if relay_path == "splice" else 0)
         finally:
             await proxy.close()
             for server, _ in servers:
@@ -213,7 +224,7 @@ def terminating(cert: Certificate, port: int, backend_port: int) -> Snapshot:
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_termination_serves_the_certificate_and_relays_plaintext_and_rotates(
-    loop: str, certs: dict[str, Certificate]
+    loop: str, certs: dict[str, Certificate], relay_path: str
 ) -> None:
     async def main() -> None:
         server, backend_port = await start_backend(V1_HOST, lambda: LineEcho(b"one"))
@@ -240,6 +251,9 @@ def test_termination_serves_the_certificate_and_relays_plaintext_and_rotates(
             assert await asyncio.wait_for(reader.readline(), 10) == b"one after\n"
             writer.close()
             assert all(r.flags == () for r in records)
+            # The proxy reads the plaintext of a session it terminates: never spliced.
+            await wait_records(records, 3)
+            assert proxy.spliced_connections == 0
         finally:
             await proxy.close()
             server.close()

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import random
 import socket
 import ssl
@@ -53,6 +54,7 @@ from tcpmesh.dataplane.inspect import PEEK_TIMEOUT, TlsContexts, peek_client_hel
 from tcpmesh.dataplane.pump import DEFAULT_HIGH_WATER, DOWNSTREAM, UPSTREAM, Relay, Termination
 from tcpmesh.dataplane.rebalance import Rebalancer
 from tcpmesh.dataplane.routing import Decision, decide, match_route
+from tcpmesh.dataplane.splice import PipePool, RelayMode, relay_mode, splice_after
 from tcpmesh.dataplane.stats import NO_FLAGS, ClusterStat, ProxyStats, TcpProxyStat
 from tcpmesh.telemetry import UNKNOWN, Destination
 
@@ -217,6 +219,7 @@ class Proxy:
         bind_retry: tuple[float, float] = (0.5, 5.0),
         client_hello_timeout: float = PEEK_TIMEOUT,
         counters: CounterStore | None = None,
+        relay: RelayMode | None = None,
     ) -> None:
         self.rng = rng if rng is not None else random.Random()
         self.balancer = LoadBalancer(self.rng, clock, counters)
@@ -224,6 +227,11 @@ class Proxy:
         self.access_log: AccessLogSink = access_log if access_log is not None else StreamAccessLog()
         self.stats = stats if stats is not None else ProxyStats()
         self.high_water = high_water
+        # How bytes move (dataplane.splice): TCPMESH_RELAY unless given.
+        self.relay = relay if relay is not None else relay_mode(os.environ.get("TCPMESH_RELAY"))
+        self.splice_after = splice_after(self.relay)
+        self.pipes = PipePool(high_water) if self.splice_after >= 0 else None
+        self.spliced_connections = 0  # relays handed to the zero-copy path, ever
         self.bind_retry = bind_retry
         self._state = _State(Snapshot(version=""))
         self._listeners: dict[ListenerKey, _ListenSocket] = {}
@@ -381,6 +389,8 @@ class Proxy:
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
+        if self.pipes is not None:
+            self.pipes.close()
         if self._stats_task is not None:
             self._stats_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -487,7 +497,11 @@ class _Connection(Relay):
     def __init__(
         self, proxy: Proxy, key: ListenerKey, chosen: tuple[TcpRoute | None] | None = None
     ) -> None:
-        super().__init__(asyncio.get_running_loop(), proxy.high_water)
+        # A route whose bytes the proxy reads (a TLS session it terminates) keeps copying:
+        # the splicer is only offered the plain socket (Relay._maybe_splice checks).
+        super().__init__(
+            asyncio.get_running_loop(), proxy.high_water, proxy.splice_after, proxy.pipes
+        )
         self._proxy = proxy
         self._key = key
         # The route already chosen from the ClientHello, for connections that were peeked.
@@ -609,6 +623,8 @@ class _Connection(Relay):
         self.report_bytes(flag or NO_FLAGS)
         lived = self._loop.time() - self._start_mono if self._upstream_open else None
         proxy.stats.relay_ended(self._dest, lived)
+        if self.was_spliced:
+            proxy.spliced_connections += 1
         proxy._connections.discard(self)
         proxy.rebalancer.closed(self)
         self._log(flag, self.termination)

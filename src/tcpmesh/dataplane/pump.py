@@ -30,10 +30,14 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import os
 import socket
 from collections.abc import Callable
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from typing import cast
+
+from tcpmesh.dataplane.flow import Flow, FlowEvent, fin_seen, flow_step
+from tcpmesh.dataplane.splice import PipePool, Splicer
 
 DOWNSTREAM = 0
 UPSTREAM = 1
@@ -41,49 +45,6 @@ DEFAULT_HIGH_WATER = 256 * 1024
 # One read takes at most this much: large reads keep the per-byte cost of bulk transfers
 # low (uvloop reads the client side with the same size).
 READ_CHUNK = 256 * 1024
-
-
-class Flow(IntEnum):
-    """The state of one relay direction: from its source peer to its sink peer.
-
-    Each ``Relay`` has two: toward the upstream (source: the client) and toward the
-    client (source: the upstream). Half-close is this machine: a FIN from the source
-    waits until the bytes queued for the sink have left, then goes to the sink, while the
-    other direction keeps flowing.
-    """
-
-    OPEN = 0  # bytes flow
-    FIN_PENDING = 1  # the source sent FIN; it follows the bytes still queued for the sink
-    FIN_SENT = 2  # the sink got FIN: this direction is done
-    LOST = 3  # the sink is gone; nothing more can be delivered
-
-
-class FlowEvent(IntEnum):
-    EOF = 0  # the source sent FIN
-    DRAINED = 1  # nothing is queued for the sink any more, and it can take a FIN
-    LOST = 2  # the sink went away
-
-
-# Every transition, in one table (h11's "Rule 1"): (state, event, bytes still queued)
-# -> (next state, send FIN to the sink now). Pairs not listed leave the state as it is;
-# LOST is reached from any state.
-FLOW_TRANSITIONS: dict[tuple[Flow, FlowEvent, bool], tuple[Flow, bool]] = {
-    (Flow.OPEN, FlowEvent.EOF, False): (Flow.FIN_SENT, True),
-    (Flow.OPEN, FlowEvent.EOF, True): (Flow.FIN_PENDING, False),
-    (Flow.FIN_PENDING, FlowEvent.DRAINED, False): (Flow.FIN_SENT, True),
-}
-
-
-def flow_step(state: Flow, event: FlowEvent, queued: bool) -> tuple[Flow, bool]:
-    """The next state of a direction, and whether its sink gets a FIN now (pure)."""
-    if event is FlowEvent.LOST:
-        return Flow.LOST, False
-    return FLOW_TRANSITIONS.get((state, event, queued), (state, False))
-
-
-def fin_seen(state: Flow) -> bool:
-    """Whether the direction's source has sent FIN (delivered to the sink or not)."""
-    return state is Flow.FIN_PENDING or state is Flow.FIN_SENT
 
 
 class Termination(StrEnum):
@@ -94,6 +55,8 @@ class Termination(StrEnum):
     REBALANCE = "rebalance"  # dataplane.rebalance moved it toward the route's weights
 
 
+# A direction can be handed to the splicer open, or done (its FIN delivered).
+_SPLICEABLE = (Flow.OPEN, Flow.FIN_SENT)
 _CONNECT_PENDING = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN)
 _SOCK_NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
 
@@ -196,6 +159,9 @@ class Relay(asyncio.Protocol):
         "_loop",
         "_pending",
         "_pending_size",
+        "_pipes",
+        "_splice",
+        "_splice_after",
         "_to_client",
         "_to_up",
         "_up",
@@ -208,11 +174,25 @@ class Relay(asyncio.Protocol):
         "bytes_from",
         "done",
         "termination",
+        "was_spliced",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, high_water: int) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        high_water: int,
+        splice_after: int = -1,
+        pipes: PipePool | None = None,
+    ) -> None:
         self._loop = loop
         self._high_water = high_water
+        # Hand the connection to a Splicer after a read of this many bytes (0: once the
+        # upstream is connected; -1: never), with pipes from ``pipes``. See
+        # dataplane.splice.
+        self._splice_after = splice_after if pipes is not None else -1
+        self._pipes = pipes
+        self._splice: Splicer | None = None
+        self.was_spliced = False
         self._down: asyncio.Transport | None = None
         self._up: socket.socket | None = None
         self._up_fd = -1
@@ -324,6 +304,10 @@ class Relay(asyncio.Protocol):
             self._up_reading = True
             self._loop.add_reader(self._up_fd, self._on_up_readable)
         self._update_down_reading()
+        if self._splice_after == 0:
+            # Not from here: this may run inside connection_made(), after which uvloop
+            # starts reading the client whatever the protocol paused.
+            self._loop.call_soon(self._maybe_splice)
 
     def _on_up_readable(self) -> None:
         sock = self._up
@@ -357,6 +341,8 @@ class Relay(asyncio.Protocol):
         # The transport calls pause_writing() from write() when it passes the mark.
         if self._down_write_paused:
             self._stop_up_reading()
+        elif n >= self._splice_after >= 0:
+            self._maybe_splice()
 
     def _send_up(self, data: bytes | memoryview) -> None:
         sock = self._up
@@ -444,6 +430,9 @@ class Relay(asyncio.Protocol):
         self._stop_up_reading()
 
     def _close_upstream(self) -> None:
+        if self._splice is not None:
+            self._splice.close()
+            self._splice = None
         sock = self._up
         if sock is None:
             return
@@ -481,6 +470,8 @@ class Relay(asyncio.Protocol):
             return
         if self._up is not None:
             self._send_up(data)
+            if len(data) >= self._splice_after >= 0:
+                self._maybe_splice()
 
     def eof_received(self) -> bool:
         if fin_seen(self._to_client):
@@ -580,7 +571,68 @@ class Relay(asyncio.Protocol):
         """Bytes queued in user space for both peers."""
         down = self._down
         queued = down.get_write_buffer_size() if down is not None and not self._down_lost else 0
-        return queued + self._pending_size + sum(len(c) for c in self._early)
+        spliced = self._splice.queued if self._splice is not None else 0
+        return queued + self._pending_size + sum(len(c) for c in self._early) + spliced
+
+    # -- the zero-copy relay (dataplane.splice) ----------------------------------------
+
+    def _maybe_splice(self) -> None:
+        """Hand both directions to a Splicer if nothing is queued in user space now."""
+        down = self._down
+        if (
+            self._splice is not None
+            or down is None
+            or self._up is None
+            or not self._up_connected
+            or self._down_lost
+            or self._to_up not in _SPLICEABLE
+            or self._to_client not in _SPLICEABLE
+            or (fin_seen(self._to_up) and fin_seen(self._to_client))
+            or self._pending
+            or self._early
+            or self._down_write_paused
+            or down.get_write_buffer_size()
+        ):
+            return
+        sock = down.get_extra_info("socket")
+        if sock is None or down.get_extra_info("ssl_object") is not None:
+            self._splice_after = -1  # not a plain socket: this connection keeps copying
+            return
+        pipes = self._pipes
+        assert pipes is not None  # splice_after >= 0 only with a pool
+        try:
+            client_fd = os.dup(sock.fileno())
+        except OSError:
+            return
+        if client_fd >= pipes.fd_ceiling:
+            # Descriptors run short (the duplicate got the lowest free number): copying
+            # needs none beyond the two sockets.
+            os.close(client_fd)
+            self._splice_after = -1
+            return
+        splicer = Splicer(
+            self._loop, client_fd, self._up_fd, self, pipes, (self._to_up, self._to_client)
+        )
+        # The transport reads nothing more; the splicer reads and writes the duplicate.
+        self._down_paused = True
+        down.pause_reading()
+        self._stop_up_reading()
+        self._splice = splicer
+        self.was_spliced = True
+        splicer.start()
+
+    def splice_flow(self, way: int, state: Flow) -> None:
+        if way == DOWNSTREAM:
+            self._to_up = state
+        else:
+            self._to_client = state
+
+    def splice_ended(self, failed: bool) -> None:
+        self._splice = None  # it closed itself
+        if failed:
+            self._end("")
+        else:
+            self._close_all()
 
     def _maybe_done(self) -> None:
         if self.done or not self._down_lost or self._up is not None:

@@ -9,7 +9,8 @@ TCPMESH_SUPERVISOR_PID (exit when that parent is gone, and hand it this worker's
 over telemetry.channel), TCPMESH_LOG_LEVEL, TCPMESH_STATUS_PORT (Istio's
 15021: ``GET /healthz/ready`` on ``POD_IP`` or 127.0.0.1, shared by all workers with
 SO_REUSEPORT, opened once the first snapshot is applied so that a TCP readiness probe
-means "has its configuration").
+means "has its configuration"), TCPMESH_RELAY (``auto``, ``copy`` or ``splice``: how bytes
+are moved, see ``dataplane.splice``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tcpmesh.control import Snapshot
 from tcpmesh.dataplane.counters import store_from_env
 from tcpmesh.dataplane.feed import SnapshotFeed
 from tcpmesh.dataplane.proxy import Proxy
+from tcpmesh.dataplane.splice import RelayMode, relay_mode
 from tcpmesh.dataplane.supervisor import drain_seconds
 from tcpmesh.telemetry import channel_name, serve_counts
 
@@ -51,6 +53,7 @@ class WorkerConfig:
     supervisor_pid: int | None = None
     status_port: int | None = None
     pod_ip: str = "127.0.0.1"
+    relay: RelayMode = RelayMode.AUTO
 
     @classmethod
     def from_env(cls, snapshot_file: Path | None = None, index: int | None = None) -> WorkerConfig:
@@ -70,6 +73,7 @@ class WorkerConfig:
             supervisor_pid=int(supervisor) if supervisor else None,
             status_port=int(status) if status else None,
             pod_ip=env.get("POD_IP") or "127.0.0.1",
+            relay=relay_mode(env.get("TCPMESH_RELAY")),
         )
 
 
@@ -149,7 +153,7 @@ async def serve(config: WorkerConfig, proxy: Proxy | None = None) -> None:
     if proxy is None:
         # The supervisor's shared counters (one circuit breaker and outlier state per
         # cluster for every worker), or this process's own when run alone.
-        proxy = Proxy(counters=store_from_env())
+        proxy = Proxy(counters=store_from_env(), relay=config.relay)
     stop = asyncio.Event()
     draining = False
 
@@ -244,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snapshot-file", type=Path, default=None)
     parser.add_argument("--index", type=int, default=None)
     args = parser.parse_args(argv)
-    config = WorkerConfig.from_env(args.snapshot_file, args.index)
+    try:
+        config = WorkerConfig.from_env(args.snapshot_file, args.index)
+    except ValueError as exc:
+        print(f"dataplane worker: {exc}", file=sys.stderr)
+        return 2
     setup_logging(config.index)
     run(config)
     return 0
