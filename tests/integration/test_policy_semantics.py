@@ -338,3 +338,58 @@ def test_outlier_thresholds_as_istio_maps_them(mesh: MeshHarness) -> None:
             mesh.wait_for("no ejection", lambda: (o := outlier(mesh)) is not None and not o[1], 10)
         with applied(mesh, rule("tcp-echo-destination", "default", "tcp-echo", gateway)):
             mesh.wait_for("3 gateway errors", lambda: outlier(mesh) == (3, True), 10)
+
+
+def failover_config(pod_ip: str, attempts: int | None) -> list[str]:
+    """A STATIC ServiceEntry whose two endpoints are v1's pod and an address nothing
+    listens on, round robin between them, and the gateway's route to it."""
+    entry = textwrap.dedent(f"""\
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {{name: flaky, namespace: default}}
+        spec:
+          hosts: [flaky.example.internal]
+          ports: [{{number: 9000, name: tcp, protocol: TCP}}]
+          resolution: STATIC
+          endpoints: [{{address: "{pod_ip}"}}, {{address: 127.0.99.99}}]
+        """)
+    annotation = (
+        f'  annotations: {{traffic.tcpmesh.io/max-connect-attempts: "{attempts}"}}\n'
+        if attempts is not None
+        else ""
+    )
+    route = (
+        textwrap.dedent("""\
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata:
+          name: tcp-echo
+          namespace: default
+        """)
+        + annotation
+        + textwrap.dedent("""\
+        spec:
+          hosts: ["*"]
+          gateways: [tcp-echo-gateway]
+          tcp:
+          - route:
+            - destination: {host: flaky.example.internal, port: {number: 9000}}
+        """)
+    )
+    balance = "trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n"
+    return [entry, rule("flaky", "default", "flaky.example.internal", balance), route]
+
+
+def test_connect_failover_tries_another_endpoint(mesh: MeshHarness) -> None:
+    """Envoy's tcp_proxy ``max_connect_attempts`` (tcp_proxy.proto; a retry is a new load
+    balancer pick in the same cluster). Istio never sets it, so Envoy's default 1 means a
+    refused connect closes the client with UF; tcpmesh's validated VirtualService
+    annotation ``traffic.tcpmesh.io/max-connect-attempts`` raises it on both planes, and
+    then no client sees the dead endpoint."""
+    [v1] = [p for p in mesh.pods() if p["metadata"]["labels"].get("version") == "v1"]
+    pod_ip = v1["status"]["podIP"]
+    with applied(mesh, *failover_config(pod_ip, None)):
+        mesh.wait_for("UF from the dead endpoint", lambda: "" in first_words(10), 15.0)
+    with applied(mesh, *failover_config(pod_ip, 2)):
+        settle(mesh, "one", "failover to the live endpoint")
+        assert first_words(20) == ["one"] * 20

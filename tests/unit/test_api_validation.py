@@ -1024,3 +1024,15 @@ def test_the_version_affinity_setting_is_validated() -> None:
         f'VirtualService "tcp-echo" is invalid: metadata.annotations[{annotation}]: '
         'Unsupported value: "cookie": supported values: "source-ip"'
     ]
+
+
+@pytest.mark.parametrize("value", ["0", "11", "two", "-1", "1.5", ""])
+def test_the_max_connect_attempts_setting_is_validated(value: str) -> None:
+    annotation = "traffic.tcpmesh.io/max-connect-attempts"
+    good = with_(VS, ("metadata.annotations", {annotation: "3"}))
+    assert validate_object(good) == ([], [])
+    errors, _ = validate_object(with_(VS, ("metadata.annotations", {annotation: value})))
+    assert errors == [
+        f'VirtualService "tcp-echo" is invalid: metadata.annotations[{annotation}]: '
+        f'Invalid value: "{value}": must be an integer from 1 to 10'
+    ]

@@ -547,3 +547,15 @@ def test_version_affinity_is_a_route_field_from_the_virtual_service(
     snapshot = build(seed(vs))
     assert only_route(snapshot).version_affinity is expected
     assert only_route(Snapshot.from_dict(snapshot.to_dict())).version_affinity is expected
+
+
+@pytest.mark.parametrize(("annotation", "expected"), [(None, 1), ("3", 3), ("junk", 1)])
+def test_max_connect_attempts_is_a_route_field_from_the_virtual_service(
+    annotation: str | None, expected: int
+) -> None:
+    vs = virtual_service([route("v1", 80), route("v2", 20)])
+    if annotation is not None:
+        vs["metadata"]["annotations"] = {"traffic.tcpmesh.io/max-connect-attempts": annotation}
+    snapshot = build(seed(vs))
+    assert only_route(snapshot).max_connect_attempts == expected
+    assert Snapshot.from_json(snapshot.to_json()) == snapshot

@@ -181,8 +181,9 @@ class Recorded(Relay):
     def upstream_connected(self, sock: socket.socket) -> None:
         self.log.append("hook: connected")
 
-    def upstream_failed(self, timed_out: bool | None) -> None:
+    def upstream_failed(self, timed_out: bool | None) -> bool:
         self.log.append(f"hook: failed timed_out={timed_out}")
+        return False
 
     def relay_done(self) -> None:
         self.log.append("hook: done")

@@ -318,3 +318,10 @@ def test_a_zero_threshold_disables_ejection() -> None:
     """consecutive5xxErrors: 0 -> enforcing_consecutive_5xx 0 (applyOutlierDetection)."""
     od = _cluster(outlier_detection=OutlierDetection(consecutive_errors=0))["outlier_detection"]
     assert od["enforcing_consecutive_5xx"] == 0
+
+
+def test_max_connect_attempts_reaches_tcp_proxy_only_when_raised() -> None:
+    """Envoy's default is 1, which is what Istio leaves; tcpmesh sets more only when asked."""
+    assert "max_connect_attempts" not in tcp_proxy(snapshot(route((V1, 100))))
+    raised = tcp_proxy(snapshot(route((V1, 100), max_connect_attempts=3)))
+    assert raised["max_connect_attempts"] == 3

@@ -38,6 +38,7 @@ from tcpmesh.api.tls import (
     secret_bytes,
 )
 from tcpmesh.api.validation import (
+    MAX_CONNECT_ATTEMPTS_ANNOTATION,
     VERSION_AFFINITIES,
     VERSION_AFFINITY_ANNOTATION,
     WEIGHTED_PICK_ANNOTATION,
@@ -46,6 +47,7 @@ from tcpmesh.api.validation import (
 
 __all__ = [
     "CA_CERT_KEY",
+    "MAX_CONNECT_ATTEMPTS_ANNOTATION",
     "MAX_DOCUMENT_BYTES",
     "MAX_INPUT_BYTES",
     "REBALANCE_ANNOTATION",

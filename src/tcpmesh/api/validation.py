@@ -37,6 +37,11 @@ WEIGHTED_PICKS = ("smooth", "random")
 # Sticky versions: the route's weighted pick by a consistent hash of the client address.
 VERSION_AFFINITY_ANNOTATION = "traffic.tcpmesh.io/version-affinity"
 VERSION_AFFINITIES = ("source-ip",)
+# Connect failover: Envoy's tcp_proxy max_connect_attempts, which Istio never sets (so 1,
+# Envoy's default, and no failover). The VirtualService's tcp/tls routes make up to this
+# many connect attempts, each to another endpoint of the picked cluster while one remains.
+MAX_CONNECT_ATTEMPTS_ANNOTATION = "traffic.tcpmesh.io/max-connect-attempts"
+MAX_CONNECT_ATTEMPTS_LIMIT = 10
 _MS = 1_000_000
 _TLS_PROTOCOLS = {"https", "tls"}
 _HTTP_PROTOCOLS = {"http", "http2", "http_proxy", "grpc", "grpc-web"}
@@ -61,6 +66,7 @@ def validate(resource: models.Resource) -> list[Finding]:
         findings += _virtual_service(resource.spec)
         findings += _export_to(resource.namespace, resource.spec.export_to, service_entry=False)
         findings += _weighted_pick(resource)
+        findings += _max_connect_attempts(resource)
         findings += rebalance_problems(resource.metadata.annotations)
     elif isinstance(resource, models.DestinationRule):
         findings += _destination_rule(resource.namespace, resource.spec)
@@ -270,6 +276,23 @@ def _weighted_pick(resource: models.Resource) -> Iterator[Finding]:
                 f"metadata.annotations[{annotation}]",
                 f"Unsupported value: {quote(value)}: supported values: {supported}",
             )
+
+
+def _max_connect_attempts(resource: models.Resource) -> Iterator[Finding]:
+    """A decimal count in 1..MAX_CONNECT_ATTEMPTS_LIMIT (Envoy's rule is >= 1; the cap keeps
+    a client's wait, attempts times the connect timeout, bounded)."""
+    value = resource.metadata.annotations.get(MAX_CONNECT_ATTEMPTS_ANNOTATION)
+    if value is None:
+        return
+    if (
+        not (value.isascii() and value.isdigit())
+        or not 1 <= int(value) <= MAX_CONNECT_ATTEMPTS_LIMIT
+    ):
+        yield _error(
+            f"metadata.annotations[{MAX_CONNECT_ATTEMPTS_ANNOTATION}]",
+            f"Invalid value: {quote(value)}: must be an integer from 1 to "
+            f"{MAX_CONNECT_ATTEMPTS_LIMIT}",
+        )
 
 
 def _virtual_service(spec: models.VirtualServiceSpec) -> Iterator[Finding]:

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Sequence
 
 from tcpmesh.api import (
+    MAX_CONNECT_ATTEMPTS_ANNOTATION,
     VERSION_AFFINITY_ANNOTATION,
     WEIGHTED_PICK_ANNOTATION,
     hosts_overlap,
@@ -151,6 +152,7 @@ def tcp_route(
         hash_policy=settings.hash_policy,
         weighted_pick=_weighted_pick(vs),
         version_affinity=_version_affinity(vs),
+        max_connect_attempts=_max_connect_attempts(vs),
         rebalance=_rebalance(vs, destinations),
     )
 
@@ -187,6 +189,13 @@ def _weighted_pick(vs: models.VirtualService) -> WeightedPick:
         return WeightedPick(vs.metadata.annotations.get(WEIGHTED_PICK_ANNOTATION, "smooth"))
     except ValueError:
         return WeightedPick.SMOOTH
+
+
+def _max_connect_attempts(vs: models.VirtualService) -> int:
+    """The VirtualService's ``traffic.tcpmesh.io/max-connect-attempts`` (validated at apply;
+    a value stored before that rule existed counts as Envoy's default, 1)."""
+    value = vs.metadata.annotations.get(MAX_CONNECT_ATTEMPTS_ANNOTATION, "1")
+    return int(value) if value.isascii() and value.isdigit() and int(value) >= 1 else 1
 
 
 def _version_affinity(vs: models.VirtualService) -> VersionAffinity:

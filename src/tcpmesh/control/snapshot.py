@@ -260,6 +260,9 @@ class TcpRoute:
     tls: DownstreamTls | None = None
     version_affinity: VersionAffinity = VersionAffinity.NONE
     rebalance: Rebalance | None = None
+    # Envoy's tcp_proxy max_connect_attempts: a failed connect tries another endpoint of
+    # the same cluster, each attempt with the cluster's connect timeout; UF after the last.
+    max_connect_attempts: int = 1
 
     @property
     def source(self) -> str:
@@ -464,6 +467,8 @@ def _route_problems(lst: Listener, clusters: dict[str, Cluster]) -> list[str]:
         if matcher in matchers:
             problems.append(f"{where} has the same match as route {matchers[matcher]}")
         matchers.setdefault(matcher, index)
+        if route.max_connect_attempts < 1:
+            problems.append(f"{where} makes {route.max_connect_attempts} connect attempts")
         problems += [
             f"{where} has server name {name!r}, not a lowercase (wildcard) DNS name"
             for name in route.match.server_names
@@ -515,6 +520,7 @@ def _listener_from_dict(d: dict[str, Any]) -> Listener:
             tls=_tls_from_dict(r.get("tls")),
             version_affinity=VersionAffinity(r.get("version_affinity", VersionAffinity.NONE)),
             rebalance=Rebalance(**r["rebalance"]) if r.get("rebalance") else None,
+            max_connect_attempts=r.get("max_connect_attempts", 1),
         )
         for r in d["routes"]
     )

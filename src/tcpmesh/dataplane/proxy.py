@@ -36,6 +36,8 @@ import time
 from collections.abc import Callable
 
 from tcpmesh.control import (
+    Cluster,
+    Endpoint,
     Listener,
     ResponseFlag,
     Snapshot,
@@ -47,9 +49,9 @@ from tcpmesh.control import (
 )
 from tcpmesh.dataplane.accesslog import AccessLogRecord, AccessLogSink, StreamAccessLog
 from tcpmesh.dataplane.affinity import pick_by_address
-from tcpmesh.dataplane.balancer import LoadBalancer, SmoothWeighted, pick_weighted
+from tcpmesh.dataplane.balancer import LoadBalancer, SmoothWeighted, endpoint_key, pick_weighted
 from tcpmesh.dataplane.clienthello import Outcome, Peek
-from tcpmesh.dataplane.counters import CounterStore, LocalCounters
+from tcpmesh.dataplane.counters import CounterStore, EndpointKey, LocalCounters
 from tcpmesh.dataplane.inspect import PEEK_TIMEOUT, TlsContexts, peek_client_hello
 from tcpmesh.dataplane.pump import DEFAULT_HIGH_WATER, DOWNSTREAM, UPSTREAM, Relay, Termination
 from tcpmesh.dataplane.rebalance import Rebalancer
@@ -479,6 +481,7 @@ class _Connection(Relay):
     __slots__ = (
         "_activity_at",
         "_activity_seen",
+        "_attempts",
         "_chosen",
         "_connect_failed",
         "_decision",
@@ -491,6 +494,7 @@ class _Connection(Relay):
         "_reported_tx",
         "_start_mono",
         "_start_wall",
+        "_tried",
         "_upstream_open",
     )
 
@@ -508,6 +512,8 @@ class _Connection(Relay):
         self._chosen = chosen
         self._decision = _NO_DECISION
         self._connect_failed = False
+        self._attempts = 1
+        self._tried: frozenset[EndpointKey] = frozenset()
         self._upstream_open = False
         self._start_wall = 0.0
         self._start_mono = 0.0
@@ -590,17 +596,43 @@ class _Connection(Relay):
         if cluster.tcp_keepalive is not None:
             _apply_keepalive_sock(sock, cluster.tcp_keepalive)
 
-    def upstream_failed(self, timed_out: bool | None) -> None:
+    def upstream_failed(self, timed_out: bool | None) -> bool:
         if timed_out is None:
-            return  # the client left while connecting: not the upstream's fault
+            return False  # the client left while connecting: not the upstream's fault
         cluster, endpoint = self._decision.cluster, self._decision.endpoint
         assert cluster is not None and endpoint is not None
-        self._connect_failed = True
         # As Envoy's connection pool: a timeout is also a connect failure.
         if timed_out:
             self._proxy.stats.cluster_event(cluster.name, ClusterStat.UPSTREAM_CX_CONNECT_TIMEOUT)
         self._proxy.stats.cluster_event(cluster.name, ClusterStat.UPSTREAM_CX_CONNECT_FAIL)
         self._proxy.balancer.connect_failed(cluster, endpoint)
+        if self._connect_again(cluster, endpoint):
+            return True
+        self._connect_failed = True
+        return False
+
+    def _connect_again(self, cluster: Cluster, failed: Endpoint) -> bool:
+        """Envoy's tcp_proxy retry: while attempts remain, a new load-balancer pick in the
+        same cluster (endpoints already tried are skipped while others are healthy; an
+        endpoint the failure just ejected is not healthy), with a fresh connect timeout.
+        The connection's metric labels stay those of its first pick."""
+        route = self._decision.route
+        if route is None or self._attempts >= route.max_connect_attempts:
+            return False
+        tried = self._tried | {endpoint_key(failed)}
+        peer = self._peer
+        client_ip = peer[0] if isinstance(peer, tuple) else None
+        hashing = route.hash_policy == "source_ip"
+        endpoint = self._proxy.balancer.pick(
+            cluster, client_ip, hash_source_ip=hashing, exclude=tried
+        )
+        if endpoint is None:
+            return False
+        self._attempts += 1
+        self._tried = tried
+        self._decision = self._decision._replace(endpoint=endpoint)
+        self.connect(endpoint.address, endpoint.port, cluster.connect_timeout)
+        return True
 
     def relay_done(self) -> None:
         proxy = self._proxy

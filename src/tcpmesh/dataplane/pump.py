@@ -276,8 +276,24 @@ class Relay(asyncio.Protocol):
         self._fail_connect(True)
 
     def _fail_connect(self, timed_out: bool) -> None:
-        self._close_upstream()
-        self.upstream_failed(timed_out)
+        sock = self._up
+        if sock is not None and not self._down_lost:
+            # Drop the failed socket but keep the flow open: the owner may connect again
+            # (Envoy's max_connect_attempts), and then the client never notices.
+            self._up = None
+            if self._up_timer is not None:
+                self._up_timer.cancel()
+                self._up_timer = None
+            if self._up_writing:
+                self._loop.remove_writer(self._up_fd)
+                self._up_writing = False
+            sock.close()
+            if self.upstream_failed(timed_out):
+                return
+            self._to_up, _ = flow_step(self._to_up, FlowEvent.LOST, False)
+        else:
+            self._close_upstream()
+            self.upstream_failed(timed_out)
         down = self._down
         if down is not None and not down.is_closing():
             down.close()
@@ -645,8 +661,12 @@ class Relay(asyncio.Protocol):
     def upstream_connected(self, sock: socket.socket) -> None:
         """The upstream accepted the connection."""
 
-    def upstream_failed(self, timed_out: bool | None) -> None:
-        """The connect failed (True: timed out; False: refused/error; None: abandoned)."""
+    def upstream_failed(self, timed_out: bool | None) -> bool:
+        """The connect failed (True: timed out; False: refused/error; None: abandoned).
+
+        True when the owner started another ``connect`` (only while the client is
+        still there and ``timed_out`` is not None); the client is then kept."""
+        return False
 
     def relay_done(self) -> None:
         """Both sides are closed; called once."""

@@ -333,6 +333,8 @@ def tcp_proxy_config(route: TcpRoute) -> Resource:
         config["max_downstream_connection_duration"] = duration(route.max_connection_duration)
     if route.hash_policy == "source_ip":
         config["hash_policy"] = [{"source_ip": {}}]
+    if route.max_connect_attempts > 1:
+        config["max_connect_attempts"] = route.max_connect_attempts
     return config
 
 
