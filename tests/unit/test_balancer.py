@@ -12,8 +12,8 @@ from collections import Counter
 import pytest
 from scipy import stats
 
-from tcpmesh.control.snapshot import Cluster, Endpoint, OutlierDetection, WeightedCluster
-from tcpmesh.dataplane.balancer import LoadBalancer, pick_weighted
+from tcpmesh.control.snapshot import Cluster, Endpoint, OutlierDetection, SlowStart, WeightedCluster
+from tcpmesh.dataplane.balancer import LoadBalancer, pick_weighted, slow_start_factor
 
 ALPHA = 1e-6
 
@@ -303,3 +303,41 @@ def test_a_hash_key_counts_only_in_a_ring_or_maglev_cluster() -> None:
         hashed = cluster(eps, lb_policy=policy)
         assert len({lb.pick(hashed, "10.0.0.1", hash_source_ip=True) for _ in range(50)}) == 1
         assert len({lb.pick(hashed, "10.0.0.1") for _ in range(200)}) == 3
+
+
+# -- slow start ---------------------------------------------------------------------------
+
+
+def test_slow_start_factor_is_envoys_formula() -> None:
+    """Envoy's slow_start_config: max(min_weight_percent, time_factor^(1/aggression)) with
+    time_factor = max(age, 1s) / window; the full weight once the window is over."""
+    cfg = SlowStart(window=100.0, aggression=2.0, min_weight_percent=10.0)
+    assert slow_start_factor(cfg, 0.0) == 0.1  # (1/100)^(1/2) = 0.1
+    assert slow_start_factor(cfg, 25.0) == 0.5
+    assert slow_start_factor(cfg, 100.0) == 1.0
+    linear = SlowStart(window=10.0)
+    assert slow_start_factor(linear, 0.5) == 0.1  # the 10% floor
+    assert slow_start_factor(linear, 5.0) == 0.5
+
+
+@pytest.mark.parametrize("policy", ["ROUND_ROBIN", "LEAST_REQUEST"])
+def test_a_new_endpoint_warms_up_while_the_first_ones_do_not(policy: str) -> None:
+    now = [1000.0]
+    lb = LoadBalancer(random.Random(11), lambda: now[0])
+    first = endpoints(2)
+    slow = SlowStart(window=100.0, min_weight_percent=10.0)
+    c = cluster(first, lb_policy=policy, slow_start=slow)
+    # The endpoints of a cluster seen for the first time start together: no warm-up.
+    assert {lb.pick(c) for _ in range(50)} == set(first)
+    newcomer = Endpoint("127.0.5.9", 9000)
+    grown = cluster((*first, newcomer), lb_policy=policy, slow_start=slow)
+    n = 3000
+    hits = sum(lb.pick(grown) == newcomer for _ in range(n))
+    # One second in, the newcomer weighs 10% against 1 and 1: p = 0.1 / 2.1.
+    assert stats.binomtest(hits, n, 0.1 / 2.1).pvalue > 1e-6
+    now[0] += 100.0
+    hits = sum(lb.pick(grown) == newcomer for _ in range(n))
+    if policy == "ROUND_ROBIN":
+        assert hits == n // 3  # warm: plain round robin again
+    else:
+        assert stats.binomtest(hits, n, 1 / 3).pvalue > 1e-6

@@ -17,7 +17,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from tcpmesh.control import HASH_POLICIES, Cluster, Endpoint, OutlierDetection, WeightedCluster
+from tcpmesh.control import (
+    HASH_POLICIES,
+    Cluster,
+    Endpoint,
+    OutlierDetection,
+    SlowStart,
+    WeightedCluster,
+)
 from tcpmesh.dataplane.counters import (
     ClusterCounters,
     CounterStore,
@@ -95,6 +102,16 @@ def endpoint_key(endpoint: Endpoint) -> EndpointKey:
     return (endpoint.address, endpoint.port)
 
 
+def slow_start_factor(config: SlowStart, age: float) -> float:
+    """Envoy's slow start (``slow_start_config``): a host ``age`` seconds into its window
+    weighs ``max(min_weight_percent, time_factor ** (1 / aggression))`` of its weight, with
+    ``time_factor = max(age, 1 s) / window``; past the window, all of it."""
+    if age >= config.window:
+        return 1.0
+    time_factor = max(age, 1.0) / config.window
+    return max(config.min_weight_percent / 100.0, float(time_factor ** (1.0 / config.aggression)))
+
+
 def _rendezvous_score(client: str, key: EndpointKey) -> int:
     digest = hashlib.blake2b(f"{client}|{key[0]}|{key[1]}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
@@ -120,6 +137,8 @@ class LoadBalancer:
         self._rng = rng
         self._clock = clock
         self._store: CounterStore = store if store is not None else LocalCounters()
+        # Slow start: when this proxy first saw each endpoint of a warming cluster.
+        self._first_seen: dict[str, dict[EndpointKey, float]] = {}
 
     def open_connections(self, cluster_name: str) -> int:
         """Connections counted against the cluster (connecting or open)."""
@@ -169,6 +188,9 @@ class LoadBalancer:
             # Envoy hashes only in a ring or Maglev cluster; other balancers ignore the key.
             return max(candidates, key=lambda e: _rendezvous_score(client_ip, endpoint_key(e)))
         counters = self._store.cluster(cluster.name)
+        warming = self._slow_start_factors(cluster, candidates)
+        if warming is not None and cluster.lb_policy in ("ROUND_ROBIN", "LEAST_REQUEST"):
+            return self._weighted_pick(cluster, counters, candidates, warming)
         if cluster.lb_policy == "ROUND_ROBIN":
             with counters.locked():
                 position = counters.rr_next
@@ -178,6 +200,57 @@ class LoadBalancer:
             # A hash policy without a hash key: Envoy's ring and Maglev draw at random.
             return candidates[self._rng.randrange(len(candidates))]
         return self._least_request(counters, candidates)
+
+    def _slow_start_factors(
+        self, cluster: Cluster, candidates: Sequence[Endpoint]
+    ) -> list[float] | None:
+        """Each candidate's slow-start share of its weight; None when none is warming.
+
+        An endpoint warms from when this proxy first saw it in the cluster. The endpoints
+        of a cluster seen for the first time start together, so none of them warms
+        relative to the others (Envoy: no host in slow start, weights unchanged)."""
+        config = cluster.slow_start
+        if config is None:
+            return None
+        now = self._clock()
+        seen = self._first_seen.get(cluster.name)
+        if seen is None:
+            seen = self._first_seen[cluster.name] = {
+                endpoint_key(e): float("-inf") for e in cluster.endpoints
+            }
+        elif len(seen) > 2 * len(cluster.endpoints) + 16:
+            current = {endpoint_key(e) for e in cluster.endpoints}
+            for key in [k for k in seen if k not in current]:
+                del seen[key]
+        factors = [
+            slow_start_factor(config, now - seen.setdefault(endpoint_key(e), now))
+            for e in candidates
+        ]
+        return factors if min(factors) < 1.0 else None
+
+    def _weighted_pick(
+        self,
+        cluster: Cluster,
+        counters: ClusterCounters,
+        candidates: Sequence[Endpoint],
+        factors: Sequence[float],
+    ) -> Endpoint:
+        """Envoy's weighted round robin / least request while hosts warm up: a host's share
+        is its slow-start weight, divided by (active + 1) for least request (Envoy's
+        active_request_bias 1.0). Envoy schedules the weights with EDF; this draws at
+        random with the same weights, so the expected shares are Envoy's."""
+        weights = list(factors)
+        if cluster.lb_policy == "LEAST_REQUEST":
+            for i, e in enumerate(candidates):
+                found = counters.known_endpoint(endpoint_key(e))
+                weights[i] /= (found.active if found is not None else 0) + 1
+        scaled = [max(1, round(w * 1_000_000)) for w in weights]
+        r = self._rng.randrange(sum(scaled))
+        for endpoint, weight in zip(candidates, scaled, strict=True):
+            if r < weight:
+                return endpoint
+            r -= weight
+        raise AssertionError("randrange(total) returned a value outside [0, total)")
 
     def _least_request(self, counters: ClusterCounters, candidates: Sequence[Endpoint]) -> Endpoint:
         def load(e: Endpoint) -> int:
