@@ -41,7 +41,7 @@ from tcpmesh.apiserver.pki import ensure_ca, server_ssl_context
 from tcpmesh.console import CONSOLE_PREFIX, create_console, traffic_source
 from tcpmesh.control import INGRESS_GATEWAY_SELECTOR, ControlPlane
 from tcpmesh.controllers import Event as RolloutEvent
-from tcpmesh.controllers import RolloutController
+from tcpmesh.controllers import GatewayApiController, RolloutController
 from tcpmesh.replica import RUNTIME_ELECTION, LeaderGate
 from tcpmesh.runtime import (
     DEFAULT_MAX_PODS,
@@ -114,7 +114,6 @@ class AlreadyRunning(RuntimeError):
 
 def default_gateway_objects(config: MeshConfig) -> list[dict[str, Any]]:
     """The ``istio-system/istio-ingressgateway`` Service and workload that ``up`` creates."""
-    envoy = config.dataplane == "envoy"
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -132,25 +131,41 @@ def default_gateway_objects(config: MeshConfig) -> list[dict[str, Any]]:
             ],
         },
     }
-    deployment = {
+    deployment = gateway_deployment(config, GATEWAY_NAME, GATEWAY_NAMESPACE, GATEWAY_LABELS)
+    return [service, deployment]
+
+
+def gateway_deployment(
+    config: MeshConfig,
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    *,
+    host_network: bool = True,
+) -> dict[str, Any]:
+    """A gateway proxy Deployment on the mesh's data plane: the default ingress gateway's, and
+    each Gateway API Gateway's (controllers.gatewayapi), made the same way."""
+    envoy = config.dataplane == "envoy"
+    return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": GATEWAY_NAME,
-            "namespace": GATEWAY_NAMESPACE,
-            "labels": dict(GATEWAY_LABELS),
+            "name": name,
+            "namespace": namespace,
+            "labels": dict(labels),
         },
         "spec": {
             "replicas": 1,
-            "selector": {"matchLabels": dict(GATEWAY_LABELS)},
+            "selector": {"matchLabels": dict(labels)},
             "template": {
                 "metadata": {
-                    "labels": dict(GATEWAY_LABELS),
+                    "labels": dict(labels),
                     "annotations": dict(PROMETHEUS_ANNOTATIONS),
                 },
                 "spec": {
-                    # The load balancer address is this machine's: the proxy listens on it.
-                    "hostNetwork": True,
+                    # The default gateway listens on this machine's address (the load
+                    # balancer's); a Gateway API Gateway's proxy on its own pod IP.
+                    "hostNetwork": host_network,
                     "containers": [
                         {
                             "name": "istio-proxy",
@@ -160,7 +175,7 @@ def default_gateway_objects(config: MeshConfig) -> list[dict[str, Any]]:
                                 {"name": "TCPMESH_WORKERS", "value": str(config.effective_workers)},
                                 {"name": "TCPMESH_STATUS_PORT", "value": str(STATUS_PORT)},
                                 {"name": "TCPMESH_PROMETHEUS_PORT", "value": str(PROMETHEUS_PORT)},
-                                {"name": "ISTIO_META_WORKLOAD_NAME", "value": GATEWAY_NAME},
+                                {"name": "ISTIO_META_WORKLOAD_NAME", "value": name},
                                 _label_env("TCPMESH_POD_APP", "app"),
                                 _label_env("TCPMESH_POD_VERSION", "version"),
                             ],
@@ -173,7 +188,6 @@ def default_gateway_objects(config: MeshConfig) -> list[dict[str, Any]]:
             },
         },
     }
-    return [service, deployment]
 
 
 def _label_env(name: str, label: str) -> dict[str, Any]:
@@ -212,15 +226,20 @@ class _Writers:
     """The writing controllers, started and stopped together (under the leader gate on
     a shared store): the runtime, then the Rollout controller; stopped in reverse."""
 
-    def __init__(self, runtime: Runtime, rollouts: RolloutController) -> None:
+    def __init__(
+        self, runtime: Runtime, rollouts: RolloutController, gateways: GatewayApiController
+    ) -> None:
         self.runtime = runtime
         self.rollouts = rollouts
+        self.gateways = gateways
 
     async def start(self) -> None:
         await self.runtime.start()
         await self.rollouts.start()
+        await self.gateways.start()
 
     async def stop(self) -> None:
+        await self.gateways.stop()
         await self.rollouts.stop()
         await self.runtime.stop()
 
@@ -236,7 +255,14 @@ class Mesh:
         self.runtime = Runtime(writer, config.state_dir, config.address, max_pods=config.max_pods)
         # The Rollout controller writes too: same leadership, same fenced store.
         self.rollouts = RolloutController(writer, record=_rollout_events(writer))
-        self.writers = _Writers(self.runtime, self.rollouts)
+        # Gateway API Gateways: their workloads and every status (same leadership).
+        self.gateway_api = GatewayApiController(
+            writer,
+            lambda name, namespace, labels: gateway_deployment(
+                config, name, namespace, labels, host_network=False
+            ),
+        )
+        self.writers = _Writers(self.runtime, self.rollouts, self.gateway_api)
         self.gate = None if elected is None else LeaderGate(elected[0], self.writers)
         self.control = ControlPlane(self.store)
         self.started_at = time.time()

@@ -18,6 +18,14 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "tcpmesh"
 
 SURFACES: dict[str, set[str]] = {
     "tcpmesh.control": {
+        "GATEWAY_NAME_LABEL",
+        "Binding",
+        "Condition",
+        "GatewayResult",
+        "ParentResult",
+        "RouteResult",
+        "bind_resources",
+        "workload_labels",
         "HASH_POLICIES",
         "Cluster",
         "ControlPlane",
@@ -172,6 +180,7 @@ SURFACES: dict[str, set[str]] = {
         "CONNECT_FAILURE_FLAGS",
         "Event",
         "GateResult",
+        "GatewayApiController",
         "Measurement",
         "MetricsSource",
         "Outcome",

@@ -10,6 +10,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tcpmesh.control.build import build_snapshot
+from tcpmesh.control.gatewayapi import (
+    GATEWAY_NAME_LABEL,
+    Binding,
+    Condition,
+    GatewayResult,
+    ParentResult,
+    RouteResult,
+    bind_resources,
+    workload_labels,
+)
 from tcpmesh.control.gatewaytls import downstream_tls
 from tcpmesh.control.resources import (
     INGRESS_GATEWAY_SELECTOR,
@@ -60,6 +70,7 @@ if TYPE_CHECKING:
     from tcpmesh.control.plane import ControlPlane
 
 __all__ = [
+    "GATEWAY_NAME_LABEL",
     "HASH_POLICIES",
     "INGRESS_GATEWAY_SELECTOR",
     "NODE_PROXY_LABELS",
@@ -67,20 +78,25 @@ __all__ = [
     "NODE_PROXY_NAMESPACE",
     "OPAQUE_TCP_PROTOCOLS",
     "TERMINATING_MODES",
+    "Binding",
     "Cluster",
+    "Condition",
     "ControlPlane",
     "DownstreamTls",
     "Endpoint",
+    "GatewayResult",
     "L4Match",
     "Listener",
     "MeshResources",
     "OutlierDetection",
+    "ParentResult",
     "PortConflict",
     "ProxyKind",
     "ProxyNode",
     "Rebalance",
     "ResponseFlag",
     "RouteOrigin",
+    "RouteResult",
     "ServerPort",
     "SlowStart",
     "Snapshot",
@@ -91,6 +107,7 @@ __all__ = [
     "VersionAffinity",
     "WeightedCluster",
     "WeightedPick",
+    "bind_resources",
     "build_snapshot",
     "cluster_name",
     "downstream_tls",
@@ -101,6 +118,7 @@ __all__ = [
     "resolve_host",
     "service_entry_ports",
     "service_fqdn",
+    "workload_labels",
 ]
 
 

@@ -14,6 +14,7 @@ import itertools
 from collections.abc import Iterable
 
 from tcpmesh.control.clusters import service_clusters
+from tcpmesh.control.gatewayapi import with_gateway_api
 from tcpmesh.control.gatewaytls import tls_listener_routes
 from tcpmesh.control.outbound import outbound_snapshot
 from tcpmesh.control.resources import (
@@ -36,6 +37,7 @@ from tcpmesh.control.snapshot import (
 
 
 def build_snapshot(resources: MeshResources, node: ProxyNode) -> Snapshot:
+    resources = with_gateway_api(resources)
     entries = service_entries_visible_to(resources.service_entries, node.namespace)
     resources = dataclasses.replace(resources, service_entries=entries)
     built = itertools.chain(

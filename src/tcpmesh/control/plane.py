@@ -47,6 +47,10 @@ WATCHED_KINDS = (
     "ServiceEntry",
     "WorkloadEntry",
     "Secret",
+    "Gateway.gateway.networking.k8s.io",
+    "TCPRoute.gateway.networking.k8s.io",
+    "TLSRoute.gateway.networking.k8s.io",
+    "ReferenceGrant.gateway.networking.k8s.io",
 )
 # After a failed watch (not Expired, which relists at once), wait this long before the next.
 WATCH_RETRY_DELAY = 1.0

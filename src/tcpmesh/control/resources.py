@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from tcpmesh.api import from_dict, is_ip, models
+from tcpmesh.api import from_dict, gatewayapi, is_ip, models
 
 if TYPE_CHECKING:
     from tcpmesh.control.policy import DestinationRuleIndex
@@ -86,6 +86,10 @@ class MeshResources:
     workload_entries: tuple[models.WorkloadEntry, ...] = ()
     # Certificates of gateways that terminate TLS (credentialName).
     secrets: tuple[models.Secret, ...] = ()
+    # The Gateway API (control.gatewayapi turns them into gateways and virtual services).
+    kube_gateways: tuple[gatewayapi.KubeGateway, ...] = ()
+    kube_routes: tuple[gatewayapi.KubeTCPRoute | gatewayapi.KubeTLSRoute, ...] = ()
+    reference_grants: tuple[gatewayapi.ReferenceGrant, ...] = ()
     # Host name → IPv4 addresses, looked up by the control plane for DNS ServiceEntries so
     # that building stays pure; a name missing here has no endpoints yet.
     dns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -124,6 +128,10 @@ class MeshResources:
             models.ServiceEntry: [],
             models.WorkloadEntry: [],
             models.Secret: [],
+            gatewayapi.KubeGateway: [],
+            gatewayapi.KubeTCPRoute: [],
+            gatewayapi.KubeTLSRoute: [],
+            gatewayapi.ReferenceGrant: [],
         }
         for resource in resources:
             bucket = buckets.get(type(resource))
@@ -139,6 +147,9 @@ class MeshResources:
             service_entries=tuple(buckets[models.ServiceEntry]),
             workload_entries=tuple(buckets[models.WorkloadEntry]),
             secrets=tuple(buckets[models.Secret]),
+            kube_gateways=tuple(buckets[gatewayapi.KubeGateway]),
+            kube_routes=(*buckets[gatewayapi.KubeTCPRoute], *buckets[gatewayapi.KubeTLSRoute]),
+            reference_grants=tuple(buckets[gatewayapi.ReferenceGrant]),
             dns=dict(dns or {}),
         )
 

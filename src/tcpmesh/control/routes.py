@@ -144,7 +144,7 @@ def tcp_route(
     settings = route_destination_settings(resources, node, first, vs.namespace, len(named) == 1)
     return TcpRoute(
         destinations=destinations,
-        origin=RouteOrigin("VirtualService", vs.namespace, vs.name, index, section),
+        origin=RouteOrigin(vs.kind, vs.namespace, vs.name, index, section),
         stat_prefix=stat_prefix,
         match=L4Match(),
         idle_timeout=settings.idle_timeout,

@@ -17,6 +17,7 @@ from tcpmesh.controllers.gates import (
     quantile,
     tally,
 )
+from tcpmesh.controllers.gatewayapi import GatewayApiController
 from tcpmesh.controllers.rollouts import RolloutController
 from tcpmesh.controllers.scrape import MetricsSource, pod_metrics, query_number, scrape_targets
 from tcpmesh.controllers.steps import (
@@ -37,6 +38,7 @@ __all__ = [
     "CONNECT_FAILURE_FLAGS",
     "Event",
     "GateResult",
+    "GatewayApiController",
     "Measurement",
     "MetricsSource",
     "Outcome",

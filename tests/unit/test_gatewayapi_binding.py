@@ -1,0 +1,247 @@
+"""The Gateway API binding: which listeners a route attaches to, its status, its routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tcpmesh.control import MeshResources, ProxyNode, build_snapshot
+from tcpmesh.control.gatewayapi import REFUSED_HOST, Binding, bind_resources, workload_labels
+
+Obj = dict[str, Any]
+G = "gateway.networking.k8s.io"
+INFRA = "infra"
+
+
+def meta(name: str, namespace: str = INFRA, created: str = "2026-01-01T00:00:00Z") -> Obj:
+    return {"name": name, "namespace": namespace, "creationTimestamp": created}
+
+
+def service(name: str, namespace: str = INFRA, port: int = 3000) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(name, namespace),
+        "spec": {"selector": {"app": name}, "ports": [{"name": "tcp", "port": port}]},
+    }
+
+
+def gateway(*listeners: Obj, name: str = "gw", cls: str = "tcpmesh") -> Obj:
+    return {
+        "apiVersion": f"{G}/v1",
+        "kind": "Gateway",
+        "metadata": meta(name),
+        "spec": {"gatewayClassName": cls, "listeners": list(listeners)},
+    }
+
+
+def tcp(name: str, port: int, **extra: Any) -> Obj:
+    return {"name": name, "protocol": "TCP", "port": port, **extra}
+
+
+def tls(name: str, port: int, mode: str = "Passthrough", **extra: Any) -> Obj:
+    return {"name": name, "protocol": "TLS", "port": port, "tls": {"mode": mode}, **extra}
+
+
+def route(
+    name: str,
+    backends: list[Obj],
+    parent: Obj | None = None,
+    kind: str = "TCPRoute",
+    created: str = "2026-01-01T00:00:00Z",
+    **spec: Any,
+) -> Obj:
+    return {
+        "apiVersion": f"{G}/v1alpha2",
+        "kind": kind,
+        "metadata": meta(name, created=created),
+        "spec": {
+            "parentRefs": [parent or {"name": "gw"}],
+            "rules": [{"backendRefs": backends}],
+            **spec,
+        },
+    }
+
+
+def backend(name: str, weight: int | None = None, **extra: Any) -> Obj:
+    ref: Obj = {"name": name, "port": 3000, **extra}
+    if weight is not None:
+        ref["weight"] = weight
+    return ref
+
+
+def bound(*objects: Obj) -> Binding:
+    return bind_resources(MeshResources.from_objects(objects))
+
+
+def conditions(binding: Binding, route_name: str) -> dict[str, tuple[str, str]]:
+    result = next(r for r in binding.routes if r.route.name == route_name)
+    (parent,) = result.parents
+    return {c.type: (c.status, c.reason) for c in parent.conditions}
+
+
+def listener(binding: Binding, name: str) -> Any:
+    (gw,) = binding.gateways
+    return next(li for li in gw.listeners if li.name == name)
+
+
+def test_weighted_tcp_route_becomes_weighted_destinations_without_the_zero() -> None:
+    objects = [
+        gateway(tcp("tcp", 9300)),
+        *(service(f"v{i}") for i in (1, 2, 3)),
+        route("r", [backend("v1", 70), backend("v2", 30), backend("v3", 0)]),
+    ]
+    binding = bound(*objects)
+    (vs,) = binding.virtual_services
+    weights = [(d.destination.host, d.weight) for d in vs.spec.tcp[0].route if d and d.destination]
+    assert weights == [(f"v1.{INFRA}.svc.cluster.local", 70), (f"v2.{INFRA}.svc.cluster.local", 30)]
+    assert conditions(binding, "r") == {
+        "Accepted": ("True", "Accepted"),
+        "ResolvedRefs": ("True", "ResolvedRefs"),
+    }
+    assert listener(binding, "tcp").attached_routes == 1
+
+
+def test_backend_problems_have_the_spec_reasons_and_keep_their_share() -> None:
+    cases = {
+        "BackendNotFound": backend("missing"),
+        "InvalidKind": backend("v1", kind="ConfigMap"),
+        "RefNotPermitted": backend("other", namespace="web"),
+    }
+    for reason, ref in cases.items():
+        binding = bound(
+            gateway(tcp("tcp", 9300)),
+            service("v1"),
+            service("other", "web"),
+            route("r", [ref, backend("v1", 20)])
+            if reason == "BackendNotFound"
+            else route("r", [ref]),
+        )
+        assert conditions(binding, "r")["ResolvedRefs"] == ("False", reason)
+        assert conditions(binding, "r")["Accepted"] == ("True", "Accepted")
+        hosts = [
+            d.destination.host
+            for d in binding.virtual_services[0].spec.tcp[0].route
+            if d and d.destination
+        ]
+        if reason == "BackendNotFound":
+            assert hosts == [f"missing.{INFRA}.svc.cluster.local", f"v1.{INFRA}.svc.cluster.local"]
+        else:
+            assert hosts == [REFUSED_HOST]
+
+
+def test_a_reference_grant_permits_the_cross_namespace_backend() -> None:
+    grant = {
+        "apiVersion": f"{G}/v1beta1",
+        "kind": "ReferenceGrant",
+        "metadata": meta("g", "web"),
+        "spec": {
+            "from": [{"group": G, "kind": "TCPRoute", "namespace": INFRA}],
+            "to": [{"group": "", "kind": "Service", "name": "other"}],
+        },
+    }
+    objects = [gateway(tcp("tcp", 9300)), service("other", "web"), grant]
+    binding = bound(*objects, route("r", [backend("other", namespace="web")]))
+    assert conditions(binding, "r")["ResolvedRefs"] == ("True", "ResolvedRefs")
+
+
+def test_parent_refs_by_section_name_port_or_neither() -> None:
+    gw = gateway(tcp("one", 9300), tcp("two", 9301), tcp("three", 9302))
+    objects = [gw, service("v1")]
+    by_port = bound(*objects, route("r", [backend("v1")], {"name": "gw", "port": 9300}))
+    assert [(li.name, li.attached_routes) for li in by_port.gateways[0].listeners] == [
+        ("one", 1),
+        ("two", 0),
+        ("three", 0),
+    ]
+    both = bound(
+        *objects, route("r", [backend("v1")], {"name": "gw", "sectionName": "three", "port": 9302})
+    )
+    assert listener(both, "three").attached_routes == 1
+    every = bound(*objects, route("r", [backend("v1")]))
+    assert [li.attached_routes for li in every.gateways[0].listeners] == [1, 1, 1]
+    wrong = bound(
+        *objects, route("r", [backend("v1")], {"name": "gw", "sectionName": "two", "port": 9300})
+    )
+    assert conditions(wrong, "r")["Accepted"] == ("False", "NoMatchingParent")
+
+
+def test_a_tcp_route_on_a_non_tcp_listener_is_not_allowed() -> None:
+    http = {"name": "web", "protocol": "HTTP", "port": 5300}
+    binding = bound(
+        gateway(http),
+        service("v1"),
+        route("r", [backend("v1")], {"name": "gw", "sectionName": "web"}),
+    )
+    assert conditions(binding, "r")["Accepted"] == ("False", "NotAllowedByListeners")
+    assert listener(binding, "web").attached_routes == 0
+    assert binding.virtual_services == ()
+
+
+def test_two_routes_on_one_listener_are_both_accepted_and_counted_and_the_oldest_serves() -> None:
+    objects = [
+        gateway(tcp("tcp", 9300)),
+        service("old"),
+        service("new"),
+        route("newer", [backend("new")], created="2026-01-01T00:00:05Z"),
+        route("older", [backend("old")], created="2026-01-01T00:00:01Z"),
+    ]
+    binding = bound(*objects)
+    assert conditions(binding, "newer")["Accepted"] == ("True", "Accepted")
+    assert listener(binding, "tcp").attached_routes == 2
+    node = ProxyNode(
+        "infra",
+        "gw-abc",
+        tuple(sorted(workload_labels(binding.gateways[0].gateway).items())),
+        "127.0.0.9",
+    )
+    lb = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta("gw-tcpmesh"),
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": workload_labels(binding.gateways[0].gateway),
+            "ports": [{"name": "tcp", "port": 9300}],
+        },
+    }
+    snapshot = build_snapshot(MeshResources.from_objects([*objects, lb]), node)
+    (built,) = snapshot.listeners
+    (served,) = built.routes
+    assert (served.origin.kind, served.origin.name) == ("TCPRoute", "older")
+
+
+def test_tls_route_hostnames_intersect_the_listener() -> None:
+    gw = gateway(tls("tls", 443, hostname="*.example.com"))
+    matching = route(
+        "r", [backend("v1")], kind="TLSRoute", hostnames=["a.example.com", "b.other.org"]
+    )
+    binding = bound(gw, service("v1"), matching)
+    assert conditions(binding, "r")["Accepted"] == ("True", "Accepted")
+    (vs,) = binding.virtual_services
+    assert vs.spec.tls[0] is not None and vs.spec.tls[0].match[0] is not None
+    assert vs.spec.tls[0].match[0].sni_hosts == ["a.example.com"]
+    none = route("r", [backend("v1")], kind="TLSRoute", hostnames=["a.other.org"])
+    assert conditions(bound(gw, service("v1"), none), "r")["Accepted"] == (
+        "False",
+        "NoMatchingListenerHostname",
+    )
+
+
+def test_listener_conditions_protocol_conflict_and_invalid_route_kinds() -> None:
+    conflict = bound(gateway(tls("a", 443, hostname="a.example.com"), tcp("b", 443)))
+    for name in ("a", "b"):
+        accepted = next(c for c in listener(conflict, name).conditions if c.type == "Accepted")
+        assert (accepted.status, accepted.reason) == ("False", "ProtocolConflict")
+    kinds = {"allowedRoutes": {"kinds": [{"kind": "TCPRoute"}, {"kind": "TLSRoute"}]}}
+    mixed = bound(gateway(tls("p", 443, **kinds)))
+    result = listener(mixed, "p")
+    assert result.supported_kinds == ("TLSRoute",)
+    resolved = next(c for c in result.conditions if c.type == "ResolvedRefs")
+    assert (resolved.status, resolved.reason) == ("False", "InvalidRouteKinds")
+
+
+def test_gateways_of_other_classes_are_left_alone() -> None:
+    binding = bound(
+        gateway(tcp("tcp", 9300), cls="someone-else"), service("v1"), route("r", [backend("v1")])
+    )
+    assert binding == Binding()
