@@ -21,8 +21,20 @@ from tcpmesh.control.gatewayapi import (
     workload_labels,
 )
 from tcpmesh.control.gatewaytls import downstream_tls
+from tcpmesh.control.loadbalancer import (
+    BACKEND_NETWORK,
+    BANDWIDTH_ANNOTATIONS,
+    CappedPort,
+    backend_address,
+    capped_ports,
+    service_bandwidth,
+    wants_load_balancer,
+)
 from tcpmesh.control.resources import (
     INGRESS_GATEWAY_SELECTOR,
+    LOAD_BALANCER_LABELS,
+    LOAD_BALANCER_NAME,
+    LOAD_BALANCER_NAMESPACE,
     NODE_PROXY_LABELS,
     NODE_PROXY_NAME,
     NODE_PROXY_NAMESPACE,
@@ -45,6 +57,8 @@ from tcpmesh.control.servers import (
 from tcpmesh.control.serviceentries import service_entry_ports
 from tcpmesh.control.snapshot import (
     HASH_POLICIES,
+    MAX_BANDWIDTH_MBPS,
+    BandwidthLimit,
     Cluster,
     DownstreamTls,
     Endpoint,
@@ -70,15 +84,23 @@ if TYPE_CHECKING:
     from tcpmesh.control.plane import ControlPlane
 
 __all__ = [
+    "BACKEND_NETWORK",
+    "BANDWIDTH_ANNOTATIONS",
     "GATEWAY_NAME_LABEL",
     "HASH_POLICIES",
     "INGRESS_GATEWAY_SELECTOR",
+    "LOAD_BALANCER_LABELS",
+    "LOAD_BALANCER_NAME",
+    "LOAD_BALANCER_NAMESPACE",
+    "MAX_BANDWIDTH_MBPS",
     "NODE_PROXY_LABELS",
     "NODE_PROXY_NAME",
     "NODE_PROXY_NAMESPACE",
     "OPAQUE_TCP_PROTOCOLS",
     "TERMINATING_MODES",
+    "BandwidthLimit",
     "Binding",
+    "CappedPort",
     "Cluster",
     "Condition",
     "ControlPlane",
@@ -107,8 +129,10 @@ __all__ = [
     "VersionAffinity",
     "WeightedCluster",
     "WeightedPick",
+    "backend_address",
     "bind_resources",
     "build_snapshot",
+    "capped_ports",
     "cluster_name",
     "downstream_tls",
     "find_service",
@@ -116,8 +140,10 @@ __all__ = [
     "labels_match",
     "resolve_gateway_name",
     "resolve_host",
+    "service_bandwidth",
     "service_entry_ports",
     "service_fqdn",
+    "wants_load_balancer",
     "workload_labels",
 ]
 

@@ -12,10 +12,15 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Iterable
+from functools import partial
 
 from tcpmesh.control.clusters import service_clusters
 from tcpmesh.control.gatewayapi import with_gateway_api
 from tcpmesh.control.gatewaytls import tls_listener_routes
+from tcpmesh.control.loadbalancer import (
+    load_balancer_snapshot,
+    move_to_backends,
+)
 from tcpmesh.control.outbound import outbound_snapshot
 from tcpmesh.control.resources import (
     MeshResources,
@@ -46,7 +51,9 @@ def build_snapshot(resources: MeshResources, node: ProxyNode) -> Snapshot:
     clusters = tuple(sorted(built, key=lambda c: c.name))
     if node.kind is ProxyKind.NODE:
         return outbound_snapshot(resources, node, clusters)
-    listeners = tuple(build_listeners(resources, node))
+    if node.kind is ProxyKind.LOAD_BALANCER:
+        return load_balancer_snapshot(resources, clusters, partial(build_listeners, resources))
+    listeners = tuple(move_to_backends(resources, build_listeners(resources, node)))
     return Snapshot.build(listeners, clusters).check()
 
 

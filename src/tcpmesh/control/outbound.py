@@ -33,10 +33,11 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import itertools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from tcpmesh.api import hosts_overlap, models
+from tcpmesh.control.loadbalancer import capped_ports, load_balancer_frontend
 from tcpmesh.control.resources import (
     INGRESS_GATEWAY_SELECTOR,
     MeshResources,
@@ -292,23 +293,10 @@ def node_port_listeners(resources: MeshResources, node: ProxyNode) -> Iterator[L
                 yield Listener(name, node.address, port.node_port, (route,))
 
 
-def load_balancer_frontend(service: models.Service) -> tuple[str, frozenset[int] | None] | None:
-    """``status.loadBalancer.ingress[0]``: the address, and the ports the Service holds
-    there (None: all; a port listed with an ``error`` is another Service's)."""
-    ingress = ((service.status or {}).get("loadBalancer") or {}).get("ingress") or []
-    first = ingress[0] if ingress and isinstance(ingress[0], Mapping) else {}
-    address = first.get("ip")
-    if not address:
-        return None
-    ports = first.get("ports")
-    if not isinstance(ports, list):
-        return str(address), None
-    held = {int(p["port"]) for p in ports if isinstance(p, Mapping) and "error" not in p}
-    return str(address), frozenset(held)
-
-
 def load_balancer_listeners(resources: MeshResources, node: ProxyNode) -> Iterator[Listener]:
-    """The load-balancer address:port of every LoadBalancer Service but the gateways'."""
+    """The load-balancer address:port of every LoadBalancer Service but the gateways',
+    and but those the load balancer serves itself (a bandwidth cap: control.loadbalancer)."""
+    shaped = {(c.address, c.port) for c in capped_ports(resources)}
     for service in sorted(resources.services, key=creation_order_key):
         frontend = load_balancer_frontend(service)
         if service.spec.type != "LoadBalancer" or frontend is None:
@@ -317,7 +305,7 @@ def load_balancer_listeners(resources: MeshResources, node: ProxyNode) -> Iterat
             continue
         address, held = frontend
         for index, port in _tcp_ports(service):
-            if held is None or port.port in held:
+            if (held is None or port.port in held) and (address, port.port) not in shaped:
                 route = service_route(resources, node, service, index)
                 yield Listener(f"{address}_{port.port}", address, port.port, (route,))
 

@@ -25,6 +25,13 @@ NODE_PROXY_LABELS: Mapping[str, str] = {
     "app": NODE_PROXY_NAME,
     "tcpmesh.io/component": "node-proxy",
 }
+# The built-in cloud load balancer that enforces bandwidth caps (control.loadbalancer).
+LOAD_BALANCER_NAMESPACE = "kube-system"
+LOAD_BALANCER_NAME = "tcpmesh-slb"
+LOAD_BALANCER_LABELS: Mapping[str, str] = {
+    "app": LOAD_BALANCER_NAME,
+    "tcpmesh.io/component": "load-balancer",
+}
 
 
 class ProxyKind(StrEnum):
@@ -32,10 +39,12 @@ class ProxyKind(StrEnum):
 
     ``ROUTER``: a gateway, its Gateway servers' ports. ``NODE``: the node proxy, every
     Service's cluster IP, node ports and load-balancer addresses, routed as Istio routes a
-    sidecar's outbound traffic (``control.outbound``)."""
+    sidecar's outbound traffic (``control.outbound``). ``LOAD_BALANCER``: the cloud load
+    balancer, the capped LoadBalancer ports (``control.loadbalancer``)."""
 
     ROUTER = "router"
     NODE = "node"
+    LOAD_BALANCER = "load-balancer"
 
 
 @dataclass(frozen=True)
@@ -56,11 +65,13 @@ class ProxyNode:
 
     @property
     def kind(self) -> ProxyKind:
-        """The node proxy is the pod with its labels in its namespace; any other is a router."""
-        if self.namespace == NODE_PROXY_NAMESPACE and labels_match(
-            NODE_PROXY_LABELS, self.label_dict()
-        ):
+        """The node proxy and the load balancer are the pods with their labels in their
+        namespace; any other is a router."""
+        labels = self.label_dict()
+        if self.namespace == NODE_PROXY_NAMESPACE and labels_match(NODE_PROXY_LABELS, labels):
             return ProxyKind.NODE
+        if self.namespace == LOAD_BALANCER_NAMESPACE and labels_match(LOAD_BALANCER_LABELS, labels):
+            return ProxyKind.LOAD_BALANCER
         return ProxyKind.ROUTER
 
     @classmethod

@@ -28,6 +28,8 @@ HASH_POLICIES = ("RING_HASH", "MAGLEV")
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 3600.0
+# The largest bandwidth cap Alibaba Cloud's load balancers allow, in Mbit/s.
+MAX_BANDWIDTH_MBPS = 5000
 
 
 def cluster_name(port: int, subset: str, fqdn: str) -> str:
@@ -271,6 +273,19 @@ class TcpRoute:
 
 
 @dataclass(frozen=True)
+class BandwidthLimit:
+    """A load balancer's bandwidth cap: ``mbps`` Mbit/s in each direction, aggregated.
+
+    Every listener naming the same ``bucket`` (the Service, "namespace/name") draws from
+    the same two token buckets, one per direction, whatever port or connection the bytes
+    take: the cap is the Service's load balancer's, not a connection's.
+    """
+
+    bucket: str
+    mbps: int
+
+
+@dataclass(frozen=True)
 class Listener:
     name: str
     address: str
@@ -278,6 +293,8 @@ class Listener:
     routes: tuple[TcpRoute, ...]
     # "namespace/name" of the Gateway whose server opened this port.
     gateway: str = ""
+    # Set only in a load balancer's Snapshot (control.loadbalancer): shape this port.
+    bandwidth: BandwidthLimit | None = None
 
     @property
     def reads_client_hello(self) -> bool:
@@ -411,6 +428,21 @@ def _listener_problems(listeners: tuple[Listener, ...]) -> list[str]:
             problems.append(f"listener {lst.name} binds {lst.address}:{lst.port}, not an IP:port")
         if not lst.routes:
             problems.append(f"listener {lst.name} has no route")
+    return problems + _bandwidth_problems(listeners)
+
+
+def _bandwidth_problems(listeners: tuple[Listener, ...]) -> list[str]:
+    """Caps are 1..MAX_BANDWIDTH_MBPS, and listeners sharing a bucket agree on it."""
+    problems: list[str] = []
+    rates: dict[str, int] = {}
+    for lst in listeners:
+        limit = lst.bandwidth
+        if limit is None:
+            continue
+        if not limit.bucket or not 1 <= limit.mbps <= MAX_BANDWIDTH_MBPS:
+            problems.append(f"listener {lst.name} has bandwidth {limit}, not 1..5000 Mbit/s")
+        if rates.setdefault(limit.bucket, limit.mbps) != limit.mbps:
+            problems.append(f"listener {lst.name} disagrees on bucket {limit.bucket}'s rate")
     return problems
 
 
@@ -524,8 +556,14 @@ def _listener_from_dict(d: dict[str, Any]) -> Listener:
         )
         for r in d["routes"]
     )
+    bandwidth = d.get("bandwidth")
     return Listener(
-        name=d["name"], address=d["address"], port=d["port"], routes=routes, gateway=d["gateway"]
+        name=d["name"],
+        address=d["address"],
+        port=d["port"],
+        routes=routes,
+        gateway=d["gateway"],
+        bandwidth=BandwidthLimit(**bandwidth) if bandwidth is not None else None,
     )
 
 

@@ -35,6 +35,10 @@ BUILTIN_IMAGES: tuple[BuiltinImage, ...] = (
     BuiltinImage("proxyv2", "tcpmesh.dataplane", (), "/usr/local/bin/pilot-agent", drains=True),
     # Envoy fed by the mesh's xDS server (`up --dataplane envoy`); args go to Envoy.
     BuiltinImage("envoy", "tcpmesh.xds.gateway", (), "/docker-entrypoint.sh", "envoyproxy"),
+    # The cloud load balancer that enforces bandwidth caps (tcpmesh.runtime.cloudlb).
+    BuiltinImage(
+        "tcpmesh-slb", "tcpmesh.dataplane.slb", (), "/usr/local/bin/tcpmesh-slb", "tcpmesh"
+    ),
 )
 
 

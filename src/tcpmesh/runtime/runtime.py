@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from tcpmesh.runtime.cloudlb import sync_load_balancer
 from tcpmesh.runtime.deployments import sync_deployments
 from tcpmesh.runtime.endpoints import sync_services
 from tcpmesh.runtime.events import EventRecorder
@@ -97,6 +98,7 @@ class Runtime:
 
     def reconcile(self, *, run_pods: bool = True) -> None:
         """One level-triggered pass over Deployments, Pods and Services."""
+        self._step("load balancer", lambda: sync_load_balancer(self.store))
         self._step(
             "deployments",
             lambda: sync_deployments(self.store, self.max_pods, self._deployment_events),
