@@ -196,3 +196,26 @@ def test_missing_virtual_service_is_reported_not_started(world: World) -> None:
     assert status["phase"] == "Degraded"
     assert status["message"] == 'VirtualService "tcp-echo" not found'
     assert status["conditions"][0]["type"] == "InvalidSpec"
+
+
+def _rebalance_request(world: World) -> str | None:
+    vs = world.store.get("VirtualService", "default", "tcp-echo")
+    assert vs is not None
+    annotations = vs["metadata"].get("annotations") or {}
+    return annotations.get("traffic.tcpmesh.io/rebalance-request")
+
+
+def test_rebalance_true_asks_for_a_rebalance_with_every_weight_it_writes(world: World) -> None:
+    world.sync()
+    assert _rebalance_request(world) is None, "without rebalance: true, weights alone"
+    obj = world.rollout()
+    world.store.replace({**obj, "spec": {**obj["spec"], "rebalance": True}})
+    world.sync(after=30)
+    assert world.weights() == [50, 50]
+    at_50 = _rebalance_request(world)
+    assert at_50 is not None and at_50.startswith("tcp-echo-")
+    world.request(abort=True)
+    world.sync(after=1)
+    assert world.weights() == [100, 0]
+    after_abort = _rebalance_request(world)
+    assert after_abort is not None and after_abort != at_50, "the abort moves connections back"
