@@ -37,6 +37,7 @@ LISTED_KINDS = (
     "VirtualService",
     "DestinationRule",
     "ServiceEntry",
+    "Rollout",
 )
 SOURCE = "console"
 STATIC = resources.files("tcpmesh.console") / "static"

@@ -42,11 +42,17 @@ const COLUMNS = {
     ["Hosts", (o) => ((o.spec || {}).hosts || []).join(", ")],
     ["Ports", (o) => ((o.spec || {}).ports || []).map((p) => `${p.number}/${p.protocol}`).join(", ")],
   ],
+  Rollout: [
+    ["Name", (o) => o.metadata.name],
+    ["Phase", (o) => (o.status || {}).phase || "Pending"],
+    ["Step", (o) => `${(o.status || {}).currentStepIndex || 0}/${((o.spec || {}).steps || []).length}`],
+    ["Weights", (o) => `${(o.status || {}).stableWeight ?? 100}/${(o.status || {}).canaryWeight ?? 0}`],
+  ],
 };
 const PLURAL = {
   Deployment: "Deployments", Pod: "Pods", Service: "Services", Gateway: "Gateways",
   VirtualService: "VirtualServices", DestinationRule: "DestinationRules",
-  ServiceEntry: "ServiceEntries",
+  ServiceEntry: "ServiceEntries", Rollout: "Rollouts",
 };
 const HISTORY = 60;
 
@@ -168,6 +174,7 @@ function switchNamespace(namespace) {
   state.dirty.clear();
   for (const kind of Object.keys(COLUMNS)) state.objects[kind] = new Map();
   renderTables();
+  renderRollouts();
   watch();
   if (state.timer) clearInterval(state.timer);
   pollTraffic();
@@ -194,7 +201,9 @@ function watch() {
     else if (event.type === "BOOKMARK") return;
     if (!pending) {
       pending = true;
-      requestAnimationFrame(() => { pending = false; renderTables(); renderSplits(); });
+      requestAnimationFrame(() => {
+        pending = false; renderTables(); renderSplits(); renderRollouts();
+      });
     }
   };
   source.onopen = () => {
@@ -368,6 +377,75 @@ function splitEditor(vs, rule, index, key) {
   });
   update();
   return block;
+}
+
+// ---------------------------------------------------------------- Rollouts
+// The Rollout's own status, as the controller writes it (the same reading as
+// `tcpmesh rollout status`): phase, step, current weights, each step's last gates.
+
+function stepText(step) {
+  if ("setWeight" in step) return `setWeight ${step.setWeight}`;
+  if ("pause" in step) {
+    const duration = (step.pause || {}).duration;
+    return duration ? `pause ${duration}` : "pause (until promoted)";
+  }
+  return "analysis";
+}
+
+function gateText(measurement) {
+  if (!measurement) return "-";
+  const values = Object.entries(measurement.values || {}).map(([name, value]) =>
+    `${name} ${typeof value === "number" ? Number(value.toPrecision(3)) : "-"}`);
+  return `${measurement.verdict}: ${values.join(", ") || "no gates"}`;
+}
+
+function renderRollouts() {
+  const rollouts = [...((state.objects.Rollout || new Map()).values())]
+    .sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
+  $("rollouts-status").textContent = rollouts.length
+    ? "Live: each change of a Rollout's status shows here as the controller writes it"
+    : "No Rollouts in this namespace";
+  $("rollout-views").replaceChildren(...rollouts.map(rolloutView));
+}
+
+function rolloutView(obj) {
+  const name = obj.metadata.name;
+  const spec = obj.spec || {}, status = obj.status || {};
+  const steps = spec.steps || [];
+  const index = status.currentStepIndex || 0;
+  const phase = status.phase || "Pending";
+  const view = el("article", { class: "rollout", "aria-label": `Rollout ${name}`, "data-rollout": name });
+  view.append(el("h3", { text: `Rollout ${name}` }));
+  const facts = [
+    ["Phase", phase, "phase"],
+    ["Message", status.message || "-", "message"],
+    ["Step", `${index} of ${steps.length}`, "step"],
+    ["Current weight", `stable ${(spec.stable || {}).subset} ${status.stableWeight ?? 100}%, `
+      + `canary ${(spec.canary || {}).subset} ${status.canaryWeight ?? 0}%`, "weights"],
+  ];
+  const list = el("dl");
+  for (const [term, value, field] of facts) {
+    list.append(el("dt", { text: term }), el("dd", { "data-field": field, text: value }));
+  }
+  view.append(list);
+  const measured = new Map((status.steps || []).map((s) => [s.index, s.measurements || []]));
+  const table = el("table", { "aria-label": `Steps of Rollout ${name}` });
+  table.append(el("caption", { text: `Steps of Rollout ${name}` }));
+  const head = el("tr");
+  for (const h of ["#", "Step", "State", "Gates (last measurement)"]) head.append(el("th", { scope: "col", text: h }));
+  table.append(el("thead", {}, head));
+  const body = el("tbody");
+  steps.forEach((step, i) => {
+    const done = i < index || phase === "Healthy";
+    const where = done ? "done" : (i === index ? "current" : "pending");
+    const last = (measured.get(i) || []).slice(-1)[0];
+    body.append(el("tr", { "data-step": String(i), class: where },
+      el("td", { text: String(i) }), el("th", { scope: "row", text: stepText(step) }),
+      el("td", { text: where }), el("td", { class: "gates", text: gateText(last) })));
+  });
+  table.append(body);
+  view.append(table);
+  return view;
 }
 
 // ---------------------------------------------------------------- live chart
