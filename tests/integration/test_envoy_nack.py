@@ -9,6 +9,7 @@ gateway keeps serving its last good configuration, and removing the Gateway clea
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,3 +133,31 @@ def test_a_listener_envoy_cannot_bind_is_nacked_reported_and_harmless(
     assert node["appliedSnapshot"] == good
     assert "NACK" not in mesh.tcpmesh("status").stdout
     assert answer() == "one"
+
+
+def test_rebalancing_on_envoy_warns_once_on_apply_and_analyze_reports_it(
+    mesh: MeshHarness, tmp_path: Path
+) -> None:
+    """Envoy cannot close a chosen share of connections: apply says why, once."""
+    split = (SAMPLES / "tcp-echo-20-v2.yaml").read_text()
+    asking = split.replace(
+        "metadata:\n  name: tcp-echo\n",
+        "metadata:\n  name: tcp-echo\n  annotations:\n"
+        "    traffic.tcpmesh.io/rebalance: on-weight-change\n",
+        1,
+    )
+    assert asking != split
+    path = tmp_path / "rebalance.yaml"
+    path.write_text(asking)
+    try:
+        applied = mesh.apply(path)
+        warnings = [line for line in applied.stderr.splitlines() if "rebalancing" in line]
+        assert len(warnings) == 1, applied.stderr
+        assert "metadata.annotations[traffic.tcpmesh.io/rebalance]" in warnings[0]
+        assert "is not available on Envoy" in warnings[0]
+        analyzed = mesh.tcpmesh("analyze", check=False).stdout
+        assert re.search(r"Info \[TCM0001\].*rebalancing is not available on Envoy", analyzed), (
+            analyzed
+        )
+    finally:
+        mesh.apply(SAMPLES / "tcp-echo-all-v1.yaml")
