@@ -169,6 +169,9 @@ class Plan:
         record.store(json.dumps(self.__dict__, separators=(",", ":")).encode())
 
 
+_Slot = tuple[set["Movable"], ClusterCounters]
+
+
 class Movable(Protocol):
     """What the rebalancer needs of a connection (``dataplane.proxy``'s connections)."""
 
@@ -193,11 +196,13 @@ class Rebalancer:
         self._store = store
         self._worker = worker if worker is not None else _worker_from_env()
         self._pools: dict[str, dict[str, set[Movable]]] = {}
-        self._where: dict[Movable, tuple[str, str]] = {}
+        # Per connection: its (route, cluster) pool and count slot, so a close looks up
+        # nothing. ``_slots`` finds them by (route object, cluster) for the current state.
+        self._where: dict[Movable, _Slot] = {}
+        self._slots: dict[tuple[int, str], _Slot] = {}
         self._tallies: dict[tuple[str, str], ClusterCounters] = {}
         self._seen: dict[str, str] = {}
         self._timers: dict[str, list[asyncio.TimerHandle]] = {}
-        self._keys: dict[int, str] = {}
         self._due_at: dict[str, dict[str, list[float]]] = {}
         self.closed_by_rebalance = 0
 
@@ -206,21 +211,30 @@ class Rebalancer:
     def opened(
         self, conn: Movable, listener: tuple[str, int], route: TcpRoute, cluster: str
     ) -> None:
-        key = self._keys.get(id(route))
-        if key is None:
-            key = self._keys[id(route)] = route_key(listener, route)
-        self._pools.setdefault(key, {}).setdefault(cluster, set()).add(conn)
-        self._where[conn] = (key, cluster)
-        tally = self._tallies.get((key, cluster)) or self._register(key, cluster)
-        tally.open = tally.open + 1
+        slot = self._slots.get((id(route), cluster))
+        if slot is None:
+            slot = self._slot(listener, route, cluster)
+        pool = slot[0]
+        pool.add(conn)
+        self._where[conn] = slot
+        # The pool is this worker's count: one store, no read-modify-write.
+        slot[1].open = len(pool)
 
     def closed(self, conn: Movable) -> None:
-        where = self._where.pop(conn, None)
-        if where is None:
+        slot = self._where.pop(conn, None)
+        if slot is None:
             return
-        self._pools[where[0]][where[1]].discard(conn)
-        tally = self._tallies[where]
-        tally.open = max(0, tally.open - 1)
+        pool = slot[0]
+        pool.discard(conn)
+        slot[1].open = len(pool)
+
+    def _slot(self, listener: tuple[str, int], route: TcpRoute, cluster: str) -> _Slot:
+        key = route_key(listener, route)
+        pool = self._pools.setdefault(key, {}).setdefault(cluster, set())
+        tally = self._tallies.get((key, cluster)) or self._register(key, cluster)
+        # Keyed by identity: the routes live as long as the state that holds them.
+        slot = self._slots[(id(route), cluster)] = (pool, tally)
+        return slot
 
     def _register(self, key: str, cluster: str) -> ClusterCounters:
         """This worker's count slot for (route, cluster), listed in the route's record."""
@@ -239,7 +253,7 @@ class Rebalancer:
 
     def apply(self, snapshot: Snapshot) -> None:
         """Act on each route's rebalance request that is new to this worker."""
-        self._keys = {}
+        self._slots = {}
         for listener in snapshot.listeners:
             for route in listener.routes:
                 if route.rebalance is None:
