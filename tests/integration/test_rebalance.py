@@ -12,6 +12,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from scipy.stats import binomtest
@@ -27,7 +28,7 @@ OVER = 10.0
 ALPHA = 1e-6
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshHarness]:
     address = idle_gateway_address("127.0.14.1")
     harness = MeshHarness(tmp_path_factory.mktemp("state"), address, workers=2)
@@ -66,12 +67,13 @@ def _ask(sock: socket.socket, line: str) -> str:
 class Clients:
     """Long-lived clients; each one the proxy closes reconnects once and says hello."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, count: int = CLIENTS) -> None:
         self.address = address
-        self.socks = [socket.create_connection((address, PORT), timeout=5) for _ in range(CLIENTS)]
+        self.socks = [socket.create_connection((address, PORT), timeout=5) for _ in range(count)]
         self.closed_at: list[float] = []
         self.resets = 0
         self.reconnected: Counter[str] = Counter()
+        self.reconnect = True
 
     def watch(self, seconds: float) -> None:
         """Until ``seconds`` pass: note each close (EOF or reset) and reconnect it."""
@@ -98,6 +100,8 @@ class Clients:
         selector.close()
 
     def _reconnect(self) -> None:
+        if not self.reconnect:
+            return
         with socket.create_connection((self.address, PORT), timeout=5) as sock:
             self.reconnected[_ask(sock, "back again")] += 1
 
@@ -140,3 +144,47 @@ def test_rebalance_closes_the_fewest_needed_spread_over_the_window(mesh: MeshHar
     back = clients.reconnected
     assert set(back) <= {"one", "two"} and sum(back.values()) == closed
     assert binomtest(back["two"], closed, 0.2).pvalue >= ALPHA, back
+
+
+ROLLBACK = """
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: tcp-echo
+  annotations:
+    traffic.tcpmesh.io/rebalance: on-weight-change
+    traffic.tcpmesh.io/rebalance-over: 1s
+spec:
+  hosts: ["*"]
+  gateways: [tcp-echo-gateway]
+  tcp:
+  - match: [{port: 31400}]
+    route:
+    - destination: {host: tcp-echo, port: {number: 9000}, subset: v1}
+"""
+
+
+def test_a_rollback_with_on_weight_change_moves_the_canarys_connections_back(
+    mesh: MeshHarness, tmp_path: Path
+) -> None:
+    """80/20, then back to all-v1 on a route that rebalances after every weight change:
+    exactly the connections on v2 close; those on v1 stay open."""
+    mesh.apply(SAMPLES / "tcp-echo-20-v2.yaml")
+    mesh.wait_for("the 80/20 split", lambda: "two" in {_word(mesh.address) for _ in range(10)})
+    clients = Clients(mesh.address, count=20)
+    clients.reconnect = False
+    try:
+        words = {s: _ask(s, "which") for s in clients.socks}
+        on_v2 = {s for s, w in words.items() if w == "two"}
+        # Two workers, each 80/20 exactly: one of them took at least 5 of the 20.
+        assert on_v2 and set(words.values()) == {"one", "two"}, words
+        path = tmp_path / "rollback.yaml"
+        path.write_text(ROLLBACK)
+        mesh.apply(path)
+        clients.watch(4.0)
+        assert len(clients.closed_at) == len(on_v2), (len(clients.closed_at), len(on_v2))
+        assert not on_v2 & set(clients.socks), "every v2 connection was closed"
+        assert {_ask(s, "still") for s in clients.socks} == {"one"}
+        assert clients.resets == 0
+    finally:
+        clients.close()
