@@ -146,6 +146,27 @@ WORKLOAD_ENTRY: Obj = {
     "spec": {"address": "10.0.0.2", "ports": {"tcp": 80}, "weight": 1},
 }
 
+WORKLOAD_GROUP: Obj = {
+    "apiVersion": "networking.istio.io/v1",
+    "kind": "WorkloadGroup",
+    "metadata": META,
+    "spec": {
+        "template": {"ports": {"tcp": 80}},
+        "probe": {
+            "initialDelaySeconds": 1,
+            "timeoutSeconds": 1,
+            "periodSeconds": 1,
+            "successThreshold": 1,
+            "failureThreshold": 1,
+            "tcpSocket": {"port": 80},
+        },
+    },
+}
+HTTP_WORKLOAD_GROUP: Obj = {
+    **WORKLOAD_GROUP,
+    "spec": {"template": {}, "probe": {"httpGet": {"port": 8080, "path": "/ready"}}},
+}
+
 EVENT: Obj = {
     "apiVersion": "v1",
     "kind": "Event",
@@ -310,6 +331,18 @@ CASES: dict[tuple[type[models.Model], str], tuple[Obj, Path]] = {
     (models.WorkloadEntrySpec, "ports"): (WORKLOAD_ENTRY, ("spec", "ports", "[tcp]")),
     (models.WorkloadEntrySpec, "weight"): (SERVICE_ENTRY, ("spec", "endpoints", 0, "weight")),
     (models.Event, "count"): (EVENT, ("count",)),
+    **{
+        (models.ReadinessProbe, field): (WORKLOAD_GROUP, ("spec", "probe", alias))
+        for field, alias in (
+            ("initial_delay_seconds", "initialDelaySeconds"),
+            ("timeout_seconds", "timeoutSeconds"),
+            ("period_seconds", "periodSeconds"),
+            ("success_threshold", "successThreshold"),
+            ("failure_threshold", "failureThreshold"),
+        )
+    },
+    (models.TcpHealthCheck, "port"): (WORKLOAD_GROUP, ("spec", "probe", "tcpSocket", "port")),
+    (models.HttpHealthCheck, "port"): (HTTP_WORKLOAD_GROUP, ("spec", "probe", "httpGet", "port")),
     (rollouts.RouteSelector, "route"): (ROLLOUT_BY_INDEX, ("spec", "virtualService", "route")),
     (rollouts.RouteSelector, "port"): (ROLLOUT_BY_PORT, ("spec", "virtualService", "port")),
     (rollouts.Step, "set_weight"): (ROLLOUT_BY_INDEX, ("spec", "steps", 0, "setWeight")),

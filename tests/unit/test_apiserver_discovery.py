@@ -23,6 +23,7 @@ SERVED = {
             ("destinationrules", "DestinationRule", ("dr",)),
             ("serviceentries", "ServiceEntry", ("se",)),
             ("workloadentries", "WorkloadEntry", ("we",)),
+            ("workloadgroups", "WorkloadGroup", ("wg",)),
         )
     ),
     ("gateway.networking.k8s.io/v1", "gateways", "Gateway", ("gtw",)),

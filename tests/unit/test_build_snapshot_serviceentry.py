@@ -678,3 +678,90 @@ def test_plane_keeps_refreshing_after_a_resolver_breaks(tmp_path: Path) -> None:
         assert len(resolver.asked) >= 2
 
     run_plane(tmp_path, resolver, scenario, dns_refresh=0.05)
+
+
+# ---------------------------------------------------------------- Services select WorkloadEntries
+
+
+def echo_service(target_port: int | str = 9000) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta("tcp-echo"),
+        "spec": {
+            "selector": {"app": "tcp-echo"},
+            "ports": [{"name": "tcp", "port": 9000, "targetPort": target_port}],
+        },
+    }
+
+
+def echo_rule() -> Obj:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": meta("tcp-echo"),
+        "spec": {
+            "host": "tcp-echo",
+            "subsets": [
+                {"name": "v1", "labels": {"version": "v1"}},
+                {"name": "v2", "labels": {"version": "v2"}},
+            ],
+        },
+    }
+
+
+def vm_entry(name: str, address: str, version: str, **extra: Any) -> Obj:
+    spec = {"address": address, "labels": {"app": "tcp-echo", "version": version}, **extra}
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "WorkloadEntry",
+        "metadata": meta(name),
+        "spec": spec,
+    }
+
+
+SVC = "tcp-echo.default.svc.cluster.local"
+
+
+def test_a_kubernetes_service_selects_workload_entries_and_subsets_split_them() -> None:
+    # serviceInstanceFromWorkloadInstance: the kube registry adds the entries its selector
+    # picks; DestinationRule subsets select them by label like pods.
+    snapshot = build(
+        [
+            echo_service(),
+            echo_rule(),
+            vm_entry("vm-1", "10.0.0.7", "v1"),
+            vm_entry("vm-2", "10.0.0.8", "v2", ports={"tcp": 9100}),
+            {**vm_entry("other-ns", "10.0.0.9", "v1"), "metadata": meta("o", "prod")},
+        ]
+    )
+    assert endpoints_of(snapshot, f"outbound|9000|v1|{SVC}") == [("10.0.0.7", 9000, "v1")]
+    # The entry names the Service's port: its own number wins over the targetPort.
+    assert endpoints_of(snapshot, f"outbound|9000|v2|{SVC}") == [("10.0.0.8", 9100, "v2")]
+
+
+def test_a_named_target_port_needs_the_entry_to_name_it() -> None:
+    snapshot = build(
+        [
+            echo_service("echo"),
+            vm_entry("named", "10.0.0.7", "v1", ports={"echo": 9200}),
+            vm_entry("unnamed", "10.0.0.8", "v1"),
+        ]
+    )
+    assert endpoints_of(snapshot, f"outbound|9000||{SVC}") == [("10.0.0.7", 9200, "v1")]
+
+
+def test_an_unhealthy_auto_registered_entry_is_not_ready() -> None:
+    entry = vm_entry("vm-1", "10.0.0.7", "v1")
+    entry["metadata"]["annotations"] = {"proxy.istio.io/health-checks-enabled": "true"}
+    entry["status"] = {"conditions": [{"type": "Healthy", "status": "False"}]}
+    cluster = build([echo_service(), entry]).cluster(f"outbound|9000||{SVC}")
+    assert cluster is not None
+    assert [e.ready for e in cluster.endpoints] == [False]
+
+
+def test_a_service_without_a_selector_selects_no_entry() -> None:
+    service = echo_service()
+    del service["spec"]["selector"]
+    cluster = build([service, vm_entry("vm-1", "10.0.0.7", "v1")]).cluster(f"outbound|9000||{SVC}")
+    assert cluster is not None and cluster.endpoints == ()

@@ -131,6 +131,14 @@ KINDS: tuple[KindInfo, ...] = (
         gatewayapi.ReferenceGrant,
     ),
     KindInfo(
+        "WorkloadGroup",
+        ISTIO_NETWORKING,
+        ISTIO_VERSIONS,
+        "workloadgroups",
+        ("wg",),
+        models.WorkloadGroup,
+    ),
+    KindInfo(
         "Rollout",
         rollouts.GROUP,
         (rollouts.VERSION,),

@@ -482,6 +482,54 @@ class WorkloadEntrySpec(Model):
     service_account: str = ""
 
 
+class WorkloadGroupMeta(Model):
+    """The labels and annotations every WorkloadEntry of a group gets."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class TcpHealthCheck(Model):
+    host: str = ""
+    port: int = 0
+
+
+class HttpHeader(Model):
+    name: str = ""
+    value: str = ""
+
+
+class HttpHealthCheck(Model):
+    path: str = ""
+    port: int = 0
+    host: str = ""
+    scheme: str = ""
+    http_headers: list[HttpHeader | None] = Field(default_factory=list)
+
+
+class ExecHealthCheck(Model):
+    command: list[str] = Field(default_factory=list)
+
+
+class ReadinessProbe(Model):
+    """Istio's ReadinessProbe: one method (httpGet, tcpSocket, exec) and its timing."""
+
+    initial_delay_seconds: int = 0
+    timeout_seconds: int = 0
+    period_seconds: int = 0
+    success_threshold: int = 0
+    failure_threshold: int = 0
+    http_get: HttpHealthCheck | None = None
+    tcp_socket: TcpHealthCheck | None = None
+    exec: ExecHealthCheck | None = None
+
+
+class WorkloadGroupSpec(Model):
+    metadata: WorkloadGroupMeta | None = None
+    template: WorkloadEntrySpec | None = None
+    probe: ReadinessProbe | None = None
+
+
 class EntryWorkloadSelector(Model):
     """Istio's networking WorkloadSelector: plain ``labels``, unlike the DR's ``matchLabels``."""
 
@@ -604,3 +652,7 @@ class ServiceEntry(Resource):
 
 class WorkloadEntry(Resource):
     spec: WorkloadEntrySpec
+
+
+class WorkloadGroup(Resource):
+    spec: WorkloadGroupSpec = Field(default_factory=WorkloadGroupSpec)

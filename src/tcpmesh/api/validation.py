@@ -82,6 +82,8 @@ def validate(resource: models.Resource) -> list[Finding]:
         findings += tls.secret(resource)
     elif isinstance(resource, models.WorkloadEntry):
         findings += _workload_entry("spec", resource.spec, None, allow_fqdn=True)
+    elif isinstance(resource, models.WorkloadGroup):
+        findings += _workload_group(resource.spec)
     elif isinstance(resource, Rollout):
         findings += (_error(path, message) for path, message in rollout_problems(resource.spec))
     else:
@@ -116,6 +118,13 @@ NUMERIC_FIELDS: dict[tuple[type[models.Model], str], IntType] = {
     (models.ObjectMeta, "generation"): INT64,
     (models.ObjectMeta, "deletion_grace_period_seconds"): INT64,
     (models.ContainerPort, "container_port"): INT32,
+    (models.ReadinessProbe, "initial_delay_seconds"): INT32,
+    (models.ReadinessProbe, "timeout_seconds"): INT32,
+    (models.ReadinessProbe, "period_seconds"): INT32,
+    (models.ReadinessProbe, "success_threshold"): INT32,
+    (models.ReadinessProbe, "failure_threshold"): INT32,
+    (models.TcpHealthCheck, "port"): UINT32,
+    (models.HttpHealthCheck, "port"): UINT32,
     (models.ContainerPort, "host_port"): INT32,
     (models.PodSpec, "termination_grace_period_seconds"): INT64,
     (models.DeploymentSpec, "replicas"): INT32,
@@ -1214,6 +1223,63 @@ def _workload_entry(
         yield _error(f"{path}.labels", problem)
     if unix and service_ports is not None and len(service_ports) != 1:
         yield _error(path, "exactly 1 service port required for unix endpoints")
+
+
+def _workload_group(spec: models.WorkloadGroupSpec) -> Iterator[Finding]:
+    """ValidateWorkloadGroup: the template is required but not validated as a WorkloadEntry
+    (its address is filled in at registration), the metadata labels, the probe."""
+    if spec.template is None:
+        yield _error("spec.template", "template is required")
+        return
+    if spec.metadata is not None:
+        for problem in names.validate_labels(spec.metadata.labels):
+            yield _error("spec.metadata.labels", f"invalid labels: {problem}")
+    if spec.probe is not None:
+        yield from _readiness_probe("spec.probe", spec.probe)
+
+
+_PROBE_TIMINGS = (
+    ("period_seconds", "periodSeconds"),
+    ("initial_delay_seconds", "initialDelaySeconds"),
+    ("timeout_seconds", "timeoutSeconds"),
+    ("success_threshold", "successThreshold"),
+    ("failure_threshold", "failureThreshold"),
+)
+
+
+def _readiness_probe(path: str, probe: models.ReadinessProbe) -> Iterator[Finding]:
+    """validateReadinessProbe: timings not negative, exactly one method, its port valid."""
+    for field, json_name in _PROBE_TIMINGS:
+        if getattr(probe, field) < 0:
+            yield _error(f"{path}.{json_name}", f"{json_name} must be non-negative")
+    methods = [
+        name
+        for name, value in (
+            ("httpGet", probe.http_get),
+            ("tcpSocket", probe.tcp_socket),
+            ("exec", probe.exec),
+        )
+        if value is not None
+    ]
+    if not methods:
+        yield _error(path, "unknown health check method <nil>")
+    elif len(methods) > 1:
+        yield _error(path, f"only one health check method may be set, not {', '.join(methods)}")
+    if probe.http_get is not None:
+        problem = names.validate_port(probe.http_get.port)
+        if problem:
+            yield _error(f"{path}.httpGet.port", problem)
+        if probe.http_get.scheme not in ("", "HTTP", "HTTPS"):
+            yield _error(f"{path}.httpGet.scheme", 'httpGet.scheme must be one of "HTTPS", "HTTP"')
+        for i, header in enumerate(probe.http_get.http_headers):
+            if header is None:
+                yield _error(f"{path}.httpGet.httpHeaders[{i}]", "invalid nil header")
+    if probe.tcp_socket is not None:
+        problem = names.validate_port(probe.tcp_socket.port)
+        if problem:
+            yield _error(f"{path}.tcpSocket.port", problem)
+    if probe.exec is not None and not probe.exec.command:
+        yield _error(f"{path}.exec.command", "exec.command is required")
 
 
 def _unix_address_problem(path: str) -> str | None:

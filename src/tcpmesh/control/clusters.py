@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from tcpmesh.api import (
+    is_ip,
     models,
 )
 from tcpmesh.control.policy import (
@@ -21,6 +22,7 @@ from tcpmesh.control.resources import (
     labels_match,
     service_fqdn,
 )
+from tcpmesh.control.serviceentries import workload_entry_healthy
 from tcpmesh.control.snapshot import (
     Cluster,
     Endpoint,
@@ -38,6 +40,7 @@ def service_clusters(resources: MeshResources, node: ProxyNode) -> Iterable[Clus
         service_endpoints = endpoints.get((service.namespace, service.name))
         for port in service.spec.ports:
             members = tuple(_endpoints_for_port(service_endpoints, port, pods))
+            members += tuple(_selected_workload_entries(resources, service, port))
             yield make_cluster(fqdn, port.port, "", members, rule)
             for subset in unique_subsets(rule):
                 selected = tuple(e for e in members if labels_match(subset.labels, e.label_dict()))
@@ -73,6 +76,46 @@ def _endpoints_for_port(
                 ready=ready,
                 workload=workload,
             )
+
+
+def _selected_workload_entries(
+    resources: MeshResources, service: models.Service, port: models.ServicePort
+) -> Iterable[Endpoint]:
+    """The WorkloadEntries a Kubernetes Service selects, as Istio's kube registry adds them
+    (serviceInstanceFromWorkloadInstance): same namespace, labels matching the selector
+    (an unset selector selects nothing; an entry without labels is never selected).
+
+    The endpoint port: a numeric targetPort, unless the entry names a port like the
+    Service port; a named targetPort must be among the entry's ports, or it is skipped.
+    Auto-registered entries (``tcpmesh workload join``) arrive here like any other.
+    """
+    selector = service.spec.selector
+    if not selector or port.protocol == "UDP":
+        return
+    for workload in sorted(resources.workload_entries, key=lambda w: w.name):
+        labels = {**workload.spec.labels, **workload.metadata.labels}
+        if workload.namespace != service.namespace or not labels:
+            continue
+        if not labels_match(selector, labels) or not is_ip(workload.spec.address):
+            continue
+        target = _workload_entry_port(workload, port)
+        if target is None:
+            continue
+        yield Endpoint(
+            address=workload.spec.address,
+            port=target,
+            labels=tuple(sorted(labels.items())),
+            ready=workload_entry_healthy(workload),
+            workload=f"{workload.namespace}/{workload.name}",
+        )
+
+
+def _workload_entry_port(workload: models.WorkloadEntry, port: models.ServicePort) -> int | None:
+    target = port.target_port
+    if isinstance(target, str) and not target.isdigit():
+        return workload.spec.ports.get(target) or None
+    number = int(target) if target else port.port
+    return workload.spec.ports.get(port.name or "") or number
 
 
 def _endpoint_port(ports: Sequence[models.EndpointPort], port: models.ServicePort) -> int | None:

@@ -224,7 +224,7 @@ def _entry_instances(
             workload.spec.ports,
             labels,
             port,
-            ready=_workload_entry_healthy(workload),
+            ready=workload_entry_healthy(workload),
             workload=f"{workload.namespace}/{workload.name}",
             allow_names=dns,
         )
@@ -266,7 +266,7 @@ def _pod_port_map(pod: models.Pod) -> dict[str, int]:
     return found
 
 
-def _workload_entry_healthy(workload: models.WorkloadEntry) -> bool:
+def workload_entry_healthy(workload: models.WorkloadEntry) -> bool:
     """isHealthy: with health checks enabled, only a Healthy condition makes it ready."""
     if workload.metadata.annotations.get(HEALTH_CHECKS_ANNOTATION, "") not in _GO_TRUE:
         return True
