@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import fcntl
 import logging
 import os
@@ -37,7 +38,8 @@ from tcpmesh.apiserver.credentials import (
     write_credentials,
 )
 from tcpmesh.apiserver.kubeconfig import write_kubeconfig
-from tcpmesh.apiserver.pki import ensure_ca, server_ssl_context
+from tcpmesh.apiserver.peers import PeerAuthority
+from tcpmesh.apiserver.pki import ensure_ca, server_ssl_context, share_ca
 from tcpmesh.console import CONSOLE_PREFIX, create_console, traffic_source
 from tcpmesh.control import INGRESS_GATEWAY_SELECTOR, ControlPlane
 from tcpmesh.controllers import Event as RolloutEvent
@@ -102,6 +104,15 @@ class MeshConfig:
     max_pods: int = DEFAULT_MAX_PODS
     # `--store`: None (SQLite in the state directory) or an etcd://... URL.
     store: str | None = None
+    # `--bind-address`/`--secure-port`: the API for other hosts (remote gateways and
+    # workloads join there); None: loopback only.
+    bind_address: str | None = None
+    secure_port: int = 0
+    # `--gateway-replicas`: local replicas of the default ingress gateway (0: joined
+    # hosts only).
+    gateway_replicas: int = 1
+    # `--cluster-signing-duration`: the life of a joined peer's client certificate.
+    signing_seconds: float = 3600.0
 
     @property
     def effective_workers(self) -> int:
@@ -131,7 +142,9 @@ def default_gateway_objects(config: MeshConfig) -> list[dict[str, Any]]:
             ],
         },
     }
-    deployment = gateway_deployment(config, GATEWAY_NAME, GATEWAY_NAMESPACE, GATEWAY_LABELS)
+    deployment = gateway_deployment(
+        config, GATEWAY_NAME, GATEWAY_NAMESPACE, GATEWAY_LABELS, replicas=config.gateway_replicas
+    )
     return [service, deployment]
 
 
@@ -142,6 +155,7 @@ def gateway_deployment(
     labels: Mapping[str, str],
     *,
     host_network: bool = True,
+    replicas: int = 1,
 ) -> dict[str, Any]:
     """A gateway proxy Deployment on the mesh's data plane: the default ingress gateway's, and
     each Gateway API Gateway's (controllers.gatewayapi), made the same way."""
@@ -155,7 +169,7 @@ def gateway_deployment(
             "labels": dict(labels),
         },
         "spec": {
-            "replicas": 1,
+            "replicas": replicas,
             "selector": {"matchLabels": dict(labels)},
             "template": {
                 "metadata": {
@@ -268,10 +282,14 @@ class Mesh:
         self.started_at = time.time()
         self._runner: web.AppRunner | None = None
         self.url = ""
+        self.remote_url: str | None = None
         self.xds: XdsServer | None = None
 
     async def start(self) -> None:
         self.store.apply(default_gateway_objects(self.config))
+        # Replicas of one etcd store share one CA, so a peer may fail over to any of them.
+        if self.shared:
+            share_ca(self.store, self.config.state_dir)
         await self.control.start()
         token = new_token()
         app = create_app(
@@ -281,6 +299,7 @@ class Mesh:
             snapshots=self.control,
             status=self.status,
             pod_log=self.runtime.pod_log_path,
+            peers=self._peer_authority(),
         )
         # The console calls this API over HTTPS, trusting only the mesh's CA.
         ca = ensure_ca(self.config.state_dir)
@@ -294,11 +313,7 @@ class Mesh:
         mount(app, CONSOLE_PREFIX, console, authenticate=False)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        tls = server_ssl_context(self.config.state_dir, [API_HOST, "localhost"])
-        site = web.TCPSite(self._runner, API_HOST, 0, ssl_context=tls)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"https://{API_HOST}:{port}"
+        await self._listen()
         # Before the pods: an Envoy gateway reads the ADS address when it starts.
         await self._start_xds()
         # Pods first: until the runtime has rewritten their status, a Ready condition in the
@@ -307,10 +322,37 @@ class Mesh:
             await self.writers.start()
         else:
             self.gate.start()
-        ca = ensure_ca(self.config.state_dir)
         write_kubeconfig(self.config.state_dir, self.url, token, ca.cert_pem)
         write_credentials(self.config.state_dir, self.url, token, os.getpid(), ca.cert_path)
         log.info("tcpmesh API on %s, gateway address %s", self.url, self.config.address)
+
+    @property
+    def shared(self) -> bool:
+        return self.config.store is not None and self.config.store != "sqlite"
+
+    def _peer_authority(self) -> PeerAuthority | None:
+        """Remote peers may join only where the API listens for other hosts."""
+        if self.config.bind_address is None:
+            return None
+        ttl = datetime.timedelta(seconds=self.config.signing_seconds)
+        return PeerAuthority(self.store, ensure_ca(self.config.state_dir), cert_ttl=ttl)
+
+    async def _listen(self) -> None:
+        """The API on loopback (this host's clients), and on ``--bind-address`` for others,
+        both with one certificate naming every address and the mesh's CA."""
+        assert self._runner is not None
+        bind = self.config.bind_address
+        hosts = [API_HOST, "localhost"] + ([bind] if bind else [])
+        tls = server_ssl_context(self.config.state_dir, hosts, verify_clients=bind is not None)
+        await web.TCPSite(self._runner, API_HOST, 0, ssl_context=tls).start()
+        self.url = f"https://{API_HOST}:{self._runner.addresses[0][1]}"
+        if bind is not None and bind != API_HOST:
+            site = web.TCPSite(self._runner, bind, self.config.secure_port, ssl_context=tls)
+            await site.start()
+            port = self._runner.addresses[-1][1]
+            self.remote_url = f"https://{_url_host(bind)}:{port}"
+        elif bind is not None:
+            self.remote_url = self.url
 
     async def _start_xds(self) -> None:
         """ADS for Envoy gateways (on this machine or others), when the libraries are here."""
@@ -378,6 +420,7 @@ class Mesh:
         return {
             "pid": os.getpid(),
             "api": self.url,
+            "listen": self.remote_url,
             "stateDir": str(self.config.state_dir),
             "address": self.config.address,
             "dataplane": self.config.dataplane,
@@ -388,10 +431,20 @@ class Mesh:
             "storeRevision": self.store.revision,
             "pods": [_pod_summary(p) for p in pods],
             "gatewayReady": any(pod_is_ready(p) for p in gateway_pods),
+            "gatewayReplicas": self.config.gateway_replicas,
             "listeners": listeners,
             "xds": self.xds.status() if self.xds is not None else None,
             "leader": self.gate.status() if self.gate is not None else None,
         }
+
+
+def _started(status: dict[str, Any]) -> bool:
+    """Whether ``up`` is done: the local ingress gateway is ready, unless it has none."""
+    return bool(status["gatewayReady"]) or status.get("gatewayReplicas") == 0
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
 
 
 def _store_name(spec: str | None) -> str:
@@ -486,7 +539,7 @@ async def _serve(
     try:
         await mesh.start()
         deadline = loop.time() + GATEWAY_READY_TIMEOUT
-        while not mesh.status()["gatewayReady"] and loop.time() < deadline and not stop.is_set():
+        while not _started(mesh.status()) and loop.time() < deadline and not stop.is_set():
             await asyncio.sleep(0.05)
         if on_ready is not None:
             for line in on_ready(mesh):

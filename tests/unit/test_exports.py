@@ -17,6 +17,33 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src" / "tcpmesh"
 
 SURFACES: dict[str, set[str]] = {
+    "tcpmesh.join": {
+        "DEFAULT_LEASE_SECONDS",
+        "TOKEN_NAMESPACE",
+        "TOKEN_PREFIX",
+        "TOKEN_TYPE",
+        "TOKEN_UNIT_PREFIX",
+        "BootstrapToken",
+        "GatewayOptions",
+        "IdentityError",
+        "JoinError",
+        "PeerAgent",
+        "PeerIdentity",
+        "TokenError",
+        "VerifiedPeer",
+        "check_token",
+        "description",
+        "expiration",
+        "expired",
+        "gateway_pod",
+        "is_joined",
+        "peer_from_certificate",
+        "run_gateway",
+        "run_workload",
+        "secret_name",
+        "token_object",
+        "workload_entry",
+    },
     "tcpmesh.control": {
         "GATEWAY_NAME_LABEL",
         "Binding",

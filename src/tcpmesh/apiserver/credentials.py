@@ -19,16 +19,29 @@ class Credentials:
     pid: int
     # The CA that signed the server's certificate (for https URLs).
     ca_file: str | None = None
+    # A joined peer's: more API servers (replicas) to try, and its client certificate.
+    servers: tuple[str, ...] = ()
+    client_cert: str | None = None
+    client_key: str | None = None
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every API server to try, ``url`` first."""
+        return tuple(dict.fromkeys((self.url, *self.servers)))
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """What a client verifies the server with: the mesh's CA, nothing else.
+        """What a client verifies the server with: the mesh's CA, nothing else; and the
+        client certificate it presents, when it has one (a joined peer).
 
         None for a plain http URL. An https URL without a CA file gets a context that
         trusts nothing, so the connection fails rather than skipping verification.
         """
         if not self.url.startswith("https:"):
             return None
-        return client_ssl_context(Path(self.ca_file) if self.ca_file else None)
+        context = client_ssl_context(Path(self.ca_file) if self.ca_file else None)
+        if self.client_cert and self.client_key:
+            context.load_cert_chain(self.client_cert, self.client_key)
+        return context
 
 
 def client_ssl_context(ca_file: Path | None) -> ssl.SSLContext:
@@ -67,13 +80,25 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 def write_credentials(
-    state_dir: Path, url: str, token: str, pid: int, ca_file: Path | None = None
+    state_dir: Path,
+    url: str,
+    token: str,
+    pid: int,
+    ca_file: Path | None = None,
+    *,
+    servers: tuple[str, ...] = (),
+    client_cert: Path | None = None,
+    client_key: Path | None = None,
 ) -> Path:
     """Write the file with mode 0600, atomically."""
     path = credentials_path(state_dir)
     data: dict[str, object] = {"url": url, "token": token, "pid": pid}
     if ca_file is not None:
         data["ca"] = str(ca_file)
+    if servers:
+        data["servers"] = list(servers)
+    if client_cert is not None and client_key is not None:
+        data["clientCert"], data["clientKey"] = str(client_cert), str(client_key)
     write_private(path, json.dumps(data).encode())
     return path
 
@@ -83,11 +108,15 @@ def read_credentials(state_dir: Path) -> Credentials | None:
     try:
         data = json.loads(credentials_path(state_dir).read_text(encoding="utf-8"))
         ca = data.get("ca")
+        cert, key = data.get("clientCert"), data.get("clientKey")
         return Credentials(
             url=str(data["url"]),
             token=str(data["token"]),
             pid=int(data["pid"]),
             ca_file=str(ca) if ca else None,
+            servers=tuple(str(s) for s in data.get("servers") or ()),
+            client_cert=str(cert) if cert else None,
+            client_key=str(key) if key else None,
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

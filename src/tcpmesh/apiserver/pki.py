@@ -10,6 +10,7 @@ TLS stacks alike.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 import ssl
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tcpmesh.apiserver.credentials import write_private
+from tcpmesh.store import AlreadyExists, StoreBackend
 
 PKI_DIR = "pki"
 CA_CERT = "ca.crt"
@@ -166,11 +168,15 @@ def issue_certificate(
     )
 
 
-def server_ssl_context(state_dir: Path, hosts: list[str]) -> ssl.SSLContext:
+def server_ssl_context(
+    state_dir: Path, hosts: list[str], *, verify_clients: bool = False
+) -> ssl.SSLContext:
     """A TLS server context with a fresh certificate for ``hosts`` from the state dir's CA.
 
     The certificate and key are written to ``pki/`` (0600) because Python's ssl module
-    loads them from files only.
+    loads them from files only. With ``verify_clients`` a client may present a
+    certificate, and one that the CA did not sign fails the handshake (remote peers use
+    them; kubectl and the console, with their bearer tokens, present none).
     """
     ca = ensure_ca(state_dir)
     issued = issue_certificate(ca, "tcpmesh-apiserver", hosts)
@@ -181,4 +187,160 @@ def server_ssl_context(state_dir: Path, hosts: list[str]) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_path, key_path)
+    if verify_clients:
+        context.verify_mode = ssl.CERT_OPTIONAL
+        context.load_verify_locations(cafile=str(ca.cert_path))
     return context
+
+
+# ---------------------------------------------------------------- one CA for all replicas
+#
+# Replicas on a shared store must trust and issue with the same CA, or a peer that joined
+# through one could not fail over to another. The first replica stores its CA where
+# Istio keeps its self-signed root (the istio-system/istio-ca-secret Secret, keys
+# ca-cert.pem and ca-key.pem); every replica adopts the stored one. The store is the
+# mesh's most private place already (its Secrets hold TLS keys).
+
+CA_SECRET_NAMESPACE = "istio-system"
+CA_SECRET_NAME = "istio-ca-secret"
+
+
+def _ca_secret(ca: CertificateAuthority) -> dict[str, object]:
+    key_pem = ca.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "istio.io/ca-root",
+        "metadata": {"name": CA_SECRET_NAME, "namespace": CA_SECRET_NAMESPACE},
+        "data": {
+            "ca-cert.pem": base64.b64encode(ca.cert_pem).decode(),
+            "ca-key.pem": base64.b64encode(key_pem).decode(),
+        },
+    }
+
+
+def share_ca(store: StoreBackend, state_dir: Path) -> CertificateAuthority:
+    """The CA all replicas of ``store`` share, written into ``state_dir`` as its own."""
+    secret = store.get("Secret", CA_SECRET_NAMESPACE, CA_SECRET_NAME)
+    if secret is None:
+        try:
+            store.create(_ca_secret(ensure_ca(state_dir)))
+            return ensure_ca(state_dir)
+        except AlreadyExists:  # another replica stored its CA first: take that one
+            secret = store.get("Secret", CA_SECRET_NAMESPACE, CA_SECRET_NAME)
+    if secret is None:
+        raise RuntimeError(f"Secret {CA_SECRET_NAMESPACE}/{CA_SECRET_NAME}: vanished while read")
+    data = secret.get("data") or {}
+    pki = state_dir / PKI_DIR
+    pki.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_private(pki / CA_KEY, base64.b64decode(data["ca-key.pem"]))
+    write_private(pki / CA_CERT, base64.b64decode(data["ca-cert.pem"]))
+    return ensure_ca(state_dir)
+
+
+# ---------------------------------------------------------------- remote peers
+#
+# A joining gateway or workload agent makes its own key and sends a CSR; the key never
+# leaves its host. The CA signs a short-lived client certificate with the names the
+# server decided (not the CSR's subject), so a CSR cannot smuggle in other names.
+
+
+def ca_public_key_hash(cert: x509.Certificate) -> str:
+    """kubeadm's CA pin: ``sha256:`` and the SHA-256 of the CA's SubjectPublicKeyInfo."""
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(spki)
+    return "sha256:" + digest.finalize().hex()
+
+
+def make_csr(uri: str, address: str) -> tuple[bytes, bytes]:
+    """A fresh key and a CSR asking for the identity ``uri`` at ``address``: (key, csr) PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_name(uri.split("://", 1)[-1]))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(uri), x509.IPAddress(ipaddress.ip_address(address))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass(frozen=True)
+class CsrRequest:
+    """What a CSR asks for, read after its signature was checked."""
+
+    csr: x509.CertificateSigningRequest
+    uris: tuple[str, ...]
+    addresses: tuple[str, ...]
+
+
+def read_csr(pem: bytes) -> CsrRequest:
+    """The CSR's requested names; ValueError when it is unreadable or its signature is bad."""
+    csr = x509.load_pem_x509_csr(pem)
+    if not csr.is_signature_valid:
+        raise ValueError("csr: the signature does not match its public key")
+    try:
+        sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise ValueError("csr: no subjectAltName") from None
+    uris = tuple(sans.get_values_for_type(x509.UniformResourceIdentifier))
+    addresses = tuple(str(a) for a in sans.get_values_for_type(x509.IPAddress))
+    return CsrRequest(csr, uris, addresses)
+
+
+def sign_client_csr(
+    ca: CertificateAuthority,
+    request: CsrRequest,
+    *,
+    uri: str,
+    address: str,
+    unit: str,
+    ttl: datetime.timedelta,
+) -> bytes:
+    """A client certificate for the CSR's key, naming ``uri`` and ``address``: PEM."""
+    now = _now()
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, uri.split("://", 1)[-1]),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
+        ]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca.cert.subject)
+        .public_key(request.csr.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + ttl)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(uri), x509.IPAddress(ipaddress.ip_address(address))]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+            critical=False,
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def certificate_expiry(pem: bytes) -> datetime.datetime:
+    return x509.load_pem_x509_certificate(pem).not_valid_after_utc

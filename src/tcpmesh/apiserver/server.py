@@ -38,6 +38,7 @@ from tcpmesh.apiserver.patch import (
     merge_patch,
     strategic_merge_patch,
 )
+from tcpmesh.apiserver.peers import CA_PATH, JOIN_PATH, PeerAuthority, PeerRefused
 from tcpmesh.apiserver.selectors import Predicate, SelectorError, field_selector, label_selector
 from tcpmesh.control import SnapshotSource
 from tcpmesh.store import (
@@ -55,6 +56,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # How often an idle stream checks whether its client has gone away.
 STREAM_POLL_SECONDS = 0.5
+# An idle snapshot stream sends an empty line this often, so that a proxy whose stream
+# went silent for three ticks (a cut link sends no FIN) reconnects, to another replica.
+SNAPSHOT_TICK_SECONDS = 1.0
 # An idle watch that asked for bookmarks gets one this often (Kubernetes: about a minute).
 BOOKMARK_SECONDS = 30.0
 # How often a followed pod log (``kubectl logs -f``) is checked for new output.
@@ -108,8 +112,11 @@ def create_app(
     snapshots: SnapshotSource,
     status: Callable[[], Obj],
     pod_log: Callable[[str, str], Path | None],
+    peers: PeerAuthority | None = None,
 ) -> web.Application:
-    api = _Api(store, token, admit, snapshots, status, pod_log)
+    """The API; with ``peers``, remote gateways and workload agents join and authenticate
+    with client certificates (apiserver.peers), besides the administrator's bearer token."""
+    api = _Api(store, token, admit, snapshots, status, pod_log, peers)
     # aiohttp stops reading a body at this size; _body applies the per-endpoint limit.
     app = web.Application(middlewares=[api.middleware], client_max_size=MAX_INPUT_BYTES + 1)
     app[PUBLIC_PREFIXES] = []
@@ -131,6 +138,8 @@ def create_app(
     r.add_post("/tcpmesh/v1/delete", api.delete_many)
     r.add_get("/tcpmesh/v1/status", api.status)
     r.add_get("/tcpmesh/v1/snapshots/{namespace}/{pod}", api.snapshot)
+    if peers is not None:
+        peers.routes(app)
     # Before the generic object routes, which would take "log" for a subresource.
     r.add_get("/api/{version}/namespaces/{namespace}/pods/{name}/log", api.pod_log)
     for prefix in ("/api/{version}", "/apis/{group}/{version}"):
@@ -544,7 +553,9 @@ class _Api:
         snapshots: SnapshotSource,
         status: Callable[[], Obj],
         pod_log: Callable[[str, str], Path | None],
+        peers: PeerAuthority | None = None,
     ) -> None:
+        self._peers = peers
         self._store = store
         self._token = token.encode()
         self._admit = admit
@@ -559,7 +570,9 @@ class _Api:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not self._public(request) and not self._authorized(request):
-            return _Fail(401, "Unauthorized", "Unauthorized").response()
+            refused = self._peer_refused(request)
+            if refused is not None:
+                return refused
         try:
             return await handler(request)
         except _Fail as fail:
@@ -577,10 +590,21 @@ class _Api:
 
     @staticmethod
     def _public(request: web.Request) -> bool:
-        if request.path in PUBLIC_PATHS:
-            return True
+        if request.path in PUBLIC_PATHS or request.path in (CA_PATH, JOIN_PATH):
+            return True  # the join authenticates its own requests (a token or a certificate)
         prefixes = request.config_dict.get(PUBLIC_PREFIXES, [])
         return any(request.path.startswith(p) for p in prefixes)
+
+    def _peer_refused(self, request: web.Request) -> web.Response | None:
+        """None when a remote peer's certificate allows the request; the refusal otherwise."""
+        peer = self._peers.peer(request) if self._peers is not None else None
+        if self._peers is None or peer is None:
+            return _Fail(401, "Unauthorized", "Unauthorized").response()
+        try:
+            self._peers.check(request, peer)
+        except PeerRefused as refused:
+            return refused.response()
+        return None
 
     def _authorized(self, request: web.Request) -> bool:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
@@ -1229,7 +1253,10 @@ class _Api:
 
             async def lines() -> AsyncIterator[bytes]:
                 try:
-                    async for snapshot in snapshots:
+                    async for snapshot in _with_idle_ticks(snapshots, SNAPSHOT_TICK_SECONDS):
+                        if snapshot is None:
+                            yield b"\n"  # a tick: the proxy tells a live stream from a dead one
+                            continue
                         # The process edge: one compact JSON text per line (NDJSON).
                         yield snapshot.to_json().encode() + b"\n"
                 finally:

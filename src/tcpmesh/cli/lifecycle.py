@@ -48,6 +48,16 @@ def unusable_address(address: str) -> str | None:
     return None
 
 
+def is_ip(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def running_client(state_dir: Path) -> ApiClient | None:
     """A client for the mesh of this state directory, or None when none answers."""
     try:
@@ -66,7 +76,8 @@ def wait_until_ready(state_dir: Path, deadline: float, alive: Callable[[], bool]
         client = running_client(state_dir)
         if client is not None:
             try:
-                if client.status().get("gatewayReady"):
+                state = client.status()
+                if state.get("gatewayReady") or state.get("gatewayReplicas") == 0:
                     return client
                 last_problem = "the ingress gateway is not ready"
             except (ApiError, Unreachable) as exc:
@@ -97,6 +108,10 @@ def start_detached(config: MeshConfig) -> tuple[ApiClient, int]:
     argv += ["--max-pods", str(config.max_pods)]
     if config.store:
         argv += ["--store", config.store]
+    if config.bind_address:
+        argv += ["--bind-address", config.bind_address, "--secure-port", str(config.secure_port)]
+    argv += ["--gateway-replicas", str(config.gateway_replicas)]
+    argv += ["--cluster-signing-duration", f"{config.signing_seconds}s"]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             argv,
@@ -180,11 +195,17 @@ def tail(path: Path, lines: int = 20) -> str:
 
 def summarize(status: dict[str, Any]) -> list[str]:
     listeners = ", ".join(f"{x['address']}:{x['port']}" for x in status.get("listeners", []))
-    return [
+    if status.get("gatewayReplicas") == 0:
+        readiness = "no local gateway (--gateway-replicas 0)"
+    else:
+        readiness = "ready" if status.get("gatewayReady") else "NOT ready"
+    lines = [
         f"tcpmesh is running (pid {status['pid']}), API {status['api']}",
         f"state directory: {status['stateDir']}, store: {status.get('store', 'sqlite')}",
         f"data plane: {status['dataplane']} ({status['workers']} workers), "
-        f"gateway address {status['address']}, "
-        f"{'ready' if status.get('gatewayReady') else 'NOT ready'}",
+        f"gateway address {status['address']}, {readiness}",
         f"listeners: {listeners or 'none'}",
     ]
+    if status.get("listen"):
+        lines.insert(1, f"API for other hosts: {status['listen']} (gateway join, workload join)")
+    return lines

@@ -119,6 +119,31 @@ pass_context = click.make_pass_decorator(Context)
     metavar="sqlite|etcd://HOST:PORT[,...]",
     help="Where state lives: SQLite in the state directory (default) or an etcd cluster.",
 )
+@click.option(
+    "--bind-address",
+    default=None,
+    help="Also serve the API here, for other hosts: gateways and workloads join there.",
+)
+@click.option(
+    "--secure-port",
+    type=click.IntRange(0, 65535),
+    default=6443,
+    show_default=True,
+    help="The port on --bind-address (0: any free one).",
+)
+@click.option(
+    "--gateway-replicas",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Local replicas of the default ingress gateway (0: joined hosts only).",
+)
+@click.option(
+    "--cluster-signing-duration",
+    default="1h",
+    show_default=True,
+    help="The life of the client certificate a joined host gets (renewed at 2/3).",
+)
 @pass_context
 @friendly_errors
 def up(
@@ -130,6 +155,10 @@ def up(
     max_pods: int | None,
     detach: bool,
     store: str | None,
+    bind_address: str | None,
+    secure_port: int,
+    gateway_replicas: int,
+    cluster_signing_duration: str,
 ) -> None:
     """Start the local mesh: API server, store, runtime, control plane and ingress gateway."""
     from tcpmesh.mesh import Mesh, MeshConfig
@@ -157,6 +186,15 @@ def up(
     )
     if max_pods is not None:
         config = dataclasses.replace(config, max_pods=max_pods)
+    config = dataclasses.replace(
+        config,
+        bind_address=bind_address,
+        secure_port=secure_port,
+        gateway_replicas=gateway_replicas,
+        signing_seconds=_signing_seconds(cluster_signing_duration),
+    )
+    if bind_address is not None and not lifecycle.is_ip(bind_address):
+        fail(f"error: --bind-address {bind_address}: not an IP address")
     if lifecycle.running_client(ctx.state_dir) is not None:
         fail(f"error: tcpmesh is already running from {ctx.state_dir}")
     if detach:
@@ -172,6 +210,18 @@ def up(
         return [_apply_line(r.object, r.action, False) for r in results]
 
     lifecycle.run_foreground(config, apply_files)
+
+
+def _signing_seconds(text: str) -> float:
+    from tcpmesh.api.durations import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        fail(f"error: --cluster-signing-duration {text}: {exc}")
+    if seconds < 10:
+        fail(f"error: --cluster-signing-duration {text}: at least 10s")
+    return seconds
 
 
 @cli.command()
@@ -221,7 +271,7 @@ def status(ctx: Context, output: str) -> None:
     click.echo(
         printers.format_columns(["NAMESPACE", "POD", "READY", "STATUS", "RESTARTS", "IP"], rows)
     )
-    if not state.get("gatewayReady"):
+    if not state.get("gatewayReady") and state.get("gatewayReplicas") != 0:
         sys.exit(1)
 
 
@@ -812,6 +862,136 @@ def demo(ctx: Context, keep: bool) -> None:
     from tcpmesh.cli.demo import run_demo
 
     sys.exit(run_demo(ctx.state_dir, keep=keep))
+
+
+# ---------------------------------------------------------------- peers on other hosts
+
+
+@cli.group()
+def token() -> None:
+    """Bootstrap tokens for `gateway join` and `workload join` (stored hashed)."""
+
+
+@token.command("create")
+@click.option("--ttl", default="24h", show_default=True, help="Lifetime; 0 never expires.")
+@click.option("--description", default="", help="What the token is for.")
+@click.option("--print-join-command", is_flag=True, help="Print the join flags as well.")
+@pass_context
+@friendly_errors
+def token_create(ctx: Context, ttl: str, description: str, print_join_command: bool) -> None:
+    """Create a token and print it."""
+    from tcpmesh.apiserver.pki import ca_cert_path, ca_public_key_hash
+    from tcpmesh.cli import join
+
+    client = ctx.client()
+    lines = join.token_create(client, ttl, description)
+    if print_join_command:
+        from cryptography import x509
+
+        listen = client.status().get("listen")
+        if not listen:
+            fail("error: this mesh does not listen for other hosts; start it with --bind-address")
+        cert = x509.load_pem_x509_certificate(ca_cert_path(ctx.state_dir).read_bytes())
+        lines = [f"--server {listen} --token {lines[0]} --ca-cert-hash {ca_public_key_hash(cert)}"]
+    click.echo("\n".join(lines))
+
+
+@token.command("list")
+@pass_context
+@friendly_errors
+def token_list(ctx: Context) -> None:
+    """The tokens: id, expiry, description (never the secret)."""
+    from tcpmesh import join as tokens
+
+    rows = [("TOKEN-ID", "EXPIRES", "DESCRIPTION")]
+    for obj in ctx.client().list("Secret", tokens.TOKEN_NAMESPACE):
+        if obj.get("type") != tokens.TOKEN_TYPE:
+            continue
+        expires = tokens.expiration(obj)
+        token_id = obj["metadata"]["name"].removeprefix(tokens.TOKEN_PREFIX)
+        rows.append(
+            (token_id, expires.isoformat() if expires else "never", tokens.description(obj))
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        click.echo("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@token.command("delete")
+@click.argument("token_ids", nargs=-1, required=True)
+@pass_context
+@friendly_errors
+def token_delete(ctx: Context, token_ids: tuple[str, ...]) -> None:
+    """Revoke tokens, and every certificate issued against them."""
+    from tcpmesh import join as tokens
+
+    client = ctx.client()
+    for token_id in token_ids:
+        client.delete("Secret", tokens.TOKEN_NAMESPACE, tokens.secret_name(token_id.split(".")[0]))
+        click.echo(f'bootstrap token "{token_id.split(".")[0]}" deleted')
+
+
+_join_options = [
+    click.option(
+        "--server", "servers", required=True, help="https://HOST:PORT[,...]: any replica."
+    ),
+    click.option("--token", default="", help="A bootstrap token (`tcpmesh token create`)."),
+    click.option("--ca-cert-hash", default=None, help="sha256:... of the mesh CA's public key."),
+    click.option(
+        "--certificate-authority",
+        "ca_file",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="The mesh's CA certificate (instead of --ca-cert-hash).",
+    ),
+    click.option("--address", required=True, help="This host's address (the peer's IP)."),
+    click.option("--node-name", "node", default=None, help="This host's name [hostname]."),
+]
+
+
+def join_options(func: F) -> F:
+    for option in reversed(_join_options):
+        func = option(func)
+    return func
+
+
+@cli.group()
+def gateway() -> None:
+    """Gateways on other hosts."""
+
+
+@gateway.command("join")
+@join_options
+@click.option("--gateway", "name", required=True, help="The gateway Deployment to serve.")
+@click.option("--dataplane", type=click.Choice(["python"]), default="python", show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@namespace_option
+@pass_context
+def gateway_join(ctx: Context, /, **flags: Any) -> None:
+    """Run a gateway on this host for a gateway Deployment of a running mesh."""
+    from tcpmesh.cli.join import run_join
+
+    flags.pop("dataplane")
+    flags["namespace"] = flags["namespace"] or ctx.namespace or "istio-system"
+    sys.exit(run_join("gateway", ctx.state_dir, **flags))
+
+
+@cli.group()
+def workload() -> None:
+    """Workloads on other hosts (Istio's WorkloadGroup auto-registration)."""
+
+
+@workload.command("join")
+@join_options
+@click.option("--group", "name", required=True, help="The WorkloadGroup this host belongs to.")
+@namespace_option
+@pass_context
+def workload_join(ctx: Context, /, **flags: Any) -> None:
+    """Register this host as a WorkloadEntry of a WorkloadGroup until stopped."""
+    from tcpmesh.cli.join import run_join
+
+    flags["namespace"] = ctx.ns(flags["namespace"])
+    sys.exit(run_join("workload", ctx.state_dir, **flags))
 
 
 def main() -> None:

@@ -3,7 +3,11 @@
 The stream is NDJSON: one full Snapshot JSON per line, the current one first. While the
 API is away the proxy keeps serving the last snapshot it got; the feed retries with
 back-off (0.2s doubling to 5s) and re-reads the credentials file before each attempt,
-because a restarted API server may listen on another port with another token.
+because a restarted API server may listen on another port with another token (or a
+joined gateway renewed its client certificate). A joined gateway's credentials list
+several API servers (the control plane's replicas): each failed attempt tries the next.
+The server sends an empty line every second on an idle stream; a stream silent for
+``read_timeout`` is dead (a cut link sends no FIN) and the feed moves on.
 """
 
 from __future__ import annotations
@@ -64,7 +68,12 @@ class SnapshotFeed:
         state_dir: Path | None = None,
         backoff_initial: float = 0.2,
         backoff_max: float = 5.0,
+        connect_timeout: float = 5.0,
+        read_timeout: float | None = None,
     ) -> None:
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._attempt = 0
         self.node = node
         self._url = url
         self._token = token
@@ -89,7 +98,12 @@ class SnapshotFeed:
 
     async def _run(self) -> AsyncIterator[Snapshot]:
         delay = self._backoff_initial
-        timeout = aiohttp.ClientTimeout(total=None, connect=5.0, sock_connect=5.0)
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self._connect_timeout,
+            sock_connect=self._connect_timeout,
+            sock_read=self._read_timeout,
+        )
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
                 creds = self._credentials()
@@ -97,12 +111,15 @@ class SnapshotFeed:
                 if creds is None:
                     log.debug("no API credentials yet")
                 else:
+                    urls = creds.urls
+                    url = urls[self._attempt % len(urls)]
                     try:
-                        async for snapshot in self._stream(session, creds):
+                        async for snapshot in self._stream(session, creds, url):
                             delivered = True
                             yield snapshot
                     except (aiohttp.ClientError, OSError, ValueError, TimeoutError) as exc:
-                        log.info("snapshot stream from %s ended: %s", creds.url, exc)
+                        log.info("snapshot stream from %s ended: %s", url, exc)
+                    self._attempt += 1  # the next attempt goes to the next server
                 if delivered:
                     delay = self._backoff_initial
                     self.failures = 0
@@ -112,11 +129,13 @@ class SnapshotFeed:
                 delay = min(delay * 2, self._backoff_max)
 
     async def _stream(
-        self, session: aiohttp.ClientSession, creds: Credentials
+        self, session: aiohttp.ClientSession, creds: Credentials, server: str
     ) -> AsyncIterator[Snapshot]:
         namespace, _, pod = self.node.partition("/")
-        url = f"{creds.url.rstrip('/')}/tcpmesh/v1/snapshots/{namespace}/{pod}"
-        headers = {"Authorization": f"Bearer {creds.token}", "Accept": "application/x-ndjson"}
+        url = f"{server.rstrip('/')}/tcpmesh/v1/snapshots/{namespace}/{pod}"
+        headers = {"Accept": "application/x-ndjson"}
+        if creds.token:  # a joined gateway authenticates with its certificate instead
+            headers["Authorization"] = f"Bearer {creds.token}"
         # https: verified against the mesh's CA only; plain http has no TLS to configure.
         tls: ssl.SSLContext | bool = creds.ssl_context() or True
         async with session.get(url, params={"watch": "true"}, headers=headers, ssl=tls) as resp:

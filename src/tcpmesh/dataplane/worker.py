@@ -5,7 +5,9 @@
 Environment: POD_NAMESPACE, POD_NAME (the node whose snapshots to follow),
 TCPMESH_STATE_DIR (where ``apiserver.json`` lives), TCPMESH_METRICS_PORT (serve
 Prometheus metrics on ``127.0.0.1:PORT+index``), TCPMESH_WORKER_INDEX,
-TCPMESH_SUPERVISOR_PID (exit when that parent is gone, and hand it this worker's counts
+TCPMESH_FEED_RETRY_SECONDS (a joined gateway: the longest wait between attempts to reach
+an API server, and the connect timeout), TCPMESH_SUPERVISOR_PID (exit when that parent
+is gone, and hand it this worker's counts
 over telemetry.channel), TCPMESH_LOG_LEVEL, TCPMESH_STATUS_PORT (Istio's
 15021: ``GET /healthz/ready`` on ``POD_IP`` or 127.0.0.1, shared by all workers with
 SO_REUSEPORT, opened once the first snapshot is applied so that a TCP readiness probe
@@ -54,6 +56,7 @@ class WorkerConfig:
     status_port: int | None = None
     pod_ip: str = "127.0.0.1"
     relay: RelayMode = RelayMode.AUTO
+    feed_retry: float | None = None
 
     @classmethod
     def from_env(cls, snapshot_file: Path | None = None, index: int | None = None) -> WorkerConfig:
@@ -74,7 +77,35 @@ class WorkerConfig:
             status_port=int(status) if status else None,
             pod_ip=env.get("POD_IP") or "127.0.0.1",
             relay=relay_mode(env.get("TCPMESH_RELAY")),
+            feed_retry=float(env["TCPMESH_FEED_RETRY_SECONDS"])
+            if env.get("TCPMESH_FEED_RETRY_SECONDS")
+            else None,
         )
+
+
+# A stream without a byte for this long is dead: the server ticks every second.
+FEED_READ_TIMEOUT = 3.5
+
+
+def _feed(config: WorkerConfig) -> SnapshotFeed:
+    """The worker's snapshot feed. A joined gateway (``TCPMESH_FEED_RETRY_SECONDS``, for
+    API servers across a network) retries that often at most, and gives a connect no
+    longer, so it is back within about that time of the network returning."""
+    retry = config.feed_retry
+    if retry is None:
+        return SnapshotFeed(
+            None, None, config.node, state_dir=config.state_dir, read_timeout=FEED_READ_TIMEOUT
+        )
+    return SnapshotFeed(
+        None,
+        None,
+        config.node,
+        state_dir=config.state_dir,
+        backoff_initial=min(0.1, retry),
+        backoff_max=retry,
+        connect_timeout=retry,
+        read_timeout=FEED_READ_TIMEOUT,
+    )
 
 
 def load_snapshot_file(path: Path) -> Snapshot | None:
@@ -185,8 +216,7 @@ async def serve(config: WorkerConfig, proxy: Proxy | None = None) -> None:
         loop.add_signal_handler(signal.SIGHUP, reload)
         await proxy.settled()
     else:
-        feed = SnapshotFeed(None, None, config.node, state_dir=config.state_dir)
-        spawn(_follow_feed(proxy, feed, configured))
+        spawn(_follow_feed(proxy, _feed(config), configured))
     if config.supervisor_pid is not None:
         spawn(_watch_parent(config.supervisor_pid, stop))
     if config.status_port is not None:

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tcpmesh.join import is_joined
 from tcpmesh.runtime.events import NORMAL, EventRecorder, Happening
 from tcpmesh.runtime.objects import (
     Obj,
@@ -126,11 +127,35 @@ def has_selector(service: Mapping[str, Any]) -> bool:
     return bool(spec.get("selector")) and spec.get("type") != "ExternalName"
 
 
-def load_balancer_status(service: Mapping[str, Any], node_address: str) -> Obj:
-    """``status.loadBalancer`` for the Service: this machine is the load balancer."""
-    if (service.get("spec") or {}).get("type") == "LoadBalancer":
+def load_balancer_status(
+    service: Mapping[str, Any], node_address: str, pods: Iterable[Mapping[str, Any]] = ()
+) -> Obj:
+    """``status.loadBalancer`` for the Service: the machines that serve it.
+
+    This machine, unless the Service's pods are only joined gateway hosts (``tcpmesh
+    gateway join``): then the address of every ready joined host, as a cloud load
+    balancer lists its frontends; this machine comes first when it runs some as well.
+    """
+    spec = service.get("spec") or {}
+    if spec.get("type") != "LoadBalancer":
+        return {}
+    selector: Mapping[str, str] = spec.get("selector") or {}
+    selected = [
+        pod
+        for pod in pods
+        if selector
+        and namespace_of(pod) == namespace_of(service)
+        and all(labels_of(pod).get(k) == v for k, v in selector.items())
+    ]
+    joined = [p for p in selected if is_joined(p)]
+    if not joined:
         return {"ingress": [{"ip": node_address}]}
-    return {}
+    hosts = [node_address] if len(joined) < len(selected) else []
+    for pod in sorted(joined, key=name_of):
+        ip = str((pod.get("status") or {}).get("podIP") or "")
+        if ip and pod_is_ready(pod) and ip not in hosts:
+            hosts.append(ip)
+    return {"ingress": [{"ip": ip} for ip in hosts]}
 
 
 def _sync_endpoints_of(store: StoreLike, service: Obj, pods: list[Obj]) -> None:
@@ -150,10 +175,14 @@ def _sync_endpoints_of(store: StoreLike, service: Obj, pods: list[Obj]) -> None:
 
 
 def _sync_load_balancer(
-    store: StoreLike, service: Obj, node_address: str, events: EventRecorder | None
+    store: StoreLike,
+    service: Obj,
+    node_address: str,
+    pods: list[Obj],
+    events: EventRecorder | None,
 ) -> None:
     status = service.get("status") or {}
-    wanted = load_balancer_status(service, node_address)
+    wanted = load_balancer_status(service, node_address, pods)
     if (status.get("loadBalancer") or {}) != wanted:
         store.update_status("Service", *key_of(service), {**status, "loadBalancer": wanted})
         if events is not None and wanted:
@@ -171,7 +200,7 @@ def sync_services(store: StoreLike, node_address: str, events: EventRecorder | N
         try:
             if has_selector(service):
                 _sync_endpoints_of(store, service, pods)
-            _sync_load_balancer(store, service, node_address, events)
+            _sync_load_balancer(store, service, node_address, pods, events)
         except Exception:
             log.exception("service %s/%s: reconcile failed", *key_of(service))
     service_keys = {key_of(s) for s in services}

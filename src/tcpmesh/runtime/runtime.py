@@ -19,6 +19,7 @@ from tcpmesh.runtime.deployments import sync_deployments
 from tcpmesh.runtime.endpoints import sync_services
 from tcpmesh.runtime.events import EventRecorder
 from tcpmesh.runtime.ipam import FIRST_POD_IP
+from tcpmesh.runtime.joined import expire_joined, local_pods
 from tcpmesh.runtime.kubelet import Kubelet
 from tcpmesh.runtime.podcap import DEFAULT_MAX_PODS
 from tcpmesh.runtime.storeapi import StoreLike
@@ -73,7 +74,7 @@ class Runtime:
         self._started = True
         since = self.store.revision
         try:
-            await self.kubelet.clean_up(self.store.list("Pod"))
+            await self.kubelet.clean_up(local_pods(self.store.list("Pod")))
         except Exception:
             # Best effort: a leftover that keeps its port only makes its pod crash-loop.
             log.exception("runtime: cleaning up after the previous run failed")
@@ -103,11 +104,15 @@ class Runtime:
             "deployments",
             lambda: sync_deployments(self.store, self.max_pods, self._deployment_events),
         )
+        self._step("leases", self._expire_leases)
         if run_pods:
-            self._step("pods", lambda: self.kubelet.sync(self.store.list("Pod")))
+            self._step("pods", lambda: self.kubelet.sync(local_pods(self.store.list("Pod"))))
         self._step(
             "services", lambda: sync_services(self.store, self.node_address, self._service_events)
         )
+
+    def _expire_leases(self) -> None:
+        expire_joined(self.store)
 
     @staticmethod
     def _step(name: str, step: Callable[[], None]) -> None:
