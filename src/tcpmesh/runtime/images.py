@@ -39,6 +39,10 @@ BUILTIN_IMAGES: tuple[BuiltinImage, ...] = (
     BuiltinImage(
         "tcpmesh-slb", "tcpmesh.dataplane.slb", (), "/usr/local/bin/tcpmesh-slb", "tcpmesh"
     ),
+    # The Gateway API conformance backend (registry.k8s.io/gateway-api/conformance/echo-basic).
+    BuiltinImage(
+        "echo-basic", "tcpmesh.runtime.echobasic", (), "/echo-basic", "gateway-api/conformance"
+    ),
 )
 
 

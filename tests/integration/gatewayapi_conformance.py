@@ -1,0 +1,443 @@
+"""The manifests of the Gateway API conformance cases TCPRoute* (kubernetes-sigs/gateway-api
+``conformance/tests/tcproute-*.yaml``), reproduced object for object with the class
+``{GATEWAY_CLASS_NAME}`` filled in; the backends run the built-in echo-basic."""
+
+from __future__ import annotations
+
+import json
+
+INFRA = "gateway-conformance-infra"
+WEB = "gateway-conformance-web-backend"
+G = "gateway.networking.k8s.io"
+CLASS = "tcpmesh"
+
+
+def echo_backend(name: str, namespace: str = INFRA, container: str = "tcp-echo") -> str:
+    """A Service and Deployment of echo-basic in TCP mode, as every TCPRoute case has them."""
+    return f"""
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: {namespace}
+  labels: {{app: {name}}}
+spec:
+  selector: {{app: {name}}}
+  ports:
+    - {{name: tcp, protocol: TCP, port: 3000, targetPort: 3000}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  namespace: {namespace}
+  labels: {{app: {name}}}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+        - name: {container}
+          image: registry.k8s.io/gateway-api/conformance/echo-basic:v0.1.0
+          imagePullPolicy: IfNotPresent
+          env:
+            - {{name: TCP_ECHO_SERVER, value: "1"}}
+            - name: POD_NAME
+              valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+            - name: NAMESPACE
+              valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
+            - {{name: SERVICE_NAME, value: {name}}}
+          ports:
+            - {{containerPort: 3000, protocol: TCP}}
+          resources:
+            requests: {{cpu: 10m}}
+"""
+
+
+def gateway(name: str, *listeners: str) -> str:
+    body = "\n".join(f"    - {listener}" for listener in listeners)
+    return f"""
+apiVersion: {G}/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: {INFRA}}}
+spec:
+  gatewayClassName: "{CLASS}"
+  listeners:
+{body}
+"""
+
+
+def tcp_listener(name: str, port: int, same: bool = False, group: bool = False) -> str:
+    kind = f"{{kind: TCPRoute, group: {G}}}" if group else "{kind: TCPRoute}"
+    namespaces = ", namespaces: {from: Same}" if same else ""
+    return (
+        f"{{name: {name}, protocol: TCP, port: {port}, "
+        f"allowedRoutes: {{kinds: [{kind}]{namespaces}}}}}"
+    )
+
+
+def tcp_route(name: str, parent: str, backends: str, namespace: str = INFRA) -> str:
+    return f"""
+apiVersion: {G}/v1alpha2
+kind: TCPRoute
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  parentRefs:
+    - {parent}
+  rules:
+    - backendRefs: {backends}
+"""
+
+
+def documents(*texts: str) -> str:
+    return "\n---\n".join(t.strip() for t in texts) + "\n"
+
+
+CASES = {
+    "TCPRouteInvalidBackendRefNonexistent": documents(
+        gateway("tcp-gateway-invalid-backend", tcp_listener("tcp", 9300)),
+        tcp_route(
+            "tcp-route-invalid-backend-ref-nonexistent",
+            "{name: tcp-gateway-invalid-backend, sectionName: tcp}",
+            "[{name: nonexistent-service, port: 8080}]",
+        ),
+    ),
+    "TCPRouteInvalidCrossNamespaceBackendRef": documents(
+        echo_backend("tcp-invalid-xns-backend", WEB),
+        gateway("tcp-invalid-cross-namespace-backend-ref-gateway", tcp_listener("tcp", 9321)),
+        tcp_route(
+            "tcp-invalid-cross-namespace-backend-ref",
+            "{name: tcp-invalid-cross-namespace-backend-ref-gateway, sectionName: tcp}",
+            f"[{{name: tcp-invalid-xns-backend, namespace: {WEB}, port: 3000}}]",
+        ),
+    ),
+    "TCPRouteInvalidNonTCPListener": documents(
+        gateway(
+            "tcp-mixed-protocol-gateway",
+            "{name: only-allow-http-routes, protocol: HTTP, port: 5300, "
+            "allowedRoutes: {kinds: [{kind: HTTPRoute}]}}",
+        ),
+        tcp_route(
+            "tcp-route",
+            "{name: tcp-mixed-protocol-gateway, sectionName: only-allow-http-routes}",
+            "[{name: tcp-echo-backend, port: 8080}]",
+        ),
+    ),
+    "TCPRouteMultipleRoutesAttachment": documents(
+        echo_backend("tcp-attach-backend-1", container="tcp-backend"),
+        echo_backend("tcp-attach-backend-2", container="tcp-backend"),
+        gateway("tcp-multi-route-attach-gateway", tcp_listener("tcp", 9310, same=True, group=True)),
+        tcp_route(
+            "tcproute-attach-older",
+            "{name: tcp-multi-route-attach-gateway, sectionName: tcp}",
+            "[{name: tcp-attach-backend-1, port: 3000}]",
+        ),
+    ),
+    "TCPRouteParentRefAttachAll": documents(
+        echo_backend("tcp-echo-attach-all"),
+        gateway(
+            "tcp-attach-all-gateway",
+            *(
+                tcp_listener(n, p)
+                for n, p in zip(("one", "two", "three", "four"), range(9310, 9314), strict=True)
+            ),
+        ),
+        tcp_route(
+            "tcp-route-attach-all",
+            "{name: tcp-attach-all-gateway}",
+            "[{name: tcp-echo-attach-all, port: 3000}]",
+        ),
+    ),
+    "TCPRouteParentRefPortAndSectionName": documents(
+        *(echo_backend(f"tcp-echo-{n}") for n in ("one", "two", "three")),
+        gateway(
+            "tcp-multi-listener-gateway",
+            *(
+                tcp_listener(n, p)
+                for n, p in zip(("one", "two", "three"), range(9300, 9303), strict=True)
+            ),
+        ),
+        tcp_route(
+            "tcp-route-by-port",
+            "{name: tcp-multi-listener-gateway, port: 9300}",
+            "[{name: tcp-echo-one, port: 3000}]",
+        ),
+        tcp_route(
+            "tcp-route-by-section",
+            "{name: tcp-multi-listener-gateway, sectionName: two}",
+            "[{name: tcp-echo-two, port: 3000}]",
+        ),
+        tcp_route(
+            "tcp-route-by-section-and-port",
+            "{name: tcp-multi-listener-gateway, sectionName: three, port: 9302}",
+            "[{name: tcp-echo-three, port: 3000}]",
+        ),
+    ),
+    "TCPRouteReferenceGrant": documents(
+        echo_backend("tcp-reference-grant-backend", WEB),
+        f"""
+apiVersion: {G}/v1
+kind: ReferenceGrant
+metadata: {{name: tcp-reference-grant, namespace: {WEB}}}
+spec:
+  from:
+    - {{group: {G}, kind: TCPRoute, namespace: {INFRA}}}
+  to:
+    - {{group: "", kind: Service, name: tcp-reference-grant-backend}}
+""",
+        gateway("tcp-reference-grant-gateway", tcp_listener("tcp", 9320)),
+        tcp_route(
+            "tcp-reference-grant",
+            "{name: tcp-reference-grant-gateway, sectionName: tcp}",
+            f"[{{name: tcp-reference-grant-backend, namespace: {WEB}, port: 3000}}]",
+        ),
+    ),
+    "TCPRouteWeightedRouting": documents(
+        *(echo_backend(f"tcp-backend-v{i}", container="tcp-backend") for i in (1, 2, 3)),
+        gateway("tcp-weighted-gateway", tcp_listener("tcp", 9300)),
+        tcp_route(
+            "tcp-weighted-route",
+            "{name: tcp-weighted-gateway, sectionName: tcp}",
+            "[{name: tcp-backend-v1, port: 3000, weight: 70}, "
+            "{name: tcp-backend-v2, port: 3000, weight: 30}, "
+            "{name: tcp-backend-v3, port: 3000, weight: 0}]",
+        ),
+    ),
+}
+
+NEWER_ROUTE = tcp_route(
+    "tcproute-attach-newer",
+    "{name: tcp-multi-route-attach-gateway, sectionName: tcp}",
+    "[{name: tcp-attach-backend-2, port: 3000}]",
+)
+
+
+# ---------------------------------------------------------------- TLSRoute* (status cases)
+
+APP = "gateway-conformance-app-backend"
+SAME = "namespaces: {from: Same}"
+
+
+def tls_gateway(name: str, *listeners: str) -> str:
+    return gateway(name, *listeners)
+
+
+def tls_route(name: str, parent: str, hostnames: str, backends: str) -> str:
+    return f"""
+apiVersion: {G}/v1
+kind: TLSRoute
+metadata: {{name: {name}, namespace: {INFRA}}}
+spec:
+  parentRefs:
+    - {parent}
+  hostnames: {hostnames}
+  rules:
+    - backendRefs: {backends}
+"""
+
+
+def grant(name: str, namespace: str, source: str, target: str) -> str:
+    return f"""
+apiVersion: {G}/v1
+kind: ReferenceGrant
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  from: [{source}]
+  to: [{target}]
+"""
+
+
+def _tls_secret(name: str, cert: str, key: str) -> str:
+    return f"""
+apiVersion: v1
+kind: Secret
+metadata: {{name: {name}, namespace: {INFRA}}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: {json.dumps(cert)}
+  tls.key: {json.dumps(key)}
+"""
+
+
+PASSTHROUGH = "tls: {mode: Passthrough}"
+TLS_BACKEND = "[{name: tls-backend, port: 443}]"
+PLAIN_TLS_443 = f"{{name: tls, protocol: TLS, port: 443, allowedRoutes: {{{SAME}}}, {PASSTHROUGH}}}"
+FROM_ROUTE = f"{{group: {G}, kind: TLSRoute, namespace: {INFRA}}}"
+TO_BACKEND = '{group: "", kind: Service, name: tls-backend}'
+
+
+def tls_cases(cert: str, key: str) -> dict[str, str]:
+    """The TLSRoute* cases whose assertions are statuses; ``cert``/``key`` are the PEMs of
+    the base manifests' certificate Secrets."""
+    terminate = (
+        "{name: tls-terminate, port: 8443, protocol: TLS, hostname: terminate.example.com, "
+        f"allowedRoutes: {{{SAME}, kinds: [{{kind: TLSRoute}}]}}, "
+        "tls: {mode: Terminate, certificateRefs: [{name: tls-terminate-checks-certificate}]}}"
+    )
+    return {
+        "TLSRouteInvalidBackendRefNonexistent": documents(
+            tls_gateway(
+                "gateway-tlsroute-invalid-backend-ref-nonexistent",
+                PLAIN_TLS_443,
+            ),
+            tls_route(
+                "invalid-backend-ref-nonexistent",
+                f"{{name: gateway-tlsroute-invalid-backend-ref-nonexistent, namespace: {INFRA}}}",
+                '["example.com"]',
+                f"[{{name: nonexistent, namespace: {INFRA}, port: 443}}]",
+            ),
+        ),
+        "TLSRouteInvalidBackendRefUnknownKind": documents(
+            tls_gateway(
+                "gateway-tlsroute-invalid-backend-ref-unknown-kind",
+                PLAIN_TLS_443,
+            ),
+            tls_route(
+                "invalid-backend-ref-unknown-kind",
+                f"{{name: gateway-tlsroute-invalid-backend-ref-unknown-kind, namespace: {INFRA}}}",
+                '["example.com"]',
+                "[{group: unknownkind.example.com, kind: NonExistent, name: tls-backend, "
+                "port: 443}]",
+            ),
+        ),
+        "TLSRouteInvalidNoMatchingListenerHostname": documents(
+            *(
+                tls_gateway(
+                    f"gateway-tls-{which}-hostname",
+                    f'{{name: tls, port: 443, protocol: TLS, hostname: "{host}", '
+                    f"allowedRoutes: {{{SAME}, kinds: [{{kind: TLSRoute}}]}}, {PASSTHROUGH}}}",
+                )
+                for which, host in (("exact", "www.example.com"), ("wildcard", "*.example.com"))
+            ),
+            tls_route(
+                "tlsroute-hostname-mismatch-1",
+                "{name: gateway-tls-exact-hostname}",
+                '["www.nomatch.com", "*.nomatch.com"]',
+                TLS_BACKEND,
+            ),
+            tls_route(
+                "tlsroute-hostname-mismatch-2",
+                "{name: gateway-tls-wildcard-hostname}",
+                '["www.different.com", "*.different.com"]',
+                TLS_BACKEND,
+            ),
+        ),
+        "TLSRouteInvalidNoMatchingListener": documents(
+            _tls_secret("tls-validity-checks-certificate", cert, key),
+            tls_gateway(
+                "gateway-tlsroute-tls-passthrough-only",
+                f"{{name: tls-passthrough, protocol: TLS, port: 443, allowedRoutes: {{{SAME}}}, "
+                f"{PASSTHROUGH}}}",
+            ),
+            tls_gateway(
+                "gateway-tlsroute-http-only",
+                f"{{name: http, port: 80, protocol: HTTP, allowedRoutes: {{{SAME}}}}}",
+            ),
+            tls_gateway(
+                "gateway-tlsroute-https-only",
+                f"{{name: https, port: 443, protocol: HTTPS, allowedRoutes: {{{SAME}}}, "
+                "tls: {mode: Terminate, certificateRefs: "
+                f"[{{name: tls-validity-checks-certificate, namespace: {INFRA}}}]}}}}",
+            ),
+            tls_route(
+                "tlsroute-not-allowed-protocol-http",
+                "{name: gateway-tlsroute-http-only}",
+                "[tls.example.com]",
+                TLS_BACKEND,
+            ),
+            tls_route(
+                "tlsroute-not-allowed-protocol-https",
+                "{name: gateway-tlsroute-https-only}",
+                "[tls.example.com]",
+                TLS_BACKEND,
+            ),
+            tls_route(
+                "tlsroute-no-matching-section-name",
+                "{name: gateway-tlsroute-tls-passthrough-only, sectionName: nonexistent-listener}",
+                "[tls.example.com]",
+                TLS_BACKEND,
+            ),
+        ),
+        "TLSRouteInvalidReferenceGrant": documents(
+            f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: tls-backend, namespace: {APP}}}
+spec:
+  selector: {{app: tls-backend}}
+  ports: [{{name: https, port: 443, targetPort: 8443}}]
+""",
+            grant("reference-grant-wrong-namespace", INFRA, FROM_ROUTE, TO_BACKEND),
+            grant(
+                "reference-grant-wrong-from-group",
+                APP,
+                f"{{group: not-the-group-youre-looking-for, kind: TLSRoute, namespace: {INFRA}}}",
+                TO_BACKEND,
+            ),
+            grant(
+                "reference-grant-wrong-from-kind",
+                APP,
+                f"{{group: {G}, kind: Gateway, namespace: {INFRA}}}",
+                TO_BACKEND,
+            ),
+            grant(
+                "reference-grant-wrong-from-namespace",
+                APP,
+                f"{{group: {G}, kind: TLSRoute, namespace: not-the-namespace-youre-looking-for}}",
+                TO_BACKEND,
+            ),
+            grant(
+                "reference-grant-wrong-to-group",
+                APP,
+                FROM_ROUTE,
+                "{group: not-the-group-youre-looking-for, kind: Service, name: tls-backend}",
+            ),
+            grant(
+                "reference-grant-wrong-to-kind",
+                APP,
+                FROM_ROUTE,
+                '{group: "", kind: Secret, name: tls-backend}',
+            ),
+            grant(
+                "reference-grant-wrong-to-name",
+                APP,
+                FROM_ROUTE,
+                '{group: "", kind: Service, name: not-the-service-youre-looking-for}',
+            ),
+            tls_route(
+                "gateway-conformance-infra-test",
+                "{name: gateway-tlsroute-referencegrant}",
+                "[abc.example.com]",
+                f"[{{name: tls-backend, namespace: {APP}, port: 443}}]",
+            ),
+            tls_gateway(
+                "gateway-tlsroute-referencegrant",
+                '{name: https, port: 443, protocol: TLS, hostname: "*.example.com", '
+                f"allowedRoutes: {{{SAME}, kinds: [{{kind: TLSRoute}}]}}, {PASSTHROUGH}}}",
+            ),
+        ),
+        "TLSRouteListenerMixedTerminationNotSupported": documents(
+            _tls_secret("tls-terminate-checks-certificate", cert, key),
+            tls_gateway(
+                "gateway-tlsroute-mixed-termination-not-supported",
+                terminate,
+                "{name: tls-passthrough, port: 8443, protocol: TLS, hostname: "
+                f"passthrough.example.com, allowedRoutes: {{{SAME}, kinds: [{{kind: TLSRoute}}]}}, "
+                f"{PASSTHROUGH}}}",
+            ),
+        ),
+        "TLSRouteListenerPassthroughSupportedKinds": documents(
+            tls_gateway(
+                "gateway-tlsroute-passthrough-supported-kind",
+                "{name: tls-passthrough, port: 443, protocol: TLS, allowedRoutes: "
+                f"{{{SAME}, kinds: [{{kind: TCPRoute}}, {{kind: TLSRoute}}]}}, {PASSTHROUGH}}}",
+            ),
+        ),
+        "TLSRouteListenerTerminateSupportedKinds": documents(
+            tls_gateway("gateway-tlsroute-terminate-supported", terminate),
+        ),
+    }

@@ -1,0 +1,80 @@
+"""The built-in echo-basic (the Gateway API conformance backend) speaks its TCP protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from pathlib import Path
+
+import pytest
+
+from tcpmesh.apiserver.pki import ensure_ca, issue_certificate
+from tcpmesh.runtime.echobasic import serve
+
+pytestmark = pytest.mark.integration
+
+HOST = "127.0.0.1"
+
+
+async def _talk(port: int, context: ssl.SSLContext | None, name: str | None) -> list[str]:
+    reader, writer = await asyncio.open_connection(
+        HOST, port, ssl=context, server_hostname=name if context else None
+    )
+    lines = [(await reader.readline()).decode()]
+    for line in (b"PING\n", b"IS_TLS\n", b"nothing\n", b"TEST\n"):
+        writer.write(line)
+    for _ in range(3):
+        lines.append((await reader.readline()).decode())
+    writer.close()
+    return lines
+
+
+def test_tcp_and_tls_answers(tmp_path: Path) -> None:
+    ca = ensure_ca(tmp_path)
+    leaf = issue_certificate(ca, "backend", ["tls.example.com"])
+    (tmp_path / "c.pem").write_bytes(leaf.cert_pem)
+    (tmp_path / "k.pem").write_bytes(leaf.key_pem)
+    env = {
+        "TCP_ECHO_SERVER": "1",
+        "POD_IP": HOST,
+        "TCP_PORT": "39300",
+        "TLS_PORT": "39443",
+        "TLS_SERVER_CERT": str(tmp_path / "c.pem"),
+        "TLS_SERVER_PRIV_KEY": str(tmp_path / "k.pem"),
+        "POD_NAME": "tcp-backend-v1-abc-xyz",
+        "NAMESPACE": "infra",
+        "SERVICE_NAME": "tcp-backend-v1",
+    }
+
+    async def main() -> tuple[list[str], list[str]]:
+        server = asyncio.create_task(serve(env))
+        await asyncio.sleep(0.3)
+        try:
+            plain = await _talk(39300, None, None)
+            trust = ssl.create_default_context(cadata=ca.cert_pem.decode())
+            secure = await _talk(39443, trust, "tls.example.com")
+        finally:
+            server.cancel()
+        return plain, secure
+
+    plain, secure = asyncio.run(main())
+    assert plain[:3] == ["Gateway API Test TCP Server\n", "PONG\n", "false\n"]
+    payload = json.loads(plain[3])
+    assert payload == {
+        "namespace": "infra",
+        "ingress": "",
+        "service": "tcp-backend-v1",
+        "pod": "tcp-backend-v1-abc-xyz",
+        "tcpport": "39300",
+        "tlsport": "39443",
+        "isTLS": False,
+    }
+    assert secure[:3] == ["Gateway API Test TCP Server\n", "PONG\n", "true\n"]
+    tls = json.loads(secure[3])["tls"]
+    assert tls["serverName"] == "tls.example.com" and tls["version"] == "TLS 1.3"
+
+
+def test_without_tcp_echo_server_it_refuses_to_start() -> None:
+    with pytest.raises(SystemExit, match="TCP_ECHO_SERVER=1"):
+        asyncio.run(serve({}))

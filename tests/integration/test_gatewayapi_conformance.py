@@ -1,0 +1,424 @@
+"""The Gateway API conformance cases TCPRoute* against tcpmesh, on both data planes.
+
+Each test is named for its upstream ShortName (kubernetes-sigs/gateway-api
+``conformance/tests/tcproute-*.go``) and makes that case's assertions: the route and
+Gateway conditions with the spec's reasons, listener statuses, and traffic checked with
+the echo-basic protocol (welcome line, PING/PONG, IS_TLS, the TEST payload naming the
+namespace and the backend's pods). Manifests: ``gatewayapi_conformance.CASES``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tcpmesh.apiserver.client import ApiClient, ApiError
+from tests.integration.gatewayapi_conformance import (
+    CASES,
+    INFRA,
+    NEWER_ROUTE,
+    WEB,
+    G,
+    tls_cases,
+)
+from tests.integration.harness import MeshHarness
+from tests.integration.tls_helpers import make_certificate
+
+pytestmark = pytest.mark.integration
+
+ADDRESS = "127.0.32.1"
+CONTROLLER = "tcpmesh.io/gateway-controller"
+GATEWAY = f"Gateway.{G}"
+TCP_ROUTE = f"TCPRoute.{G}"
+TLS_ROUTE = f"TLSRoute.{G}"
+WELCOME = "Gateway API Test TCP Server\n"
+Obj = dict[str, Any]
+
+
+def eventually(what: str, check: Callable[[], Any], timeout: float = 120.0) -> Any:
+    """Poll until ``check`` returns something truthy (as the suite's PollUntilContextTimeout)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (ApiError, OSError, ValueError, AssertionError) as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+class Suite:
+    def __init__(self, harness: MeshHarness, manifests: Path) -> None:
+        self.harness = harness
+        self.manifests = manifests
+        self.client = ApiClient.from_state_dir(harness.state_dir)
+
+    def apply(self, name: str, text: str) -> None:
+        path = self.manifests / f"{name}.yaml"
+        path.write_text(text)
+        self.harness.apply(path)
+
+    def get(self, key: str, name: str, namespace: str = INFRA) -> Obj:
+        return self.client.get(key, namespace, name)
+
+    def route_condition(
+        self, route: str, gateway: str, type_: str, status: str, reason: str, key: str = TCP_ROUTE
+    ) -> None:
+        """TCPRouteMustHaveCondition (TLSRouteMustHaveCondition with ``key=TLS_ROUTE``)."""
+
+        def found() -> bool:
+            parents = (self.get(key, route).get("status") or {}).get("parents") or []
+            return any(
+                p["parentRef"]["name"] == gateway
+                and p["controllerName"] == CONTROLLER
+                and any(
+                    (c["type"], c["status"], c["reason"]) == (type_, status, reason)
+                    for c in p["conditions"]
+                )
+                for p in parents
+            )
+
+        eventually(f"{route} {type_}={status} {reason}", found)
+
+    def address(self, gateway: str, listener: str | None = None) -> tuple[str, int]:
+        """WaitForGatewayAddress: the status address and the named listener's port."""
+
+        def ready() -> tuple[str, int] | None:
+            gw = self.get(GATEWAY, gateway)
+            listeners = gw["spec"]["listeners"]
+            chosen = next((li for li in listeners if li["name"] == listener), listeners[0])
+            addresses = [
+                a for a in (gw.get("status") or {}).get("addresses") or [] if a.get("type")
+            ]
+            return (addresses[0]["value"], chosen["port"]) if addresses else None
+
+        result: tuple[str, int] = eventually(f"an address of {gateway}", ready)
+        return result
+
+    def accepted(self, gateway: str, listener: str | None, *routes: str) -> tuple[str, int]:
+        """GatewayAndTCPRoutesMustBeAccepted."""
+        address = self.address(gateway, listener)
+        for route in routes:
+            self.route_condition(route, gateway, "Accepted", "True", "Accepted")
+        return address
+
+    def listeners(self, gateway: str) -> list[Obj]:
+        return list((self.get(GATEWAY, gateway).get("status") or {}).get("listeners") or [])
+
+
+def echo_test(address: tuple[str, int]) -> Obj:
+    """One connection through the echo-basic protocol; the TEST payload."""
+    with socket.create_connection(address, timeout=5) as sock:
+        stream = sock.makefile("rwb")
+        assert stream.readline().decode() == WELCOME
+        stream.write(b"PING\n")
+        stream.flush()
+        assert stream.readline() == b"PONG\n"
+        stream.write(b"IS_TLS\n")
+        stream.flush()
+        assert stream.readline() == b"false\n"
+        stream.write(b"TEST\n")
+        stream.flush()
+        payload: Obj = json.loads(stream.readline())
+        return payload
+
+
+def send_once(address: tuple[str, int]) -> str:
+    """EchoSendOnce: welcome, TEST, the pod's name."""
+    with socket.create_connection(address, timeout=5) as sock:
+        stream = sock.makefile("rwb")
+        if stream.readline().decode() != WELCOME:
+            raise OSError("no welcome")
+        stream.write(b"TEST\n")
+        stream.flush()
+        return str(json.loads(stream.readline())["pod"])
+
+
+def expect_backend(address: tuple[str, int], backend: str, namespace: str = INFRA) -> None:
+    """MakeTCPRequestAndExpectEventuallyValidResponse."""
+
+    def valid() -> bool:
+        payload = echo_test(address)
+        return payload["namespace"] == namespace and payload["pod"].startswith(f"{backend}-")
+
+    eventually(f"{backend} answering at {address}", valid)
+
+
+@pytest.fixture(scope="module", params=["python", "envoy"])
+def suite(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Suite]:
+    harness = MeshHarness(
+        tmp_path_factory.mktemp("state"), ADDRESS, workers=1, dataplane=request.param
+    )
+    try:
+        harness.up()
+        suite = Suite(harness, tmp_path_factory.mktemp("manifests"))
+        cert = make_certificate(tmp_path_factory.mktemp("certs"), "base", "terminate.example.com")
+        for name, text in {**CASES, **tls_cases(cert.cert_pem, cert.key_pem)}.items():
+            suite.apply(name, text)
+        yield suite
+    finally:
+        harness.down()
+
+
+def test_TCPRouteInvalidBackendRefNonexistent(suite: Suite) -> None:
+    suite.route_condition(
+        "tcp-route-invalid-backend-ref-nonexistent",
+        "tcp-gateway-invalid-backend",
+        "ResolvedRefs",
+        "False",
+        "BackendNotFound",
+    )
+
+
+def test_TCPRouteInvalidCrossNamespaceBackendRef(suite: Suite) -> None:
+    route, gateway = (
+        "tcp-invalid-cross-namespace-backend-ref",
+        "tcp-invalid-cross-namespace-backend-ref-gateway",
+    )
+    suite.accepted(gateway, "tcp", route)
+    suite.route_condition(route, gateway, "ResolvedRefs", "False", "RefNotPermitted")
+
+
+def test_TCPRouteInvalidNonTCPListener(suite: Suite) -> None:
+    gateway = "tcp-mixed-protocol-gateway"
+    suite.route_condition("tcp-route", gateway, "Accepted", "False", "NotAllowedByListeners")
+    eventually(
+        "0 routes attached",
+        lambda: (
+            suite.listeners(gateway)
+            and all(li["attachedRoutes"] == 0 for li in suite.listeners(gateway))
+        ),
+    )
+
+
+def test_TCPRouteMultipleRoutesAttachment(suite: Suite) -> None:
+    gateway = "tcp-multi-route-attach-gateway"
+    address = suite.accepted(gateway, "tcp", "tcproute-attach-older")
+    time.sleep(1)  # creation timestamps have second precision
+    suite.apply("newer", NEWER_ROUTE)
+    for route in ("tcproute-attach-older", "tcproute-attach-newer"):
+        suite.route_condition(route, gateway, "Accepted", "True", "Accepted")
+
+    def two_attached() -> bool:
+        (listener,) = suite.listeners(gateway)
+        accepted = [c for c in listener["conditions"] if c["type"] == "Accepted"]
+        return (
+            listener["name"] == "tcp"
+            and listener["supportedKinds"] == [{"group": G, "kind": "TCPRoute"}]
+            and [(c["status"], c["reason"]) for c in accepted] == [("True", "Accepted")]
+            and listener["attachedRoutes"] == 2
+        )
+
+    eventually("the listener with 2 attached routes", two_attached)
+    expect_backend(address, "tcp-attach-backend-1")
+    for _ in range(100):
+        pod = send_once(address)
+        assert pod.startswith("tcp-attach-backend-1-"), pod
+
+
+def test_TCPRouteParentRefAttachAll(suite: Suite) -> None:
+    gateway = "tcp-attach-all-gateway"
+    suite.accepted(gateway, None, "tcp-route-attach-all")
+    parent = suite.get(TCP_ROUTE, "tcp-route-attach-all")["status"]["parents"][0]["parentRef"]
+    assert parent == {"group": G, "kind": "Gateway", "name": gateway, "namespace": INFRA}
+    for listener in ("one", "two", "three", "four"):
+        expect_backend(suite.address(gateway, listener), "tcp-echo-attach-all")
+
+
+def test_TCPRouteParentRefPortAndSectionName(suite: Suite) -> None:
+    gateway = "tcp-multi-listener-gateway"
+    for route, listener, backend in (
+        ("tcp-route-by-port", "one", "tcp-echo-one"),
+        ("tcp-route-by-section", "two", "tcp-echo-two"),
+        ("tcp-route-by-section-and-port", "three", "tcp-echo-three"),
+    ):
+        suite.route_condition(route, gateway, "Accepted", "True", "Accepted")
+        expect_backend(suite.address(gateway, listener), backend)
+
+
+def test_TCPRouteReferenceGrant(suite: Suite) -> None:
+    route, gateway = "tcp-reference-grant", "tcp-reference-grant-gateway"
+    address = suite.accepted(gateway, "tcp", route)
+    expect_backend(address, "tcp-reference-grant-backend", WEB)
+    suite.client.delete(f"ReferenceGrant.{G}", WEB, "tcp-reference-grant")
+    suite.route_condition(route, gateway, "ResolvedRefs", "False", "RefNotPermitted")
+
+
+def test_TCPRouteWeightedRouting(suite: Suite) -> None:
+    """weight.TestWeightedDistribution: 500 connections, each share within 5 points,
+    the weight-0 backend none (the suite retries up to 10 times; one try here)."""
+    address = suite.accepted("tcp-weighted-gateway", "tcp", "tcp-weighted-route")
+    eventually("a TEST answer", lambda: send_once(address))
+    seen = Counter("-".join(send_once(address).split("-")[:-2]) for _ in range(500))
+    assert set(seen) == {"tcp-backend-v1", "tcp-backend-v2"}, seen
+    for backend, share in (("tcp-backend-v1", 0.7), ("tcp-backend-v2", 0.3)):
+        assert abs(seen[backend] / 500 - share) <= 0.05, seen
+
+
+# ---------------------------------------------------------------- TLSRoute* (statuses)
+
+
+def no_accepted_parents(suite: Suite, route: str) -> bool:
+    """TLSRouteMustHaveNoAcceptedParents."""
+    parents = (suite.get(TLS_ROUTE, route).get("status") or {}).get("parents") or []
+    return bool(parents) and not any(
+        c["type"] == "Accepted" and c["status"] == "True" for p in parents for c in p["conditions"]
+    )
+
+
+def zero_routes(suite: Suite, gateway: str) -> bool:
+    """GatewayMustHaveZeroRoutes."""
+    listeners = suite.listeners(gateway)
+    return bool(listeners) and all(li["attachedRoutes"] == 0 for li in listeners)
+
+
+def listener_is(suite: Suite, gateway: str, expected: list[Obj]) -> Callable[[], bool]:
+    """GatewayStatusMustHaveListeners: name, supportedKinds, the expected conditions, routes."""
+
+    def check() -> bool:
+        actual = {li["name"]: li for li in suite.listeners(gateway)}
+        for want in expected:
+            got = actual.get(want["name"])
+            if got is None or got["attachedRoutes"] != want["attachedRoutes"]:
+                return False
+            if "supportedKinds" in want and got["supportedKinds"] != want["supportedKinds"]:
+                return False
+            have = {(c["type"], c["status"], c["reason"]) for c in got["conditions"]}
+            if not set(want["conditions"]) <= have:
+                return False
+        return True
+
+    return check
+
+
+def test_TLSRouteInvalidBackendRefNonexistent(suite: Suite) -> None:
+    gateway = "gateway-tlsroute-invalid-backend-ref-nonexistent"
+    suite.accepted(gateway, None)
+    suite.route_condition(
+        "invalid-backend-ref-nonexistent", gateway, "Accepted", "True", "Accepted", TLS_ROUTE
+    )
+    suite.route_condition(
+        "invalid-backend-ref-nonexistent",
+        gateway,
+        "ResolvedRefs",
+        "False",
+        "BackendNotFound",
+        TLS_ROUTE,
+    )
+
+
+def test_TLSRouteInvalidBackendRefUnknownKind(suite: Suite) -> None:
+    gateway = "gateway-tlsroute-invalid-backend-ref-unknown-kind"
+    suite.accepted(gateway, None)
+    suite.route_condition(
+        "invalid-backend-ref-unknown-kind", gateway, "Accepted", "True", "Accepted", TLS_ROUTE
+    )
+    suite.route_condition(
+        "invalid-backend-ref-unknown-kind",
+        gateway,
+        "ResolvedRefs",
+        "False",
+        "InvalidKind",
+        TLS_ROUTE,
+    )
+
+
+def test_TLSRouteInvalidNoMatchingListenerHostname(suite: Suite) -> None:
+    for route, gateway in (
+        ("tlsroute-hostname-mismatch-1", "gateway-tls-exact-hostname"),
+        ("tlsroute-hostname-mismatch-2", "gateway-tls-wildcard-hostname"),
+    ):
+        suite.route_condition(
+            route, gateway, "Accepted", "False", "NoMatchingListenerHostname", TLS_ROUTE
+        )
+        eventually(
+            f"{route} without accepted parents", lambda r=route: no_accepted_parents(suite, r)
+        )
+        eventually(f"{gateway} with 0 routes", lambda gw=gateway: zero_routes(suite, gw))
+
+
+def test_TLSRouteInvalidNoMatchingListener(suite: Suite) -> None:
+    for route, gateway, reason in (
+        (
+            "tlsroute-not-allowed-protocol-http",
+            "gateway-tlsroute-http-only",
+            "NotAllowedByListeners",
+        ),
+        (
+            "tlsroute-not-allowed-protocol-https",
+            "gateway-tlsroute-https-only",
+            "NotAllowedByListeners",
+        ),
+        (
+            "tlsroute-no-matching-section-name",
+            "gateway-tlsroute-tls-passthrough-only",
+            "NoMatchingParent",
+        ),
+    ):
+        suite.route_condition(route, gateway, "Accepted", "False", reason, TLS_ROUTE)
+        eventually(
+            f"{route} without accepted parents", lambda r=route: no_accepted_parents(suite, r)
+        )
+    for gateway in ("gateway-tlsroute-http-only", "gateway-tlsroute-https-only"):
+        eventually(f"{gateway} with 0 routes", lambda gw=gateway: zero_routes(suite, gw))
+
+
+def test_TLSRouteInvalidReferenceGrant(suite: Suite) -> None:
+    gateway, route = "gateway-tlsroute-referencegrant", "gateway-conformance-infra-test"
+    suite.accepted(gateway, None)
+    suite.route_condition(route, gateway, "Accepted", "True", "Accepted", TLS_ROUTE)
+    suite.route_condition(route, gateway, "ResolvedRefs", "False", "RefNotPermitted", TLS_ROUTE)
+
+
+def test_TLSRouteListenerMixedTerminationNotSupported(suite: Suite) -> None:
+    conflict = [("Accepted", "False", "ProtocolConflict")]
+    expected = [
+        {"name": name, "conditions": conflict, "attachedRoutes": 0}
+        for name in ("tls-terminate", "tls-passthrough")
+    ]
+    eventually(
+        "both listeners in conflict",
+        listener_is(suite, "gateway-tlsroute-mixed-termination-not-supported", expected),
+    )
+
+
+def test_TLSRouteListenerPassthroughSupportedKinds(suite: Suite) -> None:
+    expected = [
+        {
+            "name": "tls-passthrough",
+            "supportedKinds": [{"group": G, "kind": "TLSRoute"}],
+            "conditions": [("ResolvedRefs", "False", "InvalidRouteKinds")],
+            "attachedRoutes": 0,
+        }
+    ]
+    eventually(
+        "TLSRoute supported, TCPRoute refused",
+        listener_is(suite, "gateway-tlsroute-passthrough-supported-kind", expected),
+    )
+
+
+def test_TLSRouteListenerTerminateSupportedKinds(suite: Suite) -> None:
+    expected = [
+        {
+            "name": "tls-terminate",
+            "supportedKinds": [{"group": G, "kind": "TLSRoute"}],
+            "conditions": [("Accepted", "True", "Accepted")],
+            "attachedRoutes": 0,
+        }
+    ]
+    eventually(
+        "the terminating listener accepted",
+        listener_is(suite, "gateway-tlsroute-terminate-supported", expected),
+    )
