@@ -179,3 +179,25 @@ def test_a_missing_backend_rejects_its_share(mesh: MeshHarness) -> None:
     seen = Counter(reply(address, 9301) for _ in range(CONNECTIONS))
     assert set(seen) <= {"", "v1"}, seen
     assert binomtest(seen[""], CONNECTIONS, 0.8).pvalue >= ALPHA, seen
+
+
+def test_get_describe_and_analyze_know_the_gateway_api(mesh: MeshHarness) -> None:
+    table = mesh.tcpmesh("get", "gtw").stdout.splitlines()
+    assert table[0].split() == ["NAME", "CLASS", "ADDRESS", "PROGRAMMED", "AGE"]
+    assert table[1].split()[:4] == [
+        "tcp-weighted-gateway",
+        "tcpmesh",
+        gateway_address(mesh),
+        "True",
+    ]
+    described = mesh.tcpmesh("describe", "tcproutes", "tcp-weighted-route").stdout
+    assert "from TCPRoute default/tcp-weighted-route tcp[0]" in described
+    assert " 70.0%  outbound|3000||tcp-backend-v1.default.svc.cluster.local" in described
+    gateway = mesh.tcpmesh("describe", f"gateways.{G}", "tcp-weighted-gateway").stdout
+    assert "listener 0.0.0.0_9300" in gateway and "listener 0.0.0.0_9301" in gateway
+    analyzed = mesh.tcpmesh("analyze", check=False)
+    assert analyzed.code == 1
+    assert (
+        "Error [TCM0003] (TCPRoute.gateway.networking.k8s.io default/mostly-missing) "
+        "ResolvedRefs=False (BackendNotFound)" in analyzed.stdout
+    )

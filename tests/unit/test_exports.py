@@ -52,6 +52,7 @@ SURFACES: dict[str, set[str]] = {
         "ParentResult",
         "RouteResult",
         "bind_resources",
+        "istio_gateway_name",
         "workload_labels",
         "BACKEND_NETWORK",
         "BANDWIDTH_ANNOTATIONS",

@@ -19,6 +19,7 @@ from tcpmesh.control import (
     MeshResources,
     ProxyNode,
     ResponseFlag,
+    bind_resources,
     build_snapshot,
     downstream_tls,
     find_service,
@@ -30,7 +31,9 @@ from tcpmesh.control import (
 )
 from tcpmesh.controllers import RouteProblem, weighted
 from tcpmesh.runtime import image_name
+from tcpmesh.store import group_of, kind_key
 
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 Level = Literal["Error", "Warning", "Info"]
 LEVEL_ORDER: dict[str, int] = {"Error": 0, "Warning": 1, "Info": 2}
 
@@ -74,6 +77,7 @@ def analyze(
         *_listen_port_conflicts(resources, workloads),
         *_envoy_differences(resources, workloads),
         *_rollout_messages(objects),
+        *_gateway_api_messages(resources),
     ]
     sources = sources or {}
     located = [
@@ -120,6 +124,47 @@ def _rollout_messages(objects: list[Mapping[str, Any]]) -> Iterator[Message]:
             weighted(vs, rollout.spec, 0)
         except RouteProblem as problem:
             yield _message("Error", "TCM0002", rollout, f"{problem}: the Rollout cannot start.")
+
+
+def _gateway_api_messages(resources: MeshResources) -> Iterator[Message]:
+    """TCM0003: what the Gateway API status reports as not working (Istio has no analyzer
+    for these; the same binding writes the status, so analyze and status agree). A route
+    not accepted, or with a backend it cannot use, is an Error; a listener that cannot be
+    programmed is a Warning."""
+    binding = bind_resources(resources)
+    for route in binding.routes:
+        key = f"{route.route.kind}.{GATEWAY_API_GROUP}"
+        for parent in route.parents:
+            for condition in parent.conditions:
+                if condition.status == "False":
+                    text = (
+                        f"{condition.type}=False ({condition.reason}) on parent Gateway "
+                        f"{parent.namespace}/{parent.ref.name}: {condition.message}"
+                    )
+                    yield Message(
+                        "Error", "TCM0003", key, route.route.namespace, route.route.name, text
+                    )
+    for gateway in binding.gateways:
+        for listener in gateway.listeners:
+            for condition in listener.conditions:
+                broken = condition.status == "False" and condition.type in (
+                    "Accepted",
+                    "ResolvedRefs",
+                )
+                if broken:
+                    text = (
+                        f"listener {listener.name}: {condition.type}=False ({condition.reason})"
+                        + (f": {condition.message}" if condition.message else "")
+                    )
+                    gw = gateway.gateway
+                    yield Message(
+                        "Warning",
+                        "TCM0003",
+                        f"Gateway.{GATEWAY_API_GROUP}",
+                        gw.namespace,
+                        gw.name,
+                        text,
+                    )
 
 
 def _message(level: Level, code: str, resource: models.Resource, text: str) -> Message:
@@ -171,7 +216,7 @@ def _schema_messages(objects: list[Mapping[str, Any]]) -> Iterator[Message]:
             continue
         errors, warnings = validate_object(obj)
         meta = obj.get("metadata") or {}
-        kind = str(obj.get("kind"))
+        kind = kind_key(group_of(obj.get("apiVersion")), str(obj.get("kind")))
         namespace = str(meta.get("namespace") or "default")
         name = str(meta.get("name") or "")
         for error in errors:

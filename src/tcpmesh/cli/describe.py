@@ -10,18 +10,31 @@ import yaml
 from tcpmesh.api import kinds
 from tcpmesh.apiserver.client import ApiClient
 from tcpmesh.control import (
+    GATEWAY_NAME_LABEL,
     INGRESS_GATEWAY_SELECTOR,
     ResponseFlag,
     Snapshot,
     TcpRoute,
     VersionAffinity,
+    istio_gateway_name,
     labels_match,
     resolve_host,
     service_fqdn,
 )
 from tcpmesh.xds import envoy_differences
 
-ROUTING_KINDS = ("Gateway", "VirtualService", "DestinationRule", "Service", "ServiceEntry")
+_K8S = "gateway.networking.k8s.io"
+K8S_GATEWAY = f"Gateway.{_K8S}"
+K8S_ROUTES = (f"TCPRoute.{_K8S}", f"TLSRoute.{_K8S}")
+ROUTING_KINDS = (
+    "Gateway",
+    "VirtualService",
+    "DestinationRule",
+    "Service",
+    "ServiceEntry",
+    K8S_GATEWAY,
+    *K8S_ROUTES,
+)
 
 
 def describe_object(client: ApiClient, info: kinds.KindInfo, obj: dict[str, Any]) -> str:
@@ -42,7 +55,7 @@ def describe_object(client: ApiClient, info: kinds.KindInfo, obj: dict[str, Any]
         if obj.get(section):
             lines.append(f"{section.capitalize()}:")
             lines.extend("  " + line for line in _yaml(obj[section]).splitlines())
-    if obj["kind"] in ROUTING_KINDS:
+    if info.key in ROUTING_KINDS:
         lines.append("Routing:")
         lines.extend("  " + line for line in routing_lines(client, obj))
     return "\n".join(lines) + "\n"
@@ -56,14 +69,25 @@ def _secret_lines(obj: dict[str, Any]) -> list[str]:
     return lines
 
 
-def routing_lines(client: ApiClient, obj: dict[str, Any]) -> list[str]:
-    """The listeners, routes and clusters of the gateway snapshots that involve ``obj``."""
-    kind = obj["kind"]
-    lines: list[str] = []
+def _gateway_pods(client: ApiClient) -> list[dict[str, Any]]:
+    """One pod of each gateway: the default ingress gateway's, and each Gateway API Gateway's
+    (all pods of one gateway share its Snapshot)."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
     for pod in client.list("Pod", None):
         labels = pod["metadata"].get("labels") or {}
-        if not labels_match(INGRESS_GATEWAY_SELECTOR, labels):
-            continue
+        if labels_match(INGRESS_GATEWAY_SELECTOR, labels):
+            found.setdefault(("", "ingress"), pod)
+        elif GATEWAY_NAME_LABEL in labels:
+            found.setdefault((pod["metadata"]["namespace"], labels[GATEWAY_NAME_LABEL]), pod)
+    return list(found.values())
+
+
+def routing_lines(client: ApiClient, obj: dict[str, Any]) -> list[str]:
+    """The listeners, routes and clusters of the gateway snapshots that involve ``obj``."""
+    kind = kinds.for_object(obj).key
+    lines: list[str] = []
+    clusters_shown: set[str] = set()
+    for pod in _gateway_pods(client):
         node = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
         data = client.snapshot(node)
         if data is None:
@@ -95,13 +119,13 @@ def routing_lines(client: ApiClient, obj: dict[str, Any]) -> list[str]:
                         )
         hosts = _hosts_of(kind, obj)
         for cluster in snapshot.clusters:
-            if cluster.service in hosts:
+            if cluster.service in hosts and cluster.name not in clusters_shown:
+                clusters_shown.add(cluster.name)
                 endpoints = ", ".join(
                     f"{e.address}:{e.port}{'' if e.ready else ' (not ready)'}"
                     for e in cluster.endpoints
                 )
                 lines.append(f"cluster {cluster.name}: {endpoints or 'no endpoints'}")
-        break
     return lines or ["<no routes or clusters>"]
 
 
@@ -113,6 +137,15 @@ def _route_involves(kind: str, obj: dict[str, Any], gateway: str, route: TcpRout
         return (origin.kind, origin.namespace, origin.name) == (kind, namespace, name)
     if kind == "Gateway":
         return gateway == f"{namespace}/{name}"
+    if kind == K8S_GATEWAY:
+        return gateway == f"{namespace}/{istio_gateway_name(name)}"
+    if kind in K8S_ROUTES:
+        # One VirtualService per parentRef: NAME, then NAME-1, NAME-2...
+        origin = route.origin
+        suffix = origin.name.removeprefix(f"{name}-")
+        return (origin.kind, origin.namespace) == (obj["kind"], namespace) and (
+            origin.name == name or suffix.isdigit()
+        )
     hosts = _hosts_of(kind, obj)
     return any(d.service in hosts for d in route.destinations)
 

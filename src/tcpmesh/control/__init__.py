@@ -18,6 +18,7 @@ from tcpmesh.control.gatewayapi import (
     ParentResult,
     RouteResult,
     bind_resources,
+    istio_gateway_name,
     workload_labels,
 )
 from tcpmesh.control.gatewaytls import downstream_tls
@@ -137,6 +138,7 @@ __all__ = [
     "downstream_tls",
     "find_service",
     "gateway_servers",
+    "istio_gateway_name",
     "labels_match",
     "resolve_gateway_name",
     "resolve_host",
