@@ -139,7 +139,12 @@ def check_cap(
 ) -> None:
     if single:
         assert_rate(bulk.run(address, port, SECONDS), 20)
-    assert_rate(bulk.run(address, port, SECONDS, connections=4), 20)
+    shared = bulk.run(address, port, SECONDS, connections=4)
+    assert_rate(shared, 20)
+    start, end = shared[0].started + WARMUP, shared[0].started + SECONDS
+    shares = [t.received.mbps(start, end) / 20 for t in shared]
+    print("shares of the cap:", " ".join(f"{share:.0%}" for share in shares))
+    assert all(0.15 <= share <= 0.35 for share in shares)  # fair: 25% each
     background = bulk.Background(address, port, 60.0)
     time.sleep(1.2)
     asked = time.monotonic()
