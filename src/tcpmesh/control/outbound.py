@@ -89,7 +89,7 @@ OUTSIDE = SourceClass("", ())
 def outbound_snapshot(
     resources: MeshResources, node: ProxyNode, clusters: tuple[Cluster, ...]
 ) -> Snapshot:
-    classes = source_classes(resources, node)
+    classes = rule_views(resources, source_classes(resources, node))
     listeners = itertools.chain(
         cluster_ip_listeners(resources, classes),
         node_port_listeners(resources, node),
@@ -170,6 +170,30 @@ def mesh_routes(
     return (*sourced, outside)
 
 
+def rule_views(resources: MeshResources, classes: Sequence[SourceClass]) -> tuple[SourceClass, ...]:
+    """The classes as the rules see them: namespace always, labels only where some
+    VirtualService matches sourceLabels or some DestinationRule selects workloads.
+    Classes that differ in nothing else merge (their addresses together), so a Service's
+    routes are worked out once per view, not once per pod label set."""
+    labels_matter = any(
+        dr.spec.workload_selector is not None for dr in resources.destination_rules
+    ) or any(
+        match is not None and match.source_labels
+        for vs in resources.virtual_services
+        for rule in vs.spec.tcp
+        for match in rule.match or ()
+    )
+    if labels_matter:
+        return tuple(classes)
+    merged: dict[str, list[str]] = {}
+    for source in classes:
+        merged.setdefault(source.namespace, []).extend(source.addresses)
+    return tuple(
+        SourceClass(namespace, (), tuple(sorted(set(ips), key=ipaddress.ip_address)))
+        for namespace, ips in sorted(merged.items())
+    )
+
+
 def _prefixes(addresses: Iterable[str]) -> tuple[str, ...]:
     return tuple(f"{a}/32" for a in sorted(set(addresses), key=ipaddress.ip_address))
 
@@ -239,11 +263,38 @@ def mesh_virtual_services(
     (exportTo from its namespace; outsiders see the public ones only)."""
     fqdn = service_fqdn(service.name, service.namespace)
     sidecar = ProxyNode(source.namespace, "", source.labels, "")
-    return [
-        vs
-        for vs in virtual_services_for_gateway(resources, sidecar, MESH_GATEWAY)
-        if any(hosts_overlap(resolve_host(h, vs.namespace), fqdn) for h in vs.spec.hosts)
-    ]
+    vss = virtual_services_for_gateway(resources, sidecar, MESH_GATEWAY)
+    exact, wild = _mesh_hosts_index(resources, source.namespace, vss)
+    positions = set(exact.get(fqdn, ()))
+    positions.update(
+        p
+        for p in wild
+        if any(hosts_overlap(resolve_host(h, vss[p].namespace), fqdn) for h in vss[p].spec.hosts)
+    )
+    return [vss[p] for p in sorted(positions)]
+
+
+def _mesh_hosts_index(
+    resources: MeshResources, namespace: str, vss: Sequence[models.VirtualService]
+) -> tuple[dict[str, list[int]], list[int]]:
+    """The positions in ``vss`` by exact host, and those with a wildcard host (which are
+    matched one by one): a Service's VirtualServices without scanning them all."""
+    key = ("mesh_hosts", namespace)
+    found: tuple[dict[str, list[int]], list[int]] | None = resources.memo.get(key)
+    if found is not None:
+        return found
+    exact: dict[str, list[int]] = {}
+    wild: list[int] = []
+    for position, vs in enumerate(vss):
+        for host in vs.spec.hosts:
+            resolved = resolve_host(host, vs.namespace)
+            if resolved.startswith("*"):
+                if not wild or wild[-1] != position:
+                    wild.append(position)
+            else:
+                exact.setdefault(resolved, []).append(position)
+    resources.memo[key] = (exact, wild)
+    return exact, wild
 
 
 def _match_tcp(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -104,6 +104,26 @@ class MeshResources:
     # Host name → IPv4 addresses, looked up by the control plane for DNS ServiceEntries so
     # that building stays pure; a name missing here has no endpoints yet.
     dns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @functools.cached_property
+    def memo(self) -> dict[Hashable, Any]:
+        """Lookups worked out once per set of resources (they never change): the builder's
+        indexes by gateway, port and host, so that a build costs O(objects), not the
+        O(objects²) of scanning every VirtualService for every server and Service."""
+        return {}
+
+    @functools.cached_property
+    def virtual_services_in_order(self) -> tuple[models.VirtualService, ...]:
+        """The VirtualServices in Istio's creation order (configCompareByCreationTime)."""
+        return tuple(sorted(self.virtual_services, key=creation_order_key))
+
+    @functools.cached_property
+    def services_by_fqdn(self) -> Mapping[str, models.Service]:
+        """Each Service by its FQDN (the first stored, should two share one)."""
+        index: dict[str, models.Service] = {}
+        for service in self.services:
+            index.setdefault(service_fqdn(service.name, service.namespace), service)
+        return index
 
     @functools.cached_property
     def destination_rule_index(self) -> DestinationRuleIndex:

@@ -27,10 +27,8 @@ from tcpmesh.control.policy import (
 from tcpmesh.control.resources import (
     MeshResources,
     ProxyNode,
-    creation_order_key,
     resolve_gateway_name,
     resolve_host,
-    service_fqdn,
 )
 from tcpmesh.control.serviceentries import entry_services, service_entry_ports
 from tcpmesh.control.snapshot import (
@@ -47,23 +45,34 @@ from tcpmesh.control.snapshot import (
 
 def virtual_services_for_gateway(
     resources: MeshResources, node: ProxyNode, gateway_name: str
-) -> list[models.VirtualService]:
-    """VirtualServicesForGateway: private, then exported to the proxy's namespace, then public."""
+) -> tuple[models.VirtualService, ...]:
+    """VirtualServicesForGateway: private, then exported to the proxy's namespace, then
+    public (worked out once per gateway and namespace: see ``MeshResources.memo``)."""
+    key = ("virtual_services_for_gateway", gateway_name, node.namespace)
+    found: tuple[models.VirtualService, ...] | None = resources.memo.get(key)
+    if found is None:
+        found = resources.memo[key] = _for_gateway(resources, node.namespace, gateway_name)
+    return found
+
+
+def _for_gateway(
+    resources: MeshResources, namespace: str, gateway_name: str
+) -> tuple[models.VirtualService, ...]:
     private: list[models.VirtualService] = []
     exported: list[models.VirtualService] = []
     public: list[models.VirtualService] = []
-    for vs in sorted(resources.virtual_services, key=creation_order_key):
+    for vs in resources.virtual_services_in_order:
         bound = {resolve_gateway_name(g, vs.namespace) for g in vs.spec.gateways or ["mesh"]}
         if gateway_name not in bound:
             continue
         export_to = vs.spec.export_to
         if not export_to or "*" in export_to:
             public.append(vs)
-        elif vs.namespace == node.namespace and "." in export_to:
+        elif vs.namespace == namespace and "." in export_to:
             private.append(vs)
-        elif node.namespace in export_to:
+        elif namespace in export_to:
             exported.append(vs)
-    return private + exported + public
+    return (*private, *exported, *public)
 
 
 def gateway_route(
@@ -75,7 +84,7 @@ def gateway_route(
     port: int,
 ) -> TcpRoute | None:
     server_hosts = [server_host(h, gateway.namespace) for h in server.hosts]
-    for vs in virtual_services_for_gateway(resources, node, gateway_name):
+    for vs in _candidates_for_port(resources, node, gateway_name, port):
         if not vs_matches_server_hosts(vs, server_hosts):
             continue
         for index, rule in enumerate(vs.spec.tcp):
@@ -83,6 +92,43 @@ def gateway_route(
                 continue
             return tcp_route(resources, node, vs, index, rule, port)
     return None
+
+
+_ANY_PORT = 0
+
+
+def _candidates_for_port(
+    resources: MeshResources, node: ProxyNode, gateway_name: str, port: int
+) -> list[models.VirtualService]:
+    """The gateway's VirtualServices, in order, that have a rule which can fit ``port``
+    (a superset of those ``_l4_match_fits`` accepts; indexed once per gateway)."""
+    vss = virtual_services_for_gateway(resources, node, gateway_name)
+    key = ("vs_by_port", gateway_name, node.namespace)
+    index: dict[int, list[int]] | None = resources.memo.get(key)
+    if index is None:
+        index = resources.memo[key] = {}
+        for position, vs in enumerate(vss):
+            for p in _rule_ports(vs, gateway_name):
+                index.setdefault(p, []).append(position)
+    positions = sorted((*index.get(port, ()), *index.get(_ANY_PORT, ())))
+    return [vss[i] for i in positions]
+
+
+def _rule_ports(vs: models.VirtualService, gateway_name: str) -> set[int]:
+    """The ports the VirtualService's TCP rules can match on the gateway (0: any)."""
+    ports: set[int] = set()
+    for rule in vs.spec.tcp:
+        if not rule.route:
+            continue
+        if not rule.match:
+            return {_ANY_PORT}
+        for match in rule.match:
+            if match is None:
+                continue
+            gateways = {resolve_gateway_name(g, vs.namespace) for g in match.gateways}
+            if not gateways or gateway_name in gateways:
+                ports.add(match.port)
+    return ports
 
 
 def server_host(host: str, gateway_namespace: str) -> tuple[str, str]:
@@ -246,4 +292,4 @@ def destination_for(
 
 
 def find_service(resources: MeshResources, fqdn: str) -> models.Service | None:
-    return next((s for s in resources.services if service_fqdn(s.name, s.namespace) == fqdn), None)
+    return resources.services_by_fqdn.get(fqdn)

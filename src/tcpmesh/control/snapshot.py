@@ -11,12 +11,13 @@ Durations are float seconds; ``None`` means "not set / disabled" as documented p
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import json
 import re
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol
 
@@ -339,8 +340,8 @@ class Snapshot:
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
-            "listeners": [asdict(lst) for lst in self.listeners],
-            "clusters": [asdict(c) for c in self.clusters],
+            "listeners": [_plain(lst) for lst in self.listeners],
+            "clusters": [_plain(c) for c in self.clusters],
         }
 
     def to_json(self) -> str:
@@ -364,6 +365,30 @@ class Snapshot:
         body = Snapshot("", listeners, clusters).to_json()
         version = hashlib.sha256(body.encode()).hexdigest()[:16]
         return cls(version, listeners, clusters)
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _plain(value: Any) -> Any:
+    """``dataclasses.asdict`` for the Snapshot's frozen types, without its deep copies.
+
+    The same JSON (tuples become lists, enums stay their str/int values), several times
+    faster: the version digest serialises every Snapshot built, twice with ``check()``,
+    and asdict's copying was most of a build at a thousand listeners."""
+    cls = type(value)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        # Learnt once per type; () for the types that are not dataclasses.
+        is_dc = dataclasses.is_dataclass(cls)
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls)) if is_dc else ()
+    if names:
+        return {name: _plain(getattr(value, name)) for name in names}
+    if cls is tuple or cls is list:
+        return [_plain(v) for v in value]
+    if cls is dict:
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 class SnapshotSource(Protocol):

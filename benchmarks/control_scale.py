@@ -1,0 +1,349 @@
+"""The control plane at size: 10 to 10,000 VirtualServices, each with its own Service,
+DestinationRule (subsets v1, v2), two pods and Endpoints, and a TCP server on the gateway.
+
+    .venv/bin/python benchmarks/control_scale.py [--sizes 10,100,1000,10000] [--flips 20]
+
+For each size N it measures, in this process:
+
+- typing: the stored dicts → typed resources (``api.from_dict``), per object, and the
+  memory the typed objects hold (tracemalloc), per object;
+- ``build_snapshot`` for the ingress gateway (N listeners) and for the node proxy
+  (N cluster-IP listeners), and the Snapshot's JSON (what a built-in worker fetches);
+- Envoy's side: ``xds.translate`` plus the protobuf ``Any`` encoding the ADS server sends;
+- wall and CPU time of each (this process's CPU: on a machine shared with other load the
+  CPU figures show the cost, the wall figures what a user waited);
+- apply → in effect: a ``ControlPlane`` following a SQLite store, and a built-in ``Proxy``
+  applying what its watch yields; one VirtualService's weights are flipped ``--flips``
+  times with ``store.apply``, timing each from the write to the moment the proxy serves
+  the new Snapshot (the API server's HTTP hop and the worker's JSON fetch are not in it;
+  the JSON figures above bound them).
+
+Prints one JSON document (and writes it with ``--out``); asserts nothing. Listeners bind
+on 127.0.0.88 with ports from 40000 (N ≤ 10,000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tcpmesh.api import from_dict
+from tcpmesh.control import ControlPlane, MeshResources, ProxyNode, build_snapshot
+from tcpmesh.dataplane import Proxy
+from tcpmesh.store import open_store
+
+GATEWAY_ADDRESS = "127.0.0.88"
+BASE_PORT = 40000
+NS = "bench"
+GATEWAY_NODE = ("istio-system", "istio-ingressgateway-0")
+GATEWAY_LABELS = {"app": "istio-ingressgateway", "istio": "ingressgateway"}
+NODE_PROXY = ("kube-system", "tcpmesh-node-proxy")
+NODE_PROXY_LABELS = {"app": "tcpmesh-node-proxy", "tcpmesh.io/component": "node-proxy"}
+CREATED = "2026-01-01T00:00:00Z"
+
+
+def meta(name: str, namespace: str = NS, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "creationTimestamp": CREATED, **extra}
+
+
+def ip(i: int, base: int) -> str:
+    return f"{base}.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+
+
+def virtual_service(i: int, v1_weight: int) -> dict[str, Any]:
+    host = f"svc-{i}"
+    return {
+        "apiVersion": "networking.istio.io/v1beta1",
+        "kind": "VirtualService",
+        "metadata": meta(f"vs-{i}"),
+        "spec": {
+            "hosts": ["*"],
+            "gateways": [f"{NS}/gw"],
+            "tcp": [
+                {
+                    "match": [{"port": BASE_PORT + i}],
+                    "route": [
+                        {
+                            "destination": {"host": host, "subset": "v1", "port": {"number": 9000}},
+                            "weight": v1_weight,
+                        },
+                        {
+                            "destination": {"host": host, "subset": "v2", "port": {"number": 9000}},
+                            "weight": 100 - v1_weight,
+                        },
+                    ],
+                }
+            ],
+        },
+    }
+
+
+def service_objects(i: int) -> list[dict[str, Any]]:
+    """A Service with its pods, Endpoints, DestinationRule and VirtualService."""
+    name = f"svc-{i}"
+    pods = [(f"{name}-{v}", v, ip(2 * i + k, 10)) for k, v in enumerate(("v1", "v2"))]
+    objs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta(name),
+            "spec": {
+                "clusterIP": ip(i, 11),
+                "selector": {"app": name},
+                "ports": [{"name": "tcp", "port": 9000}],
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": meta(name),
+            "subsets": [
+                {
+                    "addresses": [
+                        {"ip": pip, "targetRef": {"kind": "Pod", "name": pod, "namespace": NS}}
+                        for pod, _, pip in pods
+                    ],
+                    "ports": [{"name": "tcp", "port": 9000}],
+                }
+            ],
+        },
+        {
+            "apiVersion": "networking.istio.io/v1beta1",
+            "kind": "DestinationRule",
+            "metadata": meta(name),
+            "spec": {
+                "host": name,
+                "subsets": [
+                    {"name": "v1", "labels": {"version": "v1"}},
+                    {"name": "v2", "labels": {"version": "v2"}},
+                ],
+            },
+        },
+        virtual_service(i, 80),
+    ]
+    for pod, version, pip in pods:
+        objs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": meta(pod, labels={"app": name, "version": version}),
+                "spec": {"containers": [{"name": "app", "image": "bench"}]},
+                "status": {"podIP": pip, "phase": "Running"},
+            }
+        )
+    return objs
+
+
+def mesh_objects(n: int) -> list[dict[str, Any]]:
+    """Everything for N VirtualServices, plus the gateway, its Service and the proxies' pods."""
+    gateway_ns, gateway_pod = GATEWAY_NODE
+    objs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": meta(gateway_pod, gateway_ns, labels=GATEWAY_LABELS),
+            "spec": {"containers": [{"name": "proxy", "image": "tcpmesh"}]},
+            "status": {"podIP": GATEWAY_ADDRESS, "phase": "Running"},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": meta(NODE_PROXY[1], NODE_PROXY[0], labels=NODE_PROXY_LABELS),
+            "spec": {"containers": [{"name": "proxy", "image": "tcpmesh"}]},
+            "status": {"podIP": "127.0.0.89", "phase": "Running"},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta("istio-ingressgateway", gateway_ns),
+            "spec": {
+                "type": "LoadBalancer",
+                "selector": GATEWAY_LABELS,
+                "ports": [{"name": f"tcp-{i}", "port": BASE_PORT + i} for i in range(n)],
+            },
+        },
+        {
+            "apiVersion": "networking.istio.io/v1beta1",
+            "kind": "Gateway",
+            "metadata": meta("gw"),
+            "spec": {
+                "selector": {"istio": "ingressgateway"},
+                "servers": [
+                    {
+                        "port": {"number": BASE_PORT + i, "name": f"tcp-{i}", "protocol": "TCP"},
+                        "hosts": ["*"],
+                    }
+                    for i in range(n)
+                ],
+            },
+        },
+    ]
+    for i in range(n):
+        objs.extend(service_objects(i))
+    return objs
+
+
+CPU_MS: dict[str, float] = {}
+
+
+def timed(func: Callable[[], Any], repeat: int, name: str = "") -> tuple[float, Any]:
+    """The median wall time of ``repeat`` calls (ms), and the last result; the median CPU
+    time of this process (ms) goes to ``CPU_MS[name]``: on a machine shared with other
+    load, CPU time shows the cost, wall time what a user waited."""
+    times, cpu = [], []
+    result = None
+    for _ in range(repeat):
+        started, started_cpu = time.perf_counter(), time.process_time()
+        result = func()
+        times.append((time.perf_counter() - started) * 1000)
+        cpu.append((time.process_time() - started_cpu) * 1000)
+    if name:
+        CPU_MS[name] = round(statistics.median(cpu), 2)
+    return statistics.median(times), result
+
+
+def node(pod_ns: str, pod_name: str, resources: MeshResources) -> ProxyNode:
+    pod = next(p for p in resources.pods if p.namespace == pod_ns and p.name == pod_name)
+    return ProxyNode.from_pod(pod)
+
+
+def pure_costs(n: int, objs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Typing, building and encoding, without I/O."""
+    repeat = 3 if n <= 1000 else 1
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    typed = [from_dict(o) for o in objs]
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    typing_ms, _ = timed(lambda: [from_dict(o) for o in objs], repeat, "typing_ms")
+    collect_ms, resources = timed(lambda: MeshResources.from_resources(typed), repeat)
+    gateway = node(*GATEWAY_NODE, resources)
+    node_proxy = node(*NODE_PROXY, resources)
+    gw_ms, gw_snap = timed(lambda: build_snapshot(resources, gateway), repeat, "build_gateway")
+    np_ms, np_snap = timed(lambda: build_snapshot(resources, node_proxy), repeat, "build_node")
+    json_ms, text = timed(gw_snap.to_json, repeat, "snapshot_json")
+    envoy = envoy_costs(gw_snap, repeat)
+    return {
+        "objects": len(objs),
+        "typing_us_per_object": round(typing_ms * 1000 / len(objs), 1),
+        "typing_cpu_us_per_object": round(CPU_MS["typing_ms"] * 1000 / len(objs), 1),
+        "typed_bytes_per_object": round(held / len(objs)),
+        "collect_ms": round(collect_ms, 2),
+        "build_gateway_ms": round(gw_ms, 2),
+        "build_gateway_cpu_ms": CPU_MS["build_gateway"],
+        "build_node_proxy_ms": round(np_ms, 2),
+        "build_node_proxy_cpu_ms": CPU_MS["build_node"],
+        "gateway_listeners": len(gw_snap.listeners),
+        "node_proxy_listeners": len(np_snap.listeners),
+        "snapshot_json_ms": round(json_ms, 2),
+        "snapshot_json_cpu_ms": CPU_MS["snapshot_json"],
+        "snapshot_json_bytes": len(text),
+        **envoy,
+    }
+
+
+def envoy_costs(snapshot: Any, repeat: int) -> dict[str, Any]:
+    from tcpmesh.xds import translate
+
+    translate_ms, config = timed(lambda: translate(snapshot), repeat, "translate")
+    out: dict[str, Any] = {
+        "xds_translate_ms": round(translate_ms, 2),
+        "xds_translate_cpu_ms": CPU_MS["translate"],
+    }
+    try:
+        from tcpmesh.xds.server import to_any
+    except ImportError:  # the envoy extra is not installed
+        return out
+    resources = [r for by_name in config.resources.values() for r in by_name.values()]
+    encode_ms, _ = timed(lambda: [to_any(r) for r in resources], repeat, "encode")
+    out["xds_encode_ms"] = round(encode_ms, 2)
+    out["xds_encode_cpu_ms"] = CPU_MS["encode"]
+    out["xds_resources"] = len(resources)
+    return out
+
+
+async def apply_to_effect(n: int, objs: list[dict[str, Any]], flips: int) -> dict[str, Any]:
+    """Write → the built-in proxy serves the new Snapshot, per flip of one VS's weights."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(None, Path(tmp))
+        store.apply(objs)
+        plane = ControlPlane(store)
+        started = time.perf_counter()
+        await plane.start()
+        start_ms = (time.perf_counter() - started) * 1000
+        proxy = Proxy(access_log=lambda record: None)
+        node_id = "/".join(GATEWAY_NODE)
+        served: asyncio.Queue[str] = asyncio.Queue()
+
+        async def follow() -> None:
+            async for snapshot in plane.watch(node_id):
+                proxy.apply(snapshot)
+                served.put_nowait(snapshot.version)
+
+        follower = asyncio.get_running_loop().create_task(follow())
+        try:
+            first = time.perf_counter()
+            await asyncio.wait_for(served.get(), 600)
+            first_ms = (time.perf_counter() - first) * 1000
+            await proxy.settled()
+            latencies, cpu = [], []
+            for k in range(flips):
+                changed = virtual_service(n // 2, 60 if k % 2 == 0 else 80)
+                t0, c0 = time.perf_counter(), time.process_time()
+                store.apply([changed])
+                await asyncio.wait_for(served.get(), 600)
+                latencies.append((time.perf_counter() - t0) * 1000)
+                cpu.append((time.process_time() - c0) * 1000)
+        finally:
+            follower.cancel()
+            await plane.stop()
+            await proxy.close()
+            store.close()
+    latencies.sort()
+    return {
+        "control_plane_start_ms": round(start_ms, 1),
+        "first_snapshot_served_ms": round(first_ms, 1),
+        "apply_to_effect_ms_p50": round(statistics.median(latencies), 2),
+        "apply_to_effect_ms_p99": round(
+            latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2
+        ),
+        "apply_to_effect_ms_max": round(latencies[-1], 2),
+        "apply_to_effect_cpu_ms_p50": round(statistics.median(cpu), 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="10,100,1000,10000")
+    p.add_argument("--flips", type=int, default=20)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    results: dict[str, Any] = {"loadavg": os.getloadavg(), "sizes": {}}
+    for n in (int(x) for x in args.sizes.split(",")):
+        objs = mesh_objects(n)
+        row = pure_costs(n, objs)
+        row.update(asyncio.run(apply_to_effect(n, objs, args.flips)))
+        results["sizes"][n] = row
+        print(f"N={n}: {json.dumps(row)}", file=sys.stderr, flush=True)
+    results["loadavg_after"] = os.getloadavg()
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

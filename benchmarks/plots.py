@@ -1,0 +1,142 @@
+"""The plots in docs/benchmarks.md, from the JSON the benchmarks wrote.
+
+    benchmarks/.venv/bin/python benchmarks/plots.py [--runs 8]
+
+- ``docs/images/bench-ratios.png``: each metric of ``bench.py`` as a ratio to Envoy's
+  median in the same run, for tcpmesh, HAProxy and nginx, over the last ``--runs`` runs in
+  ``benchmarks/results/`` (one point per run; a hollow marker: the run was disturbed by
+  other load on the machine), with the issue's target for tcpmesh as a dashed line;
+- ``docs/images/control-scale.png``: ``control_scale.py``'s curves against the number of
+  VirtualServices (``benchmarks/results/control-scale.json``), log-log with a line of
+  slope 1 (linear cost) for reference.
+
+matplotlib (in the benchmark's own venv, installed by run.sh); it reads no tcpmesh code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+IMAGES = HERE.parent / "docs" / "images"
+# bench.py's summary keys, their titles, and the issue's target for tcpmesh (ratio to Envoy).
+METRICS = [
+    ("new_conns_rps", "new connections/s", 1.0, "≥"),
+    ("keepalive_rps", "keep-alive requests/s", 1.0, "≥"),
+    ("throughput", "single-stream throughput", 1.0, "≥"),
+    ("rtt_p99", "64 B round trip p99", 1.2, "≤"),
+    ("idle_kib", "memory per idle connection", 0.25, "≤"),
+]
+PROXIES = [("tcpmesh", "o", "tab:blue"), ("haproxy", "s", "tab:green"), ("nginx", "^", "tab:red")]
+
+
+def bench_runs(limit: int) -> list[dict[str, Any]]:
+    files = sorted(p for p in RESULTS.glob("2*.json"))
+    return [json.loads(p.read_text()) for p in files[-limit:]]
+
+
+def disturbed(run: dict[str, Any], proxy: str) -> bool:
+    return any(r.get("proxy") == proxy and r.get("disturbed") for r in run.get("runs", []))
+
+
+def plot_ratios(runs: list[dict[str, Any]], out: Path) -> None:
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.6), sharex=True)
+    labels = [r["date"].replace(" UTC", "") for r in runs]
+    xs = list(range(len(runs)))
+    for ax, (key, title, target, sense) in zip(axes, METRICS, strict=True):
+        for proxy, marker, color in PROXIES:
+            points = [
+                (x, run["summary"].get(proxy, {}).get(key, {}).get("vs_envoy"), run)
+                for x, run in zip(xs, runs, strict=True)
+            ]
+            shown = [(x, y, run) for x, y, run in points if y is not None]
+            if not shown:
+                continue
+            ax.plot([x for x, _, _ in shown], [y for _, y, _ in shown], color=color, lw=1)
+            for x, y, run in shown:
+                hollow = disturbed(run, proxy)
+                ax.plot(x, y, marker, color=color, mfc="none" if hollow else color)
+            ax.plot([], [], marker, color=color, label=proxy)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.axhline(target, color="tab:blue", ls="--", lw=1, label=f"target {sense} {target}x")
+        ax.set_title(f"{title}\n(÷ Envoy, same run)", fontsize=10)
+        ax.set_xticks(xs, labels, rotation=60, ha="right", fontsize=7)
+        ax.set_ylim(bottom=0)
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle("Ratio to Envoy per run (hollow: run disturbed by other load)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+SCALE_CURVES = [
+    ("build_gateway_cpu_ms", "build_snapshot, gateway (CPU ms)"),
+    ("build_node_proxy_cpu_ms", "build_snapshot, node proxy (CPU ms)"),
+    ("xds_translate_cpu_ms", "xDS translate (CPU ms)"),
+    ("xds_encode_cpu_ms", "xDS protobuf encode (CPU ms)"),
+    ("apply_to_effect_ms_p99", "apply → in effect p99 (wall ms)"),
+    ("apply_to_effect_cpu_ms_p50", "apply → in effect (CPU ms, median)"),
+]
+
+
+def plot_scale(data: dict[str, Any], out: Path) -> None:
+    sizes = sorted(data["sizes"], key=int)
+    ns = [int(n) for n in sizes]
+    fig, (ax, mem) = plt.subplots(1, 2, figsize=(12, 4.6))
+    for key, title in SCALE_CURVES:
+        pts = [(int(n), data["sizes"][n].get(key)) for n in sizes]
+        pts = [(n, y) for n, y in pts if y]
+        if pts:
+            ax.plot([n for n, _ in pts], [y for _, y in pts], "o-", label=title)
+    if ns:
+        first = data["sizes"][sizes[0]].get("build_gateway_cpu_ms") or 1.0
+        ax.plot(ns, [first * n / ns[0] for n in ns], "k:", label="linear (slope 1)")
+    ax.axhline(100, color="tab:red", ls="--", lw=1, label="100 ms")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("VirtualServices (each with a Service, DestinationRule, 2 pods, Endpoints)")
+    ax.set_ylabel("ms")
+    ax.legend(fontsize=7)
+    ax.set_title("Control plane cost against size", fontsize=10)
+    per_object = [data["sizes"][n].get("typed_bytes_per_object", 0) / 1024 for n in sizes]
+    mem.plot(ns, per_object, "o-")
+    mem.set_xscale("log")
+    mem.set_ylim(bottom=0)
+    mem.set_xlabel("VirtualServices")
+    mem.set_ylabel("KiB per stored object (typed, in the control plane)")
+    mem.set_title("Memory per object", fontsize=10)
+    load = data.get("loadavg", [0])[0], data.get("loadavg_after", [0])[0]
+    fig.suptitle(f"control_scale.py (load average {load[0]:.1f} → {load[1]:.1f})", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--runs", type=int, default=8, help="bench.py runs to show (the last)")
+    args = p.parse_args(argv)
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    runs = bench_runs(args.runs)
+    if runs:
+        plot_ratios(runs, IMAGES / "bench-ratios.png")
+        print(f"wrote {IMAGES / 'bench-ratios.png'} ({len(runs)} runs)")
+    scale = RESULTS / "control-scale.json"
+    if scale.exists():
+        plot_scale(json.loads(scale.read_text()), IMAGES / "control-scale.png")
+        print(f"wrote {IMAGES / 'control-scale.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
