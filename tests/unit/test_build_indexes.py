@@ -77,7 +77,7 @@ def test_the_oldest_fitting_virtual_service_wins_each_port() -> None:
     # 31401: its own rule is older than the any-port one; 31402: the any-port one is older.
     assert subsets_by_port(base + routing) == {31400: "v2", 31401: "v1", 31402: "v2"}
     # Without the any-port rule, a port 0 match fits every port, after older exact ones.
-    assert subsets_by_port(base + [routing[0], routing[2], routing[3]]) == {
+    assert subsets_by_port([*base, routing[0], routing[2], routing[3]]) == {
         31400: "v4",
         31401: "v1",
         31402: "v3",
