@@ -7,6 +7,7 @@ with no other connection touched, and the clients that reconnect split by 80/20.
 
 from __future__ import annotations
 
+import re
 import selectors
 import socket
 import time
@@ -125,6 +126,8 @@ def test_rebalance_closes_the_fewest_needed_spread_over_the_window(mesh: MeshHar
         assert out.startswith("virtualservice.networking.istio.io/tcp-echo rebalance requested")
         started = time.monotonic()
         clients.watch(OVER + 3.0)
+        described = mesh.tcpmesh("describe", "vs", "tcp-echo").stdout
+        assert re.search(r"rebalance request r-\S+: over 10s, at most 100% of open", described)
         # The 80 left open still answer on v1: nothing else was reset or moved.
         survivors = Counter(_ask(s, "still here") for s in clients.socks)
     finally:

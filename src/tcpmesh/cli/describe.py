@@ -12,6 +12,7 @@ from tcpmesh.apiserver.client import ApiClient
 from tcpmesh.control import (
     GATEWAY_NAME_LABEL,
     INGRESS_GATEWAY_SELECTOR,
+    Rebalance,
     ResponseFlag,
     Snapshot,
     TcpRoute,
@@ -102,6 +103,8 @@ def routing_lines(client: ApiClient, obj: dict[str, Any]) -> list[str]:
                         f"{_pick_text(route)}:"
                     )
                     lines.extend(f"  on Envoy: {d}" for d in envoy_differences(route))
+                    if route.rebalance is not None:
+                        lines.append(f"  {_rebalance_text(route.rebalance)}")
                     total = sum(d.weight for d in route.destinations) or 1
                     for dest in route.destinations:
                         cluster = snapshot.cluster(dest.cluster_name)
@@ -178,3 +181,11 @@ def _pick_text(route: TcpRoute) -> str:
     if route.version_affinity is not VersionAffinity.NONE:
         return f"version affinity {route.version_affinity}"
     return f"weighted pick {route.weighted_pick}"
+
+
+def _rebalance_text(rebalance: Rebalance) -> str:
+    """The route's rebalance request as ``describe`` shows it."""
+    return (
+        f"rebalance request {rebalance.request}: over {rebalance.over:g}s, "
+        f"at most {100 * rebalance.max_share:g}% of open connections"
+    )
