@@ -44,6 +44,7 @@ from tcpmesh.console import CONSOLE_PREFIX, create_console, traffic_source
 from tcpmesh.control import INGRESS_GATEWAY_SELECTOR, ControlPlane
 from tcpmesh.controllers import Event as RolloutEvent
 from tcpmesh.controllers import GatewayApiController, RolloutController
+from tcpmesh.registry import ServiceRegistry
 from tcpmesh.replica import RUNTIME_ELECTION, LeaderGate
 from tcpmesh.runtime import (
     DEFAULT_MAX_PODS,
@@ -270,8 +271,9 @@ class Mesh:
         # The Rollout controller writes too: same leadership, same fenced store.
         self.rollouts = RolloutController(writer, record=_rollout_events(writer))
         # Gateway API Gateways: their workloads and every status (same leadership).
+        # Its Services get cluster IPs and node ports like any other: through the registry.
         self.gateway_api = GatewayApiController(
-            writer,
+            ServiceRegistry(writer),
             lambda name, namespace, labels: gateway_deployment(
                 config, name, namespace, labels, host_network=False
             ),
@@ -279,6 +281,8 @@ class Mesh:
         self.writers = _Writers(self.runtime, self.rollouts, self.gateway_api)
         self.gate = None if elected is None else LeaderGate(elected[0], self.writers)
         self.control = ControlPlane(self.store)
+        # Every Service written through the API (and the gateway's) gets its addresses here.
+        self.registry = ServiceRegistry(self.store)
         self.started_at = time.time()
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -286,14 +290,15 @@ class Mesh:
         self.xds: XdsServer | None = None
 
     async def start(self) -> None:
-        self.store.apply(default_gateway_objects(self.config))
+        self.registry.repair()
+        self.registry.apply(default_gateway_objects(self.config))
         # Replicas of one etcd store share one CA, so a peer may fail over to any of them.
         if self.shared:
             share_ca(self.store, self.config.state_dir)
         await self.control.start()
         token = new_token()
         app = create_app(
-            self.store,
+            self.registry,
             token,
             admit=self._admit,
             snapshots=self.control,

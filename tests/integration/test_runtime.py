@@ -32,7 +32,7 @@ Obj = dict[str, Any]
 
 def _first_pod_ip() -> str:
     # Away from 127.1.0.1, so a mesh someone runs on this machine is not disturbed.
-    return f"127.{random.randint(100, 250)}.{random.randint(0, 255)}.1"
+    return f"127.{random.randint(100, 230)}.{random.randint(0, 255)}.1"
 
 
 def _nth_ip(first: str, n: int) -> str:

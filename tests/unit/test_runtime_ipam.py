@@ -28,6 +28,10 @@ def test_addresses_never_end_in_0_or_255() -> None:
     assert len(set(first)) == len(first)
 
 
+def test_pod_addresses_stop_below_the_service_range() -> None:
+    assert list(pod_ips("127.239.255.253")) == ["127.239.255.253", "127.239.255.254"]
+
+
 def test_allocation_skips_a_whole_taken_block() -> None:
     used = {f"127.1.0.{i}" for i in range(1, 255)}
     assert allocate_ip(used) == "127.1.1.1"
@@ -42,6 +46,11 @@ def test_unrelated_addresses_in_use_do_not_matter() -> None:
     [
         ("127.1.0.1", True),
         ("127.200.3.254", True),
+        ("127.239.255.254", True),
+        # Cluster IPs (127.240.0.0/12) and the node network (127.0.0.0/16) are never pods'.
+        ("127.240.1.1", False),
+        ("127.255.255.254", False),
+        ("127.0.5.1", False),
         ("127.0.0.1", False),
         ("127.1.0.0", False),
         ("127.1.0.255", False),
@@ -57,7 +66,7 @@ def test_is_pod_ip(address: str, expected: bool) -> None:
 @pytest.mark.integration
 def test_addresses_where_a_pod_port_is_taken_are_skipped() -> None:
     # Another mesh, or a process one left behind, listens on the first address.
-    first = f"127.{random.randint(100, 250)}.{random.randint(0, 255)}.1"
+    first = f"127.{random.randint(100, 230)}.{random.randint(0, 255)}.1"
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
         other.bind((first, 0))
         other.listen()

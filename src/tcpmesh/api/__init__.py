@@ -15,7 +15,7 @@ from tcpmesh.api.limits import (
     size_problem,
 )
 from tcpmesh.api.names import hosts_overlap, is_ip
-from tcpmesh.api.objects import from_dict, pod_ready, to_dict, validate_object
+from tcpmesh.api.objects import describe, from_dict, pod_ready, to_dict, validate_object
 from tcpmesh.api.parse import load_documents, load_documents_with_warnings, load_yaml_body
 from tcpmesh.api.rebalance import (
     REBALANCE_ANNOTATION,
@@ -38,15 +38,20 @@ from tcpmesh.api.tls import (
     secret_bytes,
 )
 from tcpmesh.api.validation import (
+    BANDWIDTH_ANNOTATIONS,
+    MAX_BANDWIDTH_MBPS,
     MAX_CONNECT_ATTEMPTS_ANNOTATION,
     VERSION_AFFINITIES,
     VERSION_AFFINITY_ANNOTATION,
     WEIGHTED_PICK_ANNOTATION,
     WEIGHTED_PICKS,
+    load_balancer_bandwidth,
 )
 
 __all__ = [
+    "BANDWIDTH_ANNOTATIONS",
     "CA_CERT_KEY",
+    "MAX_BANDWIDTH_MBPS",
     "MAX_CONNECT_ATTEMPTS_ANNOTATION",
     "MAX_DOCUMENT_BYTES",
     "MAX_INPUT_BYTES",
@@ -64,10 +69,12 @@ __all__ = [
     "LimitExceeded",
     "RebalanceSettings",
     "Rollout",
+    "describe",
     "from_dict",
     "hosts_overlap",
     "is_ip",
     "is_valid_cipher_suite",
+    "load_balancer_bandwidth",
     "load_documents",
     "load_documents_with_warnings",
     "load_json_body",

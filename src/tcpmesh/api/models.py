@@ -115,6 +115,7 @@ class PodSpec(Model):
     init_containers: list[Container] = Field(default_factory=list)
     restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
     host_network: bool = False
+    enable_service_links: bool | None = None
     termination_grace_period_seconds: int | None = None
     service_account_name: str | None = None
     service_account: str | None = None

@@ -42,6 +42,14 @@ VERSION_AFFINITIES = ("source-ip",)
 # many connect attempts, each to another endpoint of the picked cluster while one remains.
 MAX_CONNECT_ATTEMPTS_ANNOTATION = "traffic.tcpmesh.io/max-connect-attempts"
 MAX_CONNECT_ATTEMPTS_LIMIT = 10
+# Alibaba Cloud's SLB bandwidth cap of a LoadBalancer Service, in Mbit/s: the current
+# prefix first, which wins over the legacy one when both are set (as in Alibaba Cloud's
+# cloud-controller-manager); 5000 is the largest a pay-by-bandwidth SLB allows.
+BANDWIDTH_ANNOTATIONS = (
+    "service.beta.kubernetes.io/alibaba-cloud-loadbalancer-bandwidth",
+    "service.beta.kubernetes.io/alicloud-loadbalancer-bandwidth",
+)
+MAX_BANDWIDTH_MBPS = 5000
 _MS = 1_000_000
 _TLS_PROTOCOLS = {"https", "tls"}
 _HTTP_PROTOCOLS = {"http", "http2", "http_proxy", "grpc", "grpc-web"}
@@ -76,6 +84,7 @@ def validate(resource: models.Resource) -> list[Finding]:
         findings += _deployment(resource.spec)
     elif isinstance(resource, models.Service):
         findings += _service(resource.spec)
+        findings += _bandwidth(resource.metadata.annotations)
     elif isinstance(resource, models.ServiceEntry):
         findings += _service_entry(resource)
     elif isinstance(resource, models.Secret):
@@ -1451,7 +1460,37 @@ def _container_ports(path: str, ports: Iterable[models.ContainerPort]) -> Iterat
             seen.add(port.name)
 
 
+def load_balancer_bandwidth(annotations: dict[str, str]) -> int | None:
+    """The bandwidth cap (Mbit/s) the annotations give a Service's load balancer, if any.
+
+    For admitted objects (the value was validated); the current prefix wins.
+    """
+    for annotation in BANDWIDTH_ANNOTATIONS:
+        value = annotations.get(annotation)
+        if value is not None:
+            return int(value)
+    return None
+
+
+def _bandwidth(annotations: dict[str, str]) -> Iterator[Finding]:
+    given = [(a, annotations[a]) for a in BANDWIDTH_ANNOTATIONS if a in annotations]
+    for annotation, value in given:
+        if not re.fullmatch(r"[1-9][0-9]*", value) or int(value) > MAX_BANDWIDTH_MBPS:
+            yield _error(
+                f"metadata.annotations[{annotation}]",
+                f"Invalid value: {quote(value)}: must be a whole number of Mbit/s from 1 to "
+                f"{MAX_BANDWIDTH_MBPS} (the most an Alibaba Cloud SLB allows)",
+            )
+    if len(given) == 2 and given[0][1] != given[1][1]:
+        yield _warning(
+            f"metadata.annotations[{given[1][0]}]",
+            f"ignored: metadata.annotations[{given[0][0]}] ({given[0][1]}) takes precedence",
+        )
+
+
 def _service(spec: models.ServiceSpec) -> Iterator[Finding]:
+    yield from _cluster_ips(spec)
+    yield from _node_ports(spec)
     headless = spec.cluster_ip == "None"
     if not spec.ports and spec.type != "ExternalName" and not headless:
         yield _error("spec.ports", "Required value")
@@ -1478,6 +1517,42 @@ def _service(spec: models.ServiceSpec) -> Iterator[Finding]:
                 yield _error(f"{where}.targetPort", f"Invalid value: {target}: {problem}")
         elif isinstance(target, str) and target:
             yield from _invalid(f"{where}.targetPort", target, names.k8s_port_name_problems(target))
+
+
+def _cluster_ips(spec: models.ServiceSpec) -> Iterator[Finding]:
+    """ValidateServiceClusterIPsRelatedFields' IP checks, after clusterIP fills clusterIPs."""
+    if spec.type == "ExternalName":
+        return
+    ips = spec.cluster_ips or ([spec.cluster_ip] if spec.cluster_ip else [])
+    for i, ip in enumerate(ips):
+        if i == 0 and ip == "None":
+            if spec.type in ("LoadBalancer", "NodePort"):
+                yield _error(
+                    "spec.clusterIPs[0]",
+                    f"Invalid value: \"None\": may not be set to 'None' for {spec.type} services",
+                )
+            continue
+        if not names.is_ip(ip):
+            yield _error(
+                f"spec.clusterIPs[{i}]",
+                f"Invalid value: {quote(ip)}: must be a valid IP address, "
+                "(e.g. 10.9.8.7 or 2001:db8::ffff)",
+            )
+    if len(ips) > 2:
+        listed = "[]string{" + ", ".join(quote(ip) for ip in ips) + "}"
+        yield _error("spec.clusterIPs", f"Invalid value: {listed}: may only hold up to 2 values")
+
+
+def _node_ports(spec: models.ServiceSpec) -> Iterator[Finding]:
+    """Kubernetes' duplicate check: one (protocol, nodePort) per Service."""
+    seen: set[tuple[str, int]] = set()
+    for i, port in enumerate(spec.ports):
+        if not port.node_port:
+            continue
+        key = (port.protocol, port.node_port)
+        if key in seen:
+            yield _error(f"spec.ports[{i}].nodePort", f"Duplicate value: {port.node_port}")
+        seen.add(key)
 
 
 def _invalid(path: str, value: str, problems: Iterable[str]) -> Iterator[Finding]:

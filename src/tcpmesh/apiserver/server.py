@@ -41,6 +41,7 @@ from tcpmesh.apiserver.patch import (
 from tcpmesh.apiserver.peers import CA_PATH, JOIN_PATH, PeerAuthority, PeerRefused
 from tcpmesh.apiserver.selectors import Predicate, SelectorError, field_selector, label_selector
 from tcpmesh.control import SnapshotSource
+from tcpmesh.registry import ServiceRejected
 from tcpmesh.store import (
     AlreadyExists,
     Conflict,
@@ -206,6 +207,10 @@ def _object_errors(info: KindInfo, name: str) -> Iterator[None]:
 
 
 def _store_error(exc: StoreError) -> _Fail:
+    if isinstance(exc, ServiceRejected):
+        if exc.internal:
+            return _Fail(500, "InternalError", exc.messages[0])
+        return _invalid(exc.messages, kinds.by_key("Service"), exc.name)
     if isinstance(exc, NotFound):
         return _Fail(404, "NotFound", str(exc))
     if isinstance(exc, AlreadyExists):

@@ -1,8 +1,10 @@
 """Pod IPs: one loopback address per pod, so every replica can bind its containerPort.
 
 Linux routes all of 127.0.0.0/8 to the loopback interface, so no interface setup is
-needed. Addresses start at 127.1.0.1 (clear of 127.0.0.1, where users run other
-things) and never end in .0 or .255, which some tools treat as network or broadcast.
+needed. Pod addresses are 127.1.0.1-127.239.255.254 (clear of 127.0.0.0/16, the node and
+its load balancers, and of 127.240.0.0/12, the cluster IPs: :mod:`tcpmesh.registry`
+states every range) and never end in .0 or .255, which some tools treat as network or
+broadcast.
 Another mesh on the same machine (or a process it left behind) may already listen on
 an address, so a new pod skips addresses where one of its ports cannot be bound.
 """
@@ -13,12 +15,13 @@ import ipaddress
 import socket
 from collections.abc import Collection, Iterator
 
-FIRST_POD_IP = "127.1.0.1"
-_LAST = int(ipaddress.IPv4Address("127.255.255.254"))
+from tcpmesh.registry import FIRST_POD_IP, LAST_POD_IP
+
+_LAST = int(ipaddress.IPv4Address(LAST_POD_IP))
 
 
 class AddressesExhausted(RuntimeError):
-    """Every pod address in 127.1.0.1-127.255.255.254 is taken."""
+    """Every pod address up to 127.239.255.254 is taken."""
 
 
 def pod_ips(first: str = FIRST_POD_IP) -> Iterator[str]:
@@ -47,7 +50,7 @@ def allocate_ip(
     for address in pod_ips(first):
         if address not in used and all(port_is_free(address, port) for port in ports):
             return address
-    raise AddressesExhausted(f"no free pod address left in {first}-127.255.255.254")
+    raise AddressesExhausted(f"no free pod address left in {first}-{LAST_POD_IP}")
 
 
 def port_is_free(address: str, port: int) -> bool:

@@ -29,10 +29,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tcpmesh.registry import FIRST_POD_IP
 from tcpmesh.runtime import logs, process
+from tcpmesh.runtime.envvars import links_enabled, service_variables
 from tcpmesh.runtime.events import EventRecorder, pod_happenings
 from tcpmesh.runtime.images import ImageNotRunnable, builtin_image, container_argv
-from tcpmesh.runtime.ipam import FIRST_POD_IP, allocate_ip, is_pod_ip
+from tcpmesh.runtime.ipam import allocate_ip, is_pod_ip
 from tcpmesh.runtime.launch import (
     BUILD_VARIABLE,
     build_id,
@@ -187,7 +189,9 @@ class PodWorker:
             self.publish()
             return
         host_ip = self._kubelet.node_address
-        variables = pod_variables(self.pod, spec, self.pod_ip, host_ip, self._kubelet.state_dir)
+        variables = pod_variables(
+            self.pod, spec, self.pod_ip, host_ip, self._kubelet.state_dir, self._service_links()
+        )
         argv = [expand(arg, variables) for arg in argv]
         env = process_environment(variables)
         ports = [int(p["containerPort"]) for p in spec.get("ports") or [] if "containerPort" in p]
@@ -221,6 +225,16 @@ class PodWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), backoff)
             backoff = min(backoff * 2, BACKOFF_CAP)
+
+    def _service_links(self) -> dict[str, str]:
+        """The Service variables of the pod's namespace now (none if the pod opts out)."""
+        if not links_enabled(self.pod):
+            return {}
+        try:
+            return service_variables(self._kubelet.store.list("Service", self.namespace))
+        except Exception:
+            log.exception("pod %s/%s: cannot read the Services", self.namespace, self.name)
+            return {}
 
     async def _run_once(
         self,

@@ -1,8 +1,9 @@
 """What a container process gets besides its program: environment and $(VAR) expansion.
 
-Every pod process sees POD_NAME, POD_NAMESPACE, POD_IP and TCPMESH_STATE_DIR, then the
-container's own ``env`` (literal values and the common ``fieldRef`` paths), on top of
-the mesh's own environment so that PATH and the Python installation keep working.
+Every pod process sees POD_NAME, POD_NAMESPACE, POD_IP and TCPMESH_STATE_DIR, the
+Service variables of its namespace, then the container's own ``env`` (literal values and
+the common ``fieldRef`` paths), on top of the mesh's own environment so that PATH and the
+Python installation keep working.
 """
 
 from __future__ import annotations
@@ -64,13 +65,20 @@ def pod_identity(namespace: str, name: str, state_dir: Path) -> dict[str, str]:
 
 
 def pod_variables(
-    pod: Mapping[str, Any], container: Mapping[str, Any], pod_ip: str, host_ip: str, state_dir: Path
+    pod: Mapping[str, Any],
+    container: Mapping[str, Any],
+    pod_ip: str,
+    host_ip: str,
+    state_dir: Path,
+    services: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The variables a container defines: tcpmesh's, then the container's ``env`` in order."""
+    """The variables a container defines: tcpmesh's, the Services' (``services``, see
+    :mod:`tcpmesh.runtime.envvars`), then the container's ``env`` in order, which wins."""
     metadata = pod.get("metadata") or {}
     pod_name = str(metadata.get("name", ""))
     variables = pod_identity(str(metadata.get("namespace") or "default"), pod_name, state_dir)
     variables["POD_IP"] = pod_ip
+    variables.update(services or {})
     for var in container.get("env") or []:
         name = var["name"]
         if var.get("value") is not None:

@@ -14,11 +14,11 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from tcpmesh.registry import FIRST_POD_IP
 from tcpmesh.runtime.cloudlb import sync_load_balancer
 from tcpmesh.runtime.deployments import sync_deployments
 from tcpmesh.runtime.endpoints import sync_services
 from tcpmesh.runtime.events import EventRecorder
-from tcpmesh.runtime.ipam import FIRST_POD_IP
 from tcpmesh.runtime.joined import expire_joined, local_pods
 from tcpmesh.runtime.kubelet import Kubelet
 from tcpmesh.runtime.podcap import DEFAULT_MAX_PODS
