@@ -32,7 +32,7 @@ from tcpmesh.join import (
     workload_entry,
 )
 from tcpmesh.join.workload import ProbeState
-from tcpmesh.runtime import load_balancer_status
+from tcpmesh.runtime import assign_load_balancers
 
 NOW = datetime.datetime(2026, 12, 2, 1, 0, tzinfo=datetime.UTC)
 GATEWAY = PeerIdentity("gateway", "istio-system", "edge", "h1")
@@ -206,12 +206,16 @@ def _joined(host: str, address: str, ready: bool) -> dict[str, Any]:
     return {**pod, "status": status}
 
 
+def _ingress(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    outcome = assign_load_balancers([_lb_service()], "127.0.0.1", pods)["istio-system", "edge"]
+    ingress: list[dict[str, Any]] = outcome.load_balancer().get("ingress", [])
+    return ingress
+
+
 def test_the_load_balancer_lists_every_ready_joined_host() -> None:
     pods = [_joined("h2", "10.0.0.2", True), _joined("h1", "10.0.0.1", True)]
     pods.append(_joined("h3", "10.0.0.3", False))
-    assert load_balancer_status(_lb_service(), "127.0.0.1", pods) == {
-        "ingress": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}]
-    }
+    assert _ingress(pods) == [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}]
     local = {
         "metadata": {
             "name": "edge-abc",
@@ -220,12 +224,9 @@ def test_the_load_balancer_lists_every_ready_joined_host() -> None:
         },
         "status": {"podIP": "127.0.0.1"},
     }
-    assert load_balancer_status(_lb_service(), "127.0.0.1", [local, *pods])["ingress"][0] == {
-        "ip": "127.0.0.1"
-    }
-    assert load_balancer_status(_lb_service(), "127.0.0.1", [local]) == {
-        "ingress": [{"ip": "127.0.0.1"}]
-    }
+    # This machine first (with the ports it holds here), then the joined hosts.
+    assert [i["ip"] for i in _ingress([local, *pods])] == ["127.0.0.1", "10.0.0.1", "10.0.0.2"]
+    assert _ingress([local]) == [{"ip": "127.0.0.1", "ports": []}]
 
 
 # ---------------------------------------------------------------- the workload's probe

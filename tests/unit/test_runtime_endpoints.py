@@ -10,7 +10,6 @@ import pytest
 
 from tcpmesh.runtime.endpoints import (
     endpoint_subsets,
-    load_balancer_status,
     resolve_target_port,
     sync_services,
 )
@@ -170,13 +169,6 @@ def test_ports_keep_protocol_and_app_protocol() -> None:
     assert subsets[0]["ports"] == [{"port": 9000, "protocol": "TCP", "appProtocol": "tcp"}]
 
 
-def test_load_balancer_services_get_the_node_address() -> None:
-    assert load_balancer_status(service(TCP, type="LoadBalancer"), "127.0.0.1") == {
-        "ingress": [{"ip": "127.0.0.1"}]
-    }
-    assert load_balancer_status(service(TCP), "127.0.0.1") == {}
-
-
 # ---------------------------------------------------------------- the controller, on a store
 
 
@@ -234,10 +226,13 @@ def test_controller_sets_and_clears_load_balancer_ingress(store: Store) -> None:
     sync_services(store, "127.0.0.5")
     svc = store.get("Service", "default", "tcp-echo")
     assert svc is not None
-    assert svc["status"]["loadBalancer"]["ingress"] == [{"ip": "127.0.0.5"}]
+    ingress = svc["status"]["loadBalancer"]["ingress"]
+    assert ingress == [{"ip": "127.0.0.5", "ports": [{"port": 9000, "protocol": "TCP"}]}]
+    assert svc["status"]["conditions"][0]["type"] == "LoadBalancerReady"
 
     store.replace({**svc, "spec": {**svc["spec"], "type": "ClusterIP"}})
     sync_services(store, "127.0.0.5")
     svc = store.get("Service", "default", "tcp-echo")
     assert svc is not None
     assert svc["status"]["loadBalancer"] == {}
+    assert "conditions" not in svc["status"]

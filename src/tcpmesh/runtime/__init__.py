@@ -1,10 +1,11 @@
 """Runs the workloads of the store on this machine: kubelet + Deployment and Endpoints
 controllers. Pods are OS processes, each on its own loopback IP (127.x.y.z)."""
 
-from tcpmesh.runtime.endpoints import endpoint_subsets, load_balancer_status, resolve_target_port
+from tcpmesh.runtime.endpoints import endpoint_subsets, resolve_target_port
 from tcpmesh.runtime.events import EventRecorder, Happening
 from tcpmesh.runtime.images import BUILTIN_IMAGES, ImageNotRunnable, container_argv, image_name
 from tcpmesh.runtime.ipam import allocate_ip
+from tcpmesh.runtime.loadbalancers import assign_load_balancers
 from tcpmesh.runtime.objects import pod_is_ready
 from tcpmesh.runtime.podcap import DEFAULT_MAX_PODS, replica_cap_errors
 from tcpmesh.runtime.runtime import Runtime
@@ -17,10 +18,10 @@ __all__ = [
     "ImageNotRunnable",
     "Runtime",
     "allocate_ip",
+    "assign_load_balancers",
     "container_argv",
     "endpoint_subsets",
     "image_name",
-    "load_balancer_status",
     "pod_is_ready",
     "replica_cap_errors",
     "resolve_target_port",

@@ -3,8 +3,8 @@
 Follows Kubernetes' endpoints controller: ready pods go to ``addresses``, the others to
 ``notReadyAddresses``; a named ``targetPort`` is looked up in each pod's containerPorts,
 and a pod without that port is left out of that port (pods with different resolved
-ports end up in different subsets). Services of type LoadBalancer get this machine's
-address as their load balancer ingress.
+ports end up in different subsets). Load-balancer addresses are
+:mod:`tcpmesh.runtime.loadbalancers`' business.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tcpmesh.join import is_joined
-from tcpmesh.runtime.events import NORMAL, EventRecorder, Happening
+from tcpmesh.runtime.events import EventRecorder
+from tcpmesh.runtime.loadbalancers import sync_load_balancers
 from tcpmesh.runtime.objects import (
     Obj,
     key_of,
@@ -127,37 +127,6 @@ def has_selector(service: Mapping[str, Any]) -> bool:
     return bool(spec.get("selector")) and spec.get("type") != "ExternalName"
 
 
-def load_balancer_status(
-    service: Mapping[str, Any], node_address: str, pods: Iterable[Mapping[str, Any]] = ()
-) -> Obj:
-    """``status.loadBalancer`` for the Service: the machines that serve it.
-
-    This machine, unless the Service's pods are only joined gateway hosts (``tcpmesh
-    gateway join``): then the address of every ready joined host, as a cloud load
-    balancer lists its frontends; this machine comes first when it runs some as well.
-    """
-    spec = service.get("spec") or {}
-    if spec.get("type") != "LoadBalancer":
-        return {}
-    selector: Mapping[str, str] = spec.get("selector") or {}
-    selected = [
-        pod
-        for pod in pods
-        if selector
-        and namespace_of(pod) == namespace_of(service)
-        and all(labels_of(pod).get(k) == v for k, v in selector.items())
-    ]
-    joined = [p for p in selected if is_joined(p)]
-    if not joined:
-        return {"ingress": [{"ip": node_address}]}
-    hosts = [node_address] if len(joined) < len(selected) else []
-    for pod in sorted(joined, key=name_of):
-        ip = str((pod.get("status") or {}).get("podIP") or "")
-        if ip and pod_is_ready(pod) and ip not in hosts:
-            hosts.append(ip)
-    return {"ingress": [{"ip": ip} for ip in hosts]}
-
-
 def _sync_endpoints_of(store: StoreLike, service: Obj, pods: list[Obj]) -> None:
     subsets = endpoint_subsets(service, pods)
     labels = dict(labels_of(service))
@@ -174,24 +143,6 @@ def _sync_endpoints_of(store: StoreLike, service: Obj, pods: list[Obj]) -> None:
         store.replace({**existing, "metadata": metadata, "subsets": subsets})
 
 
-def _sync_load_balancer(
-    store: StoreLike,
-    service: Obj,
-    node_address: str,
-    pods: list[Obj],
-    events: EventRecorder | None,
-) -> None:
-    status = service.get("status") or {}
-    wanted = load_balancer_status(service, node_address, pods)
-    if (status.get("loadBalancer") or {}) != wanted:
-        store.update_status("Service", *key_of(service), {**status, "loadBalancer": wanted})
-        if events is not None and wanted:
-            # As Kubernetes' service controller reports a provisioned load balancer.
-            events.record(
-                service, Happening(NORMAL, "EnsuredLoadBalancer", "Ensured load balancer")
-            )
-
-
 def sync_services(store: StoreLike, node_address: str, events: EventRecorder | None = None) -> None:
     """Reconcile the Endpoints and load balancer status of every Service."""
     services = store.list("Service")
@@ -200,9 +151,12 @@ def sync_services(store: StoreLike, node_address: str, events: EventRecorder | N
         try:
             if has_selector(service):
                 _sync_endpoints_of(store, service, pods)
-            _sync_load_balancer(store, service, node_address, pods, events)
         except Exception:
             log.exception("service %s/%s: reconcile failed", *key_of(service))
+    try:
+        sync_load_balancers(store, services, node_address, events, pods)
+    except Exception:
+        log.exception("load balancers: reconcile failed")
     service_keys = {key_of(s) for s in services}
     for endpoints in store.list("Endpoints"):
         # Kubernetes deletes a Service's Endpoints along with the Service.
