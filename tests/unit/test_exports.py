@@ -149,6 +149,7 @@ SURFACES: dict[str, set[str]] = {
     "tcpmesh.registry": {
         "FIRST_POD_IP",
         "LAST_POD_IP",
+        "LB_BACKEND_NETWORK",
         "LOCK_KIND",
         "NODE_NETWORK",
         "NODE_PORT_RANGE",

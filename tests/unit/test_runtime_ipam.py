@@ -29,7 +29,7 @@ def test_addresses_never_end_in_0_or_255() -> None:
 
 
 def test_pod_addresses_stop_below_the_service_range() -> None:
-    assert list(pod_ips("127.239.255.253")) == ["127.239.255.253", "127.239.255.254"]
+    assert list(pod_ips("127.238.255.253")) == ["127.238.255.253", "127.238.255.254"]
 
 
 def test_allocation_skips_a_whole_taken_block() -> None:
@@ -46,8 +46,10 @@ def test_unrelated_addresses_in_use_do_not_matter() -> None:
     [
         ("127.1.0.1", True),
         ("127.200.3.254", True),
-        ("127.239.255.254", True),
-        # Cluster IPs (127.240.0.0/12) and the node network (127.0.0.0/16) are never pods'.
+        ("127.238.255.254", True),
+        # Cluster IPs (127.240.0.0/12), load-balancer backends (127.239.0.0/16) and the node
+        # network (127.0.0.0/16) are never pods'.
+        ("127.239.0.1", False),
         ("127.240.1.1", False),
         ("127.255.255.254", False),
         ("127.0.5.1", False),

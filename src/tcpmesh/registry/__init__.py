@@ -11,6 +11,7 @@ from tcpmesh.registry.allocation import (
 from tcpmesh.registry.ranges import (
     FIRST_POD_IP,
     LAST_POD_IP,
+    LB_BACKEND_NETWORK,
     NODE_NETWORK,
     NODE_PORT_RANGE,
     SERVICE_CIDR,
@@ -22,6 +23,7 @@ from tcpmesh.registry.registry import LOCK_KIND, ServiceRegistry
 __all__ = [
     "FIRST_POD_IP",
     "LAST_POD_IP",
+    "LB_BACKEND_NETWORK",
     "LOCK_KIND",
     "NODE_NETWORK",
     "NODE_PORT_RANGE",

@@ -5,7 +5,9 @@ give each pod, each Service and each load balancer its own address without touch
 interface. The ranges never overlap, so no cluster IP can be a pod's IP:
 
 - 127.0.0.0/16: the node and its load balancers (``up --address``, ``spec.loadBalancerIP``);
-- 127.1.0.1 - 127.239.255.254: pod IPs (:mod:`tcpmesh.runtime.ipam`);
+- 127.1.0.1 - 127.238.255.254: pod IPs (:mod:`tcpmesh.runtime.ipam`);
+- 127.239.0.0/16: the backends of capped load balancers (the ingress gateway behind the
+  bandwidth-capping SLB layer listens there, see ``control.loadbalancer``);
 - 127.240.0.0/12: cluster IPs, as Kubernetes' default service range is 10.96.0.0/12;
 - 30000-32767: node ports, Kubernetes' default ``--service-node-port-range``.
 
@@ -24,8 +26,9 @@ from collections.abc import Iterator
 
 SERVICE_CIDR = ipaddress.IPv4Network("127.240.0.0/12")
 NODE_NETWORK = ipaddress.IPv4Network("127.0.0.0/16")
+LB_BACKEND_NETWORK = ipaddress.IPv4Network("127.239.0.0/16")
 FIRST_POD_IP = "127.1.0.1"
-LAST_POD_IP = "127.239.255.254"
+LAST_POD_IP = "127.238.255.254"
 NODE_PORT_RANGE = range(30000, 32768)
 
 # Kubernetes' static band: min(max(16, size/16), 256) addresses, min(max(16, size/32), 128) ports.

@@ -35,6 +35,7 @@ from tcpmesh.store import (
     NotFound,
     StoreBackend,
     WatchEvent,
+    object_kind_key,
 )
 
 Obj = dict[str, Any]
@@ -48,7 +49,13 @@ ALLOCATION_ROUNDS = 20
 
 def _key(obj: Mapping[str, Any]) -> Key:
     meta = obj.get("metadata") or {}
-    return str(obj.get("kind")), str(meta.get("namespace") or "default"), str(meta.get("name"))
+    kind = object_kind_key(obj)
+    return kind, str(meta.get("namespace") or "default"), str(meta.get("name"))
+
+
+def _is_service(obj: Mapping[str, Any]) -> bool:
+    """A core/v1 Service (not a kind of another group that happens to be named so)."""
+    return obj.get("kind") == "Service" and object_kind_key(obj) == "Service"
 
 
 def _describe(key: Key) -> str:
@@ -113,7 +120,7 @@ class ServiceRegistry:
     # ------------------------------------------------------------------ writes
 
     def create(self, obj: Obj) -> Obj:
-        if obj.get("kind") != "Service":
+        if not _is_service(obj):
             return self._store.create(obj)
 
         def refuse_existing(stored: Mapping[Key, Obj]) -> None:
@@ -123,7 +130,7 @@ class ServiceRegistry:
         return self._write([obj], dry_run=False, check=refuse_existing)[0].object
 
     def replace(self, obj: Obj, *, expected_resource_version: str | None = None) -> Obj:
-        if obj.get("kind") != "Service":
+        if not _is_service(obj):
             return self._store.replace(obj, expected_resource_version=expected_resource_version)
         pinned = copy.deepcopy(obj)
         pinned["metadata"]["resourceVersion"] = expected_resource_version or ""
@@ -135,7 +142,7 @@ class ServiceRegistry:
         return self._write([pinned], dry_run=False, check=require_existing)[0].object
 
     def apply(self, objects: Sequence[Obj], *, dry_run: bool = False) -> builtins.list[ApplyResult]:
-        if not any(o.get("kind") == "Service" for o in objects):
+        if not any(_is_service(o) for o in objects):
             return self._store.apply(objects, dry_run=dry_run)
         return self._write(list(objects), dry_run=dry_run)
 
@@ -221,7 +228,7 @@ def _prepared(objects: builtins.list[Obj], stored: Mapping[Key, Obj]) -> builtin
     rejected: builtins.list[str] = []
     internal = False
     for obj in objects:
-        if obj.get("kind") != "Service":
+        if not _is_service(obj):
             prepared.append(obj)
             continue
         key = _key(obj)

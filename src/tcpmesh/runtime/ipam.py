@@ -1,10 +1,10 @@
 """Pod IPs: one loopback address per pod, so every replica can bind its containerPort.
 
 Linux routes all of 127.0.0.0/8 to the loopback interface, so no interface setup is
-needed. Pod addresses are 127.1.0.1-127.239.255.254 (clear of 127.0.0.0/16, the node and
-its load balancers, and of 127.240.0.0/12, the cluster IPs: :mod:`tcpmesh.registry`
-states every range) and never end in .0 or .255, which some tools treat as network or
-broadcast.
+needed. Pod addresses are 127.1.0.1-127.238.255.254 (clear of 127.0.0.0/16, the node and
+its load balancers, 127.239.0.0/16, their backends, and 127.240.0.0/12, the cluster IPs:
+:mod:`tcpmesh.registry` states every range) and never end in .0 or .255, which some
+tools treat as network or broadcast.
 Another mesh on the same machine (or a process it left behind) may already listen on
 an address, so a new pod skips addresses where one of its ports cannot be bound.
 """
@@ -21,7 +21,7 @@ _LAST = int(ipaddress.IPv4Address(LAST_POD_IP))
 
 
 class AddressesExhausted(RuntimeError):
-    """Every pod address up to 127.239.255.254 is taken."""
+    """Every pod address up to 127.238.255.254 is taken."""
 
 
 def pod_ips(first: str = FIRST_POD_IP) -> Iterator[str]:
