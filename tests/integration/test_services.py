@@ -237,7 +237,7 @@ def test_a_bad_bandwidth_annotation_is_refused_naming_it(mesh: MeshHarness) -> N
 
 
 def _environment(mesh: MeshHarness, app: str) -> dict[str, str]:
-    (pod,) = mesh.get_json("pods", "-l", f"app={app}")["items"]
+    (pod,) = [p for p in mesh.pods() if p["metadata"]["labels"].get("app") == app]
     log = mesh.tcpmesh("logs", pod["metadata"]["name"]).stdout
     return dict(line.split("=", 1) for line in log.splitlines() if "=" in line)
 
