@@ -11,6 +11,11 @@ records, per simulated gateway, the time from the sending of the apply request t
 gateway's receipt of a snapshot carrying the new weights (from the sending: the push
 often overtakes the apply's own answer). Reported: the last gateway's delay (the
 push is "in effect everywhere" then) and the spread between the first and the last.
+
+With ``--joined`` the simulated gateways are joined hosts instead (``tcpmesh gateway
+join``'s agent, in this process): the mesh listens with ``--bind-address``, a bootstrap
+token buys each one a client certificate, each registers its own Pod (its own node, so
+its own snapshot, as separate hosts have), and each feed follows it over mTLS.
 Prints numbers; asserts nothing. Loopback only; every loop bounded; the mesh is stopped
 at the end, also on failure.
 """
@@ -34,6 +39,7 @@ from tcpmesh.api import load_documents
 from tcpmesh.apiserver.client import ApiClient
 from tcpmesh.control.snapshot import Snapshot
 from tcpmesh.dataplane import SnapshotFeed
+from tcpmesh.join import PeerAgent, PeerIdentity
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "src" / "tcpmesh" / "samples" / "tcp-echo"
@@ -74,9 +80,9 @@ def split(documents: list[dict[str, Any]], v1: int, v2: int) -> list[dict[str, A
 class Gateways:
     """N feeds of one node; each remembers when it first saw each weight tuple."""
 
-    def __init__(self, state_dir: Path, node: str, count: int) -> None:
-        self.feeds = [SnapshotFeed(None, None, node, state_dir=state_dir) for _ in range(count)]
-        self.seen: list[dict[tuple[int, ...], float]] = [{} for _ in range(count)]
+    def __init__(self, followers: list[tuple[Path, str]]) -> None:
+        self.feeds = [SnapshotFeed(None, None, node, state_dir=d) for d, node in followers]
+        self.seen: list[dict[tuple[int, ...], float]] = [{} for _ in followers]
         self._tasks: list[asyncio.Task[None]] = []
 
     async def _follow(self, index: int) -> None:
@@ -102,10 +108,36 @@ class Gateways:
         raise TimeoutError(f"{wanted} not on every gateway after {PUSH_TIMEOUT}s")
 
 
-async def measure(state_dir: Path, node: str, count: int, rounds: int) -> list[list[float]]:
+async def join(state_dir: Path, count: int) -> list[PeerAgent]:
+    """``count`` joined gateway hosts (agents in this process), registered and ready."""
+    from tcpmesh.cli.join import token_create
+
+    client = ApiClient.from_state_dir(state_dir)
+    [token] = token_create(client, "1h", "fanout benchmark")
+    server = str(client.status()["listen"])
+    agents = []
+    for i in range(count):
+        identity = PeerIdentity("gateway", "istio-system", "istio-ingressgateway", f"bench-{i}")
+        agent = PeerAgent(
+            (server,),
+            identity,
+            "127.0.0.1",
+            state_dir / "joined" / identity.node,
+            token=token,
+            ca_file=state_dir / "pki" / "ca.crt",
+        )
+        await agent.bootstrap()
+        await agent.heartbeat(True)
+        agents.append(agent)
+    return agents
+
+
+async def measure(
+    state_dir: Path, followers: list[tuple[Path, str]], rounds: int
+) -> list[list[float]]:
     client = ApiClient.from_state_dir(state_dir)
     base = load_documents((SAMPLES / "tcp-echo-all-v1.yaml").read_text(), "all-v1")
-    gateways = Gateways(state_dir, node, count)
+    gateways = Gateways(followers)
     gateways.start()
     try:
         await gateways.wait_all((100,), 0.0)
@@ -132,16 +164,43 @@ def ms(values: list[float]) -> str:
     return f"median {statistics.median(v):7.1f}  p90 {p90:7.1f}  max {v[-1]:7.1f} ms"
 
 
+async def run_count(
+    state_dir: Path, node: str, count: int, args: argparse.Namespace
+) -> list[list[float]]:
+    if not args.joined:
+        return await measure(state_dir, [(state_dir, node)] * count, args.rounds)
+    agents = await join(state_dir, count)
+    beats = asyncio.create_task(heartbeats(agents))
+    try:
+        followers = [(a.state_dir, a.identity.node_id) for a in agents]
+        return await measure(state_dir, followers, args.rounds)
+    finally:
+        beats.cancel()
+        for agent in agents:
+            await agent.leave()
+
+
+async def heartbeats(agents: list[PeerAgent]) -> None:
+    """Keep every joined gateway's lease, as its agent does (a beat per third of it)."""
+    while True:
+        await asyncio.sleep(agents[0].lease_seconds / 3)
+        for agent in agents:
+            await agent.heartbeat(True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gateways", type=int, action="append", default=None)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--store", default=None, help="as `up --store` (default: SQLite)")
     parser.add_argument("--address", default="127.0.0.43", help="gateway address (loopback)")
+    parser.add_argument("--joined", action="store_true", help="joined hosts over mTLS")
     args = parser.parse_args()
     counts = args.gateways or [3, 20]
     state_dir = Path(tempfile.mkdtemp(prefix="tcpmesh-fanout-"))
     up = ["up", "--detach", "--address", args.address, "--workers", "1"]
+    if args.joined:
+        up += ["--bind-address", "127.0.0.1", "--secure-port", "0"]
     try:
         tcpmesh(state_dir, *up, *(["--store", args.store] if args.store else []))
         tcpmesh(state_dir, "apply", "-f", str(SAMPLES / "tcp-echo-deployments.yaml"))
@@ -151,12 +210,13 @@ def main() -> int:
         [gateway] = [p for p in pods if p["namespace"] == "istio-system"]
         node = f"istio-system/{gateway['name']}"
         store = args.store.split("?")[0] if args.store else "sqlite"
+        kind = "joined hosts (mTLS, a node each)" if args.joined else "feeds of one node"
         print(
             f"push fan-out, {args.rounds} flips 100/0 <-> 80/20, store {store}, "
-            f"{os.cpu_count()} cores"
+            f"{os.cpu_count()} cores, {kind}"
         )
         for count in counts:
-            delays = asyncio.run(measure(state_dir, node, count, args.rounds))
+            delays = asyncio.run(run_count(state_dir, node, count, args))
             last = [max(d) for d in delays]
             spread = [max(d) - min(d) for d in delays]
             print(f"{count:>4} gateways  apply sent → on every gateway      {ms(last)}")

@@ -6,6 +6,7 @@ A real SQLite store in a temporary directory; no sockets.
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import pytest
 
 from tcpmesh.control import Snapshot, cluster_name
 from tcpmesh.control.plane import ControlPlane
+from tcpmesh.join import PeerIdentity
+from tcpmesh.join import gateway_pod as joined_pod
 from tcpmesh.store import Store
 from tests.unit.test_build_snapshot_serviceentry import NODE, gateway_pod, wait_until
 
@@ -85,5 +88,37 @@ def test_an_expired_watch_lists_again_and_keeps_following(
         await wait_until(lambda: has_service(plane, 50))
         store.delete("Service", "default", "svc-0")
         await wait_until(lambda: not has_service(plane, 0))
+
+    run(tmp_path, scenario)
+
+
+def test_a_joined_peers_lease_renewal_rebuilds_nothing_but_its_readiness_does(
+    tmp_path: Path,
+) -> None:
+    template = {
+        "metadata": {"labels": {"istio": "ingressgateway"}},
+        "spec": {"containers": [{"name": "istio-proxy", "image": "istio/proxyv2"}]},
+    }
+    deployment = {"spec": {"template": template}}
+    identity = PeerIdentity("gateway", "istio-system", "edge", "h1")
+    start = datetime.datetime(2026, 12, 2, tzinfo=datetime.UTC)
+
+    def beat(store: Store, seconds: int, ready: bool) -> None:
+        moment = start + datetime.timedelta(seconds=seconds)
+        pod, status = joined_pod(deployment, identity, "10.0.0.1", ready=ready, now=moment)
+        store.apply([pod])
+        store.update_status("Pod", "istio-system", "edge-h1", status)
+
+    async def scenario(store: Store, plane: ControlPlane) -> None:
+        beat(store, 0, True)
+        await wait_until(lambda: plane.node_for(identity.node_id) is not None)
+        await asyncio.sleep(0.1)
+        before = plane.rebuilds
+        for second in range(1, 11):  # ten heartbeats: the renew time moves, nothing else
+            beat(store, second, True)
+        await asyncio.sleep(0.3)
+        assert plane.rebuilds == before
+        beat(store, 11, False)  # readiness changed: that is the builder's business
+        await wait_until(lambda: plane.rebuilds > before)
 
     run(tmp_path, scenario)

@@ -19,6 +19,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "tcpmesh"
 SURFACES: dict[str, set[str]] = {
     "tcpmesh.join": {
         "DEFAULT_LEASE_SECONDS",
+        "RENEW_TIME",
         "TOKEN_NAMESPACE",
         "TOKEN_PREFIX",
         "TOKEN_TYPE",

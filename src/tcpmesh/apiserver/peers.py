@@ -238,7 +238,11 @@ class PeerAuthority:
             )
         else:
             self.store.replace(obj)
-        stored = self.store.update_status(kind, identity.namespace, identity.object_name, status)
+        stored = self.store.get(kind, identity.namespace, identity.object_name)
+        if stored is None or stored.get("status") != status:  # a beat that changes nothing
+            stored = self.store.update_status(
+                kind, identity.namespace, identity.object_name, status
+            )
         return stored, extra
 
     def _owner(self, kind: str, identity: PeerIdentity) -> Obj:

@@ -33,6 +33,7 @@ from tcpmesh.control.build import build_snapshot
 from tcpmesh.control.resources import MeshResources, ProxyNode
 from tcpmesh.control.serviceentries import dns_names
 from tcpmesh.control.snapshot import Snapshot, SnapshotError
+from tcpmesh.join import RENEW_TIME
 from tcpmesh.store import Expired, StoreBackend, object_kind_key
 
 log = logging.getLogger(__name__)
@@ -139,8 +140,8 @@ class ControlPlane:
                     revision = event.revision
                     if event.type == "DELETED":
                         self._objects.pop(_key(event.object), None)
-                    else:
-                        self._remember(event.object)
+                    elif not self._remember(event.object):
+                        continue  # only a joined peer's lease moved: nothing to rebuild
                     self._dirty.set()
                 return  # the store was closed
             except Expired as exc:
@@ -159,11 +160,22 @@ class ControlPlane:
             self._dirty.clear()
             await self._publish()
 
-    def _remember(self, obj: dict[str, Any]) -> None:
+    def _remember(self, obj: dict[str, Any]) -> bool:
+        """Keep the typed form; whether it changed in a way a rebuild could see.
+
+        A joined peer renews its lease every few seconds by rewriting one annotation of
+        its Pod or WorkloadEntry; rebuilding every node's snapshot for that would cost
+        N peers x N nodes builds (the reason Kubernetes moved node heartbeats into Lease
+        objects)."""
+        key = _key(obj)
         try:
-            self._objects[_key(obj)] = from_dict(obj)
+            typed = from_dict(obj)
         except Exception:
-            log.exception("stored %s could not be read; keeping its previous version", _key(obj))
+            log.exception("stored %s could not be read; keeping its previous version", key)
+            return False
+        previous = self._objects.get(key)
+        self._objects[key] = typed
+        return previous is None or _without_lease(previous) != _without_lease(typed)
 
     async def _publish(self) -> None:
         self.rebuilds += 1
@@ -253,6 +265,14 @@ class ControlPlane:
             async with self._changed:
                 while self._generation == generation:
                     await self._changed.wait()
+
+
+def _without_lease(resource: models.Resource) -> models.Resource:
+    """The resource as the builder sees it: no resourceVersion, no lease renewal time."""
+    meta = resource.metadata
+    annotations = {k: v for k, v in meta.annotations.items() if k != RENEW_TIME}
+    bare = meta.model_copy(update={"resource_version": None, "annotations": annotations})
+    return resource.model_copy(update={"metadata": bare})
 
 
 def _same_version(typed: models.Resource, obj: dict[str, Any]) -> bool:

@@ -20,6 +20,7 @@ from tcpmesh.join.identity import (
 )
 from tcpmesh.join.registration import (
     DEFAULT_LEASE_SECONDS,
+    RENEW_TIME,
     expired,
     gateway_pod,
     is_joined,
@@ -53,6 +54,7 @@ _LAZY = {
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
+    "RENEW_TIME",
     "TOKEN_NAMESPACE",
     "TOKEN_PREFIX",
     "TOKEN_TYPE",
