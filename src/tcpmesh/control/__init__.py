@@ -24,7 +24,6 @@ from tcpmesh.control.gatewayapi import (
 from tcpmesh.control.gatewaytls import downstream_tls
 from tcpmesh.control.loadbalancer import (
     BACKEND_NETWORK,
-    BANDWIDTH_ANNOTATIONS,
     CappedPort,
     backend_address,
     capped_ports,
@@ -58,7 +57,6 @@ from tcpmesh.control.servers import (
 from tcpmesh.control.serviceentries import service_entry_ports
 from tcpmesh.control.snapshot import (
     HASH_POLICIES,
-    MAX_BANDWIDTH_MBPS,
     BandwidthLimit,
     Cluster,
     DownstreamTls,
@@ -86,14 +84,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKEND_NETWORK",
-    "BANDWIDTH_ANNOTATIONS",
     "GATEWAY_NAME_LABEL",
     "HASH_POLICIES",
     "INGRESS_GATEWAY_SELECTOR",
     "LOAD_BALANCER_LABELS",
     "LOAD_BALANCER_NAME",
     "LOAD_BALANCER_NAMESPACE",
-    "MAX_BANDWIDTH_MBPS",
     "NODE_PROXY_LABELS",
     "NODE_PROXY_NAME",
     "NODE_PROXY_NAMESPACE",

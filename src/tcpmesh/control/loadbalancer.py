@@ -23,7 +23,7 @@ import ipaddress
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
-from tcpmesh.api import models, pod_ready
+from tcpmesh.api import BANDWIDTH_ANNOTATIONS, MAX_BANDWIDTH_MBPS, models, pod_ready
 from tcpmesh.control.resources import (
     LOAD_BALANCER_LABELS,
     LOAD_BALANCER_NAMESPACE,
@@ -33,7 +33,6 @@ from tcpmesh.control.resources import (
     service_fqdn,
 )
 from tcpmesh.control.snapshot import (
-    MAX_BANDWIDTH_MBPS,
     BandwidthLimit,
     Cluster,
     Endpoint,
@@ -45,21 +44,17 @@ from tcpmesh.control.snapshot import (
     cluster_name,
 )
 
-# The current prefix first: when a Service carries both, it wins.
-BANDWIDTH_ANNOTATIONS = (
-    "service.beta.kubernetes.io/alibaba-cloud-loadbalancer-bandwidth",
-    "service.beta.kubernetes.io/alicloud-loadbalancer-bandwidth",
-)
-# Gateway proxies listen here for the ports the load balancer took over.
-# (The top /16 below the cluster-IP range; pod IPs stop below it.)
+# Gateway proxies listen here for the ports the load balancer took over (the ranges'
+# table names it: registry.LB_BACKEND_NETWORK; pod IPs stop below it).
 BACKEND_NETWORK = ipaddress.ip_network("127.239.0.0/16")
 
 ListenersOf = Callable[[ProxyNode], Iterable[Listener]]
 
 
 def service_bandwidth(service: models.Service) -> int | None:
-    """The Service's cap in Mbit/s, or None. Validation rejects bad values at apply; one
-    stored before that rule existed is no cap rather than a guess."""
+    """The Service's cap in Mbit/s, or None. Validation (api) rejects bad values at apply;
+    one stored before that rule existed is no cap rather than a guess. The current prefix
+    wins (api.BANDWIDTH_ANNOTATIONS is in precedence order)."""
     annotations = service.metadata.annotations or {}
     for key in BANDWIDTH_ANNOTATIONS:
         if key in annotations:

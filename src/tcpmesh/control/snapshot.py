@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol
 
+from tcpmesh.api import MAX_BANDWIDTH_MBPS
+
 # What a data plane does inside a cluster. Istio's PASSTHROUGH is not among them: the
 # builder maps it (see control.policy), so no data plane has to.
 LbPolicy = Literal["LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", "RING_HASH", "MAGLEV"]
@@ -29,8 +31,6 @@ HASH_POLICIES = ("RING_HASH", "MAGLEV")
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 3600.0
-# The largest bandwidth cap Alibaba Cloud's load balancers allow, in Mbit/s.
-MAX_BANDWIDTH_MBPS = 5000
 
 
 def cluster_name(port: int, subset: str, fqdn: str) -> str:
