@@ -41,7 +41,13 @@ from tcpmesh.apiserver.kubeconfig import write_kubeconfig
 from tcpmesh.apiserver.peers import PeerAuthority
 from tcpmesh.apiserver.pki import ensure_ca, server_ssl_context, share_ca
 from tcpmesh.console import CONSOLE_PREFIX, create_console, traffic_source
-from tcpmesh.control import INGRESS_GATEWAY_SELECTOR, ControlPlane
+from tcpmesh.control import (
+    INGRESS_GATEWAY_SELECTOR,
+    NODE_PROXY_LABELS,
+    NODE_PROXY_NAME,
+    NODE_PROXY_NAMESPACE,
+    ControlPlane,
+)
 from tcpmesh.controllers import Event as RolloutEvent
 from tcpmesh.controllers import GatewayApiController, RolloutController
 from tcpmesh.registry import ServiceRegistry
@@ -77,6 +83,10 @@ GATEWAY_IMAGE = "docker.io/istio/proxyv2:1.24.0"
 ENVOY_GATEWAY_IMAGE = "docker.io/envoyproxy/envoy:v1.40.0"
 # Test hook: clusters whose name contains this text are served in a form Envoy rejects.
 STATUS_PORT = 15021
+# The node proxy shares the host's network with the gateway, so its status and metrics
+# ports differ from the gateway's 15021 and 15020 (and from the SLB's 15031).
+NODE_PROXY_STATUS_PORT = 15041
+NODE_PROXY_PROMETHEUS_PORT = 15040
 # Istio's pod annotations for scraping the merged metrics port.
 PROMETHEUS_ANNOTATIONS = {
     "prometheus.io/scrape": "true",
@@ -205,6 +215,38 @@ def gateway_deployment(
     }
 
 
+def node_proxy_objects(config: MeshConfig) -> list[dict[str, Any]]:
+    """The node proxy (``kube-system/tcpmesh-node-proxy``): kube-proxy's role with Istio's
+    sidecar-outbound routing, on the data plane of ``up --dataplane``. It runs with the
+    host's network, where node ports and load-balancer addresses are, and binds the
+    Services' cluster IPs beside them (all of 127.0.0.0/8 is local)."""
+    envoy = config.dataplane == "envoy"
+    labels = dict(NODE_PROXY_LABELS)
+    annotations = {
+        **PROMETHEUS_ANNOTATIONS,
+        "prometheus.io/port": str(NODE_PROXY_PROMETHEUS_PORT),
+    }
+    container = {
+        "name": "node-proxy",
+        "image": ENVOY_GATEWAY_IMAGE if envoy else GATEWAY_IMAGE,
+        "args": [] if envoy else ["proxy", "sidecar"],
+        "env": [
+            {"name": "TCPMESH_WORKERS", "value": str(config.effective_workers)},
+            {"name": "TCPMESH_STATUS_PORT", "value": str(NODE_PROXY_STATUS_PORT)},
+            {"name": "TCPMESH_PROMETHEUS_PORT", "value": str(NODE_PROXY_PROMETHEUS_PORT)},
+            {"name": "ISTIO_META_WORKLOAD_NAME", "value": NODE_PROXY_NAME},
+        ],
+        "ports": [{"name": "status-port", "containerPort": NODE_PROXY_STATUS_PORT}],
+    }
+    metadata = {"name": NODE_PROXY_NAME, "namespace": NODE_PROXY_NAMESPACE, "labels": labels}
+    template = {
+        "metadata": {"labels": labels, "annotations": annotations},
+        "spec": {"hostNetwork": True, "containers": [container]},
+    }
+    spec = {"replicas": 1, "selector": {"matchLabels": labels}, "template": template}
+    return [{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec}]
+
+
 def _label_env(name: str, label: str) -> dict[str, Any]:
     """An env var from a pod label (downward API), as Istio's injector passes labels."""
     path = f"metadata.labels['{label}']"
@@ -291,7 +333,8 @@ class Mesh:
 
     async def start(self) -> None:
         self.registry.repair()
-        self.registry.apply(default_gateway_objects(self.config))
+        system = [*default_gateway_objects(self.config), *node_proxy_objects(self.config)]
+        self.registry.apply(system)
         # Replicas of one etcd store share one CA, so a peer may fail over to any of them.
         if self.shared:
             share_ca(self.store, self.config.state_dir)
@@ -409,6 +452,9 @@ class Mesh:
     def gateway_pods(self) -> list[dict[str, Any]]:
         return self.store.list("Pod", GATEWAY_NAMESPACE, label_selector=INGRESS_GATEWAY_SELECTOR)
 
+    def node_proxy_pods(self) -> list[dict[str, Any]]:
+        return self.store.list("Pod", NODE_PROXY_NAMESPACE, label_selector=NODE_PROXY_LABELS)
+
     def status(self) -> dict[str, Any]:
         pods = self.store.list("Pod")
         gateway_pods = self.gateway_pods()
@@ -437,6 +483,7 @@ class Mesh:
             "pods": [_pod_summary(p) for p in pods],
             "gatewayReady": any(pod_is_ready(p) for p in gateway_pods),
             "gatewayReplicas": self.config.gateway_replicas,
+            "nodeProxyReady": any(pod_is_ready(p) for p in self.node_proxy_pods()),
             "listeners": listeners,
             "xds": self.xds.status() if self.xds is not None else None,
             "leader": self.gate.status() if self.gate is not None else None,
@@ -444,8 +491,10 @@ class Mesh:
 
 
 def _started(status: dict[str, Any]) -> bool:
-    """Whether ``up`` is done: the local ingress gateway is ready, unless it has none."""
-    return bool(status["gatewayReady"]) or status.get("gatewayReplicas") == 0
+    """Whether ``up`` is done: the local ingress gateway is ready, unless it has none, and
+    the node proxy serves its table."""
+    gateway = bool(status["gatewayReady"]) or status.get("gatewayReplicas") == 0
+    return gateway and bool(status["nodeProxyReady"])
 
 
 def _url_host(address: str) -> str:

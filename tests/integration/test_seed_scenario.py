@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from scipy.stats import binomtest
 
 from tcpmesh.xds.envoyfiles import missing_envoy_support
-from tests.integration.harness import SAMPLES, MeshHarness, exchange, first_word
+from tests.integration.harness import SAMPLES, MeshHarness, exchange, first_word, flip_under_load
 
 pytestmark = pytest.mark.integration
 
@@ -136,61 +135,8 @@ def test_all_v2_answers_two_only(mesh: MeshHarness) -> None:
 
 def test_route_flips_under_load_never_touch_open_connections(mesh: MeshHarness) -> None:
     route_all_to(mesh, "v1")
-    stop = threading.Event()
-    errors: list[str] = []
-    prefixes: list[set[str]] = [set() for _ in range(40)]
-    replies = [0] * 40
-    sent = [0] * 40
-
-    def client(index: int) -> None:
-        try:
-            with socket.create_connection((ADDRESS, PORT), timeout=5) as sock:
-                reader = sock.makefile("rb")
-                deadline = time.monotonic() + 30
-                while not stop.is_set() and time.monotonic() < deadline:
-                    sock.sendall(f"c{index} n{sent[index]}\n".encode())
-                    sent[index] += 1
-                    line = reader.readline().decode()
-                    if not line.endswith(f"c{index} n{sent[index] - 1}\n"):
-                        errors.append(f"client {index}: unexpected reply {line!r}")
-                        return
-                    prefixes[index].add(line.split(" ", 1)[0])
-                    replies[index] += 1
-                    time.sleep(0.05)
-        except OSError as exc:
-            errors.append(f"client {index}: {exc!r}")
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(40)]
-    for thread in threads:
-        thread.start()
-    try:
-        time.sleep(0.3)
-        follow_times: list[float] = []
-        start = time.monotonic()
-        flips = 0
-        while flips < 8 or time.monotonic() - start < 5.5:
-            version = "v2" if flips % 2 == 0 else "v1"
-            mesh.apply(SAMPLES / f"tcp-echo-all-{version}.yaml")
-            word = {"v1": "one", "v2": "two"}[version]
-            follow_times.append(
-                mesh.wait_for(
-                    f"new connections on {version}",
-                    lambda w=word: first_word(ADDRESS, PORT) == w,
-                    1.0,
-                )
-            )
-            flips += 1
-            assert flips <= 40
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=10)
-    assert errors == []
-    assert all(len(p) == 1 for p in prefixes), prefixes
-    assert all(p == {"one"} for p in prefixes)
-    assert sent == replies
-    assert min(replies) >= 5.0 / 0.06 * 0.5  # each client kept talking through the flips
-    assert max(follow_times) < 1.0
+    routes = {v: SAMPLES / f"tcp-echo-all-{v}.yaml" for v in ("v1", "v2")}
+    flip_under_load(mesh, ADDRESS, PORT, routes)
 
 
 @pytest.mark.parametrize(

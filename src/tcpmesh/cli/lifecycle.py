@@ -68,7 +68,7 @@ def running_client(state_dir: Path) -> ApiClient | None:
 
 
 def wait_until_ready(state_dir: Path, deadline: float, alive: Callable[[], bool]) -> ApiClient:
-    """Poll until the API answers and the ingress gateway pod is ready."""
+    """Poll until the API answers and the ingress gateway and node proxy pods are ready."""
     last_problem = "the API server did not start"
     while time.monotonic() < deadline:
         if not alive():
@@ -77,9 +77,12 @@ def wait_until_ready(state_dir: Path, deadline: float, alive: Callable[[], bool]
         if client is not None:
             try:
                 state = client.status()
-                if state.get("gatewayReady") or state.get("gatewayReplicas") == 0:
+                gateway = state.get("gatewayReady") or state.get("gatewayReplicas") == 0
+                if gateway and state.get("nodeProxyReady"):
                     return client
-                last_problem = "the ingress gateway is not ready"
+                last_problem = (
+                    "the node proxy is not ready" if gateway else "the ingress gateway is not ready"
+                )
             except (ApiError, Unreachable) as exc:
                 last_problem = str(exc)
         time.sleep(0.1)
@@ -203,7 +206,8 @@ def summarize(status: dict[str, Any]) -> list[str]:
         f"tcpmesh is running (pid {status['pid']}), API {status['api']}",
         f"state directory: {status['stateDir']}, store: {status.get('store', 'sqlite')}",
         f"data plane: {status['dataplane']} ({status['workers']} workers), "
-        f"gateway address {status['address']}, {readiness}",
+        f"gateway address {status['address']}, {readiness}, "
+        f"node proxy {'ready' if status.get('nodeProxyReady') else 'NOT ready'}",
         f"listeners: {listeners or 'none'}",
     ]
     if status.get("listen"):

@@ -44,6 +44,7 @@ from tcpmesh.runtime.launch import (
     process_environment,
 )
 from tcpmesh.runtime.objects import Obj, key_of, meta, now_rfc3339
+from tcpmesh.runtime.podsource import source_library, with_pod_source
 from tcpmesh.runtime.podstatus import (
     ContainerRecord,
     pod_status,
@@ -194,6 +195,8 @@ class PodWorker:
         )
         argv = [expand(arg, variables) for arg in argv]
         env = process_environment(variables)
+        if not (self.pod.get("spec") or {}).get("hostNetwork"):
+            env = with_pod_source(env, self.pod_ip, source_library(self._kubelet.state_dir))
         ports = [int(p["containerPort"]) for p in spec.get("ports") or [] if "containerPort" in p]
         backoff = BACKOFF_BASE
         first = True
