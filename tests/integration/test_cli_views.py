@@ -31,11 +31,13 @@ def _word() -> str:
 def test_status_reports_the_gateway_and_its_listener(mesh: MeshHarness) -> None:
     state = json.loads(mesh.tcpmesh("status", "-o", "json").stdout)
     assert state["gatewayReady"] is True
+    assert state["nodeProxyReady"] is True
     assert [(x["address"], x["port"]) for x in state["listeners"]] == [(ADDRESS, 31400)]
     assert {p["name"].rsplit("-", 2)[0] for p in state["pods"]} == {
         "tcp-echo-v1",
         "tcp-echo-v2",
         "istio-ingressgateway",
+        "tcpmesh-node-proxy",
     }
 
 

@@ -103,7 +103,7 @@ def test_get_wide_all_namespaces_and_selectors(mesh: MeshHarness) -> None:
     binary = current_kubectl()
     wide = kubectl(binary, config, "get", "pods", "-A", "-o", "wide").stdout.splitlines()
     assert wide[0].split()[:7] == ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP"]
-    assert {line.split()[0] for line in wide[1:]} == {"default", "istio-system"}
+    assert {line.split()[0] for line in wide[1:]} == {"default", "istio-system", "kube-system"}
 
     names = "-o=jsonpath={.items[*].metadata.name}"
     v2 = kubectl(binary, config, "get", "pods", "-l", "app=tcp-echo,version!=v1", names)
@@ -118,7 +118,8 @@ def test_get_wide_all_namespaces_and_selectors(mesh: MeshHarness) -> None:
     by_field = kubectl(
         binary, config, "get", "pods", "-A", "--field-selector", "status.phase=Running", names
     )
-    assert len(by_field.stdout.split()) == 3
+    # tcp-echo v1 and v2, the ingress gateway and the node proxy.
+    assert len(by_field.stdout.split()) == 4
     assert kubectl(
         binary, config, "get", "svc", "--field-selector", "metadata.name=tcp-echo", names
     ).stdout.split() == ["tcp-echo"]
