@@ -1,7 +1,9 @@
 """A client workload for tests: a pod that connects to a Service when asked.
 
 ``python clientpod.py PORT`` listens on ``$POD_IP:PORT``; each request is one line
-``HOST PORT COUNT``, and the reply is one JSON line: the first words of the replies of
+``HOST PORT COUNT`` (``$VARIABLE`` references in it are the pod's environment, so
+``$TCP_ECHO_SERVICE_HOST $TCP_ECHO_SERVICE_PORT 10`` uses the variables the kubelet set),
+and the reply is one JSON line: the first words of the replies of
 COUNT connections (16 at a time) to HOST:PORT, each sending ``probe``, as
 ``{"one": 1600, "two": 400}``; a connection that fails counts under ``"error"``. The
 connections leave from this pod, so the node proxy sees the pod's address.
@@ -33,7 +35,7 @@ def first_word(host: str, port: int) -> str:
 
 class Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
-        host, port, count = self.rfile.readline().decode().split()
+        host, port, count = os.path.expandvars(self.rfile.readline().decode()).split()
         with ThreadPoolExecutor(16) as pool:
             words = Counter(pool.map(lambda _: first_word(host, int(port)), range(int(count))))
         self.wfile.write(json.dumps(dict(words)).encode() + b"\n")

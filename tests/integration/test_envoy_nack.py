@@ -95,7 +95,8 @@ def answer() -> str:
 
 def xds_node(mesh: MeshHarness) -> dict[str, Any]:
     status = json.loads(mesh.tcpmesh("status", "-o", "json").stdout)
-    (node,) = status["xds"]["nodes"]
+    # The gateway's Envoy; the node proxy's is another node of the same server.
+    (node,) = [n for n in status["xds"]["nodes"] if n["node"].startswith("istio-system/")]
     return dict(node)
 
 

@@ -115,8 +115,7 @@ def _answers(address: str, port: int) -> bool:
         return False
 
 
-def ask(mesh: MeshHarness, version: str, count: int) -> dict[str, int]:
-    """Have the client pod labelled ``version`` open ``count`` connections to the cluster IP."""
+def _client_pod(mesh: MeshHarness, version: str) -> dict[str, Any]:
     pods = [
         p
         for p in mesh.pods()
@@ -124,7 +123,13 @@ def ask(mesh: MeshHarness, version: str, count: int) -> dict[str, int]:
         and p["metadata"]["labels"].get("app") == "client"
     ]
     assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
-    with socket.create_connection((pods[0]["status"]["podIP"], CLIENT_PORT), timeout=60) as sock:
+    return pods[0]
+
+
+def ask(mesh: MeshHarness, version: str, count: int) -> dict[str, int]:
+    """Have the client pod labelled ``version`` open ``count`` connections to the cluster IP."""
+    address = (_client_pod(mesh, version)["status"]["podIP"], CLIENT_PORT)
+    with socket.create_connection(address, timeout=60) as sock:
         sock.sendall(f"{CLIENT_IP_PORT} {count}\n".encode())
         return json.loads(sock.makefile().readline())  # type: ignore[no-any-return]
 
@@ -177,6 +182,12 @@ def test_source_labels_send_the_canary_pod_to_v2_and_everyone_else_to_v1(
     # The user's shell is outside every workload: no sourceLabels rule matches it.
     assert _words_from_shell(50) == {"one"}
     assert gateway_words() == {"one"}
+    described = mesh.tcpmesh("describe", "vs", "tcp-echo-mesh").stdout
+    canary_ip = _client_pod(mesh, "canary")["status"]["podIP"]
+    assert (
+        f"listener {CLUSTER_IP}_9000 ({CLUSTER_IP}:9000) for clients {canary_ip}/32 "
+        "from VirtualService default/tcp-echo-mesh tcp[0]"
+    ) in described
 
 
 def test_node_port_and_load_balancer_address_balance_over_the_endpoints(

@@ -12,6 +12,9 @@ from tcpmesh.apiserver.client import ApiClient
 from tcpmesh.control import (
     GATEWAY_NAME_LABEL,
     INGRESS_GATEWAY_SELECTOR,
+    NODE_PROXY_LABELS,
+    NODE_PROXY_NAMESPACE,
+    Listener,
     Rebalance,
     ResponseFlag,
     Snapshot,
@@ -70,26 +73,35 @@ def _secret_lines(obj: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _gateway_pods(client: ApiClient) -> list[dict[str, Any]]:
-    """One pod of each gateway: the default ingress gateway's, and each Gateway API Gateway's
-    (all pods of one gateway share its Snapshot)."""
-    found: dict[tuple[str, str], dict[str, Any]] = {}
+def _proxies(client: ApiClient) -> list[tuple[str, str]]:
+    """(role, "ns/pod") of one pod of each gateway (the default ingress gateway's, each
+    Gateway API Gateway's: all pods of one gateway share its Snapshot), then of the node
+    proxy."""
+    found: dict[tuple[str, str], str] = {}
+    node_proxy: list[str] = []
     for pod in client.list("Pod", None):
-        labels = pod["metadata"].get("labels") or {}
+        metadata = pod["metadata"]
+        labels = metadata.get("labels") or {}
+        node = f"{metadata['namespace']}/{metadata['name']}"
         if labels_match(INGRESS_GATEWAY_SELECTOR, labels):
-            found.setdefault(("", "ingress"), pod)
+            found.setdefault(("", "ingress"), node)
         elif GATEWAY_NAME_LABEL in labels:
-            found.setdefault((pod["metadata"]["namespace"], labels[GATEWAY_NAME_LABEL]), pod)
-    return list(found.values())
+            found.setdefault((metadata["namespace"], labels[GATEWAY_NAME_LABEL]), node)
+        elif metadata["namespace"] == NODE_PROXY_NAMESPACE and labels_match(
+            NODE_PROXY_LABELS, labels
+        ):
+            node_proxy.append(node)
+    proxies = [("gateway", node) for node in found.values()]
+    return proxies + [("node proxy", node) for node in node_proxy[:1]]
 
 
 def routing_lines(client: ApiClient, obj: dict[str, Any]) -> list[str]:
-    """The listeners, routes and clusters of the gateway snapshots that involve ``obj``."""
+    """The listeners, routes and clusters of the gateway and node proxy snapshots that
+    involve ``obj``; each cluster once."""
     kind = kinds.for_object(obj).key
     lines: list[str] = []
     clusters_shown: set[str] = set()
-    for pod in _gateway_pods(client):
-        node = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+    for role, node in _proxies(client):
         data = client.snapshot(node)
         if data is None:
             continue
@@ -97,32 +109,9 @@ def routing_lines(client: ApiClient, obj: dict[str, Any]) -> list[str]:
         for listener in snapshot.listeners:
             for route in listener.routes:
                 if _route_involves(kind, obj, listener.gateway, route):
-                    lines.append(
-                        f"gateway {node} listener {listener.name} "
-                        f"({listener.address}:{listener.port}) from {route.source}, "
-                        f"{_pick_text(route)}:"
-                    )
-                    lines.extend(f"  on Envoy: {d}" for d in envoy_differences(route))
-                    if route.rebalance is not None:
-                        lines.append(f"  {_rebalance_text(route.rebalance)}")
-                    total = sum(d.weight for d in route.destinations) or 1
-                    for dest in route.destinations:
-                        cluster = snapshot.cluster(dest.cluster_name)
-                        if cluster is None:
-                            state = (
-                                f"no such cluster: connections close with {ResponseFlag.NO_CLUSTER}"
-                            )
-                        else:
-                            ready = len(cluster.ready_endpoints)
-                            state = f"{ready} ready endpoint(s)" + (
-                                "" if ready else f": {ResponseFlag.NO_HEALTHY_UPSTREAM}"
-                            )
-                        lines.append(
-                            f"  {100 * dest.weight / total:5.1f}%  {dest.cluster_name}  ({state})"
-                        )
-        hosts = _hosts_of(kind, obj)
+                    lines += _route_lines(f"{role} {node}", listener, route, snapshot)
         for cluster in snapshot.clusters:
-            if cluster.service in hosts and cluster.name not in clusters_shown:
+            if cluster.service in _hosts_of(kind, obj) and cluster.name not in clusters_shown:
                 clusters_shown.add(cluster.name)
                 endpoints = ", ".join(
                     f"{e.address}:{e.port}{'' if e.ready else ' (not ready)'}"
@@ -130,6 +119,31 @@ def routing_lines(client: ApiClient, obj: dict[str, Any]) -> list[str]:
                 )
                 lines.append(f"cluster {cluster.name}: {endpoints or 'no endpoints'}")
     return lines or ["<no routes or clusters>"]
+
+
+def _route_lines(proxy: str, listener: Listener, route: TcpRoute, snapshot: Snapshot) -> list[str]:
+    """A route as describe shows it: where, for which clients, each share and its state."""
+    clients = route.match.source_prefixes
+    scope = f" for clients {', '.join(clients)}" if clients else ""
+    lines = [
+        f"{proxy} listener {listener.name} ({listener.address}:{listener.port}){scope} "
+        f"from {route.source}, {_pick_text(route)}:"
+    ]
+    lines.extend(f"  on Envoy: {d}" for d in envoy_differences(route))
+    if route.rebalance is not None:
+        lines.append(f"  {_rebalance_text(route.rebalance)}")
+    total = sum(d.weight for d in route.destinations) or 1
+    for dest in route.destinations:
+        cluster = snapshot.cluster(dest.cluster_name)
+        if cluster is None:
+            state = f"no such cluster: connections close with {ResponseFlag.NO_CLUSTER}"
+        else:
+            ready = len(cluster.ready_endpoints)
+            state = f"{ready} ready endpoint(s)" + (
+                "" if ready else f": {ResponseFlag.NO_HEALTHY_UPSTREAM}"
+            )
+        lines.append(f"  {100 * dest.weight / total:5.1f}%  {dest.cluster_name}  ({state})")
+    return lines
 
 
 def _route_involves(kind: str, obj: dict[str, Any], gateway: str, route: TcpRoute) -> bool:
