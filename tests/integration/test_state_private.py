@@ -14,7 +14,7 @@ from tests.integration.harness import SAMPLES, MeshHarness
 pytestmark = pytest.mark.integration
 
 ADDRESS = "127.0.0.161"
-MAX_PODS = 3  # the gateway and the two tcp-echo versions
+MAX_PODS = 4  # the gateway, the node proxy and the two tcp-echo versions
 
 
 @pytest.fixture
@@ -71,8 +71,8 @@ def test_a_deployment_above_the_pod_cap_is_refused_at_apply(
     (line,) = result.stderr.strip().splitlines()
     assert line == (
         'Error from server (Invalid): Deployment "tcp-echo-v1" is invalid: spec.replicas: '
-        "Invalid value: 2: with the 2 pods of the other Deployments, more than the mesh's "
-        "limit of 3 pods; start the mesh with `tcpmesh up --max-pods N` to raise it"
+        "Invalid value: 2: with the 3 pods of the other Deployments, more than the mesh's "
+        "limit of 4 pods; start the mesh with `tcpmesh up --max-pods N` to raise it"
     )
     assert mesh.get_json("deployment", "tcp-echo-v1")["spec"]["replicas"] == 1
     assert len(mesh.pods()) == 2
