@@ -12,10 +12,11 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from tcpmesh.control import backend_address
+from tcpmesh.control import LOAD_BALANCER_LABELS, backend_address, labels_match
 from tcpmesh.xds.envoyfiles import missing_envoy_support
 from tests.integration import bulk
 from tests.integration.addresses import idle_gateway_address
@@ -90,8 +91,14 @@ def load_balancer_ip(mesh: MeshHarness, service: tuple[str, str]) -> str:
     return mesh.tcpmesh("-n", namespace, "get", "svc", name, "-o", template).stdout.strip()
 
 
-def slb_serves(mesh: MeshHarness) -> bool:
+def slb_pods(mesh: MeshHarness) -> list[dict[str, Any]]:
+    """The load balancer's pods (kube-system also holds the node proxy)."""
     pods = mesh.pods("kube-system")
+    return [p for p in pods if labels_match(LOAD_BALANCER_LABELS, p["metadata"].get("labels", {}))]
+
+
+def slb_serves(mesh: MeshHarness) -> bool:
+    pods = slb_pods(mesh)
     return any(
         c.get("type") == "Ready" and c.get("status") == "True"
         for p in pods
@@ -195,7 +202,7 @@ def test_removing_the_caps_gives_the_ports_back(mesh: MeshHarness) -> None:
     mesh.wait_for("the gateway", lambda: _serves_directly(mesh), 10.0)
     assert_uncapped(mesh.address, 31400)
     set_bandwidth(mesh, ECHO, None)
-    mesh.wait_for("the load balancer to go", lambda: not mesh.pods("kube-system"), 20.0)
+    mesh.wait_for("the load balancer to go", lambda: not slb_pods(mesh), 20.0)
 
 
 def _serves_directly(mesh: MeshHarness) -> bool:
