@@ -32,7 +32,8 @@ from tcpmesh.control import (
     bind_resources,
     workload_labels,
 )
-from tcpmesh.store import Conflict, Expired, NotFound, StoreBackend, StoreError
+from tcpmesh.controllers.reconciler import WATCH_RETRY, Reconciler
+from tcpmesh.store import Conflict, NotFound, StoreBackend, StoreError
 
 log = logging.getLogger("tcpmesh.controllers.gatewayapi")
 
@@ -50,7 +51,6 @@ WATCHED = (
 )
 MANAGED_BY = "gateway.istio.io/managed"
 MANAGED_VALUE = "tcpmesh.io-gateway-controller"
-WATCH_RETRY = 1.0
 
 
 def _now() -> str:
@@ -197,42 +197,15 @@ def _owner(gw: g.KubeGateway) -> Obj:
     }
 
 
-class GatewayApiController:
+class GatewayApiController(Reconciler):
     """Keeps every Gateway's workload, Service and status, and every route's status."""
 
+    name = "gateway-api"
+
     def __init__(self, store: StoreBackend, workload: WorkloadFactory) -> None:
+        super().__init__(store, WATCHED)
         self._store = store
         self._workload = workload
-        self._dirty = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self.syncs = 0
-
-    async def start(self) -> None:
-        self._dirty.set()
-        self._tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._loop())]
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-
-    async def _watch(self) -> None:
-        since = self._store.revision
-        while True:
-            try:
-                async for event in self._store.watch(WATCHED, since):
-                    since = event.revision
-                    self._dirty.set()
-                return
-            except Expired:
-                since = self._store.revision
-                self._dirty.set()
-            except Exception:
-                log.exception("gateway-api watch failed; retrying")
-                await asyncio.sleep(WATCH_RETRY)
 
     async def _loop(self) -> None:
         while True:

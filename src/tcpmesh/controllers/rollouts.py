@@ -27,6 +27,7 @@ from tcpmesh.api import from_dict, new_request_id, with_request
 from tcpmesh.api.rollouts import Rollout
 from tcpmesh.controllers import rolloutstatus as rs
 from tcpmesh.controllers.gates import Report, Sample, Tally, evaluate, tally
+from tcpmesh.controllers.reconciler import Reconciler
 from tcpmesh.controllers.scrape import (
     MetricsSource,
     ScrapeFailed,
@@ -36,14 +37,13 @@ from tcpmesh.controllers.scrape import (
 from tcpmesh.controllers.steps import Event, Measurement, State, advance, interval_of, measuring
 from tcpmesh.controllers.traffic import RouteProblem, version_selector, weighted
 from tcpmesh.runtime.storeapi import StoreLike
-from tcpmesh.store import Conflict, Expired, NotFound
+from tcpmesh.store import Conflict, NotFound
 
 log = logging.getLogger("tcpmesh.controllers.rollouts")
 
 WATCHED = ("Rollout", "VirtualService", "DestinationRule")
 # Longest sleep between syncs without an event: bounds how late a timer can fire.
 MAX_SLEEP = 1.0
-WATCH_RETRY = 1.0
 
 Obj = dict[str, Any]
 Recorder = Callable[[Mapping[str, Any], Event], None]
@@ -56,8 +56,10 @@ class _Measured:
     at: float | None = None
 
 
-class RolloutController:
+class RolloutController(Reconciler):
     """Drives every Rollout in the store; ``record`` writes its Events (if given)."""
+
+    name = "rollout"
 
     def __init__(
         self,
@@ -67,39 +69,11 @@ class RolloutController:
         record: Recorder | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(store, WATCHED)
         self._store = store
         self._metrics = metrics or pod_metrics(store)
         self._record = record
         self._clock = clock
-        self._dirty = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self.syncs = 0
-
-    async def start(self) -> None:
-        self._dirty.set()
-        self._tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._loop())]
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-
-    async def _watch(self) -> None:
-        since = self._store.revision
-        while True:
-            try:
-                async for event in self._store.watch(WATCHED, since):
-                    since = event.revision
-                    self._dirty.set()
-            except Expired:
-                since = self._store.revision
-                self._dirty.set()
-            except Exception:
-                log.exception("rollout watch failed; retrying")
-                await asyncio.sleep(WATCH_RETRY)
 
     async def _loop(self) -> None:
         while True:
