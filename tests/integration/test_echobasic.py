@@ -30,6 +30,22 @@ async def _talk(port: int, context: ssl.SSLContext | None, name: str | None) -> 
     return lines
 
 
+async def _listening(port: int, timeout: float = 10.0) -> None:
+    """Wait (bounded) until the server accepts: its start takes longer on a loaded machine."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(HOST, port)
+        except OSError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
+
+
 def test_tcp_and_tls_answers(tmp_path: Path) -> None:
     ca = ensure_ca(tmp_path)
     leaf = issue_certificate(ca, "backend", ["tls.example.com"])
@@ -49,8 +65,9 @@ def test_tcp_and_tls_answers(tmp_path: Path) -> None:
 
     async def main() -> tuple[list[str], list[str]]:
         server = asyncio.create_task(serve(env))
-        await asyncio.sleep(0.3)
         try:
+            await _listening(39300)
+            await _listening(39443)
             plain = await _talk(39300, None, None)
             trust = ssl.create_default_context(cadata=ca.cert_pem.decode())
             secure = await _talk(39443, trust, "tls.example.com")
