@@ -3,13 +3,16 @@
 The seed's console steps, in order: log in with the token, Create from YAML (the
 Deployments and Service, then the Gateway, VirtualService and DestinationRule), YAML
 edit of the VirtualService, the split moved to 80/20 with the split editor, the chart's
-table growing under load. Screenshots for the README go to docs/images/.
+table growing under load. The screenshots go to the test's temporary directory; with
+TCPMESH_UPDATE_DOCS_IMAGES=1 they replace the README's in docs/images/ (a test run never
+changes tracked files otherwise).
 """
 
 from __future__ import annotations
 
 import http.server
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -39,7 +42,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-IMAGES = REPO / "docs" / "images"
+DOCS_IMAGES = REPO / "docs" / "images"
+SCRATCH_IMAGES = Path(tempfile.gettempdir()) / "tcpmesh-console-screenshots"
 TIMEOUT_MS = 20_000
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -87,8 +91,11 @@ def token(mesh: MeshHarness) -> str:
 
 
 def shot(page: Any, name: str) -> None:
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(IMAGES / name), full_page=False)
+    update = os.environ.get("TCPMESH_UPDATE_DOCS_IMAGES") == "1"
+    target = DOCS_IMAGES if update else SCRATCH_IMAGES
+    target.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(target / name), full_page=False)
+    assert (target / name).stat().st_size > 0
 
 
 def create(page: Any, text: str) -> Any:
