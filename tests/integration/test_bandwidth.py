@@ -203,6 +203,10 @@ def test_removing_the_caps_gives_the_ports_back(mesh: MeshHarness) -> None:
     assert_uncapped(mesh.address, 31400)
     set_bandwidth(mesh, ECHO, None)
     mesh.wait_for("the load balancer to go", lambda: not slb_pods(mesh), 20.0)
+    # Uncapped, the node proxy serves tcp-echo's load-balancer address itself.
+    address = load_balancer_ip(mesh, ECHO)
+    mesh.wait_for("tcp-echo's address", lambda: _answers(address, 9000), 20.0)
+    assert_uncapped(address, 9000)
 
 
 def _serves_directly(mesh: MeshHarness) -> bool:

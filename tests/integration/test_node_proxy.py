@@ -127,14 +127,17 @@ def _client_pod(mesh: MeshHarness, version: str) -> dict[str, Any]:
 
 
 def ask(mesh: MeshHarness, version: str, count: int) -> dict[str, int]:
-    """Have the client pod labelled ``version`` open ``count`` connections to the cluster IP."""
+    """Have the client pod labelled ``version`` open ``count`` connections to tcp-echo's
+    ``$TCP_ECHO_SERVICE_HOST:$TCP_ECHO_SERVICE_PORT`` (its cluster IP)."""
     address = (_client_pod(mesh, version)["status"]["podIP"], CLIENT_PORT)
     with socket.create_connection(address, timeout=60) as sock:
         sock.sendall(f"{CLIENT_IP_PORT} {count}\n".encode())
         return json.loads(sock.makefile().readline())  # type: ignore[no-any-return]
 
 
-CLIENT_IP_PORT = f"{CLUSTER_IP} 9000"
+# Expanded by the client pod from the variables the kubelet injected (the Service existed
+# when the pods started), so the test follows the Service's cluster IP and port from there.
+CLIENT_IP_PORT = "$TCP_ECHO_SERVICE_HOST $TCP_ECHO_SERVICE_PORT"
 
 
 def gateway_words(count: int = 20) -> set[str]:
