@@ -15,6 +15,9 @@ from tcpmesh.runtime.echobasic import serve
 pytestmark = pytest.mark.integration
 
 HOST = "127.0.0.1"
+# Below the kernel's ephemeral range (32768-60999): a client socket of another test that
+# happens to hold 127.0.0.1:<port> as its local end would make the server's bind fail.
+TCP_PORT, TLS_PORT = 28300, 28443
 
 
 async def _talk(port: int, context: ssl.SSLContext | None, name: str | None) -> list[str]:
@@ -54,8 +57,8 @@ def test_tcp_and_tls_answers(tmp_path: Path) -> None:
     env = {
         "TCP_ECHO_SERVER": "1",
         "POD_IP": HOST,
-        "TCP_PORT": "39300",
-        "TLS_PORT": "39443",
+        "TCP_PORT": str(TCP_PORT),
+        "TLS_PORT": str(TLS_PORT),
         "TLS_SERVER_CERT": str(tmp_path / "c.pem"),
         "TLS_SERVER_PRIV_KEY": str(tmp_path / "k.pem"),
         "POD_NAME": "tcp-backend-v1-abc-xyz",
@@ -66,11 +69,11 @@ def test_tcp_and_tls_answers(tmp_path: Path) -> None:
     async def main() -> tuple[list[str], list[str]]:
         server = asyncio.create_task(serve(env))
         try:
-            await _listening(39300)
-            await _listening(39443)
-            plain = await _talk(39300, None, None)
+            await _listening(TCP_PORT)
+            await _listening(TLS_PORT)
+            plain = await _talk(TCP_PORT, None, None)
             trust = ssl.create_default_context(cadata=ca.cert_pem.decode())
-            secure = await _talk(39443, trust, "tls.example.com")
+            secure = await _talk(TLS_PORT, trust, "tls.example.com")
         finally:
             server.cancel()
         return plain, secure
@@ -83,8 +86,8 @@ def test_tcp_and_tls_answers(tmp_path: Path) -> None:
         "ingress": "",
         "service": "tcp-backend-v1",
         "pod": "tcp-backend-v1-abc-xyz",
-        "tcpport": "39300",
-        "tlsport": "39443",
+        "tcpport": str(TCP_PORT),
+        "tlsport": str(TLS_PORT),
         "isTLS": False,
     }
     assert secure[:3] == ["Gateway API Test TCP Server\n", "PONG\n", "true\n"]
