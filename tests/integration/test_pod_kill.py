@@ -2,8 +2,8 @@
 
 tcp-echo v1 runs two replicas behind the gateway, with Istio outlier detection
 (``consecutive5xxErrors: 3``, ``interval: 1s``, ``baseEjectionTime: 2s``,
-``maxEjectionPercent: 50``). One client makes new connections back to back (one at a time)
-while ten other connections stay open; one v1 pod is killed with SIGKILL.
+``maxEjectionPercent: 50``). One client makes new connections one at a time, paced over
+the load's 12 s, while ten other connections stay open; one v1 pod is killed with SIGKILL.
 
 The bound, from the settings: a new connection to the dead pod fails with UF until the
 pod is ejected after CONSECUTIVE failed connects (the counts are the whole proxy's, on the
@@ -42,6 +42,7 @@ CONSECUTIVE = 3
 HELD = 10
 LOAD_SECONDS = 12.0
 LOAD_LIMIT = 4000
+PACE = LOAD_SECONDS / LOAD_LIMIT  # seconds between the starts of new connections
 ROUTING = f"""\
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -145,10 +146,14 @@ class Load:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        deadline = time.monotonic() + LOAD_SECONDS
+        # Paced over LOAD_SECONDS: on a fast machine LOAD_LIMIT back-to-back connections
+        # finished before the restarted pod's ejection ended, so the rejoin was never seen.
+        start = time.monotonic()
+        deadline = start + LOAD_SECONDS
         for i in range(LOAD_LIMIT):
             if self.stop.is_set() or time.monotonic() > deadline:
                 return
+            self.stop.wait(max(0.0, start + i * PACE - time.monotonic()))
             sent = time.monotonic()
             try:
                 answered = exchange(ADDRESS, PORT, f"load-{i}", timeout=3.0) == f"one load-{i}\n"
