@@ -154,9 +154,21 @@ class Lan:
                     os.kill(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
         for name in reversed(self._made):
+            self._kill_remaining(name)
             with contextlib.suppress(subprocess.CalledProcessError):
                 _ip("netns", "delete", name)
         self._made.clear()
+
+    @staticmethod
+    def _kill_remaining(name: str) -> None:
+        """SIGKILL what still runs in a namespace this test made: the pods of a replica
+        that was killed -9 have no parent left to stop them, and would outlive the test."""
+        found = subprocess.run(
+            [IP, "netns", "pids", name], capture_output=True, text=True, check=False, timeout=10
+        )
+        for pid in found.stdout.split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
 
 
 @contextlib.contextmanager
