@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from tcpmesh.api import gatewayapi, models, names, tls
@@ -1460,15 +1460,19 @@ def _container_ports(path: str, ports: Iterable[models.ContainerPort]) -> Iterat
             seen.add(port.name)
 
 
-def load_balancer_bandwidth(annotations: dict[str, str]) -> int | None:
+def load_balancer_bandwidth(annotations: Mapping[str, str]) -> int | None:
     """The bandwidth cap (Mbit/s) the annotations give a Service's load balancer, if any.
 
-    For admitted objects (the value was validated); the current prefix wins.
+    The current prefix wins (BANDWIDTH_ANNOTATIONS is in precedence order). Validation
+    rejects bad values at apply; one stored before that rule existed is no cap rather
+    than a guess.
     """
     for annotation in BANDWIDTH_ANNOTATIONS:
-        value = annotations.get(annotation)
-        if value is not None:
-            return int(value)
+        if annotation in annotations:
+            text = str(annotations[annotation]).strip()
+            if text.isdigit() and 1 <= int(text) <= MAX_BANDWIDTH_MBPS:
+                return int(text)
+            return None
     return None
 
 

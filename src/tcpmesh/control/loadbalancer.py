@@ -23,7 +23,7 @@ import ipaddress
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
-from tcpmesh.api import BANDWIDTH_ANNOTATIONS, MAX_BANDWIDTH_MBPS, models, pod_ready
+from tcpmesh.api import load_balancer_bandwidth, models, pod_ready
 from tcpmesh.control.resources import (
     LOAD_BALANCER_LABELS,
     LOAD_BALANCER_NAMESPACE,
@@ -52,17 +52,8 @@ ListenersOf = Callable[[ProxyNode], Iterable[Listener]]
 
 
 def service_bandwidth(service: models.Service) -> int | None:
-    """The Service's cap in Mbit/s, or None. Validation (api) rejects bad values at apply;
-    one stored before that rule existed is no cap rather than a guess. The current prefix
-    wins (api.BANDWIDTH_ANNOTATIONS is in precedence order)."""
-    annotations = service.metadata.annotations or {}
-    for key in BANDWIDTH_ANNOTATIONS:
-        if key in annotations:
-            text = str(annotations[key]).strip()
-            if text.isdigit() and 1 <= int(text) <= MAX_BANDWIDTH_MBPS:
-                return int(text)
-            return None
-    return None
+    """The Service's cap in Mbit/s, or None (the rule is api.load_balancer_bandwidth)."""
+    return load_balancer_bandwidth(service.metadata.annotations or {})
 
 
 def load_balancer_frontend(service: models.Service) -> tuple[str, frozenset[int] | None] | None:
