@@ -55,7 +55,6 @@ SURFACES: dict[str, set[str]] = {
         "bind_resources",
         "istio_gateway_name",
         "workload_labels",
-        "BACKEND_NETWORK",
         "BandwidthLimit",
         "CappedPort",
         "LOAD_BALANCER_LABELS",

@@ -23,7 +23,6 @@ from tcpmesh.control.gatewayapi import (
 )
 from tcpmesh.control.gatewaytls import downstream_tls
 from tcpmesh.control.loadbalancer import (
-    BACKEND_NETWORK,
     CappedPort,
     backend_address,
     capped_ports,
@@ -83,7 +82,6 @@ if TYPE_CHECKING:
     from tcpmesh.control.plane import ControlPlane
 
 __all__ = [
-    "BACKEND_NETWORK",
     "GATEWAY_NAME_LABEL",
     "HASH_POLICIES",
     "INGRESS_GATEWAY_SELECTOR",

@@ -43,10 +43,7 @@ from tcpmesh.control.snapshot import (
     WeightedCluster,
     cluster_name,
 )
-
-# Gateway proxies listen here for the ports the load balancer took over (the ranges'
-# table names it: registry.LB_BACKEND_NETWORK; pod IPs stop below it).
-BACKEND_NETWORK = ipaddress.ip_network("127.239.0.0/16")
+from tcpmesh.registry import LB_BACKEND_NETWORK
 
 ListenersOf = Callable[[ProxyNode], Iterable[Listener]]
 
@@ -74,7 +71,8 @@ def load_balancer_frontend(service: models.Service) -> tuple[str, frozenset[int]
 def backend_address(address: str) -> str:
     """Where a gateway on ``address`` listens for a port the load balancer took over."""
     packed = ipaddress.ip_address(address).packed
-    return str(BACKEND_NETWORK[int.from_bytes(packed[-2:], "big")])
+    # Gateway proxies listen there for the ports the load balancer took over.
+    return str(LB_BACKEND_NETWORK[int.from_bytes(packed[-2:], "big")])
 
 
 def load_balancer_ready(resources: MeshResources) -> bool:
