@@ -38,8 +38,8 @@ from tcpmesh.apiserver.credentials import (
     write_credentials,
 )
 from tcpmesh.apiserver.kubeconfig import write_kubeconfig
-from tcpmesh.apiserver.peers import PeerAuthority
-from tcpmesh.apiserver.pki import ensure_ca, server_ssl_context, share_ca
+from tcpmesh.apiserver.peers import PeerAuthority, PeerRefused
+from tcpmesh.apiserver.pki import ensure_ca, issue_certificate, server_ssl_context, share_ca
 from tcpmesh.console import CONSOLE_PREFIX, create_console, traffic_source
 from tcpmesh.control import (
     INGRESS_GATEWAY_SELECTOR,
@@ -71,7 +71,7 @@ from tcpmesh.xds import (
 )
 
 if TYPE_CHECKING:
-    from tcpmesh.xds import XdsServer
+    from tcpmesh.xds import RemoteListener, XdsServer
 
 log = logging.getLogger("tcpmesh.mesh")
 
@@ -106,6 +106,9 @@ GATEWAY_PORTS = (
 )
 
 
+DEFAULT_XDS_PORT = 15012
+
+
 @dataclass(frozen=True)
 class MeshConfig:
     state_dir: Path
@@ -124,6 +127,9 @@ class MeshConfig:
     gateway_replicas: int = 1
     # `--cluster-signing-duration`: the life of a joined peer's client certificate.
     signing_seconds: float = 3600.0
+    # `--xds-port`: ADS (mTLS) on --bind-address for Envoy gateways of other hosts
+    # (istiod's secure xDS port; 0 picks a free one).
+    xds_port: int = DEFAULT_XDS_PORT
 
     @property
     def effective_workers(self) -> int:
@@ -330,6 +336,7 @@ class Mesh:
         self.url = ""
         self.remote_url: str | None = None
         self.xds: XdsServer | None = None
+        self.peers: PeerAuthority | None = None
 
     async def start(self) -> None:
         self.registry.repair()
@@ -339,6 +346,8 @@ class Mesh:
         if self.shared:
             share_ca(self.store, self.config.state_dir)
         await self.control.start()
+        # After share_ca: the peers' CA is the one every replica uses.
+        self.peers = self._peer_authority()
         token = new_token()
         app = create_app(
             self.registry,
@@ -347,7 +356,7 @@ class Mesh:
             snapshots=self.control,
             status=self.status,
             pod_log=self.runtime.pod_log_path,
-            peers=self._peer_authority(),
+            peers=self.peers,
         )
         # The console calls this API over HTTPS, trusting only the mesh's CA.
         ca = ensure_ca(self.config.state_dir)
@@ -415,16 +424,44 @@ class Mesh:
         # The port of the mesh before, if it is free: Envoys that outlived a crash have it
         # in their bootstrap, and reconnect to it by themselves (see runtime's adoption).
         previous = read_xds_address(self.config.state_dir)
-        self.xds = XdsServer(self.control, port=previous.port if previous else 0)
+        remote = self._remote_xds()
+        self.xds = XdsServer(self.control, port=previous.port if previous else 0, remote=remote)
         try:
             port = await self.xds.start()
         except RuntimeError as exc:  # grpc could not bind it
             log.warning("xDS port of the previous mesh is taken (%s); using another", exc)
             port = 0
         if port == 0:
-            self.xds = XdsServer(self.control)
+            self.xds = XdsServer(self.control, remote=remote)
             port = await self.xds.start()
         write_xds_address(self.config.state_dir, "127.0.0.1", port)
+
+    def _remote_xds(self) -> RemoteListener | None:
+        """ADS for other hosts' Envoys, beside the API on ``--bind-address``: mTLS with
+        the mesh's CA; a peer's certificate names the one node it may follow."""
+        bind, peers = self.config.bind_address, self.peers
+        if bind is None or peers is None:
+            return None
+        from tcpmesh.xds import RemoteListener
+
+        ca = ensure_ca(self.config.state_dir)
+        issued = issue_certificate(ca, "tcpmesh-xds", [bind])
+
+        def authorize(cert_pem: bytes, node_id: str) -> str:
+            try:
+                return peers.authorize_xds(cert_pem, node_id).token_id
+            except PeerRefused as refused:
+                raise PermissionError(refused.message) from None
+
+        return RemoteListener(
+            bind,
+            self.config.xds_port,
+            issued.cert_pem + ca.cert_pem,
+            issued.key_pem,
+            ca.cert_pem,
+            authorize,
+            max_connection_age=self.config.signing_seconds / 3,
+        )
 
     async def stop(self) -> None:
         remove_credentials(self.config.state_dir)

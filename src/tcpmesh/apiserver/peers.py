@@ -35,6 +35,7 @@ from tcpmesh.join import (
     gateway_pod,
     is_joined,
     peer_from_certificate,
+    peer_from_pem,
     secret_name,
     workload_entry,
 )
@@ -106,12 +107,28 @@ class PeerAuthority:
         cert = verified_certificate(request)
         return peer_from_certificate(cert) if cert is not None else None
 
-    def check(self, request: web.Request, peer: VerifiedPeer) -> None:
-        """Refuse a revoked certificate, and any request a peer may not make."""
+    def check_revoked(self, peer: VerifiedPeer) -> None:
+        """Refuse a certificate whose bootstrap token was deleted (the API and xDS both)."""
         if self.store.get("Secret", TOKEN_NAMESPACE, secret_name(peer.token_id)) is None:
             raise PeerRefused(
                 401, "Unauthorized", "certificate revoked: its bootstrap token was deleted"
             )
+
+    def authorize_xds(self, cert_pem: bytes, node_id: str) -> VerifiedPeer:
+        """The peer behind an ADS stream, if it may follow ``node_id``: a gateway's own
+        node only, as with its Snapshot stream (a workload has no proxy to configure)."""
+        peer = peer_from_pem(cert_pem)
+        if peer is None:
+            raise PeerRefused(403, "Forbidden", "the client certificate names no tcpmesh peer")
+        self.check_revoked(peer)
+        identity = peer.identity
+        if identity.role != "gateway" or identity.node_id != node_id:
+            raise PeerRefused(403, "Forbidden", f"{identity.uri} may not follow node {node_id}")
+        return peer
+
+    def check(self, request: web.Request, peer: VerifiedPeer) -> None:
+        """Refuse a revoked certificate, and any request a peer may not make."""
+        self.check_revoked(peer)
         if request.path in (SELF_PATH, JOIN_PATH):
             return
         identity = peer.identity

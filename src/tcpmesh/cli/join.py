@@ -63,6 +63,8 @@ def run_join(
     node: str | None,
     address: str,
     workers: int = 1,
+    dataplane: str = "python",
+    xds_port: int = 15012,
 ) -> int:
     """Build the agent from the flags and run the gateway or workload until stopped."""
     from tcpmesh.join import (
@@ -99,7 +101,9 @@ def run_join(
         ca_file=ca_file,
     )
     runner = (
-        run_gateway(agent, GatewayOptions(workers)) if role == "gateway" else run_workload(agent)
+        run_gateway(agent, GatewayOptions(workers, dataplane=dataplane, xds_port=xds_port))
+        if role == "gateway"
+        else run_workload(agent)
     )
     try:
         return asyncio.run(runner)

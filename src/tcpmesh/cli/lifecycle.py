@@ -113,6 +113,7 @@ def start_detached(config: MeshConfig) -> tuple[ApiClient, int]:
         argv += ["--store", config.store]
     if config.bind_address:
         argv += ["--bind-address", config.bind_address, "--secure-port", str(config.secure_port)]
+        argv += ["--xds-port", str(config.xds_port)]
     argv += ["--gateway-replicas", str(config.gateway_replicas)]
     argv += ["--cluster-signing-duration", f"{config.signing_seconds}s"]
     with open(log_path, "ab") as log:

@@ -132,6 +132,13 @@ pass_context = click.make_pass_decorator(Context)
     help="The port on --bind-address (0: any free one).",
 )
 @click.option(
+    "--xds-port",
+    type=click.IntRange(0, 65535),
+    default=15012,
+    show_default=True,
+    help="ADS (mTLS) on --bind-address, for Envoy gateways of other hosts (0: any free one).",
+)
+@click.option(
     "--gateway-replicas",
     type=click.IntRange(min=0),
     default=1,
@@ -157,6 +164,7 @@ def up(
     store: str | None,
     bind_address: str | None,
     secure_port: int,
+    xds_port: int,
     gateway_replicas: int,
     cluster_signing_duration: str,
 ) -> None:
@@ -190,6 +198,7 @@ def up(
         config,
         bind_address=bind_address,
         secure_port=secure_port,
+        xds_port=xds_port,
         gateway_replicas=gateway_replicas,
         signing_seconds=_signing_seconds(cluster_signing_duration),
     )
@@ -963,7 +972,16 @@ def gateway() -> None:
 @gateway.command("join")
 @join_options
 @click.option("--gateway", "name", required=True, help="The gateway Deployment to serve.")
-@click.option("--dataplane", type=click.Choice(["python"]), default="python", show_default=True)
+@click.option(
+    "--dataplane", type=click.Choice(["python", "envoy"]), default="python", show_default=True
+)
+@click.option(
+    "--xds-port",
+    type=click.IntRange(1, 65535),
+    default=15012,
+    show_default=True,
+    help="With --dataplane envoy: the servers' ADS port (their `up --xds-port`).",
+)
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
 @namespace_option
 @pass_context
@@ -971,7 +989,12 @@ def gateway_join(ctx: Context, /, **flags: Any) -> None:
     """Run a gateway on this host for a gateway Deployment of a running mesh."""
     from tcpmesh.cli.join import run_join
 
-    flags.pop("dataplane")
+    if flags["dataplane"] == "envoy":
+        from tcpmesh.xds import missing_envoy_support
+
+        missing = missing_envoy_support()
+        if missing is not None:
+            fail(f"error: --dataplane envoy: {missing}")
     flags["namespace"] = flags["namespace"] or ctx.namespace or "istio-system"
     sys.exit(run_join("gateway", ctx.state_dir, **flags))
 

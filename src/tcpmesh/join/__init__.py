@@ -17,6 +17,7 @@ from tcpmesh.join.identity import (
     PeerIdentity,
     VerifiedPeer,
     peer_from_certificate,
+    peer_from_pem,
 )
 from tcpmesh.join.registration import (
     DEFAULT_LEASE_SECONDS,
@@ -74,6 +75,7 @@ __all__ = [
     "gateway_pod",
     "is_joined",
     "peer_from_certificate",
+    "peer_from_pem",
     "run_gateway",
     "run_workload",
     "secret_name",

@@ -1,11 +1,12 @@
 """``tcpmesh gateway join``: a gateway host of a gateway Deployment, on another machine.
 
-It joins (agent.PeerAgent), registers its Pod, and runs the built-in data plane (the
-supervisor and its workers, as the gateway pod runs at home) following its own node's
-Snapshot stream from any of the servers, with its client certificate. Readiness is the
-data plane's own (its status port answers once a snapshot is applied); the Pod's Ready
-condition follows it, and so do the Service's endpoints and load-balancer addresses.
-When the control plane is gone the data plane keeps serving its last snapshot.
+It joins (agent.PeerAgent), registers its Pod, and runs a data plane with its client
+certificate: the built-in one (the supervisor and its workers, as the gateway pod runs
+at home) following its own node's Snapshot stream from any of the servers, or Envoy
+following its node over ADS (``join.envoy``). Readiness is the data plane's own (its
+status port answers once it is configured); the Pod's Ready condition follows it, and
+so do the Service's endpoints and load-balancer addresses. When the control plane is
+gone the data plane keeps serving its last configuration.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from tcpmesh.join.agent import PeerAgent
 from tcpmesh.join.run import keep_registered, stop_on_signals
+
+if TYPE_CHECKING:
+    from tcpmesh.join.envoy import EnvoyPlane
 
 log = logging.getLogger("tcpmesh.join")
 
@@ -30,12 +35,16 @@ STATUS_PORT = 15021
 # it is back within about this long of its network returning.
 FEED_RETRY_SECONDS = 0.4
 STOP_TIMEOUT = 15.0
+XDS_PORT = 15012
 
 
 @dataclass(frozen=True)
 class GatewayOptions:
     workers: int
     status_port: int = STATUS_PORT
+    dataplane: str = "python"
+    # Envoy's ADS port on every --server host (the mesh's `up --xds-port`).
+    xds_port: int = XDS_PORT
 
 
 def data_plane_env(agent: PeerAgent, options: GatewayOptions) -> dict[str, str]:
@@ -53,11 +62,17 @@ def data_plane_env(agent: PeerAgent, options: GatewayOptions) -> dict[str, str]:
     }
 
 
-async def run_gateway(agent: PeerAgent, options: GatewayOptions) -> int:
-    stop = stop_on_signals()
-    await agent.bootstrap()
+def _start(
+    agent: PeerAgent, options: GatewayOptions
+) -> tuple[subprocess.Popen[bytes], EnvoyPlane | None]:
+    """The data plane's process, and the Envoy plane whose certificate to keep current."""
     log_path = agent.state_dir / "dataplane.log"
     with open(log_path, "ab") as out:
+        if options.dataplane == "envoy":
+            from tcpmesh.join.envoy import EnvoyPlane
+
+            plane = EnvoyPlane(agent, options.xds_port, options.status_port, options.workers)
+            return plane.start(out.fileno()), plane
         proxy = subprocess.Popen(
             [sys.executable, "-m", "tcpmesh.dataplane"],
             env=data_plane_env(agent, options),
@@ -65,8 +80,18 @@ async def run_gateway(agent: PeerAgent, options: GatewayOptions) -> int:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    return proxy, None
+
+
+async def run_gateway(agent: PeerAgent, options: GatewayOptions) -> int:
+    stop = stop_on_signals()
+    await agent.bootstrap()
+    proxy, envoy = _start(agent, options)
     url = f"http://{agent.address}:{options.status_port}/healthz/ready"
-    print(f"gateway {agent.identity.node_id} joined; data plane pid {proxy.pid}", flush=True)
+    print(
+        f"gateway {agent.identity.node_id} joined; {options.dataplane} data plane pid {proxy.pid}",
+        flush=True,
+    )
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as session:
 
@@ -74,6 +99,8 @@ async def run_gateway(agent: PeerAgent, options: GatewayOptions) -> int:
                 if proxy.poll() is not None:
                     stop.set()
                     return False
+                if envoy is not None:
+                    envoy.publish()  # a renewed certificate, for Envoy's next connection
                 with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
                     async with session.get(url) as resp:
                         return resp.status == 200

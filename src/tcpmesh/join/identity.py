@@ -88,6 +88,32 @@ def peer_from_certificate(cert: dict[str, Any]) -> VerifiedPeer | None:
         for key, value in rdn
         if key == "organizationalUnitName" and value.startswith(TOKEN_UNIT_PREFIX)
     ]
+    return _peer(uris, addresses, units)
+
+
+def peer_from_pem(pem: bytes) -> VerifiedPeer | None:
+    """The same reading of a PEM certificate (what gRPC's auth context hands over)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+    uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
+    ips = [str(address) for address in sans.get_values_for_type(x509.IPAddress)]
+    units = [
+        str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    ]
+    return _peer(
+        [u for u in uris if u.startswith(SCHEME)],
+        tuple(ips),
+        [u for u in units if u.startswith(TOKEN_UNIT_PREFIX)],
+    )
+
+
+def _peer(uris: list[str], addresses: tuple[str, ...], units: list[str]) -> VerifiedPeer | None:
     if len(uris) != 1 or len(units) != 1:
         return None
     try:

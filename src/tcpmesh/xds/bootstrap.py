@@ -10,6 +10,9 @@ port means "configured", as with the built-in proxy.
 
 from __future__ import annotations
 
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tcpmesh.telemetry import ENVOY_STATS_CONFIG
@@ -21,6 +24,30 @@ HCM_TYPE = (
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 )
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+UPSTREAM_TLS_TYPE = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+)
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+PEER_SECRET = "tcpmesh-peer"
+# A joined Envoy's ADS connection: HTTP/2 pings every second, dead after 2 s without an
+# answer (a cut link sends no FIN), then a new stream within 0.2-1 s on the next server.
+KEEPALIVE_INTERVAL = "1s"
+KEEPALIVE_TIMEOUT = "2s"
+RETRY_BASE = "0.2s"
+RETRY_MAX = "1s"
+
+
+@dataclass(frozen=True)
+class AdsTls:
+    """How an Envoy on another host reaches ADS: mTLS with its peer certificate, which
+    file-based SDS (``sds_file``, reloaded when a file is moved into ``sds_dir``) rotates
+    without a restart; the mesh's CA, pinned at join; the addresses the servers'
+    certificates must name."""
+
+    sds_file: Path
+    sds_dir: Path
+    ca_file: Path
+    server_names: tuple[str, ...]
 
 
 def bootstrap(
@@ -28,6 +55,86 @@ def bootstrap(
     node_cluster: str,
     xds_address: str,
     xds_port: int,
+    status_address: str,
+    status_port: int | None,
+) -> dict[str, Any]:
+    """A local gateway pod's bootstrap: ADS over loopback, without TLS."""
+    cluster = _xds_cluster([(xds_address, xds_port)])
+    return _bootstrap(node_id, node_cluster, cluster, {}, status_address, status_port)
+
+
+def remote_bootstrap(
+    node_id: str,
+    node_cluster: str,
+    servers: list[tuple[str, int]],
+    tls: AdsTls,
+    status_address: str,
+    status_port: int | None,
+) -> dict[str, Any]:
+    """A joined gateway's bootstrap: ADS over mTLS to any of ``servers`` (round robin, so
+    a retried stream goes to the next replica), HTTP/2 keepalive to notice a dead link."""
+    cluster = _xds_cluster(servers, keepalive=True)
+    cluster["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {"@type": UPSTREAM_TLS_TYPE, "common_tls_context": _client_tls(tls)},
+    }
+    if any(not _is_ip(host) for host, _ in servers):
+        cluster["type"] = "STRICT_DNS"
+    retry = {"retry_back_off": {"base_interval": RETRY_BASE, "max_interval": RETRY_MAX}}
+    return _bootstrap(
+        node_id, node_cluster, cluster, {"retry_policy": retry}, status_address, status_port
+    )
+
+
+def sds_resource(cert_file: Path, key_file: Path) -> dict[str, Any]:
+    """The file-based SDS answer naming the peer's certificate and key."""
+    secret = {
+        "@type": SECRET_TYPE,
+        "name": PEER_SECRET,
+        "tls_certificate": {
+            "certificate_chain": {"filename": str(cert_file)},
+            "private_key": {"filename": str(key_file)},
+        },
+    }
+    return {"resources": [secret]}
+
+
+def _client_tls(tls: AdsTls) -> dict[str, Any]:
+    sans = [
+        {"san_type": "IP_ADDRESS" if _is_ip(name) else "DNS", "matcher": {"exact": name}}
+        for name in tls.server_names
+    ]
+    source = {"path": str(tls.sds_file), "watched_directory": {"path": str(tls.sds_dir)}}
+    return {
+        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+        # gRPC servers require HTTP/2 negotiated by ALPN.
+        "alpn_protocols": ["h2"],
+        "tls_certificate_sds_secret_configs": [
+            {
+                "name": PEER_SECRET,
+                "sds_config": {"path_config_source": source, "resource_api_version": "V3"},
+            }
+        ],
+        "validation_context": {
+            "trusted_ca": {"filename": str(tls.ca_file)},
+            "match_typed_subject_alt_names": sans,
+        },
+    }
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _bootstrap(
+    node_id: str,
+    node_cluster: str,
+    xds_cluster: dict[str, Any],
+    grpc_options: dict[str, Any],
     status_address: str,
     status_port: int | None,
 ) -> dict[str, Any]:
@@ -43,45 +150,40 @@ def bootstrap(
                 "api_type": "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER, **grpc_options}}],
             },
             "cds_config": ads,
             "lds_config": ads,
         },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": XDS_CLUSTER,
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        HTTP_OPTIONS_KEY: {
-                            "@type": f"type.googleapis.com/{HTTP_OPTIONS_KEY}",
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                    "load_assignment": {
-                        "cluster_name": XDS_CLUSTER,
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": xds_address,
-                                                    "port_value": xds_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                }
-            ],
-            "listeners": listeners,
+        "static_resources": {"clusters": [xds_cluster], "listeners": listeners},
+    }
+
+
+def _xds_cluster(servers: list[tuple[str, int]], *, keepalive: bool = False) -> dict[str, Any]:
+    http2: dict[str, Any] = {}
+    if keepalive:
+        http2["connection_keepalive"] = {
+            "interval": KEEPALIVE_INTERVAL,
+            "timeout": KEEPALIVE_TIMEOUT,
+        }
+    endpoints = [
+        {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+        for host, port in servers
+    ]
+    return {
+        "name": XDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "typed_extension_protocol_options": {
+            HTTP_OPTIONS_KEY: {
+                "@type": f"type.googleapis.com/{HTTP_OPTIONS_KEY}",
+                "explicit_http_config": {"http2_protocol_options": http2},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER,
+            "endpoints": [{"lb_endpoints": endpoints}],
         },
     }
 

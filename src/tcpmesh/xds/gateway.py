@@ -43,15 +43,19 @@ FILE_FLUSH_MS = "200"
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Envoy must not outlive this process, even if it is killed with SIGKILL."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def envoy_argv(binary: Path, config: Path, admin_path: Path, extra: list[str]) -> list[str]:
+def envoy_argv(
+    binary: Path, config: Path, admin_path: Path, extra: list[str], workers: int | None = None
+) -> list[str]:
+    """Envoy's command line; ``workers`` (else $TCPMESH_WORKERS, else one per core)."""
     env = os.environ
-    workers = env.get("TCPMESH_WORKERS", "").strip() or str(os.cpu_count() or 1)
+    concurrency = env.get("TCPMESH_WORKERS", "").strip() or str(os.cpu_count() or 1)
+    workers_text = str(workers) if workers is not None else concurrency
     return [
         str(binary),
         "-c",
@@ -64,7 +68,7 @@ def envoy_argv(binary: Path, config: Path, admin_path: Path, extra: list[str]) -
         "immediate",
         "--disable-hot-restart",
         "--concurrency",
-        workers,
+        workers_text,
         "--file-flush-interval-msec",
         FILE_FLUSH_MS,
         "-l",
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     config_path.write_text(json.dumps(config, indent=1))
     command = envoy_argv(binary, config_path, admin_path, extra)
     print(f"envoy gateway: node {namespace}/{pod}, xDS {xds.address}:{xds.port}", flush=True)
-    proc = subprocess.Popen(command, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(command, preexec_fn=die_with_parent)
     prometheus_port = env.get("TCPMESH_PROMETHEUS_PORT", "").strip()
     if prometheus_port:
         metrics = EnvoyMetrics(admin_path, f"{namespace}/{pod}", state_dir)

@@ -243,7 +243,9 @@ def status_lines(xds: dict[str, Any] | None) -> list[str]:
     if not xds:
         return []
     nodes = xds.get("nodes", [])
-    lines = [f"xDS server: {xds['address']} ({len(nodes)} Envoy node{'s' * (len(nodes) != 1)})"]
+    remote = f", {xds['remote']} (mTLS) for other hosts" if xds.get("remote") else ""
+    count = f"{len(nodes)} Envoy node{'s' * (len(nodes) != 1)}"
+    lines = [f"xDS server: {xds['address']}{remote} ({count})"]
     for node in nodes:
         state = "connected" if node["connected"] else "disconnected"
         applied = node["appliedSnapshot"] or "none"

@@ -24,15 +24,28 @@ ones.
 A request that repeats the last one (same nonce, same names, no ACK pending) is answered
 again: Envoy sends it for a cluster updated by CDS, which stays warming, and holds back
 its CDS ACK, until its endpoints arrive once more.
+
+Two ports. Loopback, without TLS, for this host's Envoys (the gateway pods the runtime
+starts; whoever runs code on this host is trusted already, as with the built-in proxy's
+local feed). And, with ``remote``, one on ``--bind-address`` for Envoys on other hosts:
+TLS with the mesh's CA, a client certificate required and verified by gRPC
+(``require_client_auth``), then ``authorize(certificate, node id)`` on the stream's
+first request, so a joined gateway follows its own node and nothing else
+(PERMISSION_DENIED otherwise). Such a stream lasts no longer than its certificate: at
+its expiry the server ends it (UNAUTHENTICATED) and Envoy reconnects with the rotated
+one, so a revoked or expired certificate cannot keep a stream forever;
+``disconnect(token_id)`` ends the streams of a revoked token at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -67,6 +80,41 @@ log = logging.getLogger("tcpmesh.xds")
 ACK_TIMEOUT = 20.0
 
 Transform = Callable[[EnvoyConfig], EnvoyConfig]
+# (client certificate PEM, node id) -> the token id the certificate was issued against;
+# raises PermissionError (its text goes to the peer) when the stream is not allowed.
+Authorize = Callable[[bytes, str], str]
+# What an Envoy on another host may go without answering for this long before gRPC
+# drops the connection (server-side keepalive); Envoy pings the other way, see
+# xds.bootstrap.remote_ads_cluster, and the server must allow it.
+SERVER_KEEPALIVE_MS = 10_000
+KEEPALIVE_TIMEOUT_MS = 5_000
+MIN_CLIENT_PING_MS = 500
+
+
+@dataclass(frozen=True)
+class RemoteListener:
+    """The ADS port for other hosts: its address, serving certificate and client CA."""
+
+    host: str
+    port: int
+    cert_pem: bytes
+    key_pem: bytes
+    ca_pem: bytes
+    authorize: Authorize
+    # gRPC's max_connection_age: a GOAWAY after this long, so the stream Envoy opens once
+    # its certificate expired and its stream was ended goes over a new TLS connection,
+    # with the renewed certificate (a new stream on the old connection would still carry
+    # the old one). A third of the certificates' life.
+    max_connection_age: float = 1200.0
+
+
+class _Ended(Exception):
+    """The server ends a stream: a gRPC status code and one line for the peer."""
+
+    def __init__(self, code: Any, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 def to_any(resource: Resource) -> Any:
@@ -97,9 +145,13 @@ def _response(response: Response) -> Any:
 class _Stream:
     """One ADS stream: the I/O around an ``AdsSession`` (gRPC messages, futures, pushes)."""
 
-    def __init__(self, server: XdsServer) -> None:
+    def __init__(self, server: XdsServer, cert_pem: bytes | None = None) -> None:
         self._server = server
+        # The verified client certificate of a stream on the remote port (None: loopback).
+        self._cert_pem = cert_pem
+        self.token_id: str | None = None
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._expiry: asyncio.TimerHandle | None = None
         self._session: AdsSession | None = None
         # The answer Envoy gives each response, by nonce: None an ACK, text a NACK.
         self._answers: dict[str, asyncio.Future[str | None]] = {}
@@ -110,10 +162,15 @@ class _Stream:
         reader.add_done_callback(lambda _: self._outbox.put_nowait(None))
         try:
             while (response := await self._outbox.get()) is not None:
+                if isinstance(response, _Ended):
+                    raise response
                 yield response
             if not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]
         finally:
+            self._server.forget(self)
+            if self._expiry is not None:
+                self._expiry.cancel()
             for task in (reader, self._pusher):
                 if task is not None and not task.done():
                     task.cancel()
@@ -132,8 +189,11 @@ class _Stream:
                 node_id = message.node.id
                 if not node_id:
                     raise ValueError("the first DiscoveryRequest names no node")
+                if not self._admit(node_id):
+                    return
                 node = self._server.node_state(node_id)
                 node.streams += 1
+                node.opened += 1
                 self._session = AdsSession(node)
                 log.info("xDS stream of %s opened", node_id)
                 self._pusher = asyncio.create_task(self._follow(node_id))
@@ -156,6 +216,28 @@ class _Stream:
                 self._settle(received.answer)
             for response in received.responses:
                 self._send(response)
+
+    def _admit(self, node_id: str) -> bool:
+        """Authorize a remote peer for ``node_id`` and end its stream at its expiry."""
+        if self._cert_pem is None:
+            return True
+        remote = self._server.remote
+        assert remote is not None
+        try:
+            self.token_id = remote.authorize(self._cert_pem, node_id)
+        except PermissionError as exc:
+            log.warning("xDS stream for %s refused: %s", node_id, exc)
+            self.end(_Ended(grpc.StatusCode.PERMISSION_DENIED, str(exc)))
+            return False
+        remaining = _not_after(self._cert_pem) - time.time()
+        ended = _Ended(grpc.StatusCode.UNAUTHENTICATED, "the client certificate expired")
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(max(remaining, 0.0), self.end, ended)
+        return True
+
+    def end(self, ended: _Ended) -> None:
+        """End the stream with a status (from the loop's thread)."""
+        self._outbox.put_nowait(ended)
 
     def _settle(self, answer: Answer) -> None:
         assert self._session is not None
@@ -237,17 +319,33 @@ class _Stream:
             if awaited and awaited in self._answers:
                 answers.append(self._answers[awaited])
         if answers:
+            waiting = asyncio.gather(*(asyncio.shield(a) for a in answers))
             try:
-                await asyncio.wait_for(
-                    asyncio.gather(*(asyncio.shield(a) for a in answers)), ACK_TIMEOUT
-                )
+                await asyncio.wait_for(waiting, ACK_TIMEOUT)
             except TimeoutError:
                 log.warning("%s: no answer in %.0fs", node.node, ACK_TIMEOUT)
                 return False
+            finally:
+                # A stream closed mid-push leaves the gather failed with CancelledError:
+                # retrieved here, or asyncio logs it as never retrieved.
+                if waiting.done() and not waiting.cancelled():
+                    waiting.exception()
         # A NACK of a response sent meanwhile on Envoy's request counts too.
         return not any(
             (nack := node.nacks.get(t)) is not None and nack.at >= started for t, _ in step
         )
+
+
+def _not_after(cert_pem: bytes) -> float:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc.timestamp()
+
+
+def _peer_certificate(context: Any) -> bytes | None:
+    """The client certificate gRPC verified (remote port), None on the loopback port."""
+    values = (context.auth_context() or {}).get("x509_pem_cert") or []
+    return bytes(values[0]) if values else None
 
 
 class _Servicer:
@@ -259,8 +357,12 @@ class _Servicer:
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
-        async for response in _Stream(self._server).responses(request_iterator):
-            yield response
+        stream = self._server.track(_Stream(self._server, _peer_certificate(context)))
+        try:
+            async for response in stream.responses(request_iterator):
+                yield response
+        except _Ended as ended:
+            await context.abort(ended.code, ended.message)
 
     async def DeltaAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: Any
@@ -283,26 +385,70 @@ class XdsServer:
         host: str = "127.0.0.1",
         port: int = 0,
         transform: Transform | None = None,
+        remote: RemoteListener | None = None,
     ) -> None:
         self.source = source
         self.transform = transform
         self.host = host
         self.port = port
+        self.remote = remote
         self._nodes: dict[str, NodeState] = {}
+        self._streams: set[_Stream] = set()
         self._grpc: Any = None
 
     def node_state(self, node_id: str) -> NodeState:
         return self._nodes.setdefault(node_id, NodeState(node_id))
 
+    def track(self, stream: _Stream) -> _Stream:
+        self._streams.add(stream)
+        return stream
+
+    def forget(self, stream: _Stream) -> None:
+        self._streams.discard(stream)
+
+    def disconnect(self, token_id: str) -> int:
+        """End the open streams of peers whose certificates carry ``token_id`` (the
+        token was deleted); how many. Call it on the server's loop."""
+        ended = [s for s in self._streams if s.token_id == token_id]
+        for stream in ended:
+            stream.end(_Ended(grpc.StatusCode.UNAUTHENTICATED, "the bootstrap token was revoked"))
+        return len(ended)
+
     async def start(self) -> int:
         # No SO_REUSEPORT: a port another server holds must fail to bind, not be shared
         # (a restarted mesh asks for its previous port; see tcpmesh.mesh).
-        self._grpc = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        options = [
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_time_ms", SERVER_KEEPALIVE_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_MS),
+            ("grpc.http2.max_ping_strikes", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        if self.remote is not None:
+            options.append(
+                ("grpc.max_connection_age_ms", int(self.remote.max_connection_age * 1000))
+            )
+        self._grpc = grpc.aio.server(options=options)
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), self._grpc)
         self.port = self._grpc.add_insecure_port(f"{self.host}:{self.port}")
+        if self.remote is not None:
+            self._listen_remote(self.remote)
         await self._grpc.start()
         log.info("xDS (ADS) on %s:%d", self.host, self.port)
         return self.port
+
+    def _listen_remote(self, remote: RemoteListener) -> None:
+        credentials = grpc.ssl_server_credentials(
+            [(remote.key_pem, remote.cert_pem)],
+            root_certificates=remote.ca_pem,
+            require_client_auth=True,
+        )
+        port = self._grpc.add_secure_port(f"{_host(remote.host)}:{remote.port}", credentials)
+        if port == 0:
+            raise RuntimeError(f"xDS: cannot listen on {remote.host}:{remote.port}")
+        self.remote = dataclasses.replace(remote, port=port)
+        log.info("xDS (ADS, mTLS) for other hosts on %s:%d", remote.host, port)
 
     async def stop(self) -> None:
         if self._grpc is not None:
@@ -310,7 +456,13 @@ class XdsServer:
             self._grpc = None
 
     def status(self) -> dict[str, Any]:
+        remote = self.remote
         return {
             "address": f"{self.host}:{self.port}",
+            "remote": f"{_host(remote.host)}:{remote.port}" if remote is not None else None,
             "nodes": [self._nodes[n].to_dict() for n in sorted(self._nodes)],
         }
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address

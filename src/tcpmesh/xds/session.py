@@ -113,6 +113,8 @@ class NodeState:
 
     node: str
     streams: int = 0
+    # Streams opened so far (a reconnect counts): status shows it, tests read it.
+    opened: int = 0
     # The snapshot whose every resource the node ACKed, and the one being pushed.
     applied: str = ""
     pending: str = ""
@@ -123,6 +125,7 @@ class NodeState:
         return {
             "node": self.node,
             "connected": self.streams > 0,
+            "streamsOpened": self.opened,
             "appliedSnapshot": self.applied,
             "pendingSnapshot": self.pending,
             "acked": {SHORT_NAMES.get(t, t): v for t, v in self.acked.items()},
