@@ -24,6 +24,17 @@ META: Obj = {"name": "x", "generation": 1, "deletionGracePeriodSeconds": 1}
 POD_SPEC: Obj = {
     "terminationGracePeriodSeconds": 1,
     "containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80, "hostPort": 80}]}],
+    "volumes": [
+        {
+            "name": "s",
+            "secret": {
+                "secretName": "s",
+                "defaultMode": 1,
+                "items": [{"key": "k", "path": "p", "mode": 1}],
+            },
+        },
+        {"name": "c", "configMap": {"name": "c", "defaultMode": 1}},
+    ],
 }
 DEPLOYMENT: Obj = {
     "apiVersion": "apps/v1",
@@ -236,6 +247,18 @@ CASES: dict[tuple[type[models.Model], str], tuple[Obj, Path]] = {
     ),
     (models.ContainerPort, "container_port"): (DEPLOYMENT, (*CONTAINER_PORT, "containerPort")),
     (models.ContainerPort, "host_port"): (DEPLOYMENT, (*CONTAINER_PORT, "hostPort")),
+    (models.SecretVolumeSource, "default_mode"): (
+        DEPLOYMENT,
+        (*TEMPLATE_SPEC, "volumes", 0, "secret", "defaultMode"),
+    ),
+    (models.KeyToPath, "mode"): (
+        DEPLOYMENT,
+        (*TEMPLATE_SPEC, "volumes", 0, "secret", "items", 0, "mode"),
+    ),
+    (models.ConfigMapVolumeSource, "default_mode"): (
+        DEPLOYMENT,
+        (*TEMPLATE_SPEC, "volumes", 1, "configMap", "defaultMode"),
+    ),
     (models.PodSpec, "termination_grace_period_seconds"): (
         DEPLOYMENT,
         (*TEMPLATE_SPEC, "terminationGracePeriodSeconds"),

@@ -12,6 +12,7 @@ SERVED = {
     ("v1", "endpoints", "Endpoints", ("ep",)),
     ("v1", "events", "Event", ("ev",)),
     ("v1", "secrets", "Secret", ()),
+    ("v1", "configmaps", "ConfigMap", ("cm",)),
     ("apps/v1", "deployments", "Deployment", ("deploy",)),
     ("rollouts.tcpmesh.io/v1alpha1", "rollouts", "Rollout", ("ro",)),
     *(

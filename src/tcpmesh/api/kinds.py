@@ -63,6 +63,7 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("Pod", "", ("v1",), "pods", ("po",), models.Pod, user_writable=False),
     KindInfo("Endpoints", "", ("v1",), "endpoints", ("ep",), models.Endpoints, user_writable=False),
     KindInfo("Secret", "", ("v1",), "secrets", (), models.Secret),
+    KindInfo("ConfigMap", "", ("v1",), "configmaps", ("cm",), models.ConfigMap),
     KindInfo("Event", "", ("v1",), "events", ("ev",), models.Event),
     KindInfo("Gateway", ISTIO_NETWORKING, ISTIO_VERSIONS, "gateways", ("gw",), models.Gateway),
     KindInfo(

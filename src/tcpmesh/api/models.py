@@ -87,6 +87,76 @@ class EnvVar(Model):
     value_from: Any = None
 
 
+class VolumeMount(Model):
+    name: str = ""
+    mount_path: str = ""
+    read_only: bool | None = None
+    sub_path: str | None = None
+    sub_path_expr: str | None = None
+    mount_propagation: str | None = None
+    recursive_read_only: str | None = None
+
+
+class KeyToPath(Model):
+    key: str = ""
+    path: str = ""
+    mode: int | None = None
+
+
+class SecretVolumeSource(Model):
+    secret_name: str = ""
+    items: list[KeyToPath] = Field(default_factory=list)
+    default_mode: int | None = None
+    optional: bool | None = None
+
+
+class ConfigMapVolumeSource(Model):
+    name: str = ""
+    items: list[KeyToPath] = Field(default_factory=list)
+    default_mode: int | None = None
+    optional: bool | None = None
+
+
+class Volume(Model):
+    """A pod volume: ``secret``, ``configMap``, ``emptyDir`` and ``hostPath`` are run by the
+    kubelet (:mod:`tcpmesh.runtime.volumes`); the other sources of core/v1 are accepted as
+    Kubernetes accepts them and reported by validation as not provided here."""
+
+    name: str = ""
+    # In the order validateVolumeSource takes them: the first set is the source, each
+    # later one is "may not specify more than 1 volume type".
+    empty_dir: Any = None
+    host_path: Any = None
+    git_repo: Any = None
+    gce_persistent_disk: Any = None
+    aws_elastic_block_store: Any = None
+    secret: SecretVolumeSource | None = None
+    nfs: Any = None
+    iscsi: Any = None
+    glusterfs: Any = None
+    flocker: Any = None
+    persistent_volume_claim: Any = None
+    rbd: Any = None
+    cinder: Any = None
+    cephfs: Any = None
+    quobyte: Any = None
+    downward_api: Any = Field(default=None, alias="downwardAPI")
+    fc: Any = None
+    flex_volume: Any = None
+    config_map: ConfigMapVolumeSource | None = None
+    azure_file: Any = None
+    vsphere_volume: Any = None
+    photon_persistent_disk: Any = None
+    portworx_volume: Any = None
+    azure_disk: Any = None
+    storageos: Any = None
+    projected: Any = None
+    scale_io: Any = Field(default=None, alias="scaleIO")
+    csi: Any = None
+    ephemeral: Any = None
+    image: Any = None
+
+
 class Container(Model):
     name: str
     image: str = ""
@@ -103,7 +173,7 @@ class Container(Model):
     startup_probe: Any = None
     lifecycle: Any = None
     security_context: Any = None
-    volume_mounts: Any = None
+    volume_mounts: list[VolumeMount] = Field(default_factory=list)
     stdin: bool | None = None
     tty: bool | None = None
     termination_message_path: str | None = None
@@ -123,7 +193,7 @@ class PodSpec(Model):
     node_name: str | None = None
     affinity: Any = None
     tolerations: Any = None
-    volumes: Any = None
+    volumes: list[Volume] = Field(default_factory=list)
     security_context: Any = None
     image_pull_secrets: Any = None
     dns_policy: str | None = None
@@ -632,6 +702,14 @@ class Secret(Resource):
         if not self.type or "type" not in self.model_fields_set:
             self.type = "Opaque"
         return self
+
+
+class ConfigMap(Resource):
+    """core/v1 ConfigMap: text in ``data``, base64 in ``binaryData``."""
+
+    data: dict[str, str] = Field(default_factory=dict)
+    binary_data: dict[str, str] = Field(default_factory=dict)
+    immutable: bool | None = None
 
 
 class Gateway(Resource):

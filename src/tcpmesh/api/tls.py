@@ -240,6 +240,32 @@ def secret(resource: models.Secret) -> Iterator[Finding]:
                 yield error(f"data[{key}]", "Required value")
 
 
+def config_map(resource: models.ConfigMap) -> Iterator[Finding]:
+    """Kubernetes' ``ValidateConfigMap``: key syntax, no key in both bags, total size."""
+    total = 0
+    bags = (
+        ("data", resource.data, "binaryData", resource.binary_data),
+        ("binaryData", resource.binary_data, "data", resource.data),
+    )
+    for name, bag, other_name, other in bags:
+        for key, value in bag.items():
+            for problem in config_key_problems(key):
+                yield error(f"{name}[{key}]", f"Invalid value: {quote(key)}: {problem}")
+            if key in other:
+                yield error(
+                    f"{name}[{key}]",
+                    f"Invalid value: {quote(key)}: duplicate of key present in {other_name}",
+                )
+            if name == "data":
+                total += len(value.encode())
+            elif (offset := base64_problem(value)) is not None:
+                yield error(f"{name}[{key}]", f"illegal base64 data at input byte {offset}")
+            else:
+                total += len(base64.b64decode(value))
+    if total > SECRET_MAX_BYTES:
+        yield error("data", f"Too long: must have at most {SECRET_MAX_BYTES} bytes")
+
+
 def base64_problem(value: str) -> int | None:
     """The offset of the first byte standard base64 cannot decode, or None when it decodes."""
     for offset, char in enumerate(value):

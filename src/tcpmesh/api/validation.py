@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from tcpmesh.api import gatewayapi, models, names, tls
+from tcpmesh.api import gatewayapi, models, names, tls, volumes
 from tcpmesh.api.durations import parse_duration_ns
 from tcpmesh.api.findings import Finding, error, warning
 from tcpmesh.api.labels import selector_matches
@@ -89,6 +89,8 @@ def validate(resource: models.Resource) -> list[Finding]:
         findings += _service_entry(resource)
     elif isinstance(resource, models.Secret):
         findings += tls.secret(resource)
+    elif isinstance(resource, models.ConfigMap):
+        findings += tls.config_map(resource)
     elif isinstance(resource, models.WorkloadEntry):
         findings += _workload_entry("spec", resource.spec, None, allow_fqdn=True)
     elif isinstance(resource, models.WorkloadGroup):
@@ -127,6 +129,9 @@ NUMERIC_FIELDS: dict[tuple[type[models.Model], str], IntType] = {
     (models.ObjectMeta, "generation"): INT64,
     (models.ObjectMeta, "deletion_grace_period_seconds"): INT64,
     (models.ContainerPort, "container_port"): INT32,
+    (models.KeyToPath, "mode"): INT32,
+    (models.SecretVolumeSource, "default_mode"): INT32,
+    (models.ConfigMapVolumeSource, "default_mode"): INT32,
     (models.ReadinessProbe, "initial_delay_seconds"): INT32,
     (models.ReadinessProbe, "timeout_seconds"): INT32,
     (models.ReadinessProbe, "period_seconds"): INT32,
@@ -1438,6 +1443,7 @@ def _pod_spec(path: str, spec: models.PodSpec) -> Iterator[Finding]:
                     yield _error(f"{where}.name", f"Duplicate value: {quote(container.name)}")
                 seen.add(container.name)
             yield from _container_ports(f"{where}.ports", container.ports)
+    yield from volumes.pod_volumes(path, spec)
 
 
 def _container_ports(path: str, ports: Iterable[models.ContainerPort]) -> Iterator[Finding]:

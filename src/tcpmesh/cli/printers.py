@@ -387,6 +387,14 @@ def _secret(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row:
     ]
 
 
+def _config_map(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row:
+    """kubectl's columns: how many keys in ``data`` and ``binaryData`` together."""
+    keys = [
+        len(bag) for bag in (obj.get("data"), obj.get("binaryData")) if isinstance(bag, Mapping)
+    ]
+    return [str(sum(keys)), age(_get(obj, "metadata", "creationTimestamp"), now)]
+
+
 def _event(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row:
     involved = _get(obj, "involvedObject") or {}
     last = obj.get("lastTimestamp") or obj.get("eventTime") or obj.get("firstTimestamp")
@@ -469,6 +477,7 @@ _TABLES: dict[str, tuple[list[str], list[str], _Columns]] = {
     ),
     "Endpoints": (["ENDPOINTS", "AGE"], [], _endpoints),
     "Secret": (["TYPE", "DATA", "AGE"], [], _secret),
+    "ConfigMap": (["DATA", "AGE"], [], _config_map),
     "Gateway": (["AGE"], [], _age_only),
     "VirtualService": (["GATEWAYS", "HOSTS", "AGE"], [], _virtual_service),
     "DestinationRule": (["HOST", "AGE"], [], _destination_rule),

@@ -1,6 +1,7 @@
 """Runs the workloads of the store on this machine: kubelet + Deployment and Endpoints
 controllers. Pods are OS processes, each on its own loopback IP (127.x.y.z)."""
 
+from tcpmesh.runtime import volumes
 from tcpmesh.runtime.endpoints import endpoint_subsets, resolve_target_port
 from tcpmesh.runtime.events import EventRecorder, Happening
 from tcpmesh.runtime.images import BUILTIN_IMAGES, ImageNotRunnable, container_argv, image_name
@@ -25,4 +26,5 @@ __all__ = [
     "pod_is_ready",
     "replica_cap_errors",
     "resolve_target_port",
+    "volumes",
 ]

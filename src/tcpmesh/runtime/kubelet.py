@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from tcpmesh.registry import FIRST_POD_IP
-from tcpmesh.runtime import logs, process
+from tcpmesh.runtime import logs, process, volumes
 from tcpmesh.runtime.envvars import links_enabled, service_variables
-from tcpmesh.runtime.events import EventRecorder, pod_happenings
+from tcpmesh.runtime.events import WARNING, EventRecorder, Happening, pod_happenings
 from tcpmesh.runtime.images import ImageNotRunnable, builtin_image, container_argv
 from tcpmesh.runtime.ipam import allocate_ip, is_pod_ip
 from tcpmesh.runtime.launch import (
@@ -66,6 +66,10 @@ PROBE_INTERVAL_READY = 2.0
 PROBE_TIMEOUT = 1.0
 # How long a hand-over waits for the new gateway to listen on every port of the old one.
 HAND_OVER_WAIT = 10.0
+# Retries of a volume that cannot be set up yet (the kubelet's are 0.5 s doubling to 2 min;
+# shorter here, as a local Secret appears within seconds).
+MOUNT_RETRY_BASE = 0.5
+MOUNT_RETRY_CAP = 8.0
 
 
 def format_duration(seconds: float) -> str:
@@ -121,6 +125,10 @@ class PodWorker:
         self._adopted = dict(adopted or {})
         # A process of this pod, on any IP (to stop it) and on this pod's IP (to adopt it).
         self._pod_identity = pod_identity(self.namespace, self.name, kubelet.state_dir)
+        self._volumes: list[Mapping[str, Any]] = list(spec.get("volumes") or [])
+        self._mounted = asyncio.Event()
+        self._volumes_changed = asyncio.Event()
+        self._mount_error = ""
         self._identity = {**self._pod_identity, "POD_IP": pod_ip}
         before = previous_containers(pod)
         self.containers = [
@@ -136,7 +144,11 @@ class PodWorker:
 
     def start(self) -> None:
         self.publish()
-        self._tasks = [
+        if self._volumes:
+            self._tasks.append(asyncio.create_task(self._mount(), name=f"volumes {self.name}"))
+        else:
+            self._mounted.set()
+        self._tasks += [
             asyncio.create_task(self._run_container(record, spec), name=f"pod {self.name}")
             for record, spec in self.containers
         ]
@@ -181,7 +193,76 @@ class PodWorker:
         self._previous_status = status
         self._kubelet.changed()
 
+    def _set_up_volumes(self) -> None:
+        """Create or refresh every volume; MountError names the first that fails."""
+        for volume in self._volumes:
+            try:
+                volumes.set_up(
+                    self._kubelet.state_dir,
+                    str(self.uid),
+                    self.namespace,
+                    volume,
+                    self._kubelet.store,
+                )
+            except (volumes.MountError, OSError) as exc:
+                raise volumes.MountError(
+                    f'MountVolume.SetUp failed for volume "{volume.get("name")}" : {exc}'
+                ) from exc
+
+    def _mount_failed(self, message: str) -> None:
+        """A FailedMount Event, once per distinct reason (the recorder counts repeats)."""
+        if message != self._mount_error:
+            self._mount_error = message
+            self._kubelet.events.record(self.pod, Happening(WARNING, "FailedMount", message))
+
+    async def _mount(self) -> None:
+        """Set up the volumes before any container starts, retrying while they cannot be."""
+        delay = MOUNT_RETRY_BASE
+        while not self._stop.is_set():
+            self._volumes_changed.clear()
+            try:
+                self._set_up_volumes()
+            except volumes.MountError as exc:
+                self._mount_failed(str(exc))
+            else:
+                self._mount_error = ""
+                self._mounted.set()
+                return
+            changed = asyncio.ensure_future(self._volumes_changed.wait())
+            stop = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait({changed, stop}, timeout=delay)
+            changed.cancel()
+            stop.cancel()
+            delay = min(delay * 2, MOUNT_RETRY_CAP)
+
+    def refresh_volumes(self) -> None:
+        """The Secrets or ConfigMaps may have changed: rewrite what differs."""
+        if not self._volumes:
+            return
+        if not self._mounted.is_set():
+            self._volumes_changed.set()
+            return
+        try:
+            self._set_up_volumes()
+        except volumes.MountError as exc:
+            # As the kubelet: the files stay as they were, and an Event says why.
+            self._mount_failed(str(exc))
+        else:
+            self._mount_error = ""
+
+    async def _wait_mounted(self) -> bool:
+        mounted = asyncio.ensure_future(self._mounted.wait())
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({mounted, stop}, return_when=asyncio.FIRST_COMPLETED)
+        mounted.cancel()
+        stop.cancel()
+        return self._mounted.is_set() and not self._stop.is_set()
+
     async def _run_container(self, record: ContainerRecord, spec: Mapping[str, Any]) -> None:
+        adopted = self._adopted.pop(record.name, None)
+        # An adopted process runs already, on the files an earlier mesh set up.
+        if adopted is None and not await self._wait_mounted():
+            return
         try:
             argv = container_argv(spec)
         except ImageNotRunnable as exc:
@@ -193,14 +274,17 @@ class PodWorker:
         variables = pod_variables(
             self.pod, spec, self.pod_ip, host_ip, self._kubelet.state_dir, self._service_links()
         )
-        argv = [expand(arg, variables) for arg in argv]
+        mounts = volumes.container_mounts(self._kubelet.state_dir, str(self.uid), self.pod, spec)
+        argv = [volumes.map_path(expand(arg, variables), mounts) for arg in argv]
+        variables = {k: volumes.map_path(v, mounts) for k, v in variables.items()}
+        cwd = spec.get("workingDir")
+        cwd = volumes.map_path(str(cwd), mounts) if cwd else None
         env = process_environment(variables)
         if not (self.pod.get("spec") or {}).get("hostNetwork"):
             env = with_pod_source(env, self.pod_ip, source_library(self._kubelet.state_dir))
         ports = [int(p["containerPort"]) for p in spec.get("ports") or [] if "containerPort" in p]
         backoff = BACKOFF_BASE
         first = True
-        adopted = self._adopted.pop(record.name, None)
         if adopted is not None:
             await self._resume(record, spec, adopted, argv, ports)
             first = False  # whatever runs next is a restart
@@ -209,7 +293,7 @@ class PodWorker:
                 record.restart_count += 1
             first = False
             started = time.monotonic()
-            await self._run_once(record, argv, env, spec.get("workingDir"), ports)
+            await self._run_once(record, argv, env, cwd, ports)
             if self._stop.is_set():
                 return
             exit_code = (record.state.get("terminated") or {}).get("exitCode")
@@ -410,6 +494,7 @@ class Kubelet:
         Processes of pods that still exist (same uid) and should run are kept for the
         next :meth:`sync` to adopt; the others are stopped now.
         """
+        volumes.remove_all_but(self.state_dir, {str(meta(p).get("uid")) for p in pods})
         pods_dir = self.state_dir / "pods"
         if not pods_dir.is_dir():
             return
@@ -476,7 +561,10 @@ class Kubelet:
                 del self.workers[key]
                 self._stop_worker(worker, remove_files=pod is None)
         for key, pod in current.items():
-            if key in self.workers or not should_run(pod):
+            if key in self.workers:
+                self.workers[key].refresh_volumes()
+                continue
+            if not should_run(pod):
                 continue
             if any(key_of(w.pod) == key for w in self._stopping):
                 continue  # a pod re-created under the same name waits for the old one
@@ -506,6 +594,8 @@ class Kubelet:
                 await worker.stop(shutdown=False)
                 if remove_files:
                     logs.remove(self.log_path(worker.namespace, worker.name))
+                # Gone or replaced by a pod of another uid: its volumes go.
+                volumes.remove(self.state_dir, str(worker.uid))
             finally:
                 self._stopping.pop(worker, None)
                 log.info("pod %s/%s: stopped", worker.namespace, worker.name)

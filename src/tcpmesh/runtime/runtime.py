@@ -26,7 +26,8 @@ from tcpmesh.runtime.storeapi import StoreLike
 
 log = logging.getLogger(__name__)
 
-WATCHED_KINDS = ("Deployment", "Pod", "Service", "Endpoints")
+# Secrets and ConfigMaps: the pods' volumes follow them.
+WATCHED_KINDS = ("Deployment", "Pod", "Service", "Endpoints", "Secret", "ConfigMap")
 RESYNC_INTERVAL = 5.0
 WATCH_RETRY_DELAY = 1.0
 
