@@ -158,3 +158,24 @@ def test_local_counters_keep_the_same_rules() -> None:
     assert not balancer.try_start(LIMITED)
     balancer.connection_finished(LIMITED.name)
     assert balancer.try_start(LIMITED)
+
+
+def test_connection_ended_frees_the_breaker_slot_and_the_endpoint_load_at_once() -> None:
+    """One closing connection: the cluster's open count and the endpoint's active count
+    both drop (shared table), and a connect that never succeeded drops only the first."""
+    counters = SharedCounters.create()
+    try:
+        balancer = LoadBalancer(random.Random(), store=counters)
+        other = LoadBalancer(random.Random(), store=SharedCounters.from_fd(os.dup(counters.fd)))
+        assert balancer.try_start(LIMITED)
+        balancer.connect_succeeded(LIMITED, GOOD)
+        assert not other.try_start(LIMITED)
+        assert other.active(LIMITED.name, GOOD) == 1
+        balancer.connection_ended(LIMITED.name, GOOD)
+        assert other.active(LIMITED.name, GOOD) == 0
+        assert other.try_start(LIMITED)
+        other.connection_ended(LIMITED.name, None)
+        assert balancer.try_start(LIMITED)
+        assert balancer.active(LIMITED.name, GOOD) == 0
+    finally:
+        counters.close()

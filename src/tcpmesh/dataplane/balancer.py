@@ -125,7 +125,8 @@ class LoadBalancer:
     per cluster across its threads; with ``LocalCounters`` (the default) they are this
     process's. Callers report the life of each upstream connection: ``try_start`` (the
     breaker), then ``connect_succeeded`` or ``connect_failed`` per attempt, then
-    ``connection_closed`` after a success and ``connection_finished`` at the end.
+    ``connection_closed`` after a success and ``connection_finished`` at the end (or
+    both at once: ``connection_ended``).
     """
 
     def __init__(
@@ -355,3 +356,13 @@ class LoadBalancer:
         host = counters.endpoint(endpoint_key(endpoint))
         with counters.locked():
             host.active = max(0, host.active - 1)
+
+    def connection_ended(self, cluster_name: str, endpoint: Endpoint | None) -> None:
+        """``connection_closed`` (when ``endpoint``: the connect had succeeded) and
+        ``connection_finished`` as one step: one lock per closing connection, not two."""
+        counters = self._store.cluster(cluster_name)
+        host = counters.endpoint(endpoint_key(endpoint)) if endpoint is not None else None
+        with counters.locked():
+            if host is not None:
+                host.active = max(0, host.active - 1)
+            counters.open = max(0, counters.open - 1)

@@ -114,6 +114,9 @@ class CounterStore(Protocol):
 
 # ---------------------------------------------------------------- one process
 
+# One process needs no lock; one shared no-op context spares an object per use.
+_NO_LOCK: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+
 
 @dataclass
 class _LocalEndpoint:
@@ -130,7 +133,7 @@ class _LocalCluster:
     endpoints: dict[EndpointKey, _LocalEndpoint] = field(default_factory=dict)
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
+        return _NO_LOCK
 
     def endpoint(self, key: EndpointKey) -> _LocalEndpoint:
         found = self.endpoints.get(key)
@@ -147,7 +150,7 @@ class _LocalRecord:
     data: bytes = b""
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
+        return _NO_LOCK
 
     def load(self) -> bytes:
         return self.data
@@ -235,8 +238,27 @@ class _SharedEndpoint:
         self._set("<d", 32, value)
 
 
+class _ByteLock:
+    """An exclusive POSIX record lock on one byte of the table's file, as a context.
+
+    A plain class, made once per cluster: a generator-based context manager cost a
+    generator and two frames per use, on every connection's open and close."""
+
+    __slots__ = ("_byte", "_fd")
+
+    def __init__(self, fd: int, byte: int) -> None:
+        self._fd = fd
+        self._byte = byte
+
+    def __enter__(self) -> None:
+        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, self._byte)
+
+    def __exit__(self, *_: object) -> None:
+        fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, self._byte)
+
+
 class _SharedCluster:
-    __slots__ = ("_buf", "_endpoints", "_fd", "_index", "_local", "_offset")
+    __slots__ = ("_buf", "_endpoints", "_fd", "_index", "_local", "_lock", "_offset")
 
     def __init__(self, buf: mmap.mmap, fd: int, index: int) -> None:
         self._buf = buf
@@ -245,15 +267,11 @@ class _SharedCluster:
         self._offset = _HEADER_SIZE + index * _CLUSTER_SIZE
         self._endpoints: dict[EndpointKey, EndpointCounters] = {}
         self._local = _LocalCluster()
-
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
         # Byte index+1 of the file stands for this cluster (byte 0 for slot allocation).
-        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, self._index + 1)
-        try:
-            yield
-        finally:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, self._index + 1)
+        self._lock = _ByteLock(fd, index + 1)
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        return self._lock
 
     @property
     def open(self) -> int:

@@ -248,6 +248,9 @@ class Proxy:
         self.tls_contexts = TlsContexts()
         self.client_hello_timeout = client_hello_timeout
         self._inspecting: set[asyncio.Task[None]] = set()
+        # The loop apply() runs in, for new connections: asyncio.get_running_loop() costs a
+        # getpid() system call per connection in CPython 3.11.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def snapshot(self) -> Snapshot:
@@ -273,7 +276,7 @@ class Proxy:
         self.tls_contexts.retain(
             {r.tls for p in state.listeners.values() for r in p.listener.routes if r.tls}
         )
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         if self._stats_task is None:
             self._stats_task = loop.create_task(self._report_stats())
         for plan in state.listeners.values():
@@ -499,13 +502,15 @@ class _Connection(Relay):
     )
 
     def __init__(
-        self, proxy: Proxy, key: ListenerKey, chosen: tuple[TcpRoute | None] | None = None
+        self,
+        proxy: Proxy,
+        key: ListenerKey,
+        chosen: tuple[TcpRoute | None] | None = None,
     ) -> None:
         # A route whose bytes the proxy reads (a TLS session it terminates) keeps copying:
         # the splicer is only offered the plain socket (Relay._maybe_splice checks).
-        super().__init__(
-            asyncio.get_running_loop(), proxy.high_water, proxy.splice_after, proxy.pipes
-        )
+        loop = proxy.loop or asyncio.get_running_loop()
+        super().__init__(loop, proxy.high_water, proxy.splice_after, proxy.pipes)
         self._proxy = proxy
         self._key = key
         # The route already chosen from the ClientHello, for connections that were peeked.
@@ -639,9 +644,7 @@ class _Connection(Relay):
         balancer = proxy.balancer
         cluster, endpoint = self._decision.cluster, self._decision.endpoint
         assert cluster is not None and endpoint is not None
-        if self._upstream_open:
-            balancer.connection_closed(cluster.name, endpoint)
-        balancer.connection_finished(cluster.name)
+        balancer.connection_ended(cluster.name, endpoint if self._upstream_open else None)
         termination = self.termination
         flag: ResponseFlag | None = None
         if self._connect_failed:
