@@ -115,6 +115,8 @@ class MeshConfig:
     address: str = "127.0.0.1"
     workers: int | None = None
     dataplane: str = "python"
+    # `--relay`: how the built-in data plane moves bytes (dataplane.splice.RelayMode).
+    relay: str = "auto"
     max_pods: int = DEFAULT_MAX_PODS
     # `--store`: None (SQLite in the state directory) or an etcd://... URL.
     store: str | None = None
@@ -204,6 +206,7 @@ def gateway_deployment(
                             "args": [] if envoy else ["proxy", "router"],
                             "env": [
                                 {"name": "TCPMESH_WORKERS", "value": str(config.effective_workers)},
+                                {"name": "TCPMESH_RELAY", "value": config.relay},
                                 {"name": "TCPMESH_STATUS_PORT", "value": str(STATUS_PORT)},
                                 {"name": "TCPMESH_PROMETHEUS_PORT", "value": str(PROMETHEUS_PORT)},
                                 {"name": "ISTIO_META_WORKLOAD_NAME", "value": name},
@@ -238,6 +241,7 @@ def node_proxy_objects(config: MeshConfig) -> list[dict[str, Any]]:
         "args": [] if envoy else ["proxy", "sidecar"],
         "env": [
             {"name": "TCPMESH_WORKERS", "value": str(config.effective_workers)},
+            {"name": "TCPMESH_RELAY", "value": config.relay},
             {"name": "TCPMESH_STATUS_PORT", "value": str(NODE_PROXY_STATUS_PORT)},
             {"name": "TCPMESH_PROMETHEUS_PORT", "value": str(NODE_PROXY_PROMETHEUS_PORT)},
             {"name": "ISTIO_META_WORKLOAD_NAME", "value": NODE_PROXY_NAME},
@@ -513,6 +517,7 @@ class Mesh:
             "address": self.config.address,
             "dataplane": self.config.dataplane,
             "workers": self.config.effective_workers,
+            "relay": self.config.relay,
             "maxPods": self.config.max_pods,
             "uptimeSeconds": round(time.time() - self.started_at, 1),
             "store": _store_name(self.config.store),

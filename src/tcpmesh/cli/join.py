@@ -65,6 +65,7 @@ def run_join(
     workers: int = 1,
     dataplane: str = "python",
     xds_port: int = 15012,
+    relay: str = "auto",
 ) -> int:
     """Build the agent from the flags and run the gateway or workload until stopped."""
     from tcpmesh.join import (
@@ -101,7 +102,10 @@ def run_join(
         ca_file=ca_file,
     )
     runner = (
-        run_gateway(agent, GatewayOptions(workers, dataplane=dataplane, xds_port=xds_port))
+        run_gateway(
+            agent,
+            GatewayOptions(workers, relay=relay, dataplane=dataplane, xds_port=xds_port),
+        )
         if role == "gateway"
         else run_workload(agent)
     )

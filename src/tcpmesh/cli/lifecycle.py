@@ -108,6 +108,7 @@ def start_detached(config: MeshConfig) -> tuple[ApiClient, int]:
     ]
     if config.workers:
         argv += ["--workers", str(config.workers)]
+    argv += ["--relay", config.relay]
     argv += ["--max-pods", str(config.max_pods)]
     if config.store:
         argv += ["--store", config.store]
@@ -197,6 +198,12 @@ def tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
+def _relay_text(status: dict[str, Any]) -> str:
+    """The built-in plane's relay choice (``up --relay``); Envoy has none to show."""
+    relay = status.get("relay")
+    return f", relay {relay}" if relay and status.get("dataplane") == "python" else ""
+
+
 def summarize(status: dict[str, Any]) -> list[str]:
     listeners = ", ".join(f"{x['address']}:{x['port']}" for x in status.get("listeners", []))
     if status.get("gatewayReplicas") == 0:
@@ -206,7 +213,7 @@ def summarize(status: dict[str, Any]) -> list[str]:
     lines = [
         f"tcpmesh is running (pid {status['pid']}), API {status['api']}",
         f"state directory: {status['stateDir']}, store: {status.get('store', 'sqlite')}",
-        f"data plane: {status['dataplane']} ({status['workers']} workers), "
+        f"data plane: {status['dataplane']} ({status['workers']} workers{_relay_text(status)}), "
         f"gateway address {status['address']}, {readiness}, "
         f"node proxy {'ready' if status.get('nodeProxyReady') else 'NOT ready'}",
         f"listeners: {listeners or 'none'}",

@@ -27,6 +27,14 @@ from tcpmesh.store import object_kind_key
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# `up --relay`, `gateway join --relay`: dataplane.splice.RelayMode's values (not imported
+# here: the CLI loads the data plane only where it runs it).
+RELAY_CHOICES = ("auto", "splice", "copy")
+RELAY_HELP = (
+    "How the built-in data plane moves bytes: auto (copy, then splice(2) once a read "
+    "fills 64 KiB), splice (zero-copy from the first byte) or copy (through user space)."
+)
+
 
 class Context:
     def __init__(self, state_dir: Path, namespace: str | None) -> None:
@@ -48,6 +56,12 @@ EXIT_UNKNOWN = 3
 def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(message, err=True)
     sys.exit(code)
+
+
+def _given(param: str) -> bool:
+    """Whether the user named ``param`` on the command line (not its default or env var)."""
+    source = click.get_current_context().get_parameter_source(param)
+    return source is click.core.ParameterSource.COMMANDLINE
 
 
 def friendly_errors(func: F) -> F:
@@ -107,6 +121,15 @@ pass_context = click.make_pass_decorator(Context)
 @click.option("--address", default="127.0.0.1", show_default=True, help="Gateway address.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Data plane processes.")
 @click.option(
+    "--relay",
+    type=click.Choice(RELAY_CHOICES),
+    default="auto",
+    show_default=True,
+    envvar="TCPMESH_RELAY",
+    show_envvar=True,
+    help=RELAY_HELP,
+)
+@click.option(
     "--max-pods",
     type=click.IntRange(min=1),
     default=None,
@@ -159,6 +182,7 @@ def up(
     dataplane: str,
     address: str,
     workers: int | None,
+    relay: str,
     max_pods: int | None,
     detach: bool,
     store: str | None,
@@ -177,6 +201,8 @@ def up(
     except StoreError as exc:
         fail(f"error: {exc}")
 
+    if dataplane == "envoy" and _given("relay") and relay != "auto":
+        fail(f"error: --relay {relay}: only the built-in data plane has a relay choice")
     if dataplane == "envoy":
         from tcpmesh.xds import missing_envoy_support
 
@@ -194,6 +220,8 @@ def up(
     )
     if max_pods is not None:
         config = dataclasses.replace(config, max_pods=max_pods)
+    if dataplane == "python":
+        config = dataclasses.replace(config, relay=relay)
     config = dataclasses.replace(
         config,
         bind_address=bind_address,
@@ -983,12 +1011,23 @@ def gateway() -> None:
     help="With --dataplane envoy: the servers' ADS port (their `up --xds-port`).",
 )
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--relay",
+    type=click.Choice(RELAY_CHOICES),
+    default="auto",
+    show_default=True,
+    envvar="TCPMESH_RELAY",
+    show_envvar=True,
+    help=RELAY_HELP,
+)
 @namespace_option
 @pass_context
 def gateway_join(ctx: Context, /, **flags: Any) -> None:
     """Run a gateway on this host for a gateway Deployment of a running mesh."""
     from tcpmesh.cli.join import run_join
 
+    if flags["dataplane"] == "envoy" and _given("relay") and flags["relay"] != "auto":
+        fail(f"error: --relay {flags['relay']}: only the built-in data plane has a relay choice")
     if flags["dataplane"] == "envoy":
         from tcpmesh.xds import missing_envoy_support
 
