@@ -1,6 +1,7 @@
 """Control-plane push fan-out: how long until N gateways all have a route change?
 
-``python benchmarks/fanout.py [--gateways 3 --gateways 20] [--rounds N] [--store URL]``
+``python benchmarks/fanout.py [--gateways 3 --gateways 20] [--rounds N] [--store URL]
+[--joined | --envoy]``
 
 It starts one mesh (its own state directory and gateway address; ``--store`` as for
 ``up``), runs the seed's tcp-echo v1/v2 and connects N simulated gateways: N snapshot
@@ -16,8 +17,13 @@ With ``--joined`` the simulated gateways are joined hosts instead (``tcpmesh gat
 join``'s agent, in this process): the mesh listens with ``--bind-address``, a bootstrap
 token buys each one a client certificate, each registers its own Pod (its own node, so
 its own snapshot, as separate hosts have), and each feed follows it over mTLS.
-Prints numbers; asserts nothing. Loopback only; every loop bounded; the mesh is stopped
-at the end, also on failure.
+With ``--envoy`` they are real Envoys joined the same way (``tcpmesh gateway join
+--dataplane envoy``, one process pair per host on its own loopback address, following
+its own node over mTLS ADS on the mesh's ``--xds-port``). An Envoy's time of receipt is
+its own record of applying the new weights: the ECDS filter's ``update_time`` gauge
+(epoch milliseconds), read from its admin interface once ``update_success`` moved.
+Prints numbers; asserts nothing. Loopback only; every loop bounded; the mesh and the
+Envoys are stopped at the end, also on failure.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import json
 import os
 import shutil
 import statistics
@@ -32,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +166,113 @@ async def measure(
         await gateways.stop()
 
 
+ECDS_STAT = "extension_config_discovery.network_filter.0.0.0.0_31400~0"
+ENVOY_READY_TIMEOUT = 120.0
+
+
+class Envoys:
+    """N joined Envoy gateways (``gateway join --dataplane envoy`` processes)."""
+
+    def __init__(self, state_dir: Path, count: int) -> None:
+        self.state_dir = state_dir
+        self.count = count
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def address(self, index: int) -> str:
+        return f"127.0.0.{60 + index}"
+
+    def admin(self, index: int) -> str:
+        path = self.state_dir / f"envoy-{index}" / "envoy" / "istio-system"
+        return (path / f"istio-ingressgateway-bench-envoy-{index}" / "admin-address").read_text()
+
+    def start(self) -> None:
+        client = ApiClient.from_state_dir(self.state_dir)
+        from tcpmesh.cli.join import token_create
+
+        [token] = token_create(client, "1h", "fanout benchmark (Envoy)")
+        status = client.status()
+        xds_port = str(status["xds"]["remote"]).rsplit(":", 1)[1]
+        for i in range(self.count):
+            argv = [sys.executable, "-m", "tcpmesh", "--state-dir"]
+            argv += [str(self.state_dir / f"envoy-{i}"), "gateway", "join"]
+            argv += ["--server", str(status["listen"]), "--token", token]
+            argv += ["--certificate-authority", str(self.state_dir / "pki" / "ca.crt")]
+            argv += ["--address", self.address(i), "--node-name", f"bench-envoy-{i}"]
+            argv += ["--gateway", "istio-ingressgateway", "--dataplane", "envoy"]
+            argv += ["--xds-port", xds_port, "--workers", "1"]
+            log = open(self.state_dir / f"envoy-{i}.log", "ab")  # noqa: SIM115 (the child's)
+            self.processes.append(
+                subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            )
+
+    def stat(self, index: int, name: str) -> int:
+        url = f"http://{self.admin(index).strip()}/stats?filter=^{ECDS_STAT}.{name}$&format=json"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            found = json.load(resp)["stats"]
+        return int(found[0]["value"]) if found else 0
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + ENVOY_READY_TIMEOUT
+        for i in range(self.count):
+            while True:
+                try:
+                    if self.stat(i, "update_success") >= 1:
+                        break
+                except (OSError, ValueError):
+                    pass
+                if time.monotonic() > deadline:
+                    log = (self.state_dir / f"envoy-{i}.log").read_text(errors="replace")
+                    plane = self.state_dir / f"envoy-{i}" / "dataplane.log"
+                    envoy = plane.read_text(errors="replace") if plane.exists() else ""
+                    raise TimeoutError(f"Envoy {i} not configured:\n{log[-1500:]}\n{envoy[-1500:]}")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def measure_envoys(state_dir: Path, envoys: Envoys, rounds: int) -> list[list[float]]:
+    """Per flip, per Envoy: the delay from the apply's sending to Envoy's ECDS update."""
+    client = ApiClient.from_state_dir(state_dir)
+    base = load_documents((SAMPLES / "tcp-echo-all-v1.yaml").read_text(), "all-v1")
+    delays: list[list[float]] = []
+    for i in range(rounds):
+        v1, v2 = ((80, 20), (100, 0))[i % 2]
+        docs = split(base, v1, v2) if v2 else base
+        before = [envoys.stat(e, "update_success") for e in range(envoys.count)]
+        sent = time.time()
+        client.apply(docs)
+        deadline = time.monotonic() + PUSH_TIMEOUT
+        flip = []
+        for e in range(envoys.count):
+            while envoys.stat(e, "update_success") <= before[e]:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"Envoy {e} did not take flip {i}")
+                time.sleep(0.02)
+            flip.append(envoys.stat(e, "update_time") / 1000 - sent)
+        delays.append(flip)
+        time.sleep(0.2)
+    return delays
+
+
+def run_envoys(state_dir: Path, count: int, rounds: int) -> list[list[float]]:
+    envoys = Envoys(state_dir, count)
+    try:
+        envoys.start()
+        envoys.wait_ready()
+        return measure_envoys(state_dir, envoys, rounds)
+    finally:
+        envoys.stop()
+
+
 def ms(values: list[float]) -> str:
     v = sorted(x * 1000 for x in values)
     p90 = v[min(len(v) - 1, round(0.9 * (len(v) - 1)))]
@@ -195,12 +310,13 @@ def main() -> int:
     parser.add_argument("--store", default=None, help="as `up --store` (default: SQLite)")
     parser.add_argument("--address", default="127.0.0.43", help="gateway address (loopback)")
     parser.add_argument("--joined", action="store_true", help="joined hosts over mTLS")
+    parser.add_argument("--envoy", action="store_true", help="joined Envoys over mTLS ADS")
     args = parser.parse_args()
     counts = args.gateways or [3, 20]
     state_dir = Path(tempfile.mkdtemp(prefix="tcpmesh-fanout-"))
     up = ["up", "--detach", "--address", args.address, "--workers", "1"]
-    if args.joined:
-        up += ["--bind-address", "127.0.0.1", "--secure-port", "0"]
+    if args.joined or args.envoy:
+        up += ["--bind-address", "127.0.0.1", "--secure-port", "0", "--xds-port", "0"]
     try:
         tcpmesh(state_dir, *up, *(["--store", args.store] if args.store else []))
         tcpmesh(state_dir, "apply", "-f", str(SAMPLES / "tcp-echo-deployments.yaml"))
@@ -211,12 +327,16 @@ def main() -> int:
         node = f"istio-system/{gateway['name']}"
         store = args.store.split("?")[0] if args.store else "sqlite"
         kind = "joined hosts (mTLS, a node each)" if args.joined else "feeds of one node"
+        kind = "joined Envoys (mTLS ADS, a node each)" if args.envoy else kind
         print(
             f"push fan-out, {args.rounds} flips 100/0 <-> 80/20, store {store}, "
             f"{os.cpu_count()} cores, {kind}"
         )
         for count in counts:
-            delays = asyncio.run(run_count(state_dir, node, count, args))
+            if args.envoy:
+                delays = run_envoys(state_dir, count, args.rounds)
+            else:
+                delays = asyncio.run(run_count(state_dir, node, count, args))
             last = [max(d) for d in delays]
             spread = [max(d) - min(d) for d in delays]
             print(f"{count:>4} gateways  apply sent → on every gateway      {ms(last)}")
