@@ -47,6 +47,8 @@ SURFACES: dict[str, set[str]] = {
         "workload_entry",
     },
     "tcpmesh.control": {
+        "BuildCache",
+        "derived",
         "GATEWAY_NAME_LABEL",
         "Binding",
         "Condition",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tcpmesh.control.build import build_snapshot
+from tcpmesh.control.buildcache import BuildCache
 from tcpmesh.control.gatewayapi import (
     GATEWAY_NAME_LABEL,
     Binding,
@@ -76,6 +77,7 @@ from tcpmesh.control.snapshot import (
     WeightedCluster,
     WeightedPick,
     cluster_name,
+    derived,
 )
 
 if TYPE_CHECKING:
@@ -95,6 +97,7 @@ __all__ = [
     "TERMINATING_MODES",
     "BandwidthLimit",
     "Binding",
+    "BuildCache",
     "CappedPort",
     "Cluster",
     "Condition",
@@ -129,6 +132,7 @@ __all__ = [
     "build_snapshot",
     "capped_ports",
     "cluster_name",
+    "derived",
     "downstream_tls",
     "find_service",
     "gateway_servers",

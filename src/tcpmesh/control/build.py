@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import partial
 
 from tcpmesh.control.clusters import service_clusters
@@ -28,7 +28,7 @@ from tcpmesh.control.resources import (
     ProxyNode,
     service_entries_visible_to,
 )
-from tcpmesh.control.routes import gateway_route
+from tcpmesh.control.routes import candidates_for_port, gateway_route
 from tcpmesh.control.servers import (
     ServerPort,
     gateway_servers,
@@ -36,25 +36,53 @@ from tcpmesh.control.servers import (
 )
 from tcpmesh.control.serviceentries import service_entry_clusters
 from tcpmesh.control.snapshot import (
+    Cluster,
     Listener,
     Snapshot,
+    TcpRoute,
 )
+
+# What a proxy's clusters read (besides its node and the DNS answers): a step of the
+# build cache keyed by these kinds' stamps, so an event that changes none of them
+# (a VirtualService's weights) reuses every cluster as it is.
+CLUSTER_KINDS = (
+    "services",
+    "endpoints",
+    "pods",
+    "destination_rules",
+    "service_entries",
+    "workload_entries",
+)
+# What a gateway's TCP listener reads besides its server and the VirtualServices that
+# can fit its port: the route's destinations and their DestinationRules.
+ROUTE_KINDS = ("services", "service_entries", "destination_rules")
+# A TLS listener's routes come from every VirtualService of the gateway and its Secrets.
+TLS_LISTENER_KINDS = (*ROUTE_KINDS, "virtual_services", "secrets")
 
 
 def build_snapshot(resources: MeshResources, node: ProxyNode) -> Snapshot:
     resources = with_gateway_api(resources)
     entries = service_entries_visible_to(resources.service_entries, node.namespace)
     resources = dataclasses.replace(resources, service_entries=entries)
-    built = itertools.chain(
-        service_clusters(resources, node), service_entry_clusters(resources, node)
+    clusters = resources.cache.get(
+        "clusters",
+        (resources.stamps(*CLUSTER_KINDS), tuple(sorted(resources.dns.items())), node),
+        (),
+        partial(_clusters, resources, node),
     )
-    clusters = tuple(sorted(built, key=lambda c: c.name))
     if node.kind is ProxyKind.NODE:
         return outbound_snapshot(resources, node, clusters)
     if node.kind is ProxyKind.LOAD_BALANCER:
         return load_balancer_snapshot(resources, clusters, partial(build_listeners, resources))
     listeners = tuple(move_to_backends(resources, build_listeners(resources, node)))
     return Snapshot.build(listeners, clusters).check()
+
+
+def _clusters(resources: MeshResources, node: ProxyNode) -> tuple[Cluster, ...]:
+    built = itertools.chain(
+        service_clusters(resources, node), service_entry_clusters(resources, node)
+    )
+    return tuple(sorted(built, key=lambda c: c.name))
 
 
 def build_listeners(resources: MeshResources, node: ProxyNode) -> Iterable[Listener]:
@@ -65,18 +93,46 @@ def build_listeners(resources: MeshResources, node: ProxyNode) -> Iterable[Liste
     for group in by_port.values():
         first = group[0]
         if server_kind(first.server) == "tls":
-            routes = tuple(tls_listener_routes(resources, node, group))
-        else:
-            route = gateway_route(
-                resources, node, first.gateway, first.gateway_name, first.server, first.number
+            found = resources.cache.get(
+                "gateway_tls_listener",
+                (resources.stamps(*TLS_LISTENER_KINDS), node, len(group)),
+                tuple(itertools.chain.from_iterable((e.gateway, e.server) for e in group)),
+                partial(_tls_listener, resources, node, group),
             )
-            routes = (route,) if route is not None else ()
-        if not routes:
-            continue  # "listener missed network filter": nothing listens on the port
-        yield Listener(
-            name=f"0.0.0.0_{first.number}",
-            address=node.address,
-            port=first.listen_port,
-            routes=routes,
-            gateway=first.gateway_name,
-        )
+        else:
+            # The listener reads its server, the VirtualServices that can fit its port
+            # (in order) and, through its route, the kinds in ROUTE_KINDS.
+            candidates = candidates_for_port(resources, node, first.gateway_name, first.number)
+            found = resources.cache.get(
+                "gateway_tcp_listener",
+                (resources.stamps(*ROUTE_KINDS), node, first.listen_port, len(candidates)),
+                (first.gateway, first.server, *candidates),
+                partial(_tcp_listener, resources, node, first),
+            )
+        if found is not None:
+            yield found
+
+
+def _tls_listener(
+    resources: MeshResources, node: ProxyNode, group: Sequence[ServerPort]
+) -> Listener | None:
+    return _listener(node, group[0], tuple(tls_listener_routes(resources, node, group)))
+
+
+def _tcp_listener(resources: MeshResources, node: ProxyNode, first: ServerPort) -> Listener | None:
+    route = gateway_route(
+        resources, node, first.gateway, first.gateway_name, first.server, first.number
+    )
+    return _listener(node, first, (route,) if route is not None else ())
+
+
+def _listener(node: ProxyNode, first: ServerPort, routes: tuple[TcpRoute, ...]) -> Listener | None:
+    if not routes:
+        return None  # "listener missed network filter": nothing listens on the port
+    return Listener(
+        name=f"0.0.0.0_{first.number}",
+        address=node.address,
+        port=first.listen_port,
+        routes=routes,
+        gateway=first.gateway_name,
+    )

@@ -6,6 +6,7 @@ References (istio/istio): pilot/pkg/networking/core/cluster_builder.go (subset c
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import partial
 
 from tcpmesh.api import (
     is_ip,
@@ -30,21 +31,70 @@ from tcpmesh.control.snapshot import (
 
 
 def service_clusters(resources: MeshResources, node: ProxyNode) -> Iterable[Cluster]:
-    """Every Service port's cluster, and one per subset of the rule the proxy uses."""
+    """Every Service port's cluster, and one per subset of the rule the proxy uses.
+
+    A Service's clusters are one step of the build cache: they read the Service, the rule,
+    its Endpoints, the pods those name and the WorkloadEntries of its namespace, nothing
+    else (the proxy only through the rule it uses)."""
     pods = {(p.namespace, p.name): p for p in resources.pods}
     endpoints = {(e.namespace, e.name): e for e in resources.endpoints}
+    entries = _workload_entries_by_namespace(resources)
     index, labels = resources.destination_rule_index, node.label_dict()
     for service in resources.services:
         fqdn = service_fqdn(service.name, service.namespace)
         rule = destination_rule(index, fqdn, service.namespace, node.namespace, labels)
         service_endpoints = endpoints.get((service.namespace, service.name))
-        for port in service.spec.ports:
-            members = tuple(_endpoints_for_port(service_endpoints, port, pods))
-            members += tuple(_selected_workload_entries(resources, service, port))
-            yield make_cluster(fqdn, port.port, "", members, rule)
-            for subset in unique_subsets(rule):
-                selected = tuple(e for e in members if labels_match(subset.labels, e.label_dict()))
-                yield make_cluster(fqdn, port.port, subset.name, selected, rule)
+        named = _named_pods(service_endpoints, pods)
+        local = entries.get(service.namespace, ())
+        yield from resources.cache.get(
+            "service_clusters",
+            (len(named), len(local)),
+            (service, rule, service_endpoints, *named, *local),
+            partial(_clusters_of, resources, service, rule, service_endpoints, pods),
+        )
+
+
+def _clusters_of(
+    resources: MeshResources,
+    service: models.Service,
+    rule: models.DestinationRule | None,
+    service_endpoints: models.Endpoints | None,
+    pods: dict[tuple[str, str], models.Pod],
+) -> tuple[Cluster, ...]:
+    fqdn = service_fqdn(service.name, service.namespace)
+    clusters: list[Cluster] = []
+    for port in service.spec.ports:
+        members = tuple(_endpoints_for_port(service_endpoints, port, pods))
+        members += tuple(_selected_workload_entries(resources, service, port))
+        clusters.append(make_cluster(fqdn, port.port, "", members, rule))
+        for subset in unique_subsets(rule):
+            selected = tuple(e for e in members if labels_match(subset.labels, e.label_dict()))
+            clusters.append(make_cluster(fqdn, port.port, subset.name, selected, rule))
+    return tuple(clusters)
+
+
+def _named_pods(
+    service_endpoints: models.Endpoints | None, pods: dict[tuple[str, str], models.Pod]
+) -> tuple[models.Pod | None, ...]:
+    """The pods the Endpoints' addresses refer to (None: not stored), in address order."""
+    if service_endpoints is None:
+        return ()
+    found: list[models.Pod | None] = []
+    for subset in service_endpoints.subsets:
+        for address in (*subset.addresses, *subset.not_ready_addresses):
+            ref = address.target_ref
+            if ref is not None:
+                found.append(pods.get((ref.namespace or service_endpoints.namespace, ref.name)))
+    return tuple(found)
+
+
+def _workload_entries_by_namespace(
+    resources: MeshResources,
+) -> dict[str, tuple[models.WorkloadEntry, ...]]:
+    grouped: dict[str, list[models.WorkloadEntry]] = {}
+    for entry in resources.workload_entries:
+        grouped.setdefault(entry.namespace, []).append(entry)
+    return {namespace: tuple(group) for namespace, group in grouped.items()}
 
 
 def _endpoints_for_port(

@@ -35,9 +35,11 @@ import ipaddress
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from tcpmesh.api import hosts_overlap, models
 from tcpmesh.control.loadbalancer import capped_ports, load_balancer_frontend
+from tcpmesh.control.policy import route_settings
 from tcpmesh.control.resources import (
     INGRESS_GATEWAY_SELECTOR,
     MeshResources,
@@ -49,7 +51,7 @@ from tcpmesh.control.resources import (
     service_fqdn,
 )
 from tcpmesh.control.routes import (
-    route_destination_settings,
+    rule_for_host,
     tcp_route,
     virtual_services_for_gateway,
 )
@@ -89,7 +91,15 @@ OUTSIDE = SourceClass("", ())
 def outbound_snapshot(
     resources: MeshResources, node: ProxyNode, clusters: tuple[Cluster, ...]
 ) -> Snapshot:
-    classes = rule_views(resources, source_classes(resources, node))
+    classes = resources.cache.get(
+        "source_classes",
+        (resources.stamps("pods", "virtual_services", "destination_rules"), node),
+        (),
+        lambda: rule_views(resources, source_classes(resources, node)),
+    )
+    # Equal classes, the same tuple: the listeners' steps take it by identity, and a
+    # VirtualService change that leaves the classes as they were must not miss them all.
+    classes = resources.cache.get("source_classes_value", classes, (), lambda: classes)
     listeners = itertools.chain(
         cluster_ip_listeners(resources, classes),
         node_port_listeners(resources, node),
@@ -138,15 +148,54 @@ def _tcp_ports(service: models.Service) -> Iterator[tuple[int, models.ServicePor
 
 
 def cluster_ip_listeners(
-    resources: MeshResources, classes: Sequence[SourceClass]
+    resources: MeshResources, classes: tuple[SourceClass, ...]
 ) -> Iterator[Listener]:
     for service in sorted(resources.services, key=creation_order_key):
         address = service_cluster_ip(service)
         if address is None:
             continue
-        for index, port in _tcp_ports(service):
-            routes = mesh_routes(resources, service, index, address, classes)
-            yield Listener(f"{address}_{port.port}", address, port.port, routes)
+        for index, _ in _tcp_ports(service):
+            yield _cluster_ip_listener(resources, service, index, address, classes)
+
+
+# What a cluster-IP listener reads besides its Service, the source classes and the
+# ``mesh`` VirtualServices for the Service's host: its routes' destinations and rules.
+ROUTE_KINDS = ("services", "service_entries", "destination_rules")
+
+
+def _cluster_ip_listener(
+    resources: MeshResources,
+    service: models.Service,
+    index: int,
+    address: str,
+    classes: tuple[SourceClass, ...],
+) -> Listener:
+    """A step of the build cache: the VirtualServices it reads are those each class's
+    sidecar sees for the Service's host (``mesh_virtual_services``)."""
+    seen = [mesh_virtual_services(resources, service, source) for source in (OUTSIDE, *classes)]
+    return resources.cache.get(
+        "cluster_ip_listener",
+        (resources.stamps(*ROUTE_KINDS), index, address, tuple(map(len, seen))),
+        # The classes by identity: the same tuple while the "source_classes" step holds.
+        (service, classes, *itertools.chain.from_iterable(seen)),
+        partial(_mesh_listener, resources, service, index, address, classes),
+    )
+
+
+def _mesh_listener(
+    resources: MeshResources,
+    service: models.Service,
+    index: int,
+    address: str,
+    classes: tuple[SourceClass, ...],
+) -> Listener:
+    routes = mesh_routes(resources, service, index, address, classes)
+    return Listener(
+        f"{address}_{service.spec.ports[index].port}",
+        address,
+        service.spec.ports[index].port,
+        routes,
+    )
 
 
 def mesh_routes(
@@ -317,11 +366,25 @@ def service_route(
     resources: MeshResources, client: ProxyNode, service: models.Service, index: int
 ) -> TcpRoute:
     """buildOutboundNetworkFiltersWithSingleDestination: all of it to the Service port's
-    cluster, with the route-level settings of the DestinationRule ``client`` uses."""
+    cluster, with the route-level settings of the DestinationRule ``client`` uses (a step
+    of the build cache: it reads the Service and that rule)."""
+    fqdn = service_fqdn(service.name, service.namespace)
+    rule = rule_for_host(resources, client, fqdn)
+    return resources.cache.get(
+        "service_route",
+        (index, client.namespace, client.labels),
+        (service, rule),
+        partial(_service_route, service, index, rule),
+    )
+
+
+def _service_route(
+    service: models.Service, index: int, rule: models.DestinationRule | None
+) -> TcpRoute:
     fqdn = service_fqdn(service.name, service.namespace)
     port = service.spec.ports[index].port
     name = cluster_name(port, "", fqdn)
-    settings = route_destination_settings(resources, client, models.Destination(host=fqdn), "")
+    settings = route_settings(rule, "")
     return TcpRoute(
         destinations=(WeightedCluster(name, 100, fqdn, "", port),),
         origin=RouteOrigin("Service", service.namespace, service.name, index, "ports"),
@@ -329,6 +392,19 @@ def service_route(
         idle_timeout=settings.idle_timeout,
         max_connection_duration=settings.max_connection_duration,
         hash_policy=settings.hash_policy,
+    )
+
+
+def listener(
+    resources: MeshResources, address: str, port: int, routes: tuple[TcpRoute, ...]
+) -> Listener:
+    """``<address>_<port>`` with its routes; the same object as the last build's when the
+    routes are the same objects (so its JSON and digest are not worked out again)."""
+    return resources.cache.get(
+        "node_listener",
+        (address, port),
+        routes,
+        partial(Listener, f"{address}_{port}", address, port, routes),
     )
 
 
@@ -340,8 +416,7 @@ def node_port_listeners(resources: MeshResources, node: ProxyNode) -> Iterator[L
         for index, port in _tcp_ports(service):
             if port.node_port:
                 route = service_route(resources, node, service, index)
-                name = f"{node.address}_{port.node_port}"
-                yield Listener(name, node.address, port.node_port, (route,))
+                yield listener(resources, node.address, port.node_port, (route,))
 
 
 def load_balancer_listeners(resources: MeshResources, node: ProxyNode) -> Iterator[Listener]:
@@ -358,7 +433,7 @@ def load_balancer_listeners(resources: MeshResources, node: ProxyNode) -> Iterat
         for index, port in _tcp_ports(service):
             if (held is None or port.port in held) and (address, port.port) not in shaped:
                 route = service_route(resources, node, service, index)
-                yield Listener(f"{address}_{port.port}", address, port.port, (route,))
+                yield listener(resources, address, port.port, (route,))
 
 
 def serves_itself(resources: MeshResources, service: models.Service) -> bool:

@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from tcpmesh.api import from_dict, gatewayapi, is_ip, models
+from tcpmesh.control.buildcache import BuildCache
 
 if TYPE_CHECKING:
     from tcpmesh.control.policy import DestinationRuleIndex
@@ -104,6 +105,9 @@ class MeshResources:
     # Host name → IPv4 addresses, looked up by the control plane for DNS ServiceEntries so
     # that building stays pure; a name missing here has no endpoints yet.
     dns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The builder's step results, kept across builds by the control plane (a fresh one:
+    # every step computed, the full rebuild). Never part of the resources' equality.
+    cache: BuildCache = field(default_factory=BuildCache, compare=False, repr=False)
 
     @functools.cached_property
     def memo(self) -> dict[Hashable, Any]:
@@ -111,6 +115,18 @@ class MeshResources:
         indexes by gateway, port and host, so that a build costs O(objects), not the
         O(objects²) of scanning every VirtualService for every server and Service."""
         return {}
+
+    def stamps(self, *kinds: str) -> tuple[int, ...]:
+        """The build cache's stamps of the named fields (``services``, ``pods``, ...): a
+        step whose key holds them is recomputed only when one of those kinds changed."""
+        found: list[int] = []
+        for kind in kinds:
+            key = ("stamp", kind)
+            number: int | None = self.memo.get(key)
+            if number is None:
+                number = self.memo[key] = self.cache.stamp(kind, getattr(self, kind))
+            found.append(number)
+        return tuple(found)
 
     @functools.cached_property
     def virtual_services_in_order(self) -> tuple[models.VirtualService, ...]:
@@ -130,7 +146,13 @@ class MeshResources:
         """The DestinationRules indexed once (setDestinationRules) for every lookup of a build."""
         from tcpmesh.control.policy import DestinationRuleIndex  # policy imports this module
 
-        return DestinationRuleIndex(self.destination_rules)
+        # Built again only when a DestinationRule changed (it reads nothing else).
+        return self.cache.get(
+            "destination_rule_index",
+            self.stamps("destination_rules"),
+            (),
+            lambda: DestinationRuleIndex(self.destination_rules),
+        )
 
     @classmethod
     def from_objects(
@@ -147,8 +169,11 @@ class MeshResources:
         cls,
         resources: Iterable[models.Resource],
         dns: Mapping[str, tuple[str, ...]] | None = None,
+        cache: BuildCache | None = None,
     ) -> MeshResources:
-        """Sort typed resources into buckets; kinds the builder does not use are skipped."""
+        """Sort typed resources into buckets; kinds the builder does not use are skipped.
+
+        ``cache``: the step results of earlier builds to reuse (``control.buildcache``)."""
         buckets: dict[type[models.Resource], list[Any]] = {
             models.Service: [],
             models.Endpoints: [],
@@ -182,6 +207,7 @@ class MeshResources:
             kube_routes=(*buckets[gatewayapi.KubeTCPRoute], *buckets[gatewayapi.KubeTLSRoute]),
             reference_grants=tuple(buckets[gatewayapi.ReferenceGrant]),
             dns=dict(dns or {}),
+            cache=cache if cache is not None else BuildCache(),
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Sequence
+from functools import partial
 
 from tcpmesh.api import (
     MAX_CONNECT_ATTEMPTS_ANNOTATION,
@@ -20,7 +21,6 @@ from tcpmesh.api import (
     rebalance_settings,
 )
 from tcpmesh.control.policy import (
-    RouteSettings,
     destination_rule,
     route_settings,
 )
@@ -84,7 +84,7 @@ def gateway_route(
     port: int,
 ) -> TcpRoute | None:
     server_hosts = [server_host(h, gateway.namespace) for h in server.hosts]
-    for vs in _candidates_for_port(resources, node, gateway_name, port):
+    for vs in candidates_for_port(resources, node, gateway_name, port):
         if not vs_matches_server_hosts(vs, server_hosts):
             continue
         for index, rule in enumerate(vs.spec.tcp):
@@ -97,7 +97,7 @@ def gateway_route(
 _ANY_PORT = 0
 
 
-def _candidates_for_port(
+def candidates_for_port(
     resources: MeshResources, node: ProxyNode, gateway_name: str, port: int
 ) -> list[models.VirtualService]:
     """The gateway's VirtualServices, in order, that have a rule which can fit ``port``
@@ -173,7 +173,36 @@ def tcp_route(
     listener_port: int,
     section: str = "tcp",
 ) -> TcpRoute:
-    """buildOutboundNetworkFilters: the weighted tcp_proxy of a ``tcp`` or ``tls`` rule."""
+    """buildOutboundNetworkFilters: the weighted tcp_proxy of a ``tcp`` or ``tls`` rule.
+
+    One step of the build cache: the route reads the VirtualService (the rule is in it),
+    the rule the proxy uses for the first destination's host, and per destination host
+    its Service, or, without one, the ServiceEntries (any of them may cover the host)."""
+    entries = [r for r in rule.route if r is not None and r.destination is not None]
+    first = entries[0].destination if entries else None
+    settings_rule = _settings_rule(resources, node, first, vs.namespace)
+    inputs: list[object] = [vs, settings_rule]
+    for entry in entries:
+        assert entry.destination is not None
+        service = find_service(resources, resolve_host(entry.destination.host, vs.namespace))
+        inputs += [service] if service is not None else [None, *resources.service_entries]
+    return resources.cache.get(
+        "tcp_route",
+        (id(rule), index, listener_port, section, node.namespace, node.labels, len(inputs)),
+        tuple(inputs),
+        partial(_tcp_route, resources, vs, index, rule, listener_port, section, settings_rule),
+    )
+
+
+def _tcp_route(
+    resources: MeshResources,
+    vs: models.VirtualService,
+    index: int,
+    rule: models.TCPRoute | models.TLSRoute,
+    listener_port: int,
+    section: str,
+    settings_rule: models.DestinationRule | None,
+) -> TcpRoute:
     entries = [r for r in rule.route if r is not None and r.destination is not None]
     named = [
         (destination_for(resources, r.destination, vs.namespace, listener_port), r.weight)
@@ -187,7 +216,9 @@ def tcp_route(
         destinations = tuple(dataclasses.replace(d, weight=w) for d, w in named if w > 0)
         stat_prefix = f"{vs.name}.{vs.namespace}"
     first = entries[0].destination if entries else None
-    settings = route_destination_settings(resources, node, first, vs.namespace, len(named) == 1)
+    single = len(named) == 1
+    subset = (first.subset or "") if first is not None and single else ""
+    settings = route_settings(settings_rule, subset)
     return TcpRoute(
         destinations=destinations,
         origin=RouteOrigin(vs.kind, vs.namespace, vs.name, index, section),
@@ -203,29 +234,33 @@ def tcp_route(
     )
 
 
-def route_destination_settings(
+def _settings_rule(
     resources: MeshResources,
     client: ProxyNode,
     destination: models.Destination | None,
     namespace: str,
-    single: bool = True,
-) -> RouteSettings:
-    """buildOutboundNetworkFilters: the tcp_proxy settings from the rule ``client`` uses for
-    route[0]'s host, when that host is a service it knows (ServiceForHostname; else none).
-    ``single``: the route has one destination, whose subset then counts for the hash."""
+) -> models.DestinationRule | None:
+    """The DestinationRule ``client`` uses for the destination's host, when that host is a
+    Service or ServiceEntry host (its owner's namespace counts for the lookup)."""
     if destination is None:
-        return route_settings(None, "")
-    fqdn = resolve_host(destination.host, namespace)
+        return None
+    return rule_for_host(resources, client, resolve_host(destination.host, namespace))
+
+
+def rule_for_host(
+    resources: MeshResources, client: ProxyNode, fqdn: str
+) -> models.DestinationRule | None:
+    """The DestinationRule ``client`` uses for ``fqdn`` (None: no rule, or not a host of
+    a Service or ServiceEntry)."""
     service = find_service(resources, fqdn)
     owner = service.namespace if service is not None else None
     if owner is None:
         entry = entry_services(resources).get(fqdn)
         owner = entry.namespace if entry is not None else None
-    rule = None
-    if owner is not None:
-        index, labels = resources.destination_rule_index, client.label_dict()
-        rule = destination_rule(index, fqdn, owner, client.namespace, labels)
-    return route_settings(rule, (destination.subset or "") if single else "")
+    if owner is None:
+        return None
+    index, labels = resources.destination_rule_index, client.label_dict()
+    return destination_rule(index, fqdn, owner, client.namespace, labels)
 
 
 def _weighted_pick(vs: models.VirtualService) -> WeightedPick:

@@ -7,6 +7,7 @@ References (istio/istio): pilot/pkg/networking/core/gateway.go, model/gateway.go
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from tcpmesh.api import models
 from tcpmesh.control.resources import (
@@ -72,8 +73,23 @@ class PortConflict:
 
 def gateway_servers(
     resources: MeshResources, node: ProxyNode
-) -> tuple[list[ServerPort], list[PortConflict]]:
+) -> tuple[tuple[ServerPort, ...], tuple[PortConflict, ...]]:
     """The plain TCP servers that get a listener on the node, and those that lose their port.
+
+    A step of the build cache: it reads the Gateways and the Services, and the node.
+    """
+    return resources.cache.get(
+        "gateway_servers",
+        (resources.stamps("gateways", "services"), node),
+        (),
+        partial(_gateway_servers, resources, node),
+    )
+
+
+def _gateway_servers(
+    resources: MeshResources, node: ProxyNode
+) -> tuple[tuple[ServerPort, ...], tuple[PortConflict, ...]]:
+    """The rule of ``gateway_servers``.
 
     The rule (mergeGateways keeps one plain-text TCP server per port): servers are taken
     in gateway creation order, then in the order of ``servers``; the first server that
@@ -101,7 +117,7 @@ def gateway_servers(
                 group.append(candidate)
             else:
                 conflicts.append(PortConflict(group[0], candidate))
-    return [entry for group in kept.values() for entry in group], conflicts
+    return tuple(entry for group in kept.values() for entry in group), tuple(conflicts)
 
 
 def server_kind(server: models.Server) -> str | None:

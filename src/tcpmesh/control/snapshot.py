@@ -12,14 +12,15 @@ Durations are float seconds; ``None`` means "not set / disabled" as documented p
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from tcpmesh.api import MAX_BANDWIDTH_MBPS
 
@@ -325,13 +326,23 @@ class Snapshot:
         no data plane ever sees a table that two of them could read differently. What a
         user's resources can cause (two servers on one port) is resolved while building,
         by a stated rule; a failure here is a bug in the builder. Returns ``self``.
+
+        What one listener or cluster can break on its own is worked out once per object
+        (``_own_problems``): a part the builder reused from an earlier Snapshot is not
+        checked again, only its relations to the others are.
         """
         problems = [
             *_listener_problems(self.listeners),
             *_cluster_problems(self.clusters),
-            *(p for lst in self.listeners for p in _route_problems(lst, self._by_name)),
+            *(p for lst in self.listeners for p in _own_problems(lst)),
+            *(p for c in self.clusters for p in _own_problems(c)),
+            *(p for lst in self.listeners for p in _destination_problems(lst, self._by_name)),
         ]
-        if self.version != Snapshot.build(self.listeners, self.clusters).version:
+        # A Snapshot ``build`` made carries the digest it computed of these very parts.
+        digest = self.__dict__.get("_tcpmesh_content_digest")
+        if digest is None:
+            digest = _digest(self.listeners, self.clusters)
+        if self.version != digest:
             problems.append(f"version {self.version!r} is not the digest of the content")
         if problems:
             raise SnapshotError(problems)
@@ -345,7 +356,12 @@ class Snapshot:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """The same text as ``json.dumps(self.to_dict(), sort_keys=True)`` (compact), made
+        of each part's text, which a part reused from an earlier Snapshot already has."""
+        listeners = ",".join(part_json(lst) for lst in self.listeners)
+        clusters = ",".join(part_json(c) for c in self.clusters)
+        version = json.dumps(self.version)
+        return f'{{"clusters":[{clusters}],"listeners":[{listeners}],"version":{version}}}'
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Snapshot:
@@ -362,9 +378,64 @@ class Snapshot:
     @classmethod
     def build(cls, listeners: tuple[Listener, ...], clusters: tuple[Cluster, ...]) -> Snapshot:
         """A snapshot whose version is a digest of its content: equal tables, equal versions."""
-        body = Snapshot("", listeners, clusters).to_json()
-        version = hashlib.sha256(body.encode()).hexdigest()[:16]
-        return cls(version, listeners, clusters)
+        version = _digest(listeners, clusters)
+        snapshot = cls(version, listeners, clusters)
+        snapshot.__dict__["_tcpmesh_content_digest"] = version
+        return snapshot
+
+
+T = TypeVar("T")
+
+
+def derived(part: object, name: str, compute: Callable[[], T]) -> T:
+    """A value worked out from a Snapshot part (Listener, TcpRoute, Cluster, ...), kept on
+    the part itself under ``name``.
+
+    Parts are frozen, so what was derived from one stays true of it; and a rebuild that
+    reused the part (``control.buildcache``) hands it on with the part: its JSON, its
+    digest, its checks here, and a data plane's translation of it (``xds``), are worked
+    out once per part, not once per Snapshot. Kept outside the fields, so equality,
+    hashing, ``replace`` and the JSON ignore it."""
+    cache = part.__dict__
+    if name in cache:
+        found: T = cache[name]
+        return found
+    value = cache[name] = compute()
+    return value
+
+
+def part_json(part: Listener | Cluster) -> str:
+    """The part's compact, key-sorted JSON, worked out once per object."""
+    return derived(
+        part,
+        "_tcpmesh_json",
+        lambda: json.dumps(_plain(part), sort_keys=True, separators=(",", ":")),
+    )
+
+
+def _part_digest(part: Listener | Cluster) -> str:
+    return derived(
+        part, "_tcpmesh_digest", lambda: hashlib.sha256(part_json(part).encode()).hexdigest()
+    )
+
+
+def _digest(listeners: tuple[Listener, ...], clusters: tuple[Cluster, ...]) -> str:
+    """The digest of the parts' digests, in order: equal content, equal digest (a part's
+    JSON is a function of its fields), and a rebuild that reuses most parts hashes only
+    the new ones."""
+    body = "\n".join(
+        ("L", *(_part_digest(lst) for lst in listeners), "C", *(_part_digest(c) for c in clusters))
+    )
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def _own_problems(part: Listener | Cluster) -> list[str]:
+    """What the part breaks on its own, worked out once per object."""
+    if isinstance(part, Listener):
+        return derived(
+            part, "_tcpmesh_problems", lambda: _one_listener_problems(part) + _route_problems(part)
+        )
+    return derived(part, "_tcpmesh_problems", lambda: _one_cluster_problems(part))
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
@@ -410,6 +481,7 @@ class SnapshotSource(Protocol):
 _SERVER_NAME = re.compile(r"(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _server_name_ok(name: str) -> bool:
     return _SERVER_NAME.fullmatch(name) is not None
 
@@ -418,6 +490,7 @@ def _port_ok(port: int) -> bool:
     return 1 <= port <= 65535
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _ip_ok(address: str) -> bool:
     try:
         ipaddress.ip_address(address)
@@ -426,6 +499,7 @@ def _ip_ok(address: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _cidr_ok(cidr: str) -> bool:
     try:
         ipaddress.ip_network(cidr, strict=False)
@@ -435,7 +509,7 @@ def _cidr_ok(cidr: str) -> bool:
 
 
 def _listener_problems(listeners: tuple[Listener, ...]) -> list[str]:
-    """Names and address:port pairs are unique; every listener has a route."""
+    """Names and address:port pairs are unique."""
     problems: list[str] = []
     names: set[str] = set()
     bound: dict[tuple[str, int], str] = {}
@@ -449,11 +523,17 @@ def _listener_problems(listeners: tuple[Listener, ...]) -> list[str]:
                 f"listeners {bound[key]} and {lst.name} both bind {lst.address}:{lst.port}"
             )
         bound.setdefault(key, lst.name)
-        if not _ip_ok(lst.address) or not _port_ok(lst.port):
-            problems.append(f"listener {lst.name} binds {lst.address}:{lst.port}, not an IP:port")
-        if not lst.routes:
-            problems.append(f"listener {lst.name} has no route")
     return problems + _bandwidth_problems(listeners)
+
+
+def _one_listener_problems(lst: Listener) -> list[str]:
+    """The listener binds an IP:port and has a route."""
+    problems: list[str] = []
+    if not _ip_ok(lst.address) or not _port_ok(lst.port):
+        problems.append(f"listener {lst.name} binds {lst.address}:{lst.port}, not an IP:port")
+    if not lst.routes:
+        problems.append(f"listener {lst.name} has no route")
+    return problems
 
 
 def _bandwidth_problems(listeners: tuple[Listener, ...]) -> list[str]:
@@ -472,26 +552,32 @@ def _bandwidth_problems(listeners: tuple[Listener, ...]) -> list[str]:
 
 
 def _cluster_problems(clusters: tuple[Cluster, ...]) -> list[str]:
-    """Names are unique and made of the fields; endpoints are IP:port; timeouts positive."""
+    """Names are unique."""
     problems: list[str] = []
     names: set[str] = set()
     for c in clusters:
         if c.name in names:
             problems.append(f"cluster {c.name} is defined twice")
         names.add(c.name)
-        if c.name != cluster_name(c.port, c.subset, c.service):
-            problems.append(f"cluster {c.name} does not match its service, subset and port")
-        if not _port_ok(c.port):
-            problems.append(f"cluster {c.name} has port {c.port} outside 1..65535")
-        if c.connect_timeout <= 0:
-            problems.append(f"cluster {c.name} has connect timeout {c.connect_timeout} <= 0")
-        if c.max_connections is not None and c.max_connections < 1:
-            problems.append(f"cluster {c.name} allows {c.max_connections} connections")
-        problems += [
-            f"cluster {c.name} has endpoint {e.address}:{e.port}, not an IP:port"
-            for e in c.endpoints
-            if not _ip_ok(e.address) or not _port_ok(e.port)
-        ]
+    return problems
+
+
+def _one_cluster_problems(c: Cluster) -> list[str]:
+    """The name is made of the fields; endpoints are IP:port; timeouts positive."""
+    problems: list[str] = []
+    if c.name != cluster_name(c.port, c.subset, c.service):
+        problems.append(f"cluster {c.name} does not match its service, subset and port")
+    if not _port_ok(c.port):
+        problems.append(f"cluster {c.name} has port {c.port} outside 1..65535")
+    if c.connect_timeout <= 0:
+        problems.append(f"cluster {c.name} has connect timeout {c.connect_timeout} <= 0")
+    if c.max_connections is not None and c.max_connections < 1:
+        problems.append(f"cluster {c.name} allows {c.max_connections} connections")
+    problems += [
+        f"cluster {c.name} has endpoint {e.address}:{e.port}, not an IP:port"
+        for e in c.endpoints
+        if not _ip_ok(e.address) or not _port_ok(e.port)
+    ]
     return problems
 
 
@@ -506,15 +592,16 @@ def _rebalance_problems(where: str, rebalance: Rebalance | None) -> list[str]:
     return problems
 
 
-def _route_problems(lst: Listener, clusters: dict[str, Cluster]) -> list[str]:
-    """Destinations have positive weights and agree with the cluster they name, if any.
+def _where(lst: Listener, index: int, route: TcpRoute) -> str:
+    return f"listener {lst.name} route {index} ({route.origin})"
 
-    A destination naming no cluster is deliberate (its share closes with NC); it still
-    says which service, subset and port it was meant for."""
+
+def _route_problems(lst: Listener) -> list[str]:
+    """Routes have distinct matches, valid names and subnets, and positive weights."""
     problems: list[str] = []
     matchers: dict[tuple[frozenset[str], frozenset[str], frozenset[str]], int] = {}
     for index, route in enumerate(lst.routes):
-        where = f"listener {lst.name} route {index} ({route.origin})"
+        where = _where(lst, index, route)
         # Envoy rejects a listener whose filter chains share a matcher; so must we.
         matcher = (
             frozenset(route.match.destination_subnets),
@@ -524,38 +611,59 @@ def _route_problems(lst: Listener, clusters: dict[str, Cluster]) -> list[str]:
         if matcher in matchers:
             problems.append(f"{where} has the same match as route {matchers[matcher]}")
         matchers.setdefault(matcher, index)
-        if route.max_connect_attempts < 1:
-            problems.append(f"{where} makes {route.max_connect_attempts} connect attempts")
-        problems += [
-            f"{where} has server name {name!r}, not a lowercase (wildcard) DNS name"
-            for name in route.match.server_names
-            if not _server_name_ok(name)
-        ]
-        problems += [
-            f"{where} has subnet {cidr!r}, not a CIDR"
-            for cidr in (*route.match.destination_subnets, *route.match.source_prefixes)
-            if not _cidr_ok(cidr)
-        ]
-        if route.tls is not None and not (route.tls.certificate_chain and route.tls.private_key):
-            problems.append(f"{where} terminates TLS without a certificate and key")
-        if not route.destinations:
-            problems.append(f"{where} has no destination")
-        if not route.stat_prefix:
-            problems.append(f"{where} has no stat prefix")
-        for limit in (route.idle_timeout, route.max_connection_duration):
-            if limit is not None and limit < 0:
-                problems.append(f"{where} has a negative timeout {limit}")
-        problems += _rebalance_problems(where, route.rebalance)
+        problems += _one_route_problems(where, route)
+    return problems
+
+
+def _one_route_problems(where: str, route: TcpRoute) -> list[str]:
+    problems: list[str] = []
+    if route.max_connect_attempts < 1:
+        problems.append(f"{where} makes {route.max_connect_attempts} connect attempts")
+    problems += [
+        f"{where} has server name {name!r}, not a lowercase (wildcard) DNS name"
+        for name in route.match.server_names
+        if not _server_name_ok(name)
+    ]
+    problems += [
+        f"{where} has subnet {cidr!r}, not a CIDR"
+        for cidr in (*route.match.destination_subnets, *route.match.source_prefixes)
+        if not _cidr_ok(cidr)
+    ]
+    if route.tls is not None and not (route.tls.certificate_chain and route.tls.private_key):
+        problems.append(f"{where} terminates TLS without a certificate and key")
+    if not route.destinations:
+        problems.append(f"{where} has no destination")
+    if not route.stat_prefix:
+        problems.append(f"{where} has no stat prefix")
+    for limit in (route.idle_timeout, route.max_connection_duration):
+        if limit is not None and limit < 0:
+            problems.append(f"{where} has a negative timeout {limit}")
+    problems += _rebalance_problems(where, route.rebalance)
+    problems += [
+        f"{where}: {d.cluster_name} has weight {d.weight} <= 0"
+        for d in route.destinations
+        if d.weight <= 0
+    ]
+    return problems
+
+
+def _destination_problems(lst: Listener, clusters: dict[str, Cluster]) -> list[str]:
+    """Destinations agree with the cluster they name, if any.
+
+    A destination naming no cluster is deliberate (its share closes with NC); it still
+    says which service, subset and port it was meant for."""
+    problems: list[str] = []
+    for index, route in enumerate(lst.routes):
         for d in route.destinations:
-            if d.weight <= 0:
-                problems.append(f"{where}: {d.cluster_name} has weight {d.weight} <= 0")
             cluster = clusters.get(d.cluster_name)
             if cluster is not None and (d.service, d.subset, d.port) != (
                 cluster.service,
                 cluster.subset,
                 cluster.port,
             ):
-                problems.append(f"{where}: {d.cluster_name} disagrees with its cluster")
+                problems.append(
+                    f"{_where(lst, index, route)}: {d.cluster_name} disagrees with its cluster"
+                )
     return problems
 
 
