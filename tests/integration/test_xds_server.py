@@ -125,11 +125,11 @@ class FakeEnvoy:
             if error is not None:
                 await self._request(response.type_url, error=error)
                 continue
-            # As Envoy does: the new clusters' endpoints are asked for before the ACK.
+            # As Envoy does: the new clusters' endpoints, and the new listeners' filter
+            # configs, are asked for before the ACK (the server may finish a push as soon
+            # as the LDS ACK is in: the filters must be subscribed by then).
             if response.type_url == CLUSTER_TYPE:
                 await self._subscribe(ENDPOINT_TYPE, names)
-            self._accepted[response.type_url] = response.version_info
-            await self._request(response.type_url)
             if response.type_url == LISTENER_TYPE:
                 filters = [
                     f["name"]
@@ -138,6 +138,8 @@ class FakeEnvoy:
                     for f in chain.get("filters", [])
                 ]
                 await self._subscribe(EXTENSION_CONFIG_TYPE, filters)
+            self._accepted[response.type_url] = response.version_info
+            await self._request(response.type_url)
 
     async def _subscribe(self, type_url: str, names: list[str]) -> None:
         if sorted(names) != sorted(self._names.get(type_url, [])):

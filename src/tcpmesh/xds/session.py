@@ -38,9 +38,21 @@ from tcpmesh.xds.translate import CLUSTER_TYPE, LISTENER_TYPE, PUSH_ORDER, SHORT
 WILDCARD_TYPES = (LISTENER_TYPE, CLUSTER_TYPE)
 
 
-def content_version(resources: dict[str, Resource]) -> str:
-    """Equal resource sets, equal versions, whatever snapshot they came from."""
-    body = json.dumps(resources, sort_keys=True, separators=(",", ":"))
+Digest = Callable[[Resource], str]
+
+
+def resource_digest(resource: Resource) -> str:
+    """A digest of one resource's content."""
+    body = json.dumps(resource, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def content_version(resources: dict[str, Resource], digest: Digest = resource_digest) -> str:
+    """Equal resource sets, equal versions, whatever snapshot they came from.
+
+    Made of each resource's digest, so a server that keeps those (``xds.server``: by
+    resource, as a reused Snapshot part keeps its resources) hashes only the new ones."""
+    body = "\n".join(f"{name} {digest(resources[name])}" for name in sorted(resources))
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
@@ -149,9 +161,9 @@ class _TypeState:
     # Unanswered responses: nonce -> (version, resources).
     inflight: dict[str, tuple[str, dict[str, Resource]]] = field(default_factory=dict)
 
-    def set_desired(self, resources: dict[str, Resource]) -> None:
+    def set_desired(self, resources: dict[str, Resource], digest: Digest) -> None:
         self.desired = resources
-        self.desired_version = content_version(resources)
+        self.desired_version = content_version(resources, digest)
 
     def names_to_send(self) -> frozenset[str]:
         assert self.desired is not None
@@ -163,9 +175,15 @@ class _TypeState:
 class AdsSession:
     """The protocol state of one ADS stream of ``node``; see the module docstring."""
 
-    def __init__(self, node: NodeState, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        node: NodeState,
+        clock: Callable[[], float] = time.time,
+        digest: Digest = resource_digest,
+    ) -> None:
         self.node = node
         self._clock = clock
+        self._digest = digest
         self._types = {t: _TypeState(t) for t in PUSH_ORDER}
         self._nonces = itertools.count(1)
 
@@ -192,7 +210,7 @@ class AdsSession:
         """Make ``resources`` the desired set; the response to send (None: nothing new to
         send) and the nonce whose answer settles the offer ("" when none is awaited)."""
         state = self._types[type_url]
-        state.set_desired(resources)
+        state.set_desired(resources, self._digest)
         response = self._respond(state)
         if response is not None:
             return response, response.nonce
@@ -210,7 +228,7 @@ class AdsSession:
                 state.type_url, version, self.node.pending, error, self._clock()
             )
             if state.accepted:
-                state.set_desired(state.good)
+                state.set_desired(state.good, self._digest)
                 state.sent_names = None
             return Answer(state.type_url, request.nonce, version, error)
         state.good = resources

@@ -44,6 +44,7 @@ whose endpoints are all not ready gets an empty ClusterLoadAssignment, so ``UH``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from tcpmesh.control import (
@@ -54,6 +55,7 @@ from tcpmesh.control import (
     TcpRoute,
     VersionAffinity,
     WeightedPick,
+    derived,
 )
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -165,30 +167,50 @@ def filter_name(listener: Listener, index: int) -> str:
 
 
 def translate(snapshot: Snapshot) -> EnvoyConfig:
+    """The node's Envoy resources. Each is translated once per Snapshot part
+    (``control.derived``): a part a rebuild reused keeps its resources, the very same
+    dicts, which the server then encodes and hashes once (``xds.server``). So resources
+    are shared between configurations and must never be changed in place."""
     listeners: dict[str, Resource] = {}
     filters: dict[str, Resource] = {}
     secrets: dict[str, Resource] = {}
     for listener in snapshot.listeners:
-        listeners[listener.name] = listener_resource(listener)
-        for index, route in enumerate(listener.routes):
-            name = filter_name(listener, index)
-            filters[name] = {
-                "@type": EXTENSION_CONFIG_TYPE,
-                "name": name,
-                "typed_config": tcp_proxy_config(route),
-            }
+        listeners[listener.name] = derived(
+            listener, "xds.listener", partial(listener_resource, listener)
+        )
+        filters.update(derived(listener, "xds.filters", partial(_filters, listener)))
+        for route in listener.routes:
             if route.tls is not None:
                 secrets.update(secret_resources(route.tls))
     return EnvoyConfig(
         snapshot.version,
         {
-            CLUSTER_TYPE: {c.name: cluster_resource(c) for c in snapshot.clusters},
-            ENDPOINT_TYPE: {c.name: load_assignment(c) for c in snapshot.clusters},
+            CLUSTER_TYPE: {
+                c.name: derived(c, "xds.cluster", partial(cluster_resource, c))
+                for c in snapshot.clusters
+            },
+            ENDPOINT_TYPE: {
+                c.name: derived(c, "xds.endpoints", partial(load_assignment, c))
+                for c in snapshot.clusters
+            },
             SECRET_TYPE: secrets,
             EXTENSION_CONFIG_TYPE: filters,
             LISTENER_TYPE: listeners,
         },
     )
+
+
+def _filters(listener: Listener) -> dict[str, Resource]:
+    """The ECDS resources of the listener's routes, one tcp_proxy config each."""
+    filters: dict[str, Resource] = {}
+    for index, route in enumerate(listener.routes):
+        name = filter_name(listener, index)
+        filters[name] = {
+            "@type": EXTENSION_CONFIG_TYPE,
+            "name": name,
+            "typed_config": tcp_proxy_config(route),
+        }
+    return filters
 
 
 # How terminating routes get their certificates: by SDS, never inline. An inline
