@@ -44,7 +44,7 @@ REPLICAS = (1, 2)
 EDGE = 3
 NODE = "istio-system/istio-ingressgateway-h3"
 # How soon after the kill a change applied through the survivor is ACKed by the Envoy:
-# its keepalive notices a dead connection in 1-3 s, its retry comes 0.2-1 s later.
+# its keepalive notices a dead connection in 1-3 s, its retry comes 0.1-0.5 s later.
 FAILOVER_BOUND = 10.0
 WORKLOAD_GROUP = """
 apiVersion: networking.istio.io/v1

@@ -98,7 +98,7 @@ def test_the_remote_bootstrap_speaks_mtls_to_every_server(tmp_path: Path) -> Non
         {"san_type": "IP_ADDRESS", "matcher": {"exact": "10.0.0.1"}}
     ]
     ads = config["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]
-    assert ads["retry_policy"]["retry_back_off"]["max_interval"] == "1s"
+    assert ads["retry_policy"]["retry_back_off"]["max_interval"] == "0.5s"
     options = next(iter(cluster["typed_extension_protocol_options"].values()))
     assert options["explicit_http_config"]["http2_protocol_options"]["connection_keepalive"]
 

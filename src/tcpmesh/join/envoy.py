@@ -10,7 +10,7 @@ restart and uses it for its next connection (the xDS server ends a stream when t
 certificate it was opened with expires, so that next connection comes).
 
 Envoy keeps serving its last configuration while no ADS server answers, and its gRPC
-client retries (0.2 s to 1 s backoff) on the next server in turn.
+client retries (0.1 s to 0.5 s backoff) on the next server in turn.
 """
 
 from __future__ import annotations

@@ -30,11 +30,15 @@ UPSTREAM_TLS_TYPE = (
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 PEER_SECRET = "tcpmesh-peer"
 # A joined Envoy's ADS connection: HTTP/2 pings every second, dead after 2 s without an
-# answer (a cut link sends no FIN), then a new stream within 0.2-1 s on the next server.
+# answer (a cut link sends no FIN), then a new stream within 0.1-0.5 s on the next
+# server, each connect given 0.5 s: back within about a second of a link's return (a
+# SYN sent into a cut link is retransmitted only after 1 s, so an attempt gives up
+# sooner and the next one goes out).
 KEEPALIVE_INTERVAL = "1s"
 KEEPALIVE_TIMEOUT = "2s"
-RETRY_BASE = "0.2s"
-RETRY_MAX = "1s"
+RETRY_BASE = "0.1s"
+RETRY_MAX = "0.5s"
+REMOTE_CONNECT_TIMEOUT = "0.5s"
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ def remote_bootstrap(
     """A joined gateway's bootstrap: ADS over mTLS to any of ``servers`` (round robin, so
     a retried stream goes to the next replica), HTTP/2 keepalive to notice a dead link."""
     cluster = _xds_cluster(servers, keepalive=True)
+    cluster["connect_timeout"] = REMOTE_CONNECT_TIMEOUT
     cluster["transport_socket"] = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {"@type": UPSTREAM_TLS_TYPE, "common_tls_context": _client_tls(tls)},
