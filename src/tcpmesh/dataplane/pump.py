@@ -206,10 +206,11 @@ class Relay(asyncio.Protocol):
         # The two directions (see Flow): client -> upstream, upstream -> client.
         self._to_up = Flow.OPEN
         self._to_client = Flow.OPEN
-        # Client bytes that arrived before the upstream connected.
-        self._early: list[bytes] = []
-        # Client bytes the upstream socket has not taken yet.
-        self._pending: list[bytes | memoryview] = []
+        # Client bytes that arrived before the upstream connected, and client bytes the
+        # upstream socket has not taken yet: () until there are some, so an idle
+        # connection holds no list objects (about 140 bytes each with their GC headers).
+        self._early: list[bytes] | tuple[()] = ()
+        self._pending: list[bytes | memoryview] | tuple[()] = ()
         self._pending_size = 0
         # Bytes read from each side: [received from the client, received from upstream].
         self.bytes_from = [0, 0]
@@ -308,7 +309,7 @@ class Relay(asyncio.Protocol):
         self._up_connected = True
         self.upstream_connected(sock)
         if self._early:
-            early, self._early = self._early, []
+            early, self._early = self._early, ()
             for chunk in early:
                 self._send_up(chunk)
                 if self._up is None:
@@ -362,8 +363,9 @@ class Relay(asyncio.Protocol):
     def _send_up(self, data: bytes | memoryview) -> None:
         sock = self._up
         assert sock is not None
-        if self._pending:
-            self._pending.append(data)
+        pending = self._pending
+        if pending:
+            pending.append(data)  # not empty: a list
             self._pending_size += len(data)
         else:
             try:
@@ -377,7 +379,7 @@ class Relay(asyncio.Protocol):
                 return
             # A view, not a copy, of what the socket did not take.
             rest = memoryview(data)[sent:]
-            self._pending.append(rest)
+            self._pending = [rest]
             self._pending_size += len(rest)
             if not self._up_writing:
                 self._up_writing = True
@@ -390,7 +392,7 @@ class Relay(asyncio.Protocol):
         if sock is None:
             return
         pending = self._pending
-        while pending:
+        while isinstance(pending, list) and pending:
             chunk = pending[0]
             try:
                 sent = sock.send(chunk)
@@ -408,6 +410,7 @@ class Relay(asyncio.Protocol):
             if self._pending_size <= self._high_water // 4:
                 self._update_down_reading()
             return
+        self._pending = ()  # drained: the list goes
         self._up_writing = False
         self._loop.remove_writer(self._up_fd)
         if self._up_close_wanted:
@@ -465,7 +468,7 @@ class Relay(asyncio.Protocol):
         if self._up_writing:
             self._loop.remove_writer(self._up_fd)
             self._up_writing = False
-        self._pending.clear()
+        self._pending = ()
         self._pending_size = 0
         sock.close()
 
@@ -485,7 +488,10 @@ class Relay(asyncio.Protocol):
         self.bytes_from[DOWNSTREAM] += len(data)
         if not self._up_connected:
             # uvloop may deliver data right after connection_made() paused reading.
-            self._early.append(data)
+            if self._early:
+                self._early.append(data)  # not empty: a list
+            else:
+                self._early = [data]
             return
         if self._up is not None:
             self._send_up(data)
