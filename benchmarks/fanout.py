@@ -167,7 +167,9 @@ async def measure(
 
 
 ECDS_STAT = "extension_config_discovery.network_filter.0.0.0.0_31400~0"
-ENVOY_READY_TIMEOUT = 120.0
+ENVOY_READY_TIMEOUT = 300.0
+# Joins started this far apart: N agents importing at once saturate two cores.
+ENVOY_START_GAP = 1.0
 
 
 class Envoys:
@@ -204,6 +206,7 @@ class Envoys:
             self.processes.append(
                 subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
             )
+            time.sleep(ENVOY_START_GAP)
 
     def stat(self, index: int, name: str) -> int:
         url = f"http://{self.admin(index).strip()}/stats?filter=^{ECDS_STAT}.{name}$&format=json"
