@@ -90,6 +90,7 @@ def build_listeners(resources: MeshResources, node: ProxyNode) -> Iterable[Liste
     by_port: dict[int, list[ServerPort]] = {}
     for entry in servers:
         by_port.setdefault(entry.listen_port, []).append(entry)
+    route_stamps = resources.stamps(*ROUTE_KINDS)
     for group in by_port.values():
         first = group[0]
         if server_kind(first.server) == "tls":
@@ -105,7 +106,7 @@ def build_listeners(resources: MeshResources, node: ProxyNode) -> Iterable[Liste
             candidates = candidates_for_port(resources, node, first.gateway_name, first.number)
             found = resources.cache.get(
                 "gateway_tcp_listener",
-                (resources.stamps(*ROUTE_KINDS), node, first.listen_port, len(candidates)),
+                (route_stamps, node, first.listen_port, len(candidates)),
                 (first.gateway, first.server, *candidates),
                 partial(_tcp_listener, resources, node, first),
             )

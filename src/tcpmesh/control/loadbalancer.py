@@ -104,7 +104,17 @@ class CappedPort:
 
 
 def capped_ports(resources: MeshResources) -> tuple[CappedPort, ...]:
-    """The TCP ports the load balancer serves: none until its pod is Ready."""
+    """The TCP ports the load balancer serves: none until its pod is Ready (a step of the
+    build cache: it reads the Services and the pods)."""
+    return resources.cache.get(
+        "capped_ports",
+        resources.stamps("services", "pods"),
+        (),
+        lambda: _capped_ports(resources),
+    )
+
+
+def _capped_ports(resources: MeshResources) -> tuple[CappedPort, ...]:
     if not load_balancer_ready(resources):
         return ()
     found: list[CappedPort] = []

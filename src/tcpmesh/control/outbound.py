@@ -31,6 +31,7 @@ node's address, so the node proxy leaves it alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
@@ -44,7 +45,6 @@ from tcpmesh.control.resources import (
     INGRESS_GATEWAY_SELECTOR,
     MeshResources,
     ProxyNode,
-    creation_order_key,
     labels_match,
     resolve_gateway_name,
     resolve_host,
@@ -150,7 +150,7 @@ def _tcp_ports(service: models.Service) -> Iterator[tuple[int, models.ServicePor
 def cluster_ip_listeners(
     resources: MeshResources, classes: tuple[SourceClass, ...]
 ) -> Iterator[Listener]:
-    for service in sorted(resources.services, key=creation_order_key):
+    for service in resources.services_in_order:
         address = service_cluster_ip(service)
         if address is None:
             continue
@@ -311,8 +311,7 @@ def mesh_virtual_services(
     """getConfigsForHost over the ``mesh`` VirtualServices a sidecar of ``source`` sees
     (exportTo from its namespace; outsiders see the public ones only)."""
     fqdn = service_fqdn(service.name, service.namespace)
-    sidecar = ProxyNode(source.namespace, "", source.labels, "")
-    vss = virtual_services_for_gateway(resources, sidecar, MESH_GATEWAY)
+    vss = virtual_services_for_gateway(resources, _sidecar(source), MESH_GATEWAY)
     exact, wild = _mesh_hosts_index(resources, source.namespace, vss)
     positions = set(exact.get(fqdn, ()))
     positions.update(
@@ -321,6 +320,12 @@ def mesh_virtual_services(
         if any(hosts_overlap(resolve_host(h, vss[p].namespace), fqdn) for h in vss[p].spec.hosts)
     )
     return [vss[p] for p in sorted(positions)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _sidecar(source: SourceClass) -> ProxyNode:
+    """The sidecar a class's pods would have (its namespace and labels; no address)."""
+    return ProxyNode(source.namespace, "", source.labels, "")
 
 
 def _mesh_hosts_index(
@@ -410,7 +415,7 @@ def listener(
 
 def node_port_listeners(resources: MeshResources, node: ProxyNode) -> Iterator[Listener]:
     """``--address:nodePort`` for every TCP node port (NodePort and LoadBalancer Services)."""
-    for service in sorted(resources.services, key=creation_order_key):
+    for service in resources.services_in_order:
         if service.spec.type not in ("NodePort", "LoadBalancer"):
             continue
         for index, port in _tcp_ports(service):
@@ -423,7 +428,7 @@ def load_balancer_listeners(resources: MeshResources, node: ProxyNode) -> Iterat
     """The load-balancer address:port of every LoadBalancer Service but the gateways',
     and but those the load balancer serves itself (a bandwidth cap: control.loadbalancer)."""
     shaped = {(c.address, c.port) for c in capped_ports(resources)}
-    for service in sorted(resources.services, key=creation_order_key):
+    for service in resources.services_in_order:
         frontend = load_balancer_frontend(service)
         if service.spec.type != "LoadBalancer" or frontend is None:
             continue

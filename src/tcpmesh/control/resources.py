@@ -129,6 +129,11 @@ class MeshResources:
         return tuple(found)
 
     @functools.cached_property
+    def services_in_order(self) -> tuple[models.Service, ...]:
+        """The Services in creation order (the node proxy's listener order)."""
+        return tuple(sorted(self.services, key=creation_order_key))
+
+    @functools.cached_property
     def virtual_services_in_order(self) -> tuple[models.VirtualService, ...]:
         """The VirtualServices in Istio's creation order (configCompareByCreationTime)."""
         return tuple(sorted(self.virtual_services, key=creation_order_key))

@@ -110,7 +110,8 @@ def candidates_for_port(
         for position, vs in enumerate(vss):
             for p in _rule_ports(vs, gateway_name):
                 index.setdefault(p, []).append(position)
-    positions = sorted((*index.get(port, ()), *index.get(_ANY_PORT, ())))
+    specific, any_port = index.get(port, ()), index.get(_ANY_PORT, ())
+    positions = sorted((*specific, *any_port)) if specific and any_port else specific or any_port
     return [vss[i] for i in positions]
 
 

@@ -314,7 +314,8 @@ class Snapshot:
     )
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_by_name", {c.name: c for c in self.clusters})
+        by_name = _of_clusters(self.clusters, "by_name", lambda: {c.name: c for c in self.clusters})
+        object.__setattr__(self, "_by_name", by_name)
 
     def cluster(self, name: str) -> Cluster | None:
         return self._by_name.get(name)
@@ -331,12 +332,12 @@ class Snapshot:
         (``_own_problems``): a part the builder reused from an earlier Snapshot is not
         checked again, only its relations to the others are.
         """
+        clusters = self.clusters
         problems = [
             *_listener_problems(self.listeners),
-            *_cluster_problems(self.clusters),
+            *_of_clusters(clusters, "problems", lambda: _all_cluster_problems(clusters)),
             *(p for lst in self.listeners for p in _own_problems(lst)),
-            *(p for c in self.clusters for p in _own_problems(c)),
-            *(p for lst in self.listeners for p in _destination_problems(lst, self._by_name)),
+            *(p for lst in self.listeners for p in _destination_problems(lst, self)),
         ]
         # A Snapshot ``build`` made carries the digest it computed of these very parts.
         digest = self.__dict__.get("_tcpmesh_content_digest")
@@ -423,10 +424,36 @@ def _digest(listeners: tuple[Listener, ...], clusters: tuple[Cluster, ...]) -> s
     """The digest of the parts' digests, in order: equal content, equal digest (a part's
     JSON is a function of its fields), and a rebuild that reuses most parts hashes only
     the new ones."""
-    body = "\n".join(
-        ("L", *(_part_digest(lst) for lst in listeners), "C", *(_part_digest(c) for c in clusters))
+    of_clusters = _of_clusters(
+        clusters, "digests", lambda: "\n".join(_part_digest(c) for c in clusters)
     )
+    body = "\n".join(("L", *(_part_digest(lst) for lst in listeners), "C", of_clusters))
     return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+# The last few clusters tuples and what was worked out from each (by identity): a rebuild
+# that changed no cluster hands the Snapshot the very tuple of the last one (the build
+# cache's "clusters" step), and a proxy's Snapshot has thousands of clusters.
+_CLUSTER_TUPLES_KEPT = 8
+_by_clusters: dict[int, tuple[tuple[Cluster, ...], dict[str, Any]]] = {}
+
+
+def _of_clusters(clusters: tuple[Cluster, ...], name: str, compute: Callable[[], T]) -> T:
+    """``compute()``, worked out once per clusters tuple (and kept while it is recent)."""
+    entry = _by_clusters.get(id(clusters))
+    if entry is None or entry[0] is not clusters:
+        if len(_by_clusters) >= _CLUSTER_TUPLES_KEPT:
+            del _by_clusters[next(iter(_by_clusters))]
+        entry = _by_clusters[id(clusters)] = (clusters, {})
+    found = entry[1]
+    if name not in found:
+        found[name] = compute()
+    value: T = found[name]
+    return value
+
+
+def _all_cluster_problems(clusters: tuple[Cluster, ...]) -> list[str]:
+    return [*_cluster_problems(clusters), *(p for c in clusters for p in _own_problems(c))]
 
 
 def _own_problems(part: Listener | Cluster) -> list[str]:
@@ -647,11 +674,22 @@ def _one_route_problems(where: str, route: TcpRoute) -> list[str]:
     return problems
 
 
-def _destination_problems(lst: Listener, clusters: dict[str, Cluster]) -> list[str]:
-    """Destinations agree with the cluster they name, if any.
+def _destination_problems(lst: Listener, snapshot: Snapshot) -> list[str]:
+    """Destinations agree with the cluster they name, if any (worked out once per listener
+    and clusters tuple: a reused listener among reused clusters is not looked at again).
 
     A destination naming no cluster is deliberate (its share closes with NC); it still
     says which service, subset and port it was meant for."""
+    last = lst.__dict__.get("_tcpmesh_destinations")
+    if last is not None and last[0] is snapshot.clusters:
+        found: list[str] = last[1]
+        return found
+    found = _destination_problems_in(lst, snapshot._by_name)
+    lst.__dict__["_tcpmesh_destinations"] = (snapshot.clusters, found)
+    return found
+
+
+def _destination_problems_in(lst: Listener, clusters: dict[str, Cluster]) -> list[str]:
     problems: list[str] = []
     for index, route in enumerate(lst.routes):
         for d in route.destinations:
