@@ -107,6 +107,9 @@ GATEWAY_PORTS = (
 
 
 DEFAULT_XDS_PORT = 15012
+# How often an open ADS stream of another host's Envoy checks that its peer is still
+# allowed (a deleted bootstrap token ends it within this long).
+REVOCATION_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -451,11 +454,20 @@ class Mesh:
         ca = ensure_ca(self.config.state_dir)
         issued = issue_certificate(ca, "tcpmesh-xds", [bind])
 
-        def authorize(cert_pem: bytes, node_id: str) -> str:
+        def authorize(cert_pem: bytes, node_id: str) -> None:
             try:
-                return peers.authorize_xds(cert_pem, node_id).token_id
+                peers.authorize_xds(cert_pem, node_id)
             except PeerRefused as refused:
                 raise PermissionError(refused.message) from None
+
+        async def revoked(cert_pem: bytes, node_id: str) -> str:
+            """Returns once the peer may no longer follow the node (token deleted)."""
+            while True:
+                await asyncio.sleep(REVOCATION_CHECK_SECONDS)
+                try:
+                    peers.authorize_xds(cert_pem, node_id)
+                except PeerRefused as refused:
+                    return refused.message
 
         return RemoteListener(
             bind,
@@ -464,6 +476,7 @@ class Mesh:
             issued.key_pem,
             ca.cert_pem,
             authorize,
+            revoked,
             max_connection_age=self.config.signing_seconds / 3,
         )
 

@@ -372,3 +372,23 @@ def test_a_cut_off_envoy_keeps_its_config_and_resyncs_when_the_link_returns(
     words = _split(edge, 100)
     verdict = stats.fit(words, 0, stats.parse_expectation("v1=80,v2=20"), alpha=1e-6)
     assert verdict.consistent, (words, verdict.note)
+
+
+def test_deleting_the_token_ends_the_envoys_stream_and_it_keeps_serving(edge: EdgeMesh) -> None:
+    """Last in the module: the token is gone, so no peer of this mesh renews any more."""
+    from tcpmesh.join import TOKEN_NAMESPACE, secret_name
+
+    assert edge.node()["connected"] is True
+    opened = edge.node()["streamsOpened"]
+    token_id = edge.token.split(".")[0]
+    edge.on_switch(lambda: edge.client().delete("Secret", TOKEN_NAMESPACE, secret_name(token_id)))
+    deleted = time.monotonic()
+    _wait("the ADS stream ending", lambda: edge.node()["connected"] is False, 5, edge)
+    print(f"revocation: the Envoy's ADS stream ended {time.monotonic() - deleted:.2f} s after")
+    time.sleep(1.5)  # Envoy retries every 0.1-0.5 s: each new stream is refused
+    node = edge.node()
+    assert node["connected"] is False and node["streamsOpened"] == opened
+    log = (edge.base / "mesh.log").read_text()
+    assert "certificate revoked: its bootstrap token was deleted" in log
+    words = _split(edge, 10)
+    assert sum(words.values()) == 10 and set(words) <= {"one", "two"}, words

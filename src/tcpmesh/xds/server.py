@@ -33,8 +33,9 @@ TLS with the mesh's CA, a client certificate required and verified by gRPC
 first request, so a joined gateway follows its own node and nothing else
 (PERMISSION_DENIED otherwise). Such a stream lasts no longer than its certificate: at
 its expiry the server ends it (UNAUTHENTICATED) and Envoy reconnects with the rotated
-one, so a revoked or expired certificate cannot keep a stream forever;
-``disconnect(token_id)`` ends the streams of a revoked token at once.
+one, so an expired certificate cannot keep a stream; and ``revoked(certificate, node
+id)``, awaited beside the stream, ends it as soon as the peer may no longer follow that
+node (its bootstrap token was deleted).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -88,9 +89,11 @@ log = logging.getLogger("tcpmesh.xds")
 ACK_TIMEOUT = 20.0
 
 Transform = Callable[[EnvoyConfig], EnvoyConfig]
-# (client certificate PEM, node id) -> the token id the certificate was issued against;
-# raises PermissionError (its text goes to the peer) when the stream is not allowed.
-Authorize = Callable[[bytes, str], str]
+# (client certificate PEM, node id): raises PermissionError (its text goes to the peer)
+# when the stream is not allowed.
+Authorize = Callable[[bytes, str], object]
+# (client certificate PEM, node id): returns, with the reason, once that is no longer so.
+Revoked = Callable[[bytes, str], Awaitable[str]]
 # What an Envoy on another host may go without answering for this long before gRPC
 # drops the connection (server-side keepalive); Envoy pings the other way, see
 # xds.bootstrap.remote_ads_cluster, and the server must allow it.
@@ -109,6 +112,7 @@ class RemoteListener:
     key_pem: bytes
     ca_pem: bytes
     authorize: Authorize
+    revoked: Revoked | None = None
     # gRPC's max_connection_age: a GOAWAY after this long, so the stream Envoy opens once
     # its certificate expired and its stream was ended goes over a new TLS connection,
     # with the renewed certificate (a new stream on the old connection would still carry
@@ -178,9 +182,9 @@ class _Stream:
         self._server = server
         # The verified client certificate of a stream on the remote port (None: loopback).
         self._cert_pem = cert_pem
-        self.token_id: str | None = None
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         self._expiry: asyncio.TimerHandle | None = None
+        self._watch: asyncio.Task[None] | None = None
         self._session: AdsSession | None = None
         # The answer Envoy gives each response, by nonce: None an ACK, text a NACK.
         self._answers: dict[str, asyncio.Future[str | None]] = {}
@@ -197,10 +201,9 @@ class _Stream:
             if not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]
         finally:
-            self._server.forget(self)
             if self._expiry is not None:
                 self._expiry.cancel()
-            for task in (reader, self._pusher):
+            for task in (reader, self._pusher, self._watch):
                 if task is not None and not task.done():
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -247,22 +250,32 @@ class _Stream:
                 self._send(response)
 
     def _admit(self, node_id: str) -> bool:
-        """Authorize a remote peer for ``node_id`` and end its stream at its expiry."""
-        if self._cert_pem is None:
+        """Authorize a remote peer for ``node_id``; end its stream at its certificate's
+        expiry, or when it is revoked."""
+        cert_pem = self._cert_pem
+        if cert_pem is None:
             return True
         remote = self._server.remote
         assert remote is not None
         try:
-            self.token_id = remote.authorize(self._cert_pem, node_id)
+            remote.authorize(cert_pem, node_id)
         except PermissionError as exc:
             log.warning("xDS stream for %s refused: %s", node_id, exc)
             self.end(_Ended(grpc.StatusCode.PERMISSION_DENIED, str(exc)))
             return False
-        remaining = _not_after(self._cert_pem) - time.time()
+        remaining = _not_after(cert_pem) - time.time()
         ended = _Ended(grpc.StatusCode.UNAUTHENTICATED, "the client certificate expired")
         loop = asyncio.get_running_loop()
         self._expiry = loop.call_later(max(remaining, 0.0), self.end, ended)
+        if remote.revoked is not None:
+            self._watch = asyncio.create_task(self._until_revoked(remote.revoked, node_id))
         return True
+
+    async def _until_revoked(self, revoked: Revoked, node_id: str) -> None:
+        assert self._cert_pem is not None
+        reason = await revoked(self._cert_pem, node_id)
+        log.warning("xDS stream of %s ended: %s", node_id, reason)
+        self.end(_Ended(grpc.StatusCode.UNAUTHENTICATED, reason))
 
     def end(self, ended: _Ended) -> None:
         """End the stream with a status (from the loop's thread)."""
@@ -387,7 +400,7 @@ class _Servicer:
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
-        stream = self._server.track(_Stream(self._server, _peer_certificate(context)))
+        stream = _Stream(self._server, _peer_certificate(context))
         try:
             async for response in stream.responses(request_iterator):
                 yield response
@@ -423,27 +436,11 @@ class XdsServer:
         self.port = port
         self.remote = remote
         self._nodes: dict[str, NodeState] = {}
-        self._streams: set[_Stream] = set()
         self._grpc: Any = None
         self.encodings = Encodings()
 
     def node_state(self, node_id: str) -> NodeState:
         return self._nodes.setdefault(node_id, NodeState(node_id))
-
-    def track(self, stream: _Stream) -> _Stream:
-        self._streams.add(stream)
-        return stream
-
-    def forget(self, stream: _Stream) -> None:
-        self._streams.discard(stream)
-
-    def disconnect(self, token_id: str) -> int:
-        """End the open streams of peers whose certificates carry ``token_id`` (the
-        token was deleted); how many. Call it on the server's loop."""
-        ended = [s for s in self._streams if s.token_id == token_id]
-        for stream in ended:
-            stream.end(_Ended(grpc.StatusCode.UNAUTHENTICATED, "the bootstrap token was revoked"))
-        return len(ended)
 
     async def start(self) -> int:
         # No SO_REUSEPORT: a port another server holds must fail to bind, not be shared
