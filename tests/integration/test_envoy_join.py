@@ -392,3 +392,23 @@ def test_deleting_the_token_ends_the_envoys_stream_and_it_keeps_serving(edge: Ed
     assert "certificate revoked: its bootstrap token was deleted" in log
     words = _split(edge, 10)
     assert sum(words.values()) == 10 and set(words) <= {"one", "two"}, words
+
+
+def test_an_xds_port_in_use_is_one_line_naming_the_flag(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = _python("tcpmesh", "--state-dir", str(tmp_path / "mesh"), "up")
+        argv += ["--bind-address", "127.0.0.1", "--secure-port", "0", "--xds-port", str(port)]
+        argv += ["--gateway-replicas", "0"]
+        # In the foreground: it exits at the failure (had it started, SIGTERM stops it).
+        mesh = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _, stderr = mesh.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            mesh.terminate()
+            _, stderr = mesh.communicate(timeout=60)
+    assert mesh.returncode == 1, stderr
+    assert f"error: --xds-port {port}: cannot listen on 127.0.0.1:{port} (in use?)" in stderr
+    assert "Traceback" not in stderr

@@ -472,9 +472,13 @@ class XdsServer:
             root_certificates=remote.ca_pem,
             require_client_auth=True,
         )
-        port = self._grpc.add_secure_port(f"{_host(remote.host)}:{remote.port}", credentials)
+        address = f"{_host(remote.host)}:{remote.port}"
+        try:
+            port = self._grpc.add_secure_port(address, credentials)
+        except RuntimeError:  # grpc's bind failure; an OSError, so the mesh does not retry
+            port = 0
         if port == 0:
-            raise RuntimeError(f"xDS: cannot listen on {remote.host}:{remote.port}")
+            raise OSError(f"--xds-port {remote.port}: cannot listen on {address} (in use?)")
         self.remote = dataclasses.replace(remote, port=port)
         log.info("xDS (ADS, mTLS) for other hosts on %s:%d", remote.host, port)
 
