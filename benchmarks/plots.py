@@ -8,7 +8,8 @@
   other load on the machine), with the issue's target for tcpmesh as a dashed line;
 - ``docs/images/control-scale.png``: ``control_scale.py``'s curves against the number of
   VirtualServices (``benchmarks/results/control-scale.json``), log-log with a line of
-  slope 1 (linear cost) for reference.
+  slope 1 (linear cost) for reference, and the apply cost before the incremental rebuild
+  (``control-scale-full-rebuild.json``, the 2026-12-02 01:50 run).
 
 matplotlib (in the benchmark's own venv, installed by run.sh); it reads no tcpmesh code.
 """
@@ -80,46 +81,62 @@ def plot_ratios(runs: list[dict[str, Any]], out: Path) -> None:
 
 
 SCALE_CURVES = [
-    ("build_gateway_cpu_ms", "build_snapshot, gateway (CPU ms)"),
-    ("build_node_proxy_cpu_ms", "build_snapshot, node proxy (CPU ms)"),
-    ("xds_translate_cpu_ms", "xDS translate (CPU ms)"),
-    ("xds_encode_cpu_ms", "xDS protobuf encode (CPU ms)"),
-    ("apply_to_effect_ms_p99", "apply → in effect p99 (wall ms)"),
-    ("apply_to_effect_cpu_ms_p50", "apply → in effect (CPU ms, median)"),
+    ("build_gateway_cpu_ms", "full build_snapshot, gateway (CPU ms)", "-"),
+    ("build_node_proxy_cpu_ms", "full build_snapshot, node proxy (CPU ms)", "-"),
+    ("xds_encode_cpu_ms", "xDS protobuf encode of everything (CPU ms)", "-"),
+    ("apply_to_effect_cpu_ms_p50", "apply → in effect, built-in (CPU ms, median)", "-"),
+    ("apply_to_effect_cpu_ms_p99", "apply → in effect, built-in (CPU ms, p99)", "-"),
+    ("envoy_apply_to_ack_cpu_ms_p99", "apply → Envoy ACK (control-plane CPU ms, p99)", "-"),
+    ("apply_to_effect_ms_p99", "apply → in effect, built-in (wall ms p99, loaded)", "--"),
+    ("envoy_apply_to_ack_ms_p99", "apply → Envoy ACK (wall ms p99, loaded)", "--"),
 ]
+# The same benchmark before the incremental rebuild (every apply rebuilt everything).
+BEFORE = ("apply_to_effect_cpu_ms_p50", "before: apply → in effect, full rebuild (CPU ms)")
 
 
-def plot_scale(data: dict[str, Any], out: Path) -> None:
+def plot_scale(data: dict[str, Any], before: dict[str, Any] | None, out: Path) -> None:
     sizes = sorted(data["sizes"], key=int)
     ns = [int(n) for n in sizes]
-    fig, (ax, mem) = plt.subplots(1, 2, figsize=(12, 4.6))
-    for key, title in SCALE_CURVES:
-        pts = [(int(n), data["sizes"][n].get(key)) for n in sizes]
-        pts = [(n, y) for n, y in pts if y]
-        if pts:
-            ax.plot([n for n, _ in pts], [y for _, y in pts], "o-", label=title)
+    fig, (ax, mem) = plt.subplots(1, 2, figsize=(13, 5.2))
+    for key, title, style in SCALE_CURVES:
+        _curve(ax, data, key, title, "o" + style)
+    if before is not None:
+        _curve(ax, before, BEFORE[0], BEFORE[1], "x:")
     if ns:
         first = data["sizes"][sizes[0]].get("build_gateway_cpu_ms") or 1.0
-        ax.plot(ns, [first * n / ns[0] for n in ns], "k:", label="linear (slope 1)")
+        ax.plot(ns, [first * n / ns[0] for n in ns], "k:", lw=0.8, label="linear (slope 1)")
     ax.axhline(100, color="tab:red", ls="--", lw=1, label="100 ms")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("VirtualServices (each with a Service, DestinationRule, 2 pods, Endpoints)")
     ax.set_ylabel("ms")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6.5)
     ax.set_title("Control plane cost against size", fontsize=10)
-    per_object = [data["sizes"][n].get("typed_bytes_per_object", 0) / 1024 for n in sizes]
-    mem.plot(ns, per_object, "o-")
+    for key, title in (
+        ("typed_bytes_per_object", "typed object (tracemalloc)"),
+        ("control_plane_rss_bytes_per_object", "control plane RSS growth (copy, cache, Snapshot)"),
+    ):
+        pts = [(int(n), data["sizes"][n].get(key)) for n in sizes]
+        pts = [(n, y / 1024) for n, y in pts if y]
+        mem.plot([n for n, _ in pts], [y for _, y in pts], "o-", label=title)
     mem.set_xscale("log")
     mem.set_ylim(bottom=0)
     mem.set_xlabel("VirtualServices")
-    mem.set_ylabel("KiB per stored object (typed, in the control plane)")
+    mem.set_ylabel("KiB per stored object")
+    mem.legend(fontsize=7)
     mem.set_title("Memory per object", fontsize=10)
-    load = data.get("loadavg", [0])[0], data.get("loadavg_after", [0])[0]
-    fig.suptitle(f"control_scale.py (load average {load[0]:.1f} → {load[1]:.1f})", fontsize=11)
+    fig.suptitle(f"control_scale.py ({data.get('note', '')})", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def _curve(ax: Any, data: dict[str, Any], key: str, title: str, style: str) -> None:
+    sizes = sorted(data["sizes"], key=int)
+    pts = [(int(n), data["sizes"][n].get(key)) for n in sizes]
+    pts = [(n, y) for n, y in pts if y]
+    if pts:
+        ax.plot([n for n, _ in pts], [y for _, y in pts], style, label=title)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         plot_ratios(runs, IMAGES / "bench-ratios.png")
         print(f"wrote {IMAGES / 'bench-ratios.png'} ({len(runs)} runs)")
     scale = RESULTS / "control-scale.json"
+    before = RESULTS / "control-scale-full-rebuild.json"
     if scale.exists():
-        plot_scale(json.loads(scale.read_text()), IMAGES / "control-scale.png")
+        old = json.loads(before.read_text()) if before.exists() else None
+        plot_scale(json.loads(scale.read_text()), old, IMAGES / "control-scale.png")
         print(f"wrote {IMAGES / 'control-scale.png'}")
     return 0
 
