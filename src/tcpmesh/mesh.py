@@ -332,6 +332,7 @@ class Mesh:
             lambda name, namespace, labels: gateway_deployment(
                 config, name, namespace, labels, host_network=False
             ),
+            config.address,
         )
         self.writers = _Writers(self.runtime, self.rollouts, self.gateway_api)
         self.gate = None if elected is None else LeaderGate(elected[0], self.writers)

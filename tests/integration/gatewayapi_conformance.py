@@ -420,16 +420,6 @@ spec:
                 f"allowedRoutes: {{{SAME}, kinds: [{{kind: TLSRoute}}]}}, {PASSTHROUGH}}}",
             ),
         ),
-        "TLSRouteListenerMixedTerminationNotSupported": documents(
-            _tls_secret("tls-terminate-checks-certificate", cert, key),
-            tls_gateway(
-                "gateway-tlsroute-mixed-termination-not-supported",
-                terminate,
-                "{name: tls-passthrough, port: 8443, protocol: TLS, hostname: "
-                f"passthrough.example.com, allowedRoutes: {{{SAME}, kinds: [{{kind: TLSRoute}}]}}, "
-                f"{PASSTHROUGH}}}",
-            ),
-        ),
         "TLSRouteListenerPassthroughSupportedKinds": documents(
             tls_gateway(
                 "gateway-tlsroute-passthrough-supported-kind",
@@ -441,3 +431,321 @@ spec:
             tls_gateway("gateway-tlsroute-terminate-supported", terminate),
         ),
     }
+
+
+# ---------------------------------------------------------------- TLSRoute* (traffic cases)
+
+# The certificates the suite makes before the cases run (suite.go: MustCreateCACertConfigMap,
+# MustCreateCASignedCertSecret): Secret name -> the DNS names of its CA-signed certificate.
+SIGNED_SECRETS = {
+    "tls-checks-certificate": ("abc.example.com", "other.example.com"),
+    "tls-passthrough-checks-certificate": ("abc.example.com",),
+    "tls-terminate-checks-certificate": ("tls.example.com",),
+}
+
+
+def tls_base(ca_pem: str, secrets: dict[str, tuple[str, str]]) -> str:
+    """The base manifests the TLSRoute traffic cases use: the CA ConfigMap, the signed
+    Secrets (``secrets``: name -> (cert, key) PEMs) and ``tcp-backend``, which mounts
+    ``tls-passthrough-checks-certificate`` as a volume and serves TLS from it."""
+    config_map = f"""
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: tls-checks-ca-certificate, namespace: {INFRA}}}
+data:
+  ca.crt: {json.dumps(ca_pem)}
+"""
+    backend = f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: tcp-backend, namespace: {INFRA}}}
+spec:
+  selector: {{app: tcp-backend}}
+  ports:
+    - {{name: echo-tcp-plain, protocol: TCP, port: 3000, targetPort: 3000}}
+    - {{name: echo-tcp-tls, protocol: TCP, port: 8443, targetPort: 8443}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: tcp-backend
+  namespace: {INFRA}
+  labels: {{app: tcp-backend}}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {{app: tcp-backend}}
+  template:
+    metadata:
+      labels: {{app: tcp-backend}}
+    spec:
+      containers:
+        - name: tcp-backend
+          image: registry.k8s.io/gateway-api/conformance/echo-basic:v0.1.0
+          resources:
+            requests: {{cpu: 10m}}
+          volumeMounts:
+            - {{name: secret-volume, mountPath: /etc/secret-volume}}
+          env:
+            - name: POD_NAME
+              valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+            - name: NAMESPACE
+              valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
+            - {{name: TLS_SERVER_CERT, value: /etc/secret-volume/crt}}
+            - {{name: TLS_SERVER_PRIV_KEY, value: /etc/secret-volume/key}}
+            - {{name: TCP_ECHO_SERVER, value: "1"}}
+      volumes:
+        - name: secret-volume
+          secret:
+            secretName: tls-passthrough-checks-certificate
+            items:
+              - {{key: tls.crt, path: crt}}
+              - {{key: tls.key, path: key}}
+"""
+    signed = (_tls_secret(name, cert, key) for name, (cert, key) in secrets.items())
+    return documents(config_map, *signed, backend)
+
+
+TLS_ONLY_SAME = f"allowedRoutes: {{{SAME}, kinds: [{{kind: TLSRoute}}]}}"
+TERMINATE_REFS = (
+    "tls: {mode: Terminate, certificateRefs: [{name: tls-terminate-checks-certificate}]}"
+)
+
+TLS_TRAFFIC_CASES = {
+    "TLSRouteSimpleSameNamespace": documents(
+        tls_route(
+            "gateway-conformance-infra-test",
+            f"{{name: gateway-tlsroute, namespace: {INFRA}}}",
+            "[abc.example.com]",
+            "[{name: tcp-backend, port: 8443}]",
+        ),
+        tls_gateway(
+            "gateway-tlsroute",
+            f'{{name: https, port: 443, protocol: TLS, hostname: "*.example.com", '
+            f"{TLS_ONLY_SAME}, {PASSTHROUGH}}}",
+        ),
+    ),
+    "TLSRouteTerminateSimpleSameNamespace": documents(
+        tls_route(
+            "tlsroute-terminated-test",
+            f"{{name: gateway-tlsroute-terminate, namespace: {INFRA}}}",
+            "[tls.example.com]",
+            "[{name: tcp-backend, port: 3000}]",
+        ),
+        tls_gateway(
+            "gateway-tlsroute-terminate",
+            "{name: tlsterminate, port: 8443, protocol: TLS, hostname: tls.example.com, "
+            f"{TLS_ONLY_SAME}, {TERMINATE_REFS}}}",
+        ),
+    ),
+    "TLSRouteMixedTerminationSameNamespace": documents(
+        tls_gateway(
+            "gateway-tlsroute-mixed-termination",
+            "{name: tls-terminate, port: 8883, protocol: TLS, hostname: tls.example.com, "
+            f"{TLS_ONLY_SAME}, {TERMINATE_REFS}}}",
+            "{name: tls-passthrough, port: 8883, protocol: TLS, hostname: abc.example.com, "
+            f"{TLS_ONLY_SAME}, {PASSTHROUGH}}}",
+        ),
+        tls_route(
+            "gateway-conformance-mixed-passthroughroute",
+            f"{{name: gateway-tlsroute-mixed-termination, namespace: {INFRA}}}",
+            "[abc.example.com]",
+            "[{name: tcp-backend, port: 8443}]",
+        ),
+        tls_route(
+            "gateway-conformance-mixed-terminateroute",
+            f"{{name: gateway-tlsroute-mixed-termination, namespace: {INFRA}}}",
+            "[tls.example.com]",
+            "[{name: tcp-backend, port: 3000}]",
+        ),
+    ),
+}
+
+
+# ---------------------------------------------------------------- Gateway certificateRefs
+
+# The Gateway* certificateRef cases (gateway-invalid-tls-configuration.yaml,
+# gateway-secret-*-reference-grant*.yaml) with protocol TLS + mode Terminate where upstream
+# has HTTPS: tcpmesh serves no HTTP, and the certificateRef rules are the same.
+ALL_NAMESPACES = "allowedRoutes: {namespaces: {from: All}}"
+
+
+def cert_gateway(name: str, ref: str) -> str:
+    return tls_gateway(
+        name,
+        f"{{name: https, port: 443, protocol: TLS, {ALL_NAMESPACES}, "
+        f"tls: {{mode: Terminate, certificateRefs: [{ref}]}}}}",
+    )
+
+
+WEB_CERT = f'{{group: "", kind: Secret, name: certificate, namespace: {WEB}}}'
+SECRET_GRANT = grant(
+    "reference-grant-specific",
+    WEB,
+    f"{{group: {G}, kind: Gateway, namespace: {INFRA}}}",
+    '{group: "", kind: Secret, name: certificate}',
+)
+
+
+def certificate_ref_cases(web_cert: str, web_key: str) -> dict[str, str]:
+    """``web_cert``/``web_key``: the PEMs of the Secret ``certificate`` in the web backend's
+    namespace (the suite's MustCreateSelfSignedCertSecret; CA-signed here for a check)."""
+    web_secret = _tls_secret("certificate", web_cert, web_key).replace(
+        f"namespace: {INFRA}", f"namespace: {WEB}"
+    )
+    malformed = f"""
+apiVersion: v1
+kind: Secret
+metadata: {{name: malformed-certificate, namespace: {INFRA}}}
+data: {{tls.crt: SGVsbG8gd29ybGQK, tls.key: SGVsbG8gd29ybGQK}}
+type: kubernetes.io/tls
+"""
+    return {
+        "GatewayInvalidTLSConfiguration": documents(
+            cert_gateway(
+                "gateway-certificate-nonexistent-secret",
+                '{group: "", kind: Secret, name: nonexistent-certificate}',
+            ),
+            cert_gateway(
+                "gateway-certificate-unsupported-group",
+                "{group: wrong.group.company.io, kind: Secret, "
+                "name: tls-validity-checks-certificate}",
+            ),
+            cert_gateway(
+                "gateway-certificate-unsupported-kind",
+                '{group: "", kind: WrongKind, name: tls-validity-checks-certificate}',
+            ),
+            cert_gateway(
+                "gateway-certificate-malformed-secret",
+                '{group: "", kind: Secret, name: malformed-certificate}',
+            ),
+            malformed,
+        ),
+        "GatewaySecretMissingReferenceGrant": documents(
+            web_secret, cert_gateway("gateway-secret-missing-reference-grant", WEB_CERT)
+        ),
+        "GatewaySecretReferenceGrantSpecific": documents(
+            web_secret,
+            cert_gateway("gateway-secret-reference-grant-specific", WEB_CERT),
+            # tcpmesh's addition, to see the Secret served: a route behind the listener.
+            tls_route(
+                "gateway-secret-reference-grant-specific",
+                "{name: gateway-secret-reference-grant-specific}",
+                "[tls.example.com]",
+                "[{name: tcp-backend, port: 3000}]",
+            ),
+        ),
+    }
+
+
+def tls_http_backend(name: str) -> str:
+    """The base manifests' ``tls-backend``/``tls-backend-2``: echo-basic's HTTPS mode, its
+    certificate ``tls-checks-certificate`` mounted as a volume."""
+    return f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {INFRA}}}
+spec:
+  selector: {{app: {name}}}
+  ports:
+    - {{protocol: TCP, port: 443, targetPort: 8443}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  namespace: {INFRA}
+  labels: {{app: {name}}}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+        - name: {name}
+          image: registry.k8s.io/gateway-api/conformance/echo-basic:v0.1.0
+          volumeMounts:
+            - {{name: secret-volume, mountPath: /etc/secret-volume}}
+          env:
+            - name: POD_NAME
+              valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+            - name: NAMESPACE
+              valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
+            - {{name: TLS_SERVER_CERT, value: /etc/secret-volume/crt}}
+            - {{name: TLS_SERVER_PRIVKEY, value: /etc/secret-volume/key}}
+          resources:
+            requests: {{cpu: 10m}}
+      volumes:
+        - name: secret-volume
+          secret:
+            secretName: tls-checks-certificate
+            items:
+              - {{key: tls.crt, path: crt}}
+              - {{key: tls.key, path: key}}
+"""
+
+
+def _intersection_gateway(name: str, listener: str, hostname: str | None) -> str:
+    host = f'hostname: "{hostname}", ' if hostname else ""
+    return tls_gateway(
+        name,
+        f"{{name: {listener}, protocol: TLS, port: 443, {host}{TLS_ONLY_SAME}, {PASSTHROUGH}}}",
+    )
+
+
+# TLSRouteHostnameIntersection: (gateway, listener, its hostname, [(route, route hostname,
+# backend)]).
+INTERSECTIONS = (
+    (
+        "gw-tlsroute-exact-hostname-x-1",
+        "listener-exact-hostname",
+        "abc.example.com",
+        [("tlsroute-more-specific-wc-hostname-x-1", "*.example.com", "tls-backend")],
+    ),
+    (
+        "gw-tlsroute-more-specific-wc-hostname-x-2",
+        "listener-more-specific-wc-hostname",
+        "*.example.com",
+        [
+            ("tlsroute-exact-hostname-x-2", "abc.example.com", "tls-backend"),
+            ("tlsroute-less-specific-wc-hostname-x-2", "*.com", "tls-backend-2"),
+        ],
+    ),
+    (
+        "gw-tlsroute-less-specific-wc-hostname-x-3",
+        "listener-less-specific-wc-hostname",
+        "*.com",
+        [
+            ("tlsroute-exact-hostname-x-3", "abc.example.com", "tls-backend"),
+            ("tlsroute-more-specific-wc-hostname-x-3", "*.example.com", "tls-backend-2"),
+        ],
+    ),
+    (
+        "gw-tlsroute-empty-hostname-x-4",
+        "listener-empty-hostname",
+        None,
+        [
+            ("tlsroute-exact-hostname-x-4", "abc.example.com", "tls-backend"),
+            ("tlsroute-less-specific-wc-hostname-x-4", "*.com", "tls-backend-2"),
+        ],
+    ),
+)
+
+TLS_TRAFFIC_CASES["TLSRouteHostnameIntersection"] = documents(
+    tls_http_backend("tls-backend"),
+    tls_http_backend("tls-backend-2"),
+    *(_intersection_gateway(gw, listener, host) for gw, listener, host, _ in INTERSECTIONS),
+    *(
+        tls_route(
+            route,
+            f"{{name: {gw}, namespace: {INFRA}}}",
+            f'["{hostname}"]',
+            f"[{{name: {backend}, port: 443}}]",
+        )
+        for gw, _, _, routes in INTERSECTIONS
+        for route, hostname, backend in routes
+    ),
+)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ HOST = "127.0.0.1"
 # Below the kernel's ephemeral range (32768-60999): a client socket of another test that
 # happens to hold 127.0.0.1:<port> as its local end would make the server's bind fail.
 TCP_PORT, TLS_PORT = 28300, 28443
+Obj = dict[str, Any]
 
 
 async def _talk(port: int, context: ssl.SSLContext | None, name: str | None) -> list[str]:
@@ -95,6 +97,59 @@ def test_tcp_and_tls_answers(tmp_path: Path) -> None:
     assert tls["serverName"] == "tls.example.com" and tls["version"] == "TLS 1.3"
 
 
-def test_without_tcp_echo_server_it_refuses_to_start() -> None:
-    with pytest.raises(SystemExit, match="TCP_ECHO_SERVER=1"):
-        asyncio.run(serve({}))
+def test_without_tcp_echo_server_it_serves_http_and_https_echoes(tmp_path: Path) -> None:
+    ca = ensure_ca(tmp_path)
+    leaf = issue_certificate(ca, "backend", ["abc.example.com"])
+    (tmp_path / "c.pem").write_bytes(leaf.cert_pem)
+    (tmp_path / "k.pem").write_bytes(leaf.key_pem)
+    env = {
+        "POD_IP": HOST,
+        "HTTP_PORT": str(TCP_PORT),
+        "HTTPS_PORT": str(TLS_PORT),
+        "TLS_SERVER_CERT": str(tmp_path / "c.pem"),
+        "TLS_SERVER_PRIVKEY": str(tmp_path / "k.pem"),
+        "POD_NAME": "tls-backend-abc-xyz",
+        "NAMESPACE": "infra",
+    }
+
+    async def get(port: int, context: ssl.SSLContext | None) -> tuple[bytes, Obj]:
+        reader, writer = await asyncio.open_connection(
+            HOST, port, ssl=context, server_hostname="abc.example.com" if context else None
+        )
+        writer.write(b"GET /some/path HTTP/1.1\r\nHost: abc.example.com\r\nX-A: 1\r\n\r\n")
+        status = await reader.readline()
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        body = json.loads(await reader.readexactly(length))
+        writer.close()
+        return status, body
+
+    async def main() -> tuple[tuple[bytes, Obj], tuple[bytes, Obj]]:
+        server = asyncio.create_task(serve(env))
+        try:
+            await _listening(TCP_PORT)
+            await _listening(TLS_PORT)
+            plain = await get(TCP_PORT, None)
+            secure = await get(TLS_PORT, ssl.create_default_context(cadata=ca.cert_pem.decode()))
+        finally:
+            server.cancel()
+        return plain, secure
+
+    (status, plain), (secure_status, secure) = asyncio.run(main())
+    assert status.startswith(b"HTTP/1.1 200") and secure_status.startswith(b"HTTP/1.1 200")
+    assert (plain["path"], plain["host"], plain["method"]) == (
+        "/some/path",
+        "abc.example.com",
+        "GET",
+    )
+    assert plain["headers"]["X-A"] == ["1"] and "tls" not in plain
+    assert (plain["namespace"], plain["pod"]) == ("infra", "tls-backend-abc-xyz")
+    assert secure["tls"]["serverName"] == "abc.example.com"
+    assert secure["tls"]["version"] == "TLS 1.3"
+
+
+def test_modes_that_are_not_built_in_refuse_to_start() -> None:
+    with pytest.raises(SystemExit, match="GRPC_ECHO_SERVER"):
+        asyncio.run(serve({"GRPC_ECHO_SERVER": "1"}))

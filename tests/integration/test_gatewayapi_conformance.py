@@ -9,8 +9,11 @@ namespace and the backend's pods). Manifests: ``gatewayapi_conformance.CASES``.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import socket
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,13 +26,23 @@ from tcpmesh.apiserver.client import ApiClient, ApiError
 from tests.integration.gatewayapi_conformance import (
     CASES,
     INFRA,
+    INTERSECTIONS,
     NEWER_ROUTE,
+    SECRET_GRANT,
+    SIGNED_SECRETS,
+    TLS_TRAFFIC_CASES,
     WEB,
     G,
+    certificate_ref_cases,
+    tls_base,
     tls_cases,
 )
 from tests.integration.harness import MeshHarness
-from tests.integration.tls_helpers import make_certificate
+from tests.integration.tls_helpers import (
+    Certificate,
+    make_certificate,
+    make_signed_certificate,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -62,11 +75,30 @@ class Suite:
         self.harness = harness
         self.manifests = manifests
         self.client = ApiClient.from_state_dir(harness.state_dir)
+        self.ca_pem = ""
+        self.web_cert: Certificate | None = None
+        self.signed: dict[str, Certificate] = {}
+        # Cases applied by their own test, and deleted after it (Suite.case).
+        self.own_cases: dict[str, str] = {}
+
+    def own_case(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return self.case(name, self.own_cases[name])
 
     def apply(self, name: str, text: str) -> None:
         path = self.manifests / f"{name}.yaml"
         path.write_text(text)
         self.harness.apply(path)
+
+    @contextlib.contextmanager
+    def case(self, name: str, text: str) -> Iterator[None]:
+        """The suite's MustApplyWithCleanup: the case's manifests exist only while it runs
+        (fewer gateway pods at once; and upstream cases reuse names, such as the route
+        gateway-conformance-infra-test of TLSRouteSimpleSameNamespace)."""
+        self.apply(name, text)
+        try:
+            yield
+        finally:
+            self.harness.tcpmesh("delete", "-f", str(self.manifests / f"{name}.yaml"), check=False)
 
     def get(self, key: str, name: str, namespace: str = INFRA) -> Obj:
         return self.client.get(key, namespace, name)
@@ -164,8 +196,23 @@ def suite(
     try:
         harness.up()
         suite = Suite(harness, tmp_path_factory.mktemp("manifests"))
-        cert = make_certificate(tmp_path_factory.mktemp("certs"), "base", "terminate.example.com")
-        for name, text in {**CASES, **tls_cases(cert.cert_pem, cert.key_pem)}.items():
+        certs = tmp_path_factory.mktemp("certs")
+        cert = make_certificate(certs, "base", "terminate.example.com")
+        ca = make_certificate(certs, "ca", "gateway-api-conformance-ca")
+        signed = {
+            name: make_signed_certificate(certs, name, ca, *hosts)
+            for name, hosts in SIGNED_SECRETS.items()
+        }
+        suite.ca_pem = ca.cert_pem
+        suite.signed = signed
+        suite.web_cert = make_signed_certificate(certs, "certificate", ca, "tls.example.com")
+        base = tls_base(ca.cert_pem, {n: (c.cert_pem, c.key_pem) for n, c in signed.items()})
+        cases = {"base": base, **CASES, **tls_cases(cert.cert_pem, cert.key_pem)}
+        suite.own_cases = {
+            **TLS_TRAFFIC_CASES,
+            **certificate_ref_cases(suite.web_cert.cert_pem, suite.web_cert.key_pem),
+        }
+        for name, text in cases.items():
             suite.apply(name, text)
         yield suite
     finally:
@@ -382,18 +429,6 @@ def test_TLSRouteInvalidReferenceGrant(suite: Suite) -> None:
     suite.route_condition(route, gateway, "ResolvedRefs", "False", "RefNotPermitted", TLS_ROUTE)
 
 
-def test_TLSRouteListenerMixedTerminationNotSupported(suite: Suite) -> None:
-    conflict = [("Accepted", "False", "ProtocolConflict")]
-    expected = [
-        {"name": name, "conditions": conflict, "attachedRoutes": 0}
-        for name in ("tls-terminate", "tls-passthrough")
-    ]
-    eventually(
-        "both listeners in conflict",
-        listener_is(suite, "gateway-tlsroute-mixed-termination-not-supported", expected),
-    )
-
-
 def test_TLSRouteListenerPassthroughSupportedKinds(suite: Suite) -> None:
     expected = [
         {
@@ -422,3 +457,235 @@ def test_TLSRouteListenerTerminateSupportedKinds(suite: Suite) -> None:
         "the terminating listener accepted",
         listener_is(suite, "gateway-tlsroute-terminate-supported", expected),
     )
+
+
+# ---------------------------------------------------------------- TLSRoute* (traffic)
+
+
+def tls_echo_test(
+    address: tuple[str, int], ca_pem: str, server_name: str, backend_is_tls: bool
+) -> Obj:
+    """One TLS connection through the echo-basic protocol (tcp.WaitForValidTCPResponse)."""
+    context = ssl.create_default_context(cadata=ca_pem)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    with (
+        socket.create_connection(address, timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=server_name) as sock,
+    ):
+        stream = sock.makefile("rwb")
+        assert stream.readline().decode() == WELCOME
+        for line, reply in (
+            (b"PING\n", b"PONG\n"),
+            (b"IS_TLS\n", b"%s\n" % str(backend_is_tls).lower().encode()),
+        ):
+            stream.write(line)
+            stream.flush()
+            assert stream.readline() == reply
+        stream.write(b"TEST\n")
+        stream.flush()
+        payload: Obj = json.loads(stream.readline())
+        return payload
+
+
+def expect_tls_backend(
+    suite: Suite,
+    address: tuple[str, int],
+    server_name: str,
+    *,
+    backend_is_tls: bool,
+    hostname: str,
+    backend: str = "tcp-backend",
+) -> None:
+    """MakeTCPRequestAndExpectEventuallyValidResponse with TLS: the CA's trust, the SNI,
+    IS_TLS as expected, the namespace, the pod's prefix and (when given) the SNI the
+    backend saw."""
+
+    def valid() -> bool:
+        payload = tls_echo_test(address, suite.ca_pem, server_name, backend_is_tls)
+        assert payload["namespace"] == INFRA, payload
+        assert payload["pod"].startswith(f"{backend}-"), payload
+        if hostname:
+            assert payload["tls"]["serverName"] == hostname, payload
+        else:
+            assert "tls" not in payload, payload
+        return True
+
+    eventually(f"{backend} answering {server_name} at {address}", valid)
+
+
+def tls_accepted(suite: Suite, gateway: str, listener: str, *routes: str) -> tuple[str, int]:
+    """GatewayAndTLSRoutesMustBeAccepted."""
+    address = suite.address(gateway, listener)
+    for route in routes:
+        suite.route_condition(route, gateway, "Accepted", "True", "Accepted", TLS_ROUTE)
+    return address
+
+
+def test_TLSRouteSimpleSameNamespace(suite: Suite) -> None:
+    with suite.own_case("TLSRouteSimpleSameNamespace"):
+        address = tls_accepted(suite, "gateway-tlsroute", "https", "gateway-conformance-infra-test")
+        hostnames = suite.get(TLS_ROUTE, "gateway-conformance-infra-test")["spec"]["hostnames"]
+        assert hostnames == ["abc.example.com"]
+        expect_tls_backend(suite, address, hostnames[0], backend_is_tls=True, hostname=hostnames[0])
+    # Its route shares its name with TLSRouteInvalidReferenceGrant's, which comes back.
+    suite.harness.apply(suite.manifests / "TLSRouteInvalidReferenceGrant.yaml")
+
+
+def test_TLSRouteTerminateSimpleSameNamespace(suite: Suite) -> None:
+    with suite.own_case("TLSRouteTerminateSimpleSameNamespace"):
+        gateway, route = "gateway-tlsroute-terminate", "tlsroute-terminated-test"
+        address = tls_accepted(suite, gateway, "tlsterminate", route)
+        (hostname,) = suite.get(TLS_ROUTE, route)["spec"]["hostnames"]
+        expect_tls_backend(suite, address, hostname, backend_is_tls=False, hostname="")
+
+
+def test_TLSRouteMixedTerminationSameNamespace(suite: Suite) -> None:
+    """Claims SupportTLSRouteModeMixed (so TLSRouteListenerMixedTerminationNotSupported,
+    which the suite skips for such implementations, is not run)."""
+    with suite.own_case("TLSRouteMixedTerminationSameNamespace"):
+        gateway = "gateway-tlsroute-mixed-termination"
+        passthrough, terminate = (
+            "gateway-conformance-mixed-passthroughroute",
+            "gateway-conformance-mixed-terminateroute",
+        )
+        address = tls_accepted(suite, gateway, "tls-passthrough", passthrough)
+        accepted = [("Accepted", "True", "Accepted")]
+        kinds = [{"group": G, "kind": "TLSRoute"}]
+        expected = [
+            {"name": name, "supportedKinds": kinds, "conditions": accepted, "attachedRoutes": 1}
+            for name in ("tls-terminate", "tls-passthrough")
+        ]
+        eventually("both listeners accepted", listener_is(suite, gateway, expected))
+        tls_accepted(suite, gateway, "tls-terminate", terminate)
+        expect_tls_backend(suite, address, "tls.example.com", backend_is_tls=False, hostname="")
+        expect_tls_backend(
+            suite, address, "abc.example.com", backend_is_tls=True, hostname="abc.example.com"
+        )
+
+
+# ---------------------------------------------------------------- certificateRefs
+
+
+def listener_resolved(
+    suite: Suite, gateway: str, reason: str, status: str = "False", attached: int = 0
+) -> None:
+    """GatewayStatusMustHaveListeners: the ``https`` listener's ResolvedRefs."""
+    ok = status == "True"
+    programmed = ("Programmed", "True", "Programmed") if ok else ("Programmed", "False", "Invalid")
+    expected: list[Obj] = [
+        {
+            "name": "https",
+            "conditions": [("ResolvedRefs", status, reason), programmed],
+            "attachedRoutes": attached,
+        }
+    ]
+    eventually(
+        f"{gateway} https ResolvedRefs={status} {reason}", listener_is(suite, gateway, expected)
+    )
+
+
+def test_GatewayInvalidTLSConfiguration(suite: Suite) -> None:
+    with suite.own_case("GatewayInvalidTLSConfiguration"):
+        for gateway in (
+            "gateway-certificate-nonexistent-secret",
+            "gateway-certificate-unsupported-group",
+            "gateway-certificate-unsupported-kind",
+            "gateway-certificate-malformed-secret",
+        ):
+            listener_resolved(suite, gateway, "InvalidCertificateRef")
+
+
+def test_GatewaySecretMissingReferenceGrant(suite: Suite) -> None:
+    with suite.own_case("GatewaySecretMissingReferenceGrant"):
+        listener_resolved(suite, "gateway-secret-missing-reference-grant", "RefNotPermitted")
+
+
+def test_GatewaySecretReferenceGrantSpecific(suite: Suite) -> None:
+    """The grant is applied here and removed after (the suite's apply-with-cleanup), so
+    GatewaySecretMissingReferenceGrant sees no grant whatever the order."""
+    with suite.own_case("GatewaySecretReferenceGrantSpecific"):
+        gateway = "gateway-secret-reference-grant-specific"
+        assert suite.web_cert is not None
+        suite.apply("secret-grant", SECRET_GRANT)
+        try:
+            listener_resolved(suite, gateway, "ResolvedRefs", status="True", attached=1)
+            address = tls_accepted(suite, gateway, "https", gateway)
+            expect_tls_backend(suite, address, "tls.example.com", backend_is_tls=False, hostname="")
+            context = ssl.create_default_context(cadata=suite.ca_pem)
+            with (
+                socket.create_connection(address, timeout=5) as raw,
+                context.wrap_socket(raw, server_hostname="tls.example.com") as sock,
+            ):
+                assert sock.getpeercert(binary_form=True) == suite.web_cert.der
+        finally:
+            suite.client.delete(f"ReferenceGrant.{G}", WEB, "reference-grant-specific")
+        listener_resolved(suite, gateway, "RefNotPermitted", attached=1)
+
+
+# ---------------------------------------------------------------- TLSRoute hostnames
+
+
+def https_get(address: tuple[str, int], server_pem: str, host: str) -> tuple[int, Obj]:
+    """One HTTPS request with SNI and Host ``host``, trusting the server's own certificate
+    (as the suite's RoundTripper is given serverCertPem)."""
+    context = ssl.create_default_context(cadata=server_pem)
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    with (
+        socket.create_connection(address, timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=host) as sock,
+    ):
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, json.loads(response.read())
+
+
+def expect_https_backend(
+    suite: Suite, address: tuple[str, int], host: str, backend: str, times: int = 3
+) -> None:
+    """MakeTLSRequestAndExpectEventuallyConsistentResponse: ``times`` answers in a row from
+    ``backend`` echoing the request (the suite's default threshold is 3)."""
+
+    def consistent() -> bool:
+        for _ in range(times):
+            status, echo = https_get(address, suite.signed["tls-checks-certificate"].cert_pem, host)
+            assert status == 200, (status, echo)
+            assert (echo["host"], echo["path"], echo["method"]) == (host, "/", "GET"), echo
+            assert echo["namespace"] == INFRA and echo["pod"].startswith(f"{backend}-"), echo
+        return True
+
+    eventually(f"{backend} answering https://{host}/ at {address}", consistent)
+
+
+def expect_rejected(address: tuple[str, int], host: str) -> None:
+    """MakeTLSConnectionAndExpectEventuallyConnectionRejection: the handshake fails."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+
+    def rejected() -> bool:
+        try:
+            with (
+                socket.create_connection(address, timeout=5) as raw,
+                context.wrap_socket(raw, server_hostname=host),
+            ):
+                return False
+        except (ssl.SSLError, ConnectionError):
+            return True
+
+    eventually(f"{host} rejected at {address}", rejected)
+
+
+def test_TLSRouteHostnameIntersection(suite: Suite) -> None:
+    with suite.own_case("TLSRouteHostnameIntersection"):
+        for gateway, listener, _, routes in INTERSECTIONS:
+            address = tls_accepted(suite, gateway, listener, *(r for r, _, _ in routes))
+            for route, _, _ in routes:
+                suite.route_condition(
+                    route, gateway, "ResolvedRefs", "True", "ResolvedRefs", TLS_ROUTE
+                )
+            expect_https_backend(suite, address, "abc.example.com", "tls-backend")
+            if len(routes) > 1:
+                expect_https_backend(suite, address, "other.example.com", "tls-backend-2")
+            unknown = "non.matching.org" if gateway.endswith("x-4") else "non.matching.com"
+            expect_rejected(address, unknown)

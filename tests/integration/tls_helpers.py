@@ -66,6 +66,45 @@ def make_certificate(directory: Path, name: str, *dns_names: str) -> Certificate
     return Certificate(name, cert_path.read_text(), key_path.read_text(), cert_path, key_path)
 
 
+def make_signed_certificate(
+    directory: Path, name: str, ca: Certificate, *dns_names: str
+) -> Certificate:
+    """An ECDSA P-256 certificate for ``dns_names`` signed by ``ca`` (as the Gateway API
+    conformance suite's MustCreateCASignedCertSecret makes them)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise AssertionError("openssl is not installed (scripts/system-deps/tls.sh)")
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    request, extensions = directory / f"{name}.csr", directory / f"{name}.ext"
+    extensions.write_text("subjectAltName=" + ",".join(f"DNS:{n}" for n in dns_names) + "\n")
+    make_key = ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    sign = [
+        "x509",
+        "-req",
+        "-in",
+        str(request),
+        "-CA",
+        str(ca.cert_path),
+        "-CAkey",
+        str(ca.key_path),
+    ]
+    for argv in (
+        [*make_key, "-subj", f"/CN={dns_names[0]}", "-keyout", str(key_path), "-out", str(request)],
+        [
+            *sign,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            str(extensions),
+            "-out",
+            str(cert_path),
+        ],
+    ):
+        subprocess.run([openssl, *argv], check=True, capture_output=True, timeout=30)
+    return Certificate(name, cert_path.read_text(), key_path.read_text(), cert_path, key_path)
+
+
 def client_context(*trusted: Certificate) -> ssl.SSLContext:
     """A client that verifies the server against exactly these certificates."""
     context = ssl.create_default_context(cadata="".join(c.cert_pem for c in trusted))

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tcpmesh.control import MeshResources, ProxyNode, build_snapshot
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tcpmesh.control import (
+    NODE_PROXY_LABELS,
+    NODE_PROXY_NAMESPACE,
+    MeshResources,
+    ProxyNode,
+    build_snapshot,
+)
 from tcpmesh.control.gatewayapi import REFUSED_HOST, Binding, bind_resources, workload_labels
 
 Obj = dict[str, Any]
 G = "gateway.networking.k8s.io"
 INFRA = "infra"
+CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
 def meta(name: str, namespace: str = INFRA, created: str = "2026-01-01T00:00:00Z") -> Obj:
@@ -245,3 +258,180 @@ def test_gateways_of_other_classes_are_left_alone() -> None:
         gateway(tcp("tcp", 9300), cls="someone-else"), service("v1"), route("r", [backend("v1")])
     )
     assert binding == Binding()
+
+
+# ---------------------------------------------------------------- certificateRefs
+
+
+def pem_pair() -> tuple[str, str]:
+    """A real self-signed certificate and key (the binding parses them)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tls.example.com")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
+
+
+CERT_PEM, KEY_PEM = pem_pair()
+
+
+def tls_secret(
+    name: str, namespace: str = INFRA, kind: str = "kubernetes.io/tls", cert: str = CERT_PEM
+) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta(name, namespace),
+        "type": kind,
+        "stringData": {"tls.crt": cert, "tls.key": KEY_PEM},
+    }
+
+
+def terminate(*refs: Obj) -> Obj:
+    return {
+        "name": "t",
+        "protocol": "TLS",
+        "port": 8443,
+        "hostname": "tls.example.com",
+        "tls": {"mode": "Terminate", "certificateRefs": list(refs)},
+    }
+
+
+def secret_grant(namespace: str, name: str | None = None, from_ns: str = INFRA) -> Obj:
+    to: Obj = {"group": "", "kind": "Secret", **({"name": name} if name else {})}
+    return {
+        "apiVersion": f"{G}/v1beta1",
+        "kind": "ReferenceGrant",
+        "metadata": meta("allow", namespace),
+        "spec": {"from": [{"group": G, "kind": "Gateway", "namespace": from_ns}], "to": [to]},
+    }
+
+
+def listener_conditions(binding: Binding) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in listener(binding, "t").conditions}
+
+
+def credential(binding: Binding) -> str:
+    (istio,) = binding.istio_gateways
+    (server,) = istio.spec.servers
+    assert server.tls is not None
+    return server.tls.credential_name or ""
+
+
+def test_a_usable_same_namespace_secret_resolves_and_serves() -> None:
+    binding = bound(gateway(terminate({"name": "cert"})), tls_secret("cert"))
+    got = listener_conditions(binding)
+    assert got["ResolvedRefs"] == ("True", "ResolvedRefs")
+    assert got["Programmed"] == ("True", "Programmed")
+    assert credential(binding) == "cert"
+
+
+def test_certificate_refs_that_cannot_serve_are_invalid_certificate_refs() -> None:
+    cases = {
+        "missing": [],
+        "wrong type": [tls_secret("cert", kind="Opaque")],
+        "malformed": [tls_secret("cert", cert=CERT)],
+    }
+    for what, secrets in cases.items():
+        binding = bound(gateway(terminate({"name": "cert"})), *secrets)
+        got = listener_conditions(binding)
+        assert got["ResolvedRefs"] == ("False", "InvalidCertificateRef"), what
+        assert got["Programmed"] == ("False", "Invalid"), what
+        assert got["Accepted"] == ("True", "Accepted"), what
+        assert credential(binding) == "", what
+    for ref in ({"name": "cert", "kind": "WrongKind"}, {"name": "cert", "group": "wrong.io"}):
+        binding = bound(gateway(terminate(ref)), tls_secret("cert"))
+        assert listener_conditions(binding)["ResolvedRefs"] == ("False", "InvalidCertificateRef")
+
+
+def test_a_cross_namespace_secret_needs_a_grant_from_gateways_and_is_then_served() -> None:
+    ref = {"name": "cert", "namespace": "certs"}
+    objects = [gateway(terminate(ref)), tls_secret("cert", "certs")]
+    refused = bound(*objects)
+    assert listener_conditions(refused)["ResolvedRefs"] == ("False", "RefNotPermitted")
+    assert credential(refused) == ""
+    for wrong in (secret_grant("certs", "other"), secret_grant("certs", from_ns="elsewhere")):
+        assert listener_conditions(bound(*objects, wrong))["ResolvedRefs"][1] == "RefNotPermitted"
+    for grant in (secret_grant("certs"), secret_grant("certs", "cert")):
+        binding = bound(*objects, grant)
+        assert listener_conditions(binding)["ResolvedRefs"] == ("True", "ResolvedRefs")
+        assert credential(binding) == "kubernetes-gateway://certs/cert"
+    node = ProxyNode(
+        INFRA,
+        "gw-abc",
+        tuple(sorted(workload_labels(refused.gateways[0].gateway).items())),
+        "127.0.0.9",
+    )
+    lb = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta("gw-tcpmesh"),
+        "spec": {"type": "LoadBalancer", "selector": dict(node.labels), "ports": [{"port": 8443}]},
+    }
+    tls_route_obj = route("r", [backend("v1")], kind="TLSRoute", hostnames=["tls.example.com"])
+    served = [*objects, lb, service("v1"), tls_route_obj]
+    (chain,) = (
+        build_snapshot(MeshResources.from_objects([*served, secret_grant("certs")]), node)
+        .listeners[0]
+        .routes
+    )
+    assert chain.tls is not None and chain.tls.secret == "certs/cert"
+    # The builder checks the grant too: without it the credential serves nothing.
+    assert build_snapshot(MeshResources.from_objects(served), node).listeners == ()
+
+
+def test_terminate_and_passthrough_share_a_port_by_sni() -> None:
+    passthrough = tls("p", 8443, hostname="abc.example.com")
+    binding = bound(gateway(terminate({"name": "cert"}), passthrough), tls_secret("cert"))
+    for name in ("t", "p"):
+        accepted = next(c for c in listener(binding, name).conditions if c.type == "Accepted")
+        assert (accepted.status, accepted.reason) == ("True", "Accepted")
+    (istio,) = binding.istio_gateways
+    assert [s.tls.mode for s in istio.spec.servers if s.tls] == ["SIMPLE", "PASSTHROUGH"]
+
+
+def test_the_node_proxy_serves_a_gateway_api_gateways_load_balancer_address() -> None:
+    """Its pods run on their pod IPs, unlike the host-network ingress gateway's."""
+    gw = gateway(tcp("tcp", 9300))
+    (result,) = bound(gw).gateways
+    labels = workload_labels(result.gateway)
+    lb = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta("gw-tcpmesh"),
+        "spec": {
+            "type": "LoadBalancer",
+            "clusterIP": "127.240.9.9",
+            "loadBalancerIP": "127.0.32.2",
+            "selector": labels,
+            "ports": [{"name": "tcp-9300", "port": 9300}],
+        },
+        "status": {"loadBalancer": {"ingress": [{"ip": "127.0.32.2"}]}},
+    }
+    node = ProxyNode(
+        NODE_PROXY_NAMESPACE,
+        "tcpmesh-node-proxy-abc",
+        tuple(sorted(NODE_PROXY_LABELS.items())),
+        "127.0.32.1",
+    )
+    snapshot = build_snapshot(MeshResources.from_objects([gw, lb]), node)
+    (frontend,) = [li for li in snapshot.listeners if li.address == "127.0.32.2"]
+    assert frontend.port == 9300
+    (route_,) = frontend.routes
+    assert [d.cluster_name for d in route_.destinations] == [
+        f"outbound|9300||gw-tcpmesh.{INFRA}.svc.cluster.local"
+    ]

@@ -9,6 +9,7 @@ from tcpmesh.control import MeshResources, bind_resources
 from tcpmesh.controllers.gatewayapi import (
     conditions_doc,
     desired_service,
+    gateway_address,
     gateway_status,
     route_status,
 )
@@ -83,3 +84,28 @@ def test_analyze_reports_what_the_status_reports() -> None:
         "Error [TCM0003] (TCPRoute.gateway.networking.k8s.io infra/r) ResolvedRefs=False "
         "(BackendNotFound) on parent Gateway infra/gw: backendRef infra/missing: Service not found"
     ]
+
+
+def test_each_gateway_service_asks_for_its_own_address_in_the_node_network() -> None:
+    binding = binding_of(gateway(tcp("a", 9300)))
+    gw = binding.gateways[0].gateway
+    node = "127.0.32.1"
+    assert gateway_address(gw, None, {node}, node) == "127.0.32.2"
+    assert gateway_address(gw, None, {node, "127.0.32.2"}, node) == "127.0.32.3"
+    held = {"spec": {"loadBalancerIP": "127.0.32.9"}}
+    assert gateway_address(gw, held, {node}, node) == "127.0.32.9"
+    assert gateway_address(gw, None, set(), "10.0.0.5") == ""
+    assert desired_service(gw, "127.0.32.2")["spec"]["loadBalancerIP"] == "127.0.32.2"
+    assert "loadBalancerIP" not in desired_service(gw)["spec"]
+
+
+def test_a_requested_address_is_used_or_reported_unusable() -> None:
+    for value, wanted in (("127.0.40.7", "127.0.40.7"), ("10.1.2.3", "")):
+        listeners = [{"name": "a", "protocol": "TCP", "port": 9300}]
+        gw_obj = gateway(*listeners)
+        gw_obj["spec"]["addresses"] = [{"type": "IPAddress", "value": value}]
+        (result,) = binding_of(gw_obj).gateways
+        assert gateway_address(result.gateway, None, set(), "127.0.32.1") == wanted
+    status = gateway_status(result, [], None, NOW, unusable_address="10.1.2.3")
+    programmed = next(c for c in status["conditions"] if c["type"] == "Programmed")
+    assert (programmed["status"], programmed["reason"]) == ("False", "AddressNotUsable")

@@ -57,7 +57,8 @@ CLUSTER_KINDS = (
 # can fit its port: the route's destinations and their DestinationRules.
 ROUTE_KINDS = ("services", "service_entries", "destination_rules")
 # A TLS listener's routes come from every VirtualService of the gateway and its Secrets.
-TLS_LISTENER_KINDS = (*ROUTE_KINDS, "virtual_services", "secrets")
+# (ReferenceGrants: a Gateway API certificateRef in another namespace needs one.)
+TLS_LISTENER_KINDS = (*ROUTE_KINDS, "virtual_services", "secrets", "reference_grants")
 
 
 def build_snapshot(resources: MeshResources, node: ProxyNode) -> Snapshot:

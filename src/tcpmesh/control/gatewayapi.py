@@ -19,8 +19,15 @@ Rules, with the spec's reasons:
   rejected (NC), as the spec asks; weight 0 is no traffic; no weight left rejects all;
 - several routes on one listener are all Accepted; the oldest serves (the builder orders
   VirtualServices by creation time) and ``attachedRoutes`` counts them all;
-- TCP and TLS listeners on one port, or two TCP listeners on one port, are a
-  ProtocolConflict: neither is programmed.
+- a Terminate listener's certificateRefs are core Secrets (else InvalidCertificateRef), of
+  the Gateway's namespace or of one whose ReferenceGrant lets Gateways of this namespace
+  reach them (else RefNotPermitted), that exist as kubernetes.io/tls with a parseable
+  certificate chain and key (else InvalidCertificateRef): listener ResolvedRefs=False and
+  Programmed=False (Invalid), routes still attach; the first permitted, usable Secret
+  serves, across namespaces as ``kubernetes-gateway://<namespace>/<name>`` (Istio's form);
+- a TCP listener shares its port with no other listener (ProtocolConflict: none of them is
+  programmed); TLS listeners share a port whatever their modes, told apart by SNI
+  (SupportTLSRouteModeMixed: Terminate and Passthrough on one port both serve).
 """
 
 from __future__ import annotations
@@ -29,8 +36,11 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from tcpmesh.api import TLS_CERT_KEY, TLS_PRIVATE_KEY_KEY, models, secret_bytes
 from tcpmesh.api import gatewayapi as g
-from tcpmesh.api import models
 from tcpmesh.control.resources import MeshResources
 
 # The classes whose Gateways the mesh programs: class name -> controllerName.
@@ -40,6 +50,9 @@ GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 GATEWAY_NAMESPACE_LABEL = "tcpmesh.io/gateway-namespace"
 # Where an invalid backend points: no Service or ServiceEntry can have a name under .invalid.
 REFUSED_HOST = "backend-refused.invalid"
+# A credentialName naming a Secret of another namespace (Istio's scheme for Gateway API
+# certificateRefs); honoured by the builder only where a ReferenceGrant allows it.
+CROSS_NAMESPACE_CREDENTIAL = "kubernetes-gateway://"
 ROUTE_KINDS = {
     "TCP": ("TCPRoute",),
     "TLS-Passthrough": ("TLSRoute",),
@@ -65,6 +78,10 @@ class ListenerResult:
     @property
     def usable(self) -> bool:
         return all(c.status == "True" for c in self.conditions if c.type == "Accepted")
+
+    @property
+    def programmed(self) -> bool:
+        return all(c.status == "True" for c in self.conditions if c.type == "Programmed")
 
 
 @dataclass(frozen=True)
@@ -108,6 +125,7 @@ class _Inputs:
     routes: Sequence[g.KubeTCPRoute | g.KubeTLSRoute]
     grants: Sequence[g.ReferenceGrant]
     services: Sequence[models.Service]
+    secrets: Sequence[models.Secret] = ()
 
 
 def bind(
@@ -115,11 +133,12 @@ def bind(
     routes: Sequence[g.KubeTCPRoute | g.KubeTLSRoute],
     grants: Sequence[g.ReferenceGrant],
     services: Sequence[models.Service],
+    secrets: Sequence[models.Secret] = (),
 ) -> Binding:
     """Every Gateway of our classes, every route that names one, as Istio config and status."""
-    inputs = _Inputs(gateways, routes, grants, services)
+    inputs = _Inputs(gateways, routes, grants, services, secrets)
     ours = [gw for gw in gateways if gw.spec.gateway_class_name in CONTROLLERS]
-    listener_kinds = {(gw.namespace, gw.name): _listener_modes(gw) for gw in ours}
+    listener_kinds = {(gw.namespace, gw.name): _listener_modes(inputs, gw) for gw in ours}
     attachments: dict[tuple[str, str, str], int] = {}
     route_results: list[RouteResult] = []
     virtual_services: list[models.VirtualService] = []
@@ -140,7 +159,7 @@ def bind(
     return Binding(
         gateways=gateway_results,
         routes=tuple(route_results),
-        istio_gateways=tuple(_istio_gateway(r) for r in gateway_results),
+        istio_gateways=tuple(_istio_gateway(inputs, r) for r in gateway_results),
         virtual_services=tuple(virtual_services),
     )
 
@@ -159,7 +178,7 @@ def _mode(listener: g.Listener) -> str:
     return listener.protocol
 
 
-def _listener_modes(gw: g.KubeGateway) -> dict[str, ListenerResult]:
+def _listener_modes(inputs: _Inputs, gw: g.KubeGateway) -> dict[str, ListenerResult]:
     """Each listener's supported kinds and conditions, before routes are counted."""
     by_port: dict[int, list[str]] = {}
     for listener in gw.spec.listeners:
@@ -167,12 +186,15 @@ def _listener_modes(gw: g.KubeGateway) -> dict[str, ListenerResult]:
     results: dict[str, ListenerResult] = {}
     for listener in gw.spec.listeners:
         modes = by_port[listener.port]
-        conflict = len(modes) > 1 and ("TCP" in modes or len(set(modes)) > 1)
-        results[listener.name] = _listener_result(listener, conflict)
+        conflict = len(modes) > 1 and "TCP" in modes
+        certificates = _certificate_problem(inputs, gw, listener)
+        results[listener.name] = _listener_result(listener, conflict, certificates)
     return results
 
 
-def _listener_result(listener: g.Listener, conflict: bool) -> ListenerResult:
+def _listener_result(
+    listener: g.Listener, conflict: bool, certificates: Condition | None
+) -> ListenerResult:
     mode = _mode(listener)
     supported = ROUTE_KINDS.get(mode, ())
     listed = listener.allowed_routes.kinds if listener.allowed_routes else []
@@ -202,18 +224,19 @@ def _listener_result(listener: g.Listener, conflict: bool) -> ListenerResult:
             "some allowedRoutes kinds are not supported",
         )
         if invalid
-        else Condition("ResolvedRefs", "True", "ResolvedRefs")
+        else certificates or Condition("ResolvedRefs", "True", "ResolvedRefs")
     )
     conflicted = Condition(
         "Conflicted",
         "True" if conflict else "False",
         "ProtocolConflict" if conflict else "NoConflicts",
     )
-    programmed = (
-        Condition("Programmed", "True", "Programmed")
-        if accepted.status == "True"
-        else Condition("Programmed", "False", "Invalid", accepted.message)
-    )
+    if accepted.status != "True":
+        programmed = Condition("Programmed", "False", "Invalid", accepted.message)
+    elif certificates is not None:
+        programmed = Condition("Programmed", "False", "Invalid", certificates.message)
+    else:
+        programmed = Condition("Programmed", "True", "Programmed")
     return ListenerResult(listener.name, kinds, 0, (accepted, resolved, conflicted, programmed))
 
 
@@ -232,6 +255,86 @@ def _gateway_result(
         for r in listener_kinds[(gw.namespace, gw.name)].values()
     )
     return GatewayResult(gw, CONTROLLERS[gw.spec.gateway_class_name], listeners)
+
+
+# ---------------------------------------------------------------- certificates
+
+
+def _terminates(listener: g.Listener) -> bool:
+    return listener.tls is not None and listener.tls.mode_or_default == "Terminate"
+
+
+def _certificate_problem(
+    inputs: _Inputs, gw: g.KubeGateway, listener: g.Listener
+) -> Condition | None:
+    """The listener's ResolvedRefs=False condition for its certificateRefs, or None."""
+    if not _terminates(listener):
+        return None
+    assert listener.tls is not None
+    for ref in listener.tls.certificate_refs:
+        problem = _certificate_ref_problem(inputs, gw, ref)
+        if problem is not None:
+            return Condition("ResolvedRefs", "False", *problem)
+    return None
+
+
+def _certificate_ref_problem(
+    inputs: _Inputs, gw: g.KubeGateway, ref: g.SecretObjectReference
+) -> tuple[str, str] | None:
+    """(reason, message) when this certificateRef cannot serve; None when it can."""
+    kind, group = ref.kind or "Secret", ref.group or ""
+    namespace = ref.namespace or gw.namespace
+    where = f"certificateRef {namespace}/{ref.name}"
+    if (group, kind) != ("", "Secret"):
+        return "InvalidCertificateRef", f"{where}: {kind}.{group or 'core'} is not a Secret"
+    if not secret_permitted(inputs.grants, gw.namespace, namespace, ref.name):
+        return "RefNotPermitted", f"{where}: no ReferenceGrant allows this Gateway to use it"
+    secret = next(
+        (s for s in inputs.secrets if (s.namespace, s.name) == (namespace, ref.name)), None
+    )
+    if secret is None:
+        return "InvalidCertificateRef", f"{where}: Secret not found"
+    problem = certificate_problem(secret)
+    return None if problem is None else ("InvalidCertificateRef", f"{where}: {problem}")
+
+
+def secret_permitted(
+    grants: Sequence[g.ReferenceGrant], gateway_namespace: str, namespace: str, name: str
+) -> bool:
+    """A Gateway of ``gateway_namespace`` may use the Secret ``namespace/name``: its own
+    namespace, or a ReferenceGrant there from Gateways of that namespace to the Secret."""
+    if namespace == gateway_namespace:
+        return True
+    return any(
+        grant.namespace == namespace
+        and any(
+            (f.group, f.kind, f.namespace) == (g.GROUP, "Gateway", gateway_namespace)
+            for f in grant.spec.from_
+        )
+        and any(
+            t.group == "" and t.kind == "Secret" and t.name in (None, name) for t in grant.spec.to
+        )
+        for grant in grants
+    )
+
+
+def certificate_problem(secret: models.Secret) -> str | None:
+    """Why a Secret cannot serve TLS (its type, a missing key, unparseable PEM), or None."""
+    if secret.type != "kubernetes.io/tls":
+        return f"Secret type is {secret.type}, not kubernetes.io/tls"
+    try:
+        chain = secret_bytes(secret.data, TLS_CERT_KEY)
+        key = secret_bytes(secret.data, TLS_PRIVATE_KEY_KEY)
+    except ValueError:
+        return "its data is not base64"
+    if not chain or not key:
+        return f"{TLS_CERT_KEY} and {TLS_PRIVATE_KEY_KEY} are both required"
+    try:
+        x509.load_pem_x509_certificates(chain)
+        serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError):
+        return f"{TLS_CERT_KEY} or {TLS_PRIVATE_KEY_KEY} is not a PEM certificate chain and key"
+    return None
 
 
 # ---------------------------------------------------------------- attachment
@@ -435,10 +538,10 @@ def workload_labels(gw: g.KubeGateway) -> dict[str, str]:
     return {GATEWAY_NAME_LABEL: gw.name, GATEWAY_NAMESPACE_LABEL: gw.namespace}
 
 
-def _istio_gateway(result: GatewayResult) -> models.Gateway:
+def _istio_gateway(inputs: _Inputs, result: GatewayResult) -> models.Gateway:
     gw = result.gateway
     usable = {r.name for r in result.listeners if r.usable}
-    servers = [_server(gw, li) for li in gw.spec.listeners if li.name in usable]
+    servers = [_server(inputs, gw, li) for li in gw.spec.listeners if li.name in usable]
     return models.Gateway(
         api_version="networking.istio.io/v1",
         kind="Gateway",
@@ -451,7 +554,7 @@ def _istio_gateway(result: GatewayResult) -> models.Gateway:
     )
 
 
-def _server(gw: g.KubeGateway, listener: g.Listener) -> models.Server:
+def _server(inputs: _Inputs, gw: g.KubeGateway, listener: g.Listener) -> models.Server:
     port = models.GatewayPort(number=listener.port, protocol=listener.protocol, name=listener.name)
     hosts = [listener.hostname or "*"]
     if listener.protocol != "TLS" or listener.tls is None:
@@ -459,10 +562,22 @@ def _server(gw: g.KubeGateway, listener: g.Listener) -> models.Server:
     if listener.tls.mode_or_default == "Passthrough":
         tls = models.ServerTLSSettings(mode="PASSTHROUGH")
     else:
-        refs = listener.tls.certificate_refs
-        name = refs[0].name if refs and refs[0].namespace in (None, gw.namespace) else ""
-        tls = models.ServerTLSSettings(mode="SIMPLE", credential_name=name)
+        tls = models.ServerTLSSettings(
+            mode="SIMPLE", credential_name=_credential(inputs, gw, listener)
+        )
     return models.Server(port=port, hosts=hosts, tls=tls, name=listener.name)
+
+
+def _credential(inputs: _Inputs, gw: g.KubeGateway, listener: g.Listener) -> str:
+    """The first certificateRef that can serve, as a credentialName ("" when none can)."""
+    assert listener.tls is not None
+    for ref in listener.tls.certificate_refs:
+        if _certificate_ref_problem(inputs, gw, ref) is None:
+            namespace = ref.namespace or gw.namespace
+            if namespace == gw.namespace:
+                return ref.name
+            return f"{CROSS_NAMESPACE_CREDENTIAL}{namespace}/{ref.name}"
+    return ""
 
 
 def _virtual_service(
@@ -530,4 +645,5 @@ def bind_resources(resources: MeshResources) -> Binding:
         resources.kube_routes,
         resources.reference_grants,
         resources.services,
+        resources.secrets,
     )

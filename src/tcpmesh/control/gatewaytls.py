@@ -20,6 +20,7 @@ from tcpmesh.api import (
     models,
     secret_bytes,
 )
+from tcpmesh.control.gatewayapi import CROSS_NAMESPACE_CREDENTIAL, secret_permitted
 from tcpmesh.control.resources import (
     MeshResources,
     ProxyNode,
@@ -120,9 +121,7 @@ def downstream_tls(
     ``ca.crt`` or in the Secret ``<name>-cacert``). None when it is missing or unusable;
     file-path certificates (``serverCertificate``) are files of Istio's gateway pods and
     have no meaning here."""
-    if not settings.credential_name:
-        return None
-    secret = find_secret(resources, node.namespace, settings.credential_name)
+    secret = _credential_secret(resources, node, settings.credential_name)
     if secret is None:
         return None
     chain = _pem(secret, TLS_CERT_KEY, "CERTIFICATE")
@@ -150,6 +149,20 @@ def downstream_tls(
         max_protocol_version=_ENVOY_TLS_VERSIONS.get(settings.max_protocol_version, ""),
         cipher_suites=suites,
     )
+
+
+def _credential_secret(
+    resources: MeshResources, node: ProxyNode, credential: str
+) -> models.Secret | None:
+    """The Secret a credentialName names: one of the gateway's namespace, or (Gateway API
+    certificateRefs, ``kubernetes-gateway://ns/name``) of another namespace whose
+    ReferenceGrant lets Gateways of the gateway's namespace use it."""
+    if not credential.startswith(CROSS_NAMESPACE_CREDENTIAL):
+        return find_secret(resources, node.namespace, credential) if credential else None
+    namespace, _, name = credential.removeprefix(CROSS_NAMESPACE_CREDENTIAL).partition("/")
+    if not secret_permitted(resources.reference_grants, node.namespace, namespace, name):
+        return None
+    return find_secret(resources, namespace, name)
 
 
 def find_secret(resources: MeshResources, namespace: str, name: str) -> models.Secret | None:

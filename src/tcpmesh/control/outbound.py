@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from tcpmesh.api import hosts_overlap, models
+from tcpmesh.control.gatewayapi import workload_labels
 from tcpmesh.control.loadbalancer import capped_ports, load_balancer_frontend
 from tcpmesh.control.policy import route_settings
 from tcpmesh.control.resources import (
@@ -443,11 +444,16 @@ def load_balancer_listeners(resources: MeshResources, node: ProxyNode) -> Iterat
 
 def serves_itself(resources: MeshResources, service: models.Service) -> bool:
     """Whether the Service's own pods listen on its load-balancer address: a gateway's
-    Service (its selector covers a Gateway's or the ingress gateway's), or one that selects
+    Service (its selector covers an Istio Gateway's or the ingress gateway's; not a Gateway
+    API Gateway's, whose pods run on their pod IPs), or one that selects
     host-network pods. Decided by labels, not by which pods run now, so the node proxy
     never binds such a port while the gateway starts."""
     selector = service.spec.selector or {}
     if not selector:
+        return False
+    if any(selector == workload_labels(kg) for kg in resources.kube_gateways):
+        # A Gateway API Gateway's workload runs on its pod IP (controllers.gatewayapi):
+        # the node proxy serves its Service's own load-balancer address.
         return False
     gateway_selectors = [INGRESS_GATEWAY_SELECTOR, *(g.spec.selector for g in resources.gateways)]
     if any(s and labels_match(s, selector) for s in gateway_selectors):

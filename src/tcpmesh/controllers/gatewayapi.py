@@ -9,12 +9,21 @@ A Gateway of class ``tcpmesh`` or ``istio`` gets, as Istio's deployment controll
 them, a Deployment ``<gateway>-<class>`` running the mesh's gateway proxy with the labels
 its Istio Gateway selects, and a LoadBalancer Service of the same name exposing the
 listener ports; both are owned by the Gateway and deleted with it.
+
+Addresses, as a cloud gives each LoadBalancer Service its own: the Service asks for
+``spec.loadBalancerIP``, the Gateway's ``spec.addresses`` IPAddress when it names one
+(it must be in 127.0.0.0/16, else Programmed=False AddressNotUsable), else the address it
+holds already, else the first free address after the node's in the node's /24 (free: no
+other LoadBalancer Service asks for it). The runtime then gives the Service that address
+(``status.loadBalancer.ingress``), the node proxy serves it and forwards to the Gateway's
+pods, and that ingress address is the Gateway's ``status.addresses`` once a pod is ready.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -33,6 +42,7 @@ from tcpmesh.control import (
     workload_labels,
 )
 from tcpmesh.controllers.reconciler import WATCH_RETRY, Reconciler
+from tcpmesh.registry import is_load_balancer_address
 from tcpmesh.store import Conflict, NotFound, StoreBackend, StoreError
 
 log = logging.getLogger("tcpmesh.controllers.gatewayapi")
@@ -48,6 +58,7 @@ WATCHED = (
     "ReferenceGrant.gateway.networking.k8s.io",
     "Service",
     "Pod",
+    "Secret",
 )
 MANAGED_BY = "gateway.istio.io/managed"
 MANAGED_VALUE = "tcpmesh.io-gateway-controller"
@@ -122,13 +133,24 @@ def _parent_doc(parent: ParentResult, old: Obj | None, generation: int, now: str
 
 
 def gateway_status(
-    result: GatewayResult, addresses: Sequence[str], old: Mapping[str, Any] | None, now: str
+    result: GatewayResult,
+    addresses: Sequence[str],
+    old: Mapping[str, Any] | None,
+    now: str,
+    unusable_address: str = "",
 ) -> Obj:
     """Accepted, Programmed (a listener is usable and the workload has an address), listeners."""
     generation = result.gateway.metadata.generation or 1
-    usable = any(li.usable for li in result.listeners)
+    usable = any(li.programmed for li in result.listeners)
     accepted = Condition("Accepted", "True", "Accepted")
-    if not usable:
+    if unusable_address:
+        programmed = Condition(
+            "Programmed",
+            "False",
+            "AddressNotUsable",
+            f"address {unusable_address} is not a load-balancer address here (127.0.0.0/16)",
+        )
+    elif not usable:
         programmed = Condition("Programmed", "False", "Invalid", "no listener can be programmed")
     elif not addresses:
         programmed = Condition(
@@ -164,10 +186,35 @@ def workload_name(gw: g.KubeGateway) -> str:
     return f"{gw.name}-{gw.spec.gateway_class_name}"
 
 
-def desired_service(gw: g.KubeGateway) -> Obj:
+def requested_address(gw: g.KubeGateway) -> str:
+    """The IPAddress the Gateway's ``spec.addresses`` asks for ("" when none)."""
+    return next((a.value for a in gw.spec.addresses if (a.type or "IPAddress") == "IPAddress"), "")
+
+
+def gateway_address(gw: g.KubeGateway, stored: Obj | None, taken: set[str], node: str) -> str:
+    """The address the Gateway's Service asks for (see the module); "" when there is none."""
+    requested = requested_address(gw)
+    if requested:
+        return requested if is_load_balancer_address(requested) else ""
+    held = str(((stored or {}).get("spec") or {}).get("loadBalancerIP") or "")
+    if held:
+        return held
+    if not is_load_balancer_address(node):
+        return ""
+    network = ipaddress.IPv4Network(f"{node}/24", strict=False)
+    start = int(ipaddress.IPv4Address(node)) + 1
+    for value in range(start, int(network.broadcast_address)):
+        candidate = str(ipaddress.IPv4Address(value))
+        if candidate not in taken:
+            return candidate
+    return ""
+
+
+def desired_service(gw: g.KubeGateway, address: str = "") -> Obj:
     """The Gateway's LoadBalancer Service: one port per distinct listener port."""
     ports = sorted({li.port for li in gw.spec.listeners})
     labels = {**workload_labels(gw), MANAGED_BY: MANAGED_VALUE}
+    address_spec = {"loadBalancerIP": address} if address else {}
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -179,6 +226,7 @@ def desired_service(gw: g.KubeGateway) -> Obj:
         },
         "spec": {
             "type": "LoadBalancer",
+            **address_spec,
             "selector": workload_labels(gw),
             "ports": [
                 {"name": f"tcp-{p}", "port": p, "targetPort": p, "protocol": "TCP"} for p in ports
@@ -202,10 +250,13 @@ class GatewayApiController(Reconciler):
 
     name = "gateway-api"
 
-    def __init__(self, store: StoreBackend, workload: WorkloadFactory) -> None:
+    def __init__(
+        self, store: StoreBackend, workload: WorkloadFactory, node_address: str = ""
+    ) -> None:
         super().__init__(store, WATCHED)
         self._store = store
         self._workload = workload
+        self._node_address = node_address
 
     async def _loop(self) -> None:
         while True:
@@ -228,12 +279,16 @@ class GatewayApiController(Reconciler):
         objects = [o for key in WATCHED if key != "Pod" for o in self._store.list(key)]
         binding = bind_resources(MeshResources.from_objects(objects))
         now = _now()
+        taken = self._taken_addresses()
         for result in binding.gateways:
-            self._ensure_workload(result.gateway)
-            addresses = self._addresses(result.gateway)
+            gw = result.gateway
+            address = self._ensure_workload(gw, taken)
+            taken.add(address)
+            addresses = self._addresses(gw)
             stored = self._store.get(GATEWAY_KEY, *result.key)
             if stored is not None:
-                status = gateway_status(result, addresses, stored.get("status"), now)
+                unusable = requested_address(gw) if not address and requested_address(gw) else ""
+                status = gateway_status(result, addresses, stored.get("status"), now, unusable)
                 self._write_status(GATEWAY_KEY, stored, status)
         self._remove_orphans({r.key for r in binding.gateways})
         for route in binding.routes:
@@ -242,22 +297,35 @@ class GatewayApiController(Reconciler):
             if stored is not None:
                 self._write_status(key, stored, route_status(route, stored.get("status"), now))
 
-    def _ensure_workload(self, gw: g.KubeGateway) -> None:
+    def _ensure_workload(self, gw: g.KubeGateway, taken: set[str]) -> str:
+        """Write the Gateway's Deployment and Service; the address the Service asks for."""
         name = workload_name(gw)
         labels = {**workload_labels(gw), MANAGED_BY: MANAGED_VALUE}
         deployment = self._workload(name, gw.namespace, labels)
         deployment["metadata"]["ownerReferences"] = [_owner(gw)]
-        self._store.apply([desired_service(gw), deployment])
+        stored = self._store.get("Service", gw.namespace, name)
+        mine = str(((stored or {}).get("spec") or {}).get("loadBalancerIP") or "")
+        address = gateway_address(gw, stored, taken - {mine}, self._node_address)
+        self._store.apply([desired_service(gw, address), deployment])
+        return address
+
+    def _taken_addresses(self) -> set[str]:
+        """Addresses LoadBalancer Services ask for, and the node's own."""
+        taken = {self._node_address}
+        for svc in self._store.list("Service"):
+            spec = svc.get("spec") or {}
+            if spec.get("type") == "LoadBalancer" and spec.get("loadBalancerIP"):
+                taken.add(str(spec["loadBalancerIP"]))
+        return taken
 
     def _addresses(self, gw: g.KubeGateway) -> list[str]:
-        """The ready workload pods' addresses: where the listeners are served."""
+        """The Service's load-balancer addresses, once a workload pod is ready to serve."""
         pods = self._store.list("Pod", gw.namespace, label_selector=workload_labels(gw))
-        ips = {
-            str((p.get("status") or {}).get("podIP") or "")
-            for p in pods
-            if pod_ready(p.get("status"))
-        }
-        return sorted(ip for ip in ips if ip)
+        if not any(pod_ready(p.get("status")) for p in pods):
+            return []
+        service = self._store.get("Service", gw.namespace, workload_name(gw)) or {}
+        ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        return [str(i["ip"]) for i in ingress if i.get("ip")]
 
     def _remove_orphans(self, live: set[tuple[str, str]]) -> None:
         for key in ("Service", "Deployment"):

@@ -8,7 +8,8 @@ ingress, service, pod, ports, and the TLS parameters when the connection is TLS)
 lines get nothing. ``TCP_PORT`` (default 3000) is plain TCP; ``TLS_PORT`` (default 8443)
 serves TLS when ``TLS_SERVER_CERT`` and ``TLS_SERVER_PRIV_KEY`` name PEM files;
 ``TCP_MODE=RESET`` resets every connection instead. Like every tcpmesh pod it binds
-``$POD_IP``. The image's HTTP and gRPC modes are not built in.
+``$POD_IP``. Without ``TCP_ECHO_SERVER`` it is the image's HTTP echo
+(:mod:`tcpmesh.runtime.echohttp`); its gRPC and UDP modes are not built in.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import ssl
 import struct
 import sys
 from typing import Any
+
+from tcpmesh.runtime.echohttp import serve_http
 
 WELCOME = b"Gateway API Test TCP Server\n"
 # The Go names of TLS versions (crypto/tls VersionName), for the TEST payload.
@@ -112,11 +115,17 @@ class _Server:
 
 
 async def serve(env: dict[str, str]) -> None:
-    if not env.get("TCP_ECHO_SERVER"):
-        raise SystemExit(
-            "echo-basic: only its TCP server is built into tcpmesh; set TCP_ECHO_SERVER=1"
-        )
+    for mode in ("GRPC_ECHO_SERVER", "UDP_ECHO_SERVER"):
+        if env.get(mode):
+            raise SystemExit(f"echo-basic: {mode} is not built into tcpmesh (TCP and HTTP are)")
     host = env.get("POD_IP") or "0.0.0.0"
+    if not env.get("TCP_ECHO_SERVER"):
+        runners = await serve_http(env, host)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            for runner in runners:
+                await runner.cleanup()
     tcp_port, tls_port = env.get("TCP_PORT") or "3000", env.get("TLS_PORT") or "8443"
     for name, value in (("TCP_PORT", tcp_port), ("TLS_PORT", tls_port)):
         if not value.isdigit():
