@@ -96,6 +96,20 @@ def test_a_request_with_a_stale_nonce_changes_nothing() -> None:
     assert s.offer(EDS, {"a": {"name": "a", "v": 2}}) == (None, second.nonce)
 
 
+def test_subscriptions_sent_before_envoy_saw_a_response_wait_for_its_answer() -> None:
+    s, _ = session()
+    subscribed(s, EDS, frozenset({"a"}))
+    first, _ = s.offer(EDS, AB)
+    assert first is not None and first.names == ["a"]
+    # >> Envoy subscribes to more names before the response reached it (no nonce yet)
+    assert s.receive(Request(EDS, names=frozenset({"a", "b"}))) == Received(None)
+    # >> its ACK of that response names everything it wants by then: one response for all
+    received = s.receive(Request(EDS, nonce=first.nonce, names=frozenset({"a", "b"})))
+    (second,) = received.responses
+    assert received.answer is not None and received.answer.error is None
+    assert second.names == ["a", "b"]
+
+
 def test_a_repeated_request_is_answered_again() -> None:
     s, _ = session()
     subscribed(s, EDS, frozenset({"a"}))

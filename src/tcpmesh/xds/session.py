@@ -199,6 +199,12 @@ class AdsSession:
         answer = self._answer(state, request)
         if request.nonce and request.nonce != state.sent_nonce:
             return Received(answer)  # stale: a newer response is on its way to Envoy
+        if not request.nonce and state.sent_nonce in state.inflight:
+            # Sent before Envoy saw the response in flight: its answer to that response
+            # names what it wants by then. Envoy subscribes to each new listener's filter
+            # on its own, so answering each of these would send a first push of N
+            # listeners O(N^2) filter configs; this way it is one response per round trip.
+            return Received(answer)
         if answer is None and state.subscribed and request.names == state.names:
             state.sent_names = None  # a repeated request: answer it again
         state.subscribed = True
