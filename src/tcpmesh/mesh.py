@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime
 import fcntl
+import ipaddress
 import logging
 import os
 import signal
@@ -127,6 +128,9 @@ class MeshConfig:
     # workloads join there); None: loopback only.
     bind_address: str | None = None
     secure_port: int = 0
+    # `--advertise-address`: where other hosts reach the API (kube-apiserver's flag): the
+    # serving certificate names it and joins are told it. None: --bind-address itself.
+    advertise_address: str | None = None
     # `--gateway-replicas`: local replicas of the default ingress gateway (0: joined
     # hosts only).
     gateway_replicas: int = 1
@@ -336,7 +340,8 @@ class Mesh:
         )
         self.writers = _Writers(self.runtime, self.rollouts, self.gateway_api)
         self.gate = None if elected is None else LeaderGate(elected[0], self.writers)
-        self.control = ControlPlane(self.store)
+        # On a shared store a replica that cannot reach it stops vouching for its copy.
+        self.control = ControlPlane(self.store, probe_reach=self.shared)
         # Every Service written through the API (and the gateway's) gets its addresses here.
         self.registry = ServiceRegistry(self.store)
         self.started_at = time.time()
@@ -365,6 +370,7 @@ class Mesh:
             status=self.status,
             pod_log=self.runtime.pod_log_path,
             peers=self.peers,
+            currency=self.control if self.shared else None,
         )
         # The console calls this API over HTTPS, trusting only the mesh's CA.
         ca = ensure_ca(self.config.state_dir)
@@ -407,7 +413,8 @@ class Mesh:
         both with one certificate naming every address and the mesh's CA."""
         assert self._runner is not None
         bind = self.config.bind_address
-        hosts = [API_HOST, "localhost"] + ([bind] if bind else [])
+        advertised = self.config.advertise_address or bind
+        hosts = serving_names(bind, advertised)
         tls = server_ssl_context(self.config.state_dir, hosts, verify_clients=bind is not None)
         await web.TCPSite(self._runner, API_HOST, 0, ssl_context=tls).start()
         self.url = f"https://{API_HOST}:{self._runner.addresses[0][1]}"
@@ -415,7 +422,7 @@ class Mesh:
             site = web.TCPSite(self._runner, bind, self.config.secure_port, ssl_context=tls)
             await site.start()
             port = self._runner.addresses[-1][1]
-            self.remote_url = f"https://{_url_host(bind)}:{port}"
+            self.remote_url = f"https://{_url_host(advertised or bind)}:{port}"
         elif bind is not None:
             self.remote_url = self.url
 
@@ -453,7 +460,8 @@ class Mesh:
         from tcpmesh.xds import RemoteListener
 
         ca = ensure_ca(self.config.state_dir)
-        issued = issue_certificate(ca, "tcpmesh-xds", [bind])
+        advertised = self.config.advertise_address or bind
+        issued = issue_certificate(ca, "tcpmesh-xds", serving_names(bind, advertised))
 
         def authorize(cert_pem: bytes, node_id: str) -> None:
             try:
@@ -551,6 +559,18 @@ def _started(status: dict[str, Any]) -> bool:
     the node proxy serves its table."""
     gateway = bool(status["gatewayReady"]) or status.get("gatewayReplicas") == 0
     return gateway and bool(status["nodeProxyReady"])
+
+
+def serving_names(bind: str | None, advertised: str | None) -> list[str]:
+    """What the API's serving certificate names: loopback, the address it is bound to
+    unless that is every address (0.0.0.0 or ::, which no client dials), and the
+    address it is advertised at (kube-apiserver's certificate names its
+    --advertise-address the same way)."""
+    names = [API_HOST, "localhost"]
+    for address in (bind, advertised):
+        if address and not ipaddress.ip_address(address).is_unspecified and address not in names:
+            names.append(address)
+    return names
 
 
 def _url_host(address: str) -> str:

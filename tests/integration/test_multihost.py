@@ -12,10 +12,12 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,8 +45,10 @@ API_PORT = 6443
 GATEWAY_PORT = 31400
 STATUS_PORT = 15021
 READY_TIMEOUT = 90.0
-# How soon a cut-off gateway has a change made meanwhile, after its link returns.
-RECONNECT_BOUND = 3.0
+# How soon a cut-off gateway has a change made meanwhile, after its link returns (the issue's).
+RECONNECT_BOUND = 1.0
+# After cutting a link, long enough for a cut-off replica to stop vouching for its copy.
+CUT_SETTLE = 4.5
 # Where the workloads run: v1 on host 3 (the one whose link is cut), v2 on host 2.
 WORKLOADS = {"v1": (3, "one"), "v2": (2, "two")}
 WORKLOAD_GROUPS = """
@@ -355,14 +359,20 @@ def test_a_gateway_cut_off_for_10s_keeps_serving_and_converges_within_1s(mesh3: 
     # All to v1, which runs on host 3 itself: reachable from its gateway during the cut.
     mesh3.apply(1, SAMPLES / "tcp-echo-all-v1.yaml")
     _wait("gateway 3 all on v1", lambda: _split(mesh3, 3, 10) == {"one": 10}, 10, mesh3)
-    before = _version_inside(mesh3, 3)
     mesh3.net.cut(3)
     cut_at = time.monotonic()
     try:
+        # Whatever was on its way to host 3 when the link went has arrived or is lost.
+        time.sleep(CUT_SETTLE)
+        before = _version_inside(mesh3, 3)
         mesh3.apply(1, SAMPLES / "tcp-echo-20-v2.yaml")  # hosts 1 and 2 hold etcd's quorum
         inside = _split(mesh3, 3, 20, namespace=mesh3.net.host(3))
         assert inside == {"one": 20}, "the cut-off gateway serves its last routes"
         assert _version_inside(mesh3, 3) == before
+        # Host 3's replica cannot reach etcd's quorum: it does not claim to be ready (503;
+        # or no answer while its loop waits on a synchronous store call, as the leader's
+        # runtime makes them).
+        assert _readyz_inside(mesh3, 3) in (503, 0)
         time.sleep(max(0.0, cut_at + 10 - time.monotonic()))
     finally:
         mesh3.net.mend(3)
@@ -371,13 +381,30 @@ def test_a_gateway_cut_off_for_10s_keeps_serving_and_converges_within_1s(mesh3: 
         time.sleep(0.005)
     converged = time.monotonic() - mended_at
     print(f"cut 10 s: the gateway took the change {converged * 1000:.0f} ms after the link")
-    # The issue asks for 1 s, and runs have taken 0.48 s; but a gateway that stayed on its
-    # own host's replica converges only when that replica's etcd watch resumes (the
-    # member catching up, then the control plane's 1 s retry): 1.72 s seen once. The
-    # bound is what the design guarantees today; docs/multihost.md says so.
     assert converged <= RECONNECT_BOUND
     verdict = stats.fit(_split(mesh3, 3, 100), 0, stats.parse_expectation("v1=80,v2=20"), 1e-6)
     assert verdict.consistent, verdict.note
+    _wait("host 3's replica ready again", lambda: _readyz_inside(mesh3, 3) == 200, 10, mesh3)
+
+
+def _readyz_inside(mesh: Mesh3, host: int) -> int:
+    """``/readyz`` of host ``host``'s replica, asked from inside that host."""
+    creds = read_credentials(mesh.state(host))
+    assert creds is not None and creds.ca_file is not None
+    context = ssl.create_default_context(cafile=creds.ca_file)
+    url = f"https://{mesh.net.address(host)}:{API_PORT}/readyz"
+
+    def ask() -> int:
+        """The status, 0 when there is no answer within 2 s."""
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except (urllib.error.URLError, OSError):
+            return 0
+
+    return int(mesh.net.run_in(mesh.net.host(host), ask))
 
 
 def _leader(mesh: Mesh3, hosts: list[int]) -> int | None:

@@ -23,11 +23,15 @@ from tcpmesh.join import (
     IdentityError,
     PeerIdentity,
     TokenError,
+    TokenScope,
+    check_scope,
     check_token,
     expired,
     gateway_pod,
     is_joined,
     peer_from_certificate,
+    peer_from_pem,
+    scope_of,
     token_object,
     workload_entry,
 )
@@ -74,6 +78,31 @@ def test_a_wrong_unknown_or_expired_token_is_refused() -> None:
 # ---------------------------------------------------------------- identities and CSRs
 
 
+def test_a_scoped_token_stands_only_for_peers_of_its_gateway_or_group() -> None:
+    token = BootstrapToken.generate()
+    scope = TokenScope.parse("gateway", "istio-system/edge")
+    stored = token_object(token, None, NOW, "", scope)
+    assert scope_of(stored) == scope and str(scope) == "gateway/istio-system/edge"
+    check_scope(stored, token.token_id, GATEWAY)
+    other = PeerIdentity("gateway", "istio-system", "edge-b", "h1")
+    with pytest.raises(TokenError, match="is for gateway/istio-system/edge only"):
+        check_scope(stored, token.token_id, other)
+    with pytest.raises(TokenError):  # same names, other role
+        check_scope(stored, token.token_id, PeerIdentity("workload", "istio-system", "edge", "h1"))
+    unscoped = token_object(token, None, NOW, "")
+    assert scope_of(unscoped) is None
+    check_scope(unscoped, token.token_id, other)
+
+
+def test_a_malformed_scope_is_refused_with_the_reason() -> None:
+    with pytest.raises(TokenError, match="expected NAMESPACE/NAME"):
+        TokenScope.parse("workload", "tcp-echo-v1")
+    with pytest.raises(TokenError, match="DNS-1123"):
+        TokenScope.parse("workload", "default/Tcp_Echo")
+    with pytest.raises(TokenError, match="expected gateway/NS/NAME"):
+        TokenScope.from_text("node/default/x")
+
+
 def test_an_identity_round_trips_through_its_uri_and_names_its_object() -> None:
     assert PeerIdentity.from_uri(GATEWAY.uri) == GATEWAY
     assert GATEWAY.uri == "tcpmesh://gateway/istio-system/edge/h1"
@@ -112,6 +141,16 @@ def test_the_ca_signs_the_names_it_decided_and_the_peer_is_read_back(tmp_path: P
     )
     assert peer is not None
     assert (peer.identity, peer.addresses, peer.token_id) == (WORKLOAD, ("10.0.0.7",), "abcdef")
+    # What a gRPC server's auth context hands over (the PEM), read the same way.
+    from_pem = peer_from_pem(pem)
+    assert from_pem is not None
+    assert (from_pem.identity, from_pem.addresses, from_pem.token_id) == (
+        WORKLOAD,
+        ("10.0.0.7",),
+        "abcdef",
+    )
+    assert from_pem.not_after == cert.not_valid_after_utc
+    assert peer_from_pem(ca.cert_pem) is None  # the CA names no peer
 
 
 def test_a_certificate_without_a_token_unit_is_no_peer() -> None:

@@ -7,12 +7,15 @@ it expires. With it the peer may do exactly three things: follow its own node's 
 stream (a gateway), register or renew its own Pod or WorkloadEntry
 (``PUT /tcpmesh/v1/peers/self``, a heartbeat that carries its readiness), and remove it
 (``DELETE``). Everything else is refused (403). Deleting the bootstrap token revokes every
-certificate issued against it at the peer's next request. See docs/multihost.md for the
-threat model.
+certificate issued against it: its next request is refused, and a snapshot stream it has
+open ends within REVOCATION_CHECK_SECONDS (``until_revoked``). A token scoped to one
+gateway Deployment or WorkloadGroup bootstraps and honours peers of that one only. See
+docs/multihost.md for the threat model.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import ssl
@@ -31,6 +34,7 @@ from tcpmesh.join import (
     PeerIdentity,
     TokenError,
     VerifiedPeer,
+    check_scope,
     check_token,
     gateway_pod,
     is_joined,
@@ -39,7 +43,7 @@ from tcpmesh.join import (
     secret_name,
     workload_entry,
 )
-from tcpmesh.store import StoreBackend
+from tcpmesh.store import StoreBackend, StoreError
 
 JOIN_PATH = "/tcpmesh/v1/join"
 CA_PATH = "/tcpmesh/v1/ca"
@@ -47,6 +51,9 @@ SELF_PATH = "/tcpmesh/v1/peers/self"
 SNAPSHOT_PREFIX = "/tcpmesh/v1/snapshots/"
 DEFAULT_CERT_TTL = datetime.timedelta(hours=1)
 MAX_CSR_BYTES = 16 * 1024
+# How often an open stream of a peer checks that its token still stands (the longest a
+# deleted token's peer goes on receiving snapshots).
+REVOCATION_CHECK_SECONDS = 1.0
 
 Obj = dict[str, Any]
 
@@ -107,12 +114,41 @@ class PeerAuthority:
         cert = verified_certificate(request)
         return peer_from_certificate(cert) if cert is not None else None
 
+    def revoked(self, peer: VerifiedPeer, now: datetime.datetime | None = None) -> str | None:
+        """Why ``peer``'s certificate is no longer honoured (None: it is): its bootstrap
+        token was deleted, no longer names the peer's owner, or the certificate ran out.
+        Reads the store (blocking): call it off the event loop."""
+        if peer.not_after is not None and peer.not_after <= (now or _now()):
+            return "certificate expired"
+        stored = self.store.get("Secret", TOKEN_NAMESPACE, secret_name(peer.token_id))
+        if stored is None:
+            return "certificate revoked: its bootstrap token was deleted"
+        try:
+            check_scope(stored, peer.token_id, peer.identity)
+        except TokenError as exc:
+            return f"certificate revoked: {exc}"
+        return None
+
+    async def until_revoked(self, peer: VerifiedPeer) -> str:
+        """Returns, with the reason, once ``peer`` is revoked (see ``revoked``); checked
+        every REVOCATION_CHECK_SECONDS, so a stream it opened ends that soon after. A store
+        that does not answer revokes nothing (the replica's own reach check handles it).
+        For every server that streams to peers: the API's snapshot feed, and xDS."""
+        while True:
+            try:
+                reason = await asyncio.to_thread(self.revoked, peer)
+            except StoreError:
+                reason = None
+            if reason is not None:
+                return reason
+            await asyncio.sleep(REVOCATION_CHECK_SECONDS)
+
     def check_revoked(self, peer: VerifiedPeer) -> None:
-        """Refuse a certificate whose bootstrap token was deleted (the API and xDS both)."""
-        if self.store.get("Secret", TOKEN_NAMESPACE, secret_name(peer.token_id)) is None:
-            raise PeerRefused(
-                401, "Unauthorized", "certificate revoked: its bootstrap token was deleted"
-            )
+        """Refuse a certificate that is no longer honoured (see ``revoked``): the API and
+        xDS both. Blocking: call it off the event loop."""
+        reason = self.revoked(peer)
+        if reason is not None:
+            raise PeerRefused(401, "Unauthorized", reason)
 
     def authorize_xds(self, cert_pem: bytes, node_id: str) -> VerifiedPeer:
         """The peer behind an ADS stream, if it may follow ``node_id``: a gateway's own
@@ -126,18 +162,16 @@ class PeerAuthority:
             raise PeerRefused(403, "Forbidden", f"{identity.uri} may not follow node {node_id}")
         return peer
 
-    def check(self, request: web.Request, peer: VerifiedPeer) -> None:
-        """Refuse a revoked certificate, and any request a peer may not make."""
+    def check(self, method: str, path: str, peer: VerifiedPeer) -> None:
+        """Refuse a revoked certificate, and any request a peer may not make (blocking)."""
         self.check_revoked(peer)
-        if request.path in (SELF_PATH, JOIN_PATH):
+        if path in (SELF_PATH, JOIN_PATH):
             return
         identity = peer.identity
         own_snapshot = SNAPSHOT_PREFIX + identity.node_id
-        if identity.role == "gateway" and request.method == "GET" and request.path == own_snapshot:
+        if identity.role == "gateway" and method == "GET" and path == own_snapshot:
             return
-        raise PeerRefused(
-            403, "Forbidden", f"{identity.uri} may not {request.method} {request.path}"
-        )
+        raise PeerRefused(403, "Forbidden", f"{identity.uri} may not {method} {path}")
 
     def _checked_peer(self, request: web.Request) -> VerifiedPeer:
         """The peer of a request the API's middleware let through (see ``check``)."""
@@ -170,7 +204,11 @@ class PeerAuthority:
         except ValueError as exc:
             raise PeerRefused(400, "BadRequest", str(exc)) from None
         identity, address = self._requested(csr.uris, csr.addresses)
-        unit = self._authenticate_join(request, identity, address)
+        scheme, _, text = request.headers.get("Authorization", "").partition(" ")
+        bearer = text if scheme.lower() == "bearer" else None
+        unit = await asyncio.to_thread(
+            self._authenticate_join, self.peer(request), bearer, request.remote, identity, address
+        )
         cert = sign_client_csr(
             self.ca, csr, uri=identity.uri, address=address, unit=unit, ttl=self.cert_ttl
         )
@@ -195,30 +233,41 @@ class PeerAuthority:
         except IdentityError as exc:
             raise PeerRefused(400, "BadRequest", f"csr: {exc}") from None
 
-    def _authenticate_join(self, request: web.Request, identity: PeerIdentity, address: str) -> str:
-        """The token unit for the new certificate: from a valid bootstrap token, or (a
-        renewal) from the peer's current certificate, which must name the same peer."""
-        current = self.peer(request)
+    def _authenticate_join(
+        self,
+        current: VerifiedPeer | None,
+        bearer: str | None,
+        remote: str | None,
+        identity: PeerIdentity,
+        address: str,
+    ) -> str:
+        """The token unit for the new certificate: from a valid bootstrap token whose scope
+        covers ``identity``, or (a renewal) from the peer's ``current`` certificate, which
+        must name the same peer. Reads the store: runs off the event loop."""
         if current is not None:
-            self.check(request, current)
+            self.check("POST", JOIN_PATH, current)
             if current.identity != identity or address not in current.addresses:
                 raise PeerRefused(
                     403, "Forbidden", f"{current.identity.uri} may not renew as {identity.uri}"
                 )
             return TOKEN_UNIT_PREFIX + current.token_id
-        scheme, _, text = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
+        if bearer is None:
             raise PeerRefused(401, "Unauthorized", "a bootstrap token is required")
         try:
-            token = BootstrapToken.parse(text)
+            token = BootstrapToken.parse(bearer)
             stored = self.store.get("Secret", TOKEN_NAMESPACE, secret_name(token.token_id))
             check_token(stored, token, _now())
         except TokenError as exc:
             raise PeerRefused(401, "Unauthorized", str(exc)) from None
-        if request.remote != address:
+        assert stored is not None  # check_token refuses a missing one
+        try:
+            check_scope(stored, token.token_id, identity)
+        except TokenError as exc:
+            raise PeerRefused(403, "Forbidden", str(exc)) from None
+        if remote != address:
             # The certificate binds the address the token was presented from.
             raise PeerRefused(
-                403, "Forbidden", f"csr: address {address} is not this request's ({request.remote})"
+                403, "Forbidden", f"csr: address {address} is not this request's ({remote})"
             )
         return TOKEN_UNIT_PREFIX + token.token_id
 
@@ -226,7 +275,7 @@ class PeerAuthority:
         peer = self._checked_peer(request)
         try:
             body = await _json(request, 4096)
-            obj, extra = self._register(peer, body.get("ready") is True)
+            obj, extra = await asyncio.to_thread(self._register, peer, body.get("ready") is True)
         except PeerRefused as refused:
             return refused.response()
         return web.json_response({"object": obj, "leaseSeconds": self.lease_seconds, **extra})
@@ -248,7 +297,9 @@ class PeerAuthority:
         kind = obj["kind"]
         existing = self.store.get(kind, identity.namespace, identity.object_name)
         if existing is None:
-            self.store.create(obj)
+            # With its status in the same write: a Pod without its IP for a moment would
+            # give its gateway a snapshot listening on loopback in between.
+            self.store.create({**obj, "status": status})
         elif not is_joined(existing):
             raise PeerRefused(
                 409, "AlreadyExists", f'{kind} "{identity.node_id}" exists and is not a joined peer'
@@ -271,12 +322,14 @@ class PeerAuthority:
         return owner
 
     async def deregister(self, request: web.Request) -> web.Response:
-        identity = self._checked_peer(request).identity
+        await asyncio.to_thread(self._deregister, self._checked_peer(request).identity)
+        return web.json_response({"kind": "Status", "status": "Success"})
+
+    def _deregister(self, identity: PeerIdentity) -> None:
         kind = "Pod" if identity.role == "gateway" else "WorkloadEntry"
         existing = self.store.get(kind, identity.namespace, identity.object_name)
         if existing is not None and is_joined(existing):
             self.store.delete(kind, identity.namespace, identity.object_name)
-        return web.json_response({"kind": "Status", "status": "Success"})
 
 
 async def _json(request: web.Request, max_bytes: int) -> Obj:

@@ -40,7 +40,7 @@ from tcpmesh.apiserver.patch import (
 )
 from tcpmesh.apiserver.peers import CA_PATH, JOIN_PATH, PeerAuthority, PeerRefused
 from tcpmesh.apiserver.selectors import Predicate, SelectorError, field_selector, label_selector
-from tcpmesh.control import SnapshotSource
+from tcpmesh.control import SnapshotSource, StoreCurrency
 from tcpmesh.registry import ServiceRejected
 from tcpmesh.store import (
     AlreadyExists,
@@ -114,17 +114,20 @@ def create_app(
     status: Callable[[], Obj],
     pod_log: Callable[[str, str], Path | None],
     peers: PeerAuthority | None = None,
+    currency: StoreCurrency | None = None,
 ) -> web.Application:
     """The API; with ``peers``, remote gateways and workload agents join and authenticate
-    with client certificates (apiserver.peers), besides the administrator's bearer token."""
-    api = _Api(store, token, admit, snapshots, status, pod_log, peers)
+    with client certificates (apiserver.peers), besides the administrator's bearer token.
+    With ``currency`` (a replica of a shared store), snapshot streams end and are refused,
+    and ``/readyz`` fails, while this replica's copy of the store cannot be vouched for."""
+    api = _Api(store, token, admit, snapshots, status, pod_log, peers, currency)
     # aiohttp stops reading a body at this size; _body applies the per-endpoint limit.
     app = web.Application(middlewares=[api.middleware], client_max_size=MAX_INPUT_BYTES + 1)
     app[PUBLIC_PREFIXES] = []
     app.on_shutdown.append(api.on_shutdown)
     r = app.router
     r.add_get("/healthz", api.healthz)
-    r.add_get("/readyz", api.healthz)
+    r.add_get("/readyz", api.readyz)
     r.add_get("/livez", api.healthz)
     r.add_get("/version", api.version)
     r.add_get("/api", api.discover_core)
@@ -206,6 +209,14 @@ def _object_errors(info: KindInfo, name: str) -> Iterator[None]:
         raise _Fail(409, "Conflict", message, details) from None
 
 
+def _unreachable() -> _Fail:
+    return _Fail(
+        503,
+        "ServiceUnavailable",
+        "this replica cannot reach its store, so what it knows may be stale: ask another",
+    )
+
+
 def _store_error(exc: StoreError) -> _Fail:
     if isinstance(exc, ServiceRejected):
         if exc.internal:
@@ -274,6 +285,19 @@ def _line(value: Obj) -> bytes:
 
 def _is_true(value: str | None) -> bool:
     return value is not None and value.lower() in ("true", "1")
+
+
+async def _first_of(*awaitables: Awaitable[Any] | None) -> None:
+    """Returns when the first of them is done (the others are cancelled; None: never)."""
+    tasks = {asyncio.ensure_future(a) for a in awaitables if a is not None}
+    if not tasks:
+        await asyncio.Event().wait()
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
 
 
 async def _aclose(iterator: AsyncIterator[Any]) -> None:
@@ -559,8 +583,10 @@ class _Api:
         status: Callable[[], Obj],
         pod_log: Callable[[str, str], Path | None],
         peers: PeerAuthority | None = None,
+        currency: StoreCurrency | None = None,
     ) -> None:
         self._peers = peers
+        self._currency = currency
         self._store = store
         self._token = token.encode()
         self._admit = admit
@@ -575,7 +601,7 @@ class _Api:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not self._public(request) and not self._authorized(request):
-            refused = self._peer_refused(request)
+            refused = await self._peer_refused(request)
             if refused is not None:
                 return refused
         try:
@@ -600,15 +626,21 @@ class _Api:
         prefixes = request.config_dict.get(PUBLIC_PREFIXES, [])
         return any(request.path.startswith(p) for p in prefixes)
 
-    def _peer_refused(self, request: web.Request) -> web.Response | None:
-        """None when a remote peer's certificate allows the request; the refusal otherwise."""
-        peer = self._peers.peer(request) if self._peers is not None else None
-        if self._peers is None or peer is None:
+    async def _peer_refused(self, request: web.Request) -> web.Response | None:
+        """None when a remote peer's certificate allows the request; the refusal otherwise.
+
+        The check reads the peer's token from the store, off the loop: on a replica cut
+        off from etcd it could take seconds, and the loop serves every other stream."""
+        peers = self._peers
+        peer = peers.peer(request) if peers is not None else None
+        if peers is None or peer is None:
             return _Fail(401, "Unauthorized", "Unauthorized").response()
         try:
-            self._peers.check(request, peer)
+            await asyncio.to_thread(peers.check, request.method, request.path, peer)
         except PeerRefused as refused:
             return refused.response()
+        except StoreError as exc:
+            return _store_error(exc).response()
         return None
 
     def _authorized(self, request: web.Request) -> bool:
@@ -706,12 +738,17 @@ class _Api:
         lines: AsyncIterator[bytes],
         deadline: float | None = None,
         content_type: str = "application/x-ndjson",
+        until: Callable[[], Awaitable[Any]] | None = None,
     ) -> web.StreamResponse:
-        """Sends lines until they end, the client goes away, ``deadline`` or the server stops."""
+        """Sends lines until they end, the client goes away, ``deadline``, what ``until()``
+        returns is done or the server stops. ``until`` is called once the response is
+        prepared (a coroutine made earlier would go unawaited when preparing fails)."""
         resp = web.StreamResponse(headers={"Content-Type": content_type})
         await resp.prepare(request)
         loop = asyncio.get_running_loop()
-        stopping = asyncio.ensure_future(self._stopping.wait())
+        stopping = asyncio.ensure_future(
+            _first_of(self._stopping.wait(), until() if until is not None else None)
+        )
         pending: asyncio.Future[bytes | None] | None = None
         try:
             while request.transport is not None and not request.transport.is_closing():
@@ -750,6 +787,13 @@ class _Api:
     # ------------------------------------------------------------------ Kubernetes REST
 
     async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Ready unless this replica cannot reach its shared store (kube-apiserver's
+        /readyz fails its etcd check the same way), so a balancer in front skips it."""
+        if self._currency is not None and not self._currency.store_current:
+            return web.Response(status=503, text="[-]store failed: unreachable\n")
         return web.Response(text="ok")
 
     async def version(self, request: web.Request) -> web.Response:
@@ -1253,21 +1297,39 @@ class _Api:
 
     async def snapshot(self, request: web.Request) -> web.StreamResponse:
         node = f"{request.match_info['namespace']}/{request.match_info['pod']}"
+        currency = self._currency
+        if currency is not None and not currency.store_current:
+            raise _unreachable()
         if _is_true(request.query.get("watch")):
             snapshots = self._snapshots.watch(node)
 
             async def lines() -> AsyncIterator[bytes]:
+                ticked = _with_idle_ticks(snapshots, SNAPSHOT_TICK_SECONDS)
                 try:
-                    async for snapshot in _with_idle_ticks(snapshots, SNAPSHOT_TICK_SECONDS):
+                    async for snapshot in ticked:
                         if snapshot is None:
                             yield b"\n"  # a tick: the proxy tells a live stream from a dead one
                             continue
                         # The process edge: one compact JSON text per line (NDJSON).
                         yield snapshot.to_json().encode() + b"\n"
                 finally:
+                    # The ticks first: their pending step of the watch must end before the
+                    # watch itself is closed ("aclose(): generator is already running").
+                    await _aclose(ticked)
                     await _aclose(snapshots)
 
-            return await self._stream(request, lines())
+            # The stream ends when this copy can no longer be vouched for (the proxy then
+            # asks another replica rather than waiting here for a store that is away), and
+            # when a peer's certificate is revoked.
+            peers = self._peers
+            peer = peers.peer(request) if peers is not None else None
+
+            def ended() -> Awaitable[None]:
+                lost = currency.store_lost() if currency is not None else None
+                revoked = peers.until_revoked(peer) if peers and peer else None
+                return _first_of(lost, revoked)
+
+            return await self._stream(request, lines(), until=ended)
         snapshot = self._snapshots.current(node)
         if snapshot is None:
             raise _Fail(404, "NotFound", f'no snapshot for proxy "{node}"')

@@ -10,16 +10,27 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from tcpmesh.api.durations import parse_duration
 
+if TYPE_CHECKING:
+    from tcpmesh.join import TokenScope
+
 ALL_SERVERS_HELP = "API servers to try in turn, comma-separated (any replica will do)."
 
 
-def token_create(client: object, ttl: str, description: str) -> list[str]:
-    """Create a token; the lines to print (the token, then how to join with it)."""
+def token_create(
+    client: object,
+    ttl: str,
+    description: str,
+    gateway: str | None = None,
+    workload_group: str | None = None,
+) -> list[str]:
+    """Create a token, scoped to one gateway Deployment or WorkloadGroup (``NS/NAME``) if
+    given; the lines to print (the token, then how to join with it)."""
     from tcpmesh.apiserver.client import ApiClient
     from tcpmesh.join import BootstrapToken, token_object
 
@@ -31,8 +42,27 @@ def token_create(client: object, ttl: str, description: str) -> list[str]:
     lifetime = datetime.timedelta(seconds=seconds) if seconds > 0 else None
     token = BootstrapToken.generate()
     now = datetime.datetime.now(datetime.UTC)
-    client.create(token_object(token, lifetime, now, description))
+    client.create(
+        token_object(token, lifetime, now, description, token_scope(gateway, workload_group))
+    )
     return [str(token)]
+
+
+def token_scope(gateway: str | None, workload_group: str | None) -> TokenScope | None:
+    """The scope ``--gateway`` or ``--workload-group`` asks for (at most one of them)."""
+    from tcpmesh.join import TokenError, TokenScope
+
+    if gateway is not None and workload_group is not None:
+        raise click.UsageError("--gateway and --workload-group exclude each other")
+    try:
+        if gateway is not None:
+            return TokenScope.parse("gateway", gateway)
+        if workload_group is not None:
+            return TokenScope.parse("workload", workload_group)
+    except TokenError as exc:
+        hint = "--gateway" if gateway is not None else "--workload-group"
+        raise click.BadParameter(str(exc), param_hint=hint) from None
+    return None
 
 
 def parse_servers(text: str) -> tuple[str, ...]:

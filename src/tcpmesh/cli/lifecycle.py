@@ -58,6 +58,45 @@ def is_ip(text: str) -> bool:
     return True
 
 
+_ROUTES = Path("/proc/net/route")
+_RTF_UP = 0x1
+
+
+def default_gateway(routes: str) -> str | None:
+    """The IPv4 gateway of the default route in ``/proc/net/route``'s text, if any."""
+    for line in routes.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 4 or fields[1] != "00000000" or not int(fields[3], 16) & _RTF_UP:
+            continue
+        gateway = socket.inet_ntoa(int(fields[2], 16).to_bytes(4, "little"))
+        if gateway != "0.0.0.0":
+            return gateway
+    return None
+
+
+def advertise_address(bind: str, given: str | None) -> str | None:
+    """The address other hosts reach the API at, as kube-apiserver picks its
+    ``--advertise-address``: the one given, else ``--bind-address``, else (bound to every
+    address: 0.0.0.0 or ::) this host's address on its default route. None when there
+    is none to take (no default route): the caller asks for the flag."""
+    if given is not None:
+        return given
+    if not ipaddress.ip_address(bind).is_unspecified:
+        return bind
+    try:
+        gateway = default_gateway(_ROUTES.read_text())
+    except OSError:
+        return None
+    if gateway is None:
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((gateway, 9))  # a UDP connect sends nothing: it picks the route
+        except OSError:
+            return None
+        return str(probe.getsockname()[0])
+
+
 def running_client(state_dir: Path) -> ApiClient | None:
     """A client for the mesh of this state directory, or None when none answers."""
     try:
@@ -115,6 +154,8 @@ def start_detached(config: MeshConfig) -> tuple[ApiClient, int]:
     if config.bind_address:
         argv += ["--bind-address", config.bind_address, "--secure-port", str(config.secure_port)]
         argv += ["--xds-port", str(config.xds_port)]
+    if config.advertise_address:
+        argv += ["--advertise-address", config.advertise_address]
     argv += ["--gateway-replicas", str(config.gateway_replicas)]
     argv += ["--cluster-signing-duration", f"{config.signing_seconds}s"]
     with open(log_path, "ab") as log:

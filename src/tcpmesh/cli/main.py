@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import json
 import os
 import sys
@@ -148,6 +149,12 @@ pass_context = click.make_pass_decorator(Context)
     help="Also serve the API here, for other hosts: gateways and workloads join there.",
 )
 @click.option(
+    "--advertise-address",
+    default=None,
+    help="Where other hosts reach the API [default: --bind-address; with 0.0.0.0, this "
+    "host's address on its default route].",
+)
+@click.option(
     "--secure-port",
     type=click.IntRange(0, 65535),
     default=6443,
@@ -187,6 +194,7 @@ def up(
     detach: bool,
     store: str | None,
     bind_address: str | None,
+    advertise_address: str | None,
     secure_port: int,
     xds_port: int,
     gateway_replicas: int,
@@ -225,13 +233,12 @@ def up(
     config = dataclasses.replace(
         config,
         bind_address=bind_address,
+        advertise_address=_advertised(bind_address, advertise_address),
         secure_port=secure_port,
         xds_port=xds_port,
         gateway_replicas=gateway_replicas,
         signing_seconds=_signing_seconds(cluster_signing_duration),
     )
-    if bind_address is not None and not lifecycle.is_ip(bind_address):
-        fail(f"error: --bind-address {bind_address}: not an IP address")
     if lifecycle.running_client(ctx.state_dir) is not None:
         fail(f"error: tcpmesh is already running from {ctx.state_dir}")
     if detach:
@@ -247,6 +254,28 @@ def up(
         return [_apply_line(r.object, r.action, False) for r in results]
 
     lifecycle.run_foreground(config, apply_files)
+
+
+def _advertised(bind: str | None, given: str | None) -> str | None:
+    """The checked --advertise-address (see lifecycle.advertise_address); exits on bad
+    input, naming the flag."""
+    if bind is None:
+        if given is not None:
+            fail("error: --advertise-address: needs --bind-address (the API listens on loopback)")
+        return None
+    if not lifecycle.is_ip(bind):
+        fail(f"error: --bind-address {bind}: not an IP address")
+    if given is not None and not lifecycle.is_ip(given):
+        fail(f"error: --advertise-address {given}: not an IP address")
+    if given is not None and ipaddress.ip_address(given).is_unspecified:
+        fail(f"error: --advertise-address {given}: other hosts cannot dial it; give this host's")
+    advertised = lifecycle.advertise_address(bind, given)
+    if advertised is None:
+        fail(
+            f"error: --bind-address {bind}: this host has no default route to take the "
+            "address other hosts reach it at from; give --advertise-address"
+        )
+    return advertised
 
 
 def _signing_seconds(text: str) -> float:
@@ -913,15 +942,27 @@ def token() -> None:
 @click.option("--ttl", default="24h", show_default=True, help="Lifetime; 0 never expires.")
 @click.option("--description", default="", help="What the token is for.")
 @click.option("--print-join-command", is_flag=True, help="Print the join flags as well.")
+@click.option("--gateway", metavar="NS/NAME", help="Only for hosts of this gateway Deployment.")
+@click.option(
+    "--workload-group", metavar="NS/NAME", help="Only for workloads of this WorkloadGroup."
+)
 @pass_context
 @friendly_errors
-def token_create(ctx: Context, ttl: str, description: str, print_join_command: bool) -> None:
-    """Create a token and print it."""
+def token_create(
+    ctx: Context,
+    ttl: str,
+    description: str,
+    print_join_command: bool,
+    gateway: str | None,
+    workload_group: str | None,
+) -> None:
+    """Create a token and print it. Without --gateway or --workload-group it bootstraps
+    any gateway or workload host."""
     from tcpmesh.apiserver.pki import ca_cert_path, ca_public_key_hash
     from tcpmesh.cli import join
 
     client = ctx.client()
-    lines = join.token_create(client, ttl, description)
+    lines = join.token_create(client, ttl, description, gateway, workload_group)
     if print_join_command:
         from cryptography import x509
 
@@ -937,19 +978,22 @@ def token_create(ctx: Context, ttl: str, description: str, print_join_command: b
 @pass_context
 @friendly_errors
 def token_list(ctx: Context) -> None:
-    """The tokens: id, expiry, description (never the secret)."""
+    """The tokens: id, expiry, scope, description (never the secret)."""
     from tcpmesh import join as tokens
 
-    rows = [("TOKEN-ID", "EXPIRES", "DESCRIPTION")]
+    rows = [("TOKEN-ID", "EXPIRES", "SCOPE", "DESCRIPTION")]
     for obj in ctx.client().list("Secret", tokens.TOKEN_NAMESPACE):
         if obj.get("type") != tokens.TOKEN_TYPE:
             continue
         expires = tokens.expiration(obj)
         token_id = obj["metadata"]["name"].removeprefix(tokens.TOKEN_PREFIX)
-        rows.append(
-            (token_id, expires.isoformat() if expires else "never", tokens.description(obj))
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        try:
+            scope = str(tokens.scope_of(obj) or "any")
+        except tokens.TokenError:
+            scope = "unreadable"
+        when = expires.isoformat() if expires else "never"
+        rows.append((token_id, when, scope, tokens.description(obj)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         click.echo("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 

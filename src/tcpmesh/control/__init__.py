@@ -30,6 +30,7 @@ from tcpmesh.control.loadbalancer import (
     service_bandwidth,
     wants_load_balancer,
 )
+from tcpmesh.control.reach import StoreCurrency
 from tcpmesh.control.resources import (
     INGRESS_GATEWAY_SELECTOR,
     LOAD_BALANCER_LABELS,
@@ -122,6 +123,7 @@ __all__ = [
     "Snapshot",
     "SnapshotError",
     "SnapshotSource",
+    "StoreCurrency",
     "TcpKeepalive",
     "TcpRoute",
     "VersionAffinity",

@@ -32,6 +32,7 @@ from typing import Any
 from tcpmesh.api import from_dict, models
 from tcpmesh.control.build import build_snapshot
 from tcpmesh.control.buildcache import BuildCache
+from tcpmesh.control.reach import StoreReach
 from tcpmesh.control.resources import MeshResources, ProxyNode
 from tcpmesh.control.serviceentries import dns_names
 from tcpmesh.control.snapshot import Snapshot, SnapshotError
@@ -88,7 +89,10 @@ class ControlPlane:
         *,
         resolver: Resolver = resolve_ipv4,
         dns_refresh: float = DNS_REFRESH,
+        probe_reach: bool = False,
     ) -> None:
+        """``probe_reach`` (a shared store): stop vouching for the copy while the store is
+        unreachable, and list it afresh when it answers again (see control.reach)."""
         self._store = store
         # Typed once per write, so a rebuild does not parse every stored object again.
         self._objects: dict[ObjectKey, models.Resource] = {}
@@ -109,17 +113,56 @@ class ControlPlane:
         self._dns: dict[str, tuple[str, ...]] = {}
         self._dns_tried: set[str] = set()
         self._dns_due = asyncio.Event()
+        self._reach = StoreReach(store, self._lost_store, self._catch_up) if probe_reach else None
+        self._unreachable = asyncio.Event()
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         revision = self._relist()
         await self._publish()
+        self._watch = asyncio.create_task(self._follow(revision), name="control-plane watch")
         self._tasks = [
-            asyncio.create_task(self._follow(revision), name="control-plane watch"),
             asyncio.create_task(self._rebuild_when_dirty(), name="control-plane rebuild"),
             asyncio.create_task(self._follow_dns(), name="control-plane dns"),
         ]
+        if self._reach is not None:
+            self._reach.start()
+
+    @property
+    def store_current(self) -> bool:
+        """Whether this copy can be vouched for: always on a store of one host; on a shared
+        one, unless the last probe of the store went unanswered (see control.reach)."""
+        reach = self._reach
+        return not self._unreachable.is_set() and (reach is None or reach.reachable)
+
+    async def store_lost(self) -> None:
+        """Returns once the copy can no longer be vouched for (at once if it cannot now)."""
+        await self._unreachable.wait()
+
+    def _lost_store(self) -> None:
+        self._unreachable.set()
+
+    async def _catch_up(self) -> None:
+        """The store answers again: list it afresh, restart the watch, then vouch again.
+
+        The old watch may sit on a stream that a cut link left half-open; a new list and a
+        new watch do not depend on it."""
+        revision, objects = await asyncio.to_thread(self._read_all)
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        self._replace(objects)
+        self._watch = asyncio.create_task(self._follow(revision), name="control-plane watch")
+        await self._publish()
+        self._unreachable.clear()
 
     async def stop(self) -> None:
+        if self._reach is not None:
+            await asyncio.to_thread(self._reach.stop)
+        if self._watch is not None:
+            self._tasks.append(self._watch)
+            self._watch = None
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -131,16 +174,23 @@ class ControlPlane:
 
         The revision is read before listing: events between the two are replayed by the
         watch, which is harmless, as applying an event is idempotent."""
-        revision = self._store.revision
-        previous, self._objects = self._objects, {}
-        for kind in WATCHED_KINDS:
-            for obj in self._store.list(kind):
-                key = _key(obj)
-                if key in previous and _same_version(previous[key], obj):
-                    self._objects[key] = previous[key]  # unchanged: keep its typed form
-                else:
-                    self._remember(obj)
+        revision, objects = self._read_all()
+        self._replace(objects)
         return revision
+
+    def _read_all(self) -> tuple[int, list[dict[str, Any]]]:
+        """The revision, then every object of the watched kinds (safe off the loop)."""
+        revision = self._store.revision
+        return revision, [obj for kind in WATCHED_KINDS for obj in self._store.list(kind)]
+
+    def _replace(self, objects: list[dict[str, Any]]) -> None:
+        previous, self._objects = self._objects, {}
+        for obj in objects:
+            key = _key(obj)
+            if key in previous and _same_version(previous[key], obj):
+                self._objects[key] = previous[key]  # unchanged: keep its typed form
+            else:
+                self._remember(obj)
 
     async def _follow(self, revision: int) -> None:
         while True:

@@ -5,7 +5,9 @@ API is away the proxy keeps serving the last snapshot it got; the feed retries w
 back-off (0.2s doubling to 5s) and re-reads the credentials file before each attempt,
 because a restarted API server may listen on another port with another token (or a
 joined gateway renewed its client certificate). A joined gateway's credentials list
-several API servers (the control plane's replicas): each failed attempt tries the next.
+several API servers (the control plane's replicas): each attempt asks them all at once and
+follows the first that answers, so a gateway whose own replica refuses (503: it cannot
+reach its store) or stalls is on a current one within a connect of the network returning.
 The server sends an empty line every second on an idle stream; a stream silent for
 ``read_timeout`` is dead (a cut link sends no FIN) and the feed moves on.
 """
@@ -13,9 +15,10 @@ The server sends an empty line every second on an idle stream; a stream silent f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -25,6 +28,11 @@ from tcpmesh.control import Snapshot
 
 log = logging.getLogger("tcpmesh.dataplane.feed")
 
+# A joined gateway asks its servers for up to this long before reading its credentials
+# again (a renewed certificate, another list of servers).
+ROUND_SECONDS = 5.0
+# What ends one stream (the feed then tries again); anything else is a bug.
+_STREAM_ERRORS = (aiohttp.ClientError, OSError, ValueError, TimeoutError)
 # A snapshot line larger than this is treated as a broken stream.
 MAX_LINE = 64 * 1024 * 1024
 
@@ -73,7 +81,6 @@ class SnapshotFeed:
     ) -> None:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
-        self._attempt = 0
         self.node = node
         self._url = url
         self._token = token
@@ -111,15 +118,17 @@ class SnapshotFeed:
                 if creds is None:
                     log.debug("no API credentials yet")
                 else:
-                    urls = creds.urls
-                    url = urls[self._attempt % len(urls)]
-                    try:
-                        async for snapshot in self._stream(session, creds, url):
-                            delivered = True
-                            yield snapshot
-                    except (aiohttp.ClientError, OSError, ValueError, TimeoutError) as exc:
-                        log.info("snapshot stream from %s ended: %s", url, exc)
-                    self._attempt += 1  # the next attempt goes to the next server
+                    opened = await self._first_answer(session, creds)
+                    if opened is not None:
+                        url, lines = opened
+                        try:
+                            async for snapshot in self._snapshots(lines):
+                                delivered = True
+                                yield snapshot
+                        except _STREAM_ERRORS as exc:
+                            log.info("snapshot stream from %s ended: %s", url, exc)
+                        finally:
+                            await lines.aclose()
                 if delivered:
                     delay = self._backoff_initial
                     self.failures = 0
@@ -128,9 +137,68 @@ class SnapshotFeed:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._backoff_max)
 
-    async def _stream(
+    async def _first_answer(
+        self, session: aiohttp.ClientSession, creds: Credentials
+    ) -> tuple[str, AsyncGenerator[bytes, None]] | None:
+        """The stream of whichever server answers first, or None after a round without one.
+
+        Every server is asked at once, and each one that fails is asked again as soon as
+        ``backoff_max`` has passed since its last try, for up to ROUND_SECONDS (then the
+        credentials are read again). Asking one server after another would cost a whole
+        timeout for each that does not answer: after a cut link the first packets may be
+        lost, and a replica whose loop waits on its store accepts and then stalls. A
+        stream's first line is the server's current snapshot, so the first stream with a
+        line is live and current (a replica that cannot vouch for its copy answers 503)."""
+        urls = creds.urls
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (ROUND_SECONDS if len(urls) > 1 else 0.0)
+
+        async def keep_asking(url: str) -> tuple[str, AsyncGenerator[bytes, None]]:
+            while True:
+                started = loop.time()
+                try:
+                    return url, await self._open(session, creds, url)
+                except _STREAM_ERRORS as exc:
+                    log.info("snapshot stream from %s ended: %s", url, exc)
+                    if loop.time() >= deadline:
+                        raise
+                await asyncio.sleep(max(0.0, started + self._backoff_max - loop.time()))
+
+        asking = [asyncio.ensure_future(keep_asking(url)) for url in urls]
+        winner: tuple[str, AsyncGenerator[bytes, None]] | None = None
+        try:
+            for next_done in asyncio.as_completed(asking):
+                with contextlib.suppress(*_STREAM_ERRORS):
+                    winner = await next_done
+                    return winner
+            return None
+        finally:
+            for attempt in asking:
+                attempt.cancel()
+            await asyncio.wait(asking)
+            for attempt in asking:  # another may have opened just before it was cancelled
+                if attempt.cancelled() or attempt.exception() is not None:
+                    continue
+                if winner is None or attempt.result()[1] is not winner[1]:
+                    await attempt.result()[1].aclose()
+
+    async def _open(
         self, session: aiohttp.ClientSession, creds: Credentials, server: str
-    ) -> AsyncIterator[Snapshot]:
+    ) -> AsyncGenerator[bytes, None]:
+        """The stream's lines, once its first one (the current snapshot) has arrived."""
+        lines = self._lines(session, creds, server)
+        try:
+            first = await anext(lines)
+        except StopAsyncIteration:
+            raise aiohttp.ClientPayloadError(f"{server}: the stream ended at once") from None
+        except BaseException:
+            await lines.aclose()
+            raise
+        return _prepend(first, lines)
+
+    async def _lines(
+        self, session: aiohttp.ClientSession, creds: Credentials, server: str
+    ) -> AsyncGenerator[bytes, None]:
         namespace, _, pod = self.node.partition("/")
         url = f"{server.rstrip('/')}/tcpmesh/v1/snapshots/{namespace}/{pod}"
         headers = {"Accept": "application/x-ndjson"}
@@ -146,12 +214,15 @@ class SnapshotFeed:
             splitter = LineSplitter()
             async for chunk in resp.content.iter_any():
                 for line in splitter.feed(chunk):
-                    if not line.strip():
-                        continue
-                    snapshot = self._parse(line)
-                    if snapshot is not None and snapshot.version != self._last_version:
-                        self._last_version = snapshot.version
-                        yield snapshot
+                    if line.strip():  # empty lines are the server's ticks
+                        yield line
+
+    async def _snapshots(self, lines: AsyncGenerator[bytes, None]) -> AsyncIterator[Snapshot]:
+        async for line in lines:
+            snapshot = self._parse(line)
+            if snapshot is not None and snapshot.version != self._last_version:
+                self._last_version = snapshot.version
+                yield snapshot
 
     @staticmethod
     def _parse(line: bytes) -> Snapshot | None:
@@ -161,3 +232,12 @@ class SnapshotFeed:
             # One bad line must not cost the proxy its last good snapshot.
             log.warning("ignoring an unreadable snapshot: %s", exc)
             return None
+
+
+async def _prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    try:
+        yield first
+        async for line in rest:
+            yield line
+    finally:
+        await rest.aclose()

@@ -210,7 +210,8 @@ class PeerAgent:
     async def _each_server(self, call: Any) -> Any:
         """``call(session, server)`` on each server in turn until one answers.
 
-        A refusal (an HTTP error status) is final: every replica would say the same."""
+        A refusal (an HTTP error status) is final: every replica would say the same; but
+        503 means that replica cannot reach the store now, so the next one is asked."""
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
         errors = []
         # From this host's address: the join binds the certificate to the address the
@@ -223,7 +224,11 @@ class PeerAgent:
                 try:
                     result = await call(session, server)
                 except _Refused as refused:
-                    raise JoinError(f"{server}: {refused.code}: {refused.message}") from None
+                    if refused.code != 503:
+                        raise JoinError(f"{server}: {refused.code}: {refused.message}") from None
+                    # That replica cannot reach the store now; another may.
+                    errors.append(f"{server}: 503: {refused.message}")
+                    continue
                 except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
                     errors.append(f"{server}: {exc or type(exc).__name__}")
                     continue

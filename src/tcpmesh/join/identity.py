@@ -10,7 +10,9 @@ verified certificate is enough; nothing else about the peer is trusted.
 
 from __future__ import annotations
 
+import datetime
 import re
+import ssl
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -70,29 +72,48 @@ class PeerIdentity:
 
 @dataclass(frozen=True)
 class VerifiedPeer:
-    """What a verified client certificate says: the identity, its address, the token id."""
+    """What a verified client certificate says: the identity, its address, the token id,
+    and when the certificate ends (a stream it opened must not outlive it)."""
 
     identity: PeerIdentity
     addresses: tuple[str, ...]
     token_id: str
+    not_after: datetime.datetime | None = None
+
+
+def _peer(uris: list[str], addresses: tuple[str, ...], units: list[str]) -> VerifiedPeer | None:
+    units = [u for u in units if u.startswith(TOKEN_UNIT_PREFIX)]
+    uris = [u for u in uris if u.startswith(SCHEME)]
+    if len(uris) != 1 or len(units) != 1:
+        return None
+    try:
+        identity = PeerIdentity.from_uri(uris[0])
+    except IdentityError:
+        return None
+    return VerifiedPeer(identity, addresses, units[0][len(TOKEN_UNIT_PREFIX) :])
 
 
 def peer_from_certificate(cert: dict[str, Any]) -> VerifiedPeer | None:
     """Read ``ssl.SSLSocket.getpeercert()``'s dict; None when it is not a peer certificate."""
     sans = cert.get("subjectAltName") or ()
-    uris = [value for kind, value in sans if kind == "URI" and value.startswith(SCHEME)]
+    uris = [value for kind, value in sans if kind == "URI"]
     addresses = tuple(value.strip() for kind, value in sans if kind == "IP Address")
     units = [
         value
         for rdn in cert.get("subject") or ()
         for key, value in rdn
-        if key == "organizationalUnitName" and value.startswith(TOKEN_UNIT_PREFIX)
+        if key == "organizationalUnitName"
     ]
-    return _peer(uris, addresses, units)
+    peer = _peer(uris, addresses, units)
+    if peer is None or not cert.get("notAfter"):
+        return peer
+    seconds = ssl.cert_time_to_seconds(cert["notAfter"])
+    return _with_end(peer, datetime.datetime.fromtimestamp(seconds, datetime.UTC))
 
 
 def peer_from_pem(pem: bytes) -> VerifiedPeer | None:
-    """The same reading of a PEM certificate (what gRPC's auth context hands over)."""
+    """The same from a PEM certificate that a TLS layer verified against the mesh's CA
+    (gRPC's auth context hands the peer's certificate over this way)."""
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
@@ -101,23 +122,14 @@ def peer_from_pem(pem: bytes) -> VerifiedPeer | None:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (ValueError, x509.ExtensionNotFound):
         return None
-    uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
-    ips = [str(address) for address in sans.get_values_for_type(x509.IPAddress)]
+    uris = list(sans.get_values_for_type(x509.UniformResourceIdentifier))
+    addresses = tuple(str(a) for a in sans.get_values_for_type(x509.IPAddress))
     units = [
         str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
     ]
-    return _peer(
-        [u for u in uris if u.startswith(SCHEME)],
-        tuple(ips),
-        [u for u in units if u.startswith(TOKEN_UNIT_PREFIX)],
-    )
+    peer = _peer(uris, addresses, units)
+    return None if peer is None else _with_end(peer, cert.not_valid_after_utc)
 
 
-def _peer(uris: list[str], addresses: tuple[str, ...], units: list[str]) -> VerifiedPeer | None:
-    if len(uris) != 1 or len(units) != 1:
-        return None
-    try:
-        identity = PeerIdentity.from_uri(uris[0])
-    except IdentityError:
-        return None
-    return VerifiedPeer(identity, addresses, units[0][len(TOKEN_UNIT_PREFIX) :])
+def _with_end(peer: VerifiedPeer, not_after: datetime.datetime) -> VerifiedPeer:
+    return VerifiedPeer(peer.identity, peer.addresses, peer.token_id, not_after)
