@@ -28,7 +28,9 @@ RENEW_TIME = "tcpmesh.io/renew-time"
 LEASE_SECONDS = "tcpmesh.io/lease-duration-seconds"
 AUTO_REGISTRATION_GROUP = "istio.io/autoRegistrationGroup"
 HEALTH_CHECKS = "proxy.istio.io/health-checks-enabled"
-DEFAULT_LEASE_SECONDS = 15
+# A beat every third of it, retried each second when no server answers: a link cut for
+# 10 s keeps the lease.
+DEFAULT_LEASE_SECONDS = 20
 
 Obj = dict[str, Any]
 

@@ -21,6 +21,7 @@ from tcpmesh.join.agent import JoinError, PeerAgent
 log = logging.getLogger("tcpmesh.join")
 
 READINESS_POLL = 0.5
+HEARTBEAT_RETRY = 1.0
 
 Readiness = Callable[[], Awaitable[bool]]
 
@@ -39,17 +40,20 @@ async def keep_registered(
     while not stop.is_set():
         now_ready = await ready()
         if now_ready != last_ready or loop.time() >= next_beat:
+            next_beat = loop.time() + agent.lease_seconds / 3
             try:
                 answer = await agent.heartbeat(now_ready)
             except ConnectionError as exc:
                 log.warning("heartbeat: %s", exc)
+                # No server answered: try again soon, as the kubelet retries its node
+                # lease, so a link that returns well within the lease keeps it.
+                next_beat = loop.time() + HEARTBEAT_RETRY
             except JoinError as exc:
                 log.error("heartbeat refused: %s", exc)
             else:
                 last_ready = now_ready
                 if on_answer is not None:
                     on_answer(answer)
-            next_beat = loop.time() + agent.lease_seconds / 3
         await _renew_if_due(agent)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), READINESS_POLL)
