@@ -28,6 +28,7 @@ from tcpmesh.api import (
     REBALANCE_ANNOTATION,
     REBALANCE_REQUEST_ANNOTATION,
     VERSION_AFFINITY_ANNOTATION,
+    namespaces,
     rebalance_settings,
     validate_object,
 )
@@ -50,7 +51,7 @@ from tcpmesh.control import (
     ControlPlane,
 )
 from tcpmesh.controllers import Event as RolloutEvent
-from tcpmesh.controllers import GatewayApiController, RolloutController
+from tcpmesh.controllers import GatewayApiController, NamespaceController, RolloutController
 from tcpmesh.registry import ServiceRegistry
 from tcpmesh.replica import RUNTIME_ELECTION, LeaderGate
 from tcpmesh.runtime import (
@@ -301,18 +302,25 @@ class _Writers:
     a shared store): the runtime, then the Rollout controller; stopped in reverse."""
 
     def __init__(
-        self, runtime: Runtime, rollouts: RolloutController, gateways: GatewayApiController
+        self,
+        runtime: Runtime,
+        rollouts: RolloutController,
+        gateways: GatewayApiController,
+        namespaces: NamespaceController,
     ) -> None:
         self.runtime = runtime
         self.rollouts = rollouts
         self.gateways = gateways
+        self.namespaces = namespaces
 
     async def start(self) -> None:
         await self.runtime.start()
         await self.rollouts.start()
         await self.gateways.start()
+        await self.namespaces.start()
 
     async def stop(self) -> None:
+        await self.namespaces.stop()
         await self.gateways.stop()
         await self.rollouts.stop()
         await self.runtime.stop()
@@ -338,7 +346,10 @@ class Mesh:
             ),
             config.address,
         )
-        self.writers = _Writers(self.runtime, self.rollouts, self.gateway_api)
+        # Terminating Namespaces: their objects, then themselves (same leadership).
+        self.writers = _Writers(
+            self.runtime, self.rollouts, self.gateway_api, NamespaceController(writer)
+        )
         self.gate = None if elected is None else LeaderGate(elected[0], self.writers)
         # On a shared store a replica that cannot reach it stops vouching for its copy.
         self.control = ControlPlane(self.store, probe_reach=self.shared)
@@ -354,6 +365,8 @@ class Mesh:
     async def start(self) -> None:
         self.registry.repair()
         system = [*default_gateway_objects(self.config), *node_proxy_objects(self.config)]
+        in_use = namespaces.namespaces_in_use(self.store)
+        namespaces.ensure_namespaces(self.store, [*namespaces.SYSTEM_NAMESPACES, *in_use])
         self.registry.apply(system)
         # Replicas of one etcd store share one CA, so a peer may fail over to any of them.
         if self.shared:

@@ -378,7 +378,8 @@ def test_list_with_label_selector(mesh: Mesh) -> None:
     )
     assert code == 200 and body["kind"] == "VirtualServiceList"
     assert body["apiVersion"] == "networking.istio.io/v1"
-    assert body["metadata"]["resourceVersion"] == "3" and names(body["items"]) == ["a", "b"]
+    # Three objects and the Namespaces "default" and "prod" they created (api.namespaces).
+    assert body["metadata"]["resourceVersion"] == "5" and names(body["items"]) == ["a", "b"]
 
 
 def test_watch_streams_events(mesh: Mesh) -> None:
@@ -394,7 +395,10 @@ def test_watch_streams_events(mesh: Mesh) -> None:
     events.close()
 
     # From a resourceVersion: the events after it are replayed.
-    replay = mesh.client.watch("vs", None, resource_version="2", timeout=WAIT)
+    last = mesh.store.get("VirtualService", "prod", "other-ns")
+    assert last is not None
+    since = last["metadata"]["resourceVersion"]
+    replay = mesh.client.watch("vs", None, resource_version=since, timeout=WAIT)
     assert [next(replay)["type"] for _ in range(3)] == ["MODIFIED", "ADDED", "DELETED"]
     replay.close()
 

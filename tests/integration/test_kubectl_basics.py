@@ -261,3 +261,77 @@ def test_istio_and_gateway_api_gateways_are_resolved_apart(mesh: MeshHarness) ->
         assert "gateway.networking.istio.io/same-name" in left.stdout
     finally:
         kubectl(binary, config, "delete", "-f", "-", "--ignore-not-found", stdin=TWO_GATEWAYS)
+
+
+A_CLASS = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata:
+  name: example
+  namespace: ignored
+spec:
+  controllerName: example.net/gateway-controller
+  description: not ours
+"""
+
+SCRATCH = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: scratch-route
+  namespace: scratch
+spec:
+  hosts: [tcp-echo]
+  tcp:
+  - route:
+    - destination: {host: tcp-echo}
+"""
+
+
+def test_kubectl_serves_cluster_scoped_kinds(mesh: MeshHarness) -> None:
+    binary, config = current_kubectl(), kubeconfig_of(mesh)
+    table = kubectl(binary, config, "get", "namespaces").stdout.splitlines()
+    assert table[0].split() == ["NAME", "STATUS", "AGE"]
+    rows = {line.split()[0]: line.split()[1] for line in table[1:]}
+    assert {"default", "kube-system", "istio-system"} <= set(rows)
+    assert set(rows.values()) == {"Active"}
+    label = kubectl(
+        binary, config, "get", "ns", "istio-system", "-o", "jsonpath={.metadata.labels}"
+    )
+    assert '"kubernetes.io/metadata.name":"istio-system"' in label.stdout
+    # -n is ignored for a cluster-scoped kind, and the file's namespace is dropped.
+    applied = kubectl(binary, config, "apply", "-n", "other", "-f", "-", stdin=A_CLASS)
+    assert applied.stdout.strip() == "gatewayclass.gateway.networking.k8s.io/example created"
+    try:
+        table = kubectl(binary, config, "get", "gatewayclasses", "-A").stdout.splitlines()
+        assert table[0].split() == ["NAME", "CONTROLLER", "ACCEPTED", "AGE"]
+        assert [r.split()[:2] for r in table[1:] if r.startswith("example ")] == [
+            ["example", "example.net/gateway-controller"]
+        ]
+        meta = kubectl(binary, config, "get", "gc", "example", "-o", "jsonpath={.metadata}").stdout
+        assert '"namespace"' not in meta
+        mine = mesh.tcpmesh("get", "gatewayclass", "-A", "-n", "other").stdout.splitlines()
+        assert mine[0].split() == ["NAME", "CONTROLLER", "ACCEPTED", "AGE"]
+    finally:
+        kubectl(binary, config, "delete", "gatewayclass", "example")
+    gone = kubectl(binary, config, "get", "gc", "example", check=False)
+    assert (
+        gone.code == 1
+        and 'gatewayclasses.gateway.networking.k8s.io "example" not found' in gone.stderr
+    )
+
+
+def test_kubectl_deletes_a_namespace_and_what_is_in_it(mesh: MeshHarness) -> None:
+    binary, config = current_kubectl(), kubeconfig_of(mesh)
+    kubectl(binary, config, "apply", "-f", "-", stdin=SCRATCH)
+    phase = kubectl(binary, config, "get", "ns", "scratch", "-o", "jsonpath={.status.phase}")
+    assert phase.stdout == "Active"
+    # kubectl waits until the Namespace is gone, which is after its objects are.
+    deleted = kubectl(binary, config, "delete", "namespace", "scratch", timeout=30)
+    assert deleted.stdout.strip() == 'namespace "scratch" deleted'
+    assert kubectl(binary, config, "get", "ns", "scratch", check=False).code == 1
+    left = kubectl(binary, config, "get", "vs", "-n", "scratch")
+    assert left.stdout == "" and "No resources found in scratch namespace." in left.stderr
+    refused = kubectl(binary, config, "delete", "ns", "default", check=False)
+    assert refused.code == 1
+    assert 'namespaces "default" is forbidden: this namespace may not be deleted' in refused.stderr

@@ -559,3 +559,56 @@ def test_rows_stored_before_group_keys_stay_readable(backend: Backend) -> None:
         assert store.list("Gateway") == []
     finally:
         store.close()
+
+
+def gateway_class(name: str, description: str = "") -> Obj:
+    spec = {"controllerName": "tcpmesh.io/gateway-controller", "description": description}
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GatewayClass",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+GATEWAY_CLASS = "GatewayClass.gateway.networking.k8s.io"
+
+
+def test_cluster_scoped_objects_are_keyed_without_a_namespace(store: StoreBackend) -> None:
+    since = store.revision
+    created = store.create(gateway_class("ours"))
+    assert "namespace" not in created["metadata"]
+    with pytest.raises(AlreadyExists, match=r'GatewayClass.gateway.networking.k8s.io "ours"'):
+        store.create(gateway_class("ours"))
+    # A namespace on a cluster-scoped kind is refused (none on a namespaced one: above).
+    in_default = {**gateway_class("other"), "metadata": {"name": "other", "namespace": "default"}}
+    with pytest.raises(StoreError, match=r"is cluster-scoped: it has no metadata\.namespace"):
+        store.apply([in_default])
+    store.create(gateway_class("second"))
+    assert store.get(GATEWAY_CLASS, "", "ours") == created
+    assert [o["metadata"]["name"] for o in store.list(GATEWAY_CLASS)] == ["ours", "second"]
+    assert store.list(GATEWAY_CLASS, "default") == []
+    [result] = store.apply([gateway_class("ours", "changed")])
+    assert result.action == "configured"
+    assert result.object["metadata"]["generation"] == 2
+    deleted = store.delete(GATEWAY_CLASS, "", "ours")
+    assert deleted["spec"]["description"] == "changed"
+    with pytest.raises(NotFound, match=r'GatewayClass.gateway.networking.k8s.io "ours" not found'):
+        store.delete(GATEWAY_CLASS, "", "ours")
+    assert [o["metadata"]["name"] for o in store.list(GATEWAY_CLASS, "")] == ["second"]
+
+    async def main() -> None:
+        events = store.watch([GATEWAY_CLASS], since=since)
+        try:
+            seen = await _take(events, 4)
+        finally:
+            await events.aclose()
+        assert [(e.type, e.object["metadata"]["name"]) for e in seen] == [
+            ("ADDED", "ours"),
+            ("ADDED", "second"),
+            ("MODIFIED", "ours"),
+            ("DELETED", "ours"),
+        ]
+        assert all("namespace" not in e.object["metadata"] for e in seen)
+
+    asyncio.run(main())

@@ -13,6 +13,7 @@ SERVED = {
     ("v1", "events", "Event", ("ev",)),
     ("v1", "secrets", "Secret", ()),
     ("v1", "configmaps", "ConfigMap", ("cm",)),
+    ("v1", "namespaces", "Namespace", ("ns",)),
     ("apps/v1", "deployments", "Deployment", ("deploy",)),
     ("rollouts.tcpmesh.io/v1alpha1", "rollouts", "Rollout", ("ro",)),
     *(
@@ -27,6 +28,8 @@ SERVED = {
             ("workloadgroups", "WorkloadGroup", ("wg",)),
         )
     ),
+    ("gateway.networking.k8s.io/v1", "gatewayclasses", "GatewayClass", ("gc",)),
+    ("gateway.networking.k8s.io/v1beta1", "gatewayclasses", "GatewayClass", ("gc",)),
     ("gateway.networking.k8s.io/v1", "gateways", "Gateway", ("gtw",)),
     ("gateway.networking.k8s.io/v1", "referencegrants", "ReferenceGrant", ("refgrant",)),
     ("gateway.networking.k8s.io/v1beta1", "referencegrants", "ReferenceGrant", ("refgrant",)),
@@ -78,6 +81,23 @@ def test_aggregated_discovery_lists_exactly_the_served_kinds() -> None:
 def test_every_registered_kind_is_served() -> None:
     registered = {(i.api_version(v), i.plural) for i in kinds.KINDS for v in i.versions}
     assert registered == {(gv, plural) for gv, plural, _, _ in SERVED}
+
+
+CLUSTER_SCOPED = {"namespaces", "gatewayclasses"}
+
+
+def test_cluster_scoped_kinds_say_so_in_both_discoveries() -> None:
+    for group, version in (("", "v1"), ("gateway.networking.k8s.io", "v1")):
+        listing = discovery.api_resource_list(group, version)
+        assert listing is not None
+        for r in listing["resources"]:
+            assert r["namespaced"] is (r["name"].split("/")[0] not in CLUSTER_SCOPED), r
+    for core in (True, False):
+        for group in discovery.aggregated(core, "v2")["items"]:
+            for v in group["versions"]:
+                for r in v["resources"]:
+                    expected = "Cluster" if r["resource"] in CLUSTER_SCOPED else "Namespaced"
+                    assert r["scope"] == expected, r
 
 
 def test_subresources_and_verbs() -> None:

@@ -177,6 +177,8 @@ SURFACES: dict[str, set[str]] = {
         "shared_address_ports",
     },
     "tcpmesh.store": {
+        "CLUSTER_SCOPE",
+        "CLUSTER_SCOPED_KINDS",
         "EVENT_HISTORY",
         "SQLITE_FILE",
         "AlreadyExists",
@@ -253,6 +255,7 @@ SURFACES: dict[str, set[str]] = {
         "GatewayApiController",
         "Measurement",
         "MetricsSource",
+        "NamespaceController",
         "Outcome",
         "Phase",
         "Report",

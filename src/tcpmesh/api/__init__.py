@@ -15,7 +15,14 @@ from tcpmesh.api.limits import (
     size_problem,
 )
 from tcpmesh.api.names import hosts_overlap, is_ip
-from tcpmesh.api.objects import describe, from_dict, pod_ready, to_dict, validate_object
+from tcpmesh.api.objects import (
+    describe,
+    from_dict,
+    pod_ready,
+    to_dict,
+    update_errors,
+    validate_object,
+)
 from tcpmesh.api.parse import load_documents, load_documents_with_warnings, load_yaml_body
 from tcpmesh.api.rebalance import (
     REBALANCE_ANNOTATION,
@@ -90,6 +97,7 @@ __all__ = [
     "size_problem",
     "stored_selector_matches",
     "to_dict",
+    "update_errors",
     "validate_object",
     "with_request",
 ]

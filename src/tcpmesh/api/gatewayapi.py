@@ -1,9 +1,8 @@
 """The Kubernetes Gateway API kinds tcpmesh serves (gateway.networking.k8s.io), and their checks.
 
-Gateway (v1), TCPRoute and TLSRoute (v1, the storage version, and v1alpha2), ReferenceGrant
-(v1, the storage version, and v1beta1). GatewayClass is cluster-scoped, which the API server
-does not serve yet: the classes ``tcpmesh`` and ``istio`` are built in (control.gatewayapi).
-Classes are named Kube* where Istio's models already use the name.
+GatewayClass (cluster-scoped; v1, the storage version, and v1beta1), Gateway (v1), TCPRoute
+and TLSRoute (v1, the storage version, and v1alpha2), ReferenceGrant (v1, the storage
+version, and v1beta1). Classes are named Kube* where Istio's models already use the name.
 
 The models carry the fields of kubernetes-sigs/gateway-api ``apis/v1``; the checks are the
 ones its CRDs make (OpenAPI bounds and patterns, the CEL rules with their messages), so what
@@ -14,6 +13,7 @@ parentRef's group and kind, a backendRef's kind and weight) are read through the
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +25,7 @@ from tcpmesh.api.findings import Finding, error
 from tcpmesh.api.models import LabelSelector, Model, Resource
 
 GROUP = "gateway.networking.k8s.io"
+GATEWAY_CLASS_VERSIONS = ("v1", "v1beta1")  # v1 is the storage version
 GATEWAY_VERSIONS = ("v1",)
 ROUTE_VERSIONS = ("v1", "v1alpha2")  # v1 is the storage version
 REFERENCE_GRANT_VERSIONS = ("v1", "v1beta1")
@@ -35,6 +36,8 @@ _HOSTNAME = re.compile(rf"^(\*\.)?{_DNS1123_SUBDOMAIN}$")
 _SECTION_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _KIND = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 _GROUP = re.compile(rf"^$|^{_DNS1123_SUBDOMAIN}$")
+_CONTROLLER_NAME = re.compile(rf"^{_DNS1123_SUBDOMAIN}\/[A-Za-z0-9\/\-._~%!$&'()*+,;=:]+$")
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _PROTOCOL = re.compile(
     r"^[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?$|"
     rf"{_DNS1123_SUBDOMAIN}\/[A-Za-z0-9]+$"
@@ -97,6 +100,28 @@ class RouteGroupKind(Model):
     @property
     def group_or_default(self) -> str:
         return GROUP if self.group is None else self.group
+
+
+# ---------------------------------------------------------------- GatewayClass
+
+
+class ParametersReference(Model):
+    group: str
+    kind: str
+    name: str
+    namespace: str | None = None
+
+
+class GatewayClassSpec(Model):
+    controller_name: str
+    parameters_ref: ParametersReference | None = None
+    description: str | None = None
+
+
+class GatewayClass(Resource):
+    """Cluster-scoped: which controller programs the Gateways naming this class."""
+
+    spec: GatewayClassSpec
 
 
 # ---------------------------------------------------------------- Gateway
@@ -221,7 +246,9 @@ class ReferenceGrant(Resource):
 
 def problems(resource: Resource) -> Iterator[Finding]:
     """What the Gateway API CRDs refuse in ``resource`` (nothing for other kinds)."""
-    if isinstance(resource, KubeGateway):
+    if isinstance(resource, GatewayClass):
+        yield from _gateway_class(resource.spec)
+    elif isinstance(resource, KubeGateway):
         yield from _gateway(resource.spec)
     elif isinstance(resource, KubeTLSRoute):
         yield from _route(resource.spec, resource.api_version, "spec")
@@ -258,6 +285,53 @@ def _pattern(
 def _port(path: str, port: int | None) -> Iterator[Finding]:
     if port is not None and not 1 <= port <= 65535:
         yield _invalid(path, port, "must be between 1 and 65535, inclusive")
+
+
+def _gateway_class(spec: GatewayClassSpec) -> Iterator[Finding]:
+    yield from _pattern("spec.controllerName", spec.controller_name, _CONTROLLER_NAME, 253)
+    if spec.description is not None and len(spec.description) > 64:
+        yield error(
+            "spec.description",
+            f"Too long: may not be more than 64 bytes (got {len(spec.description)})",
+        )
+    ref = spec.parameters_ref
+    if ref is not None:
+        where = "spec.parametersRef"
+        yield from _pattern(f"{where}.group", ref.group or None, _GROUP, 253)
+        yield from _pattern(f"{where}.kind", ref.kind, _KIND, 63)
+        if not ref.name or len(ref.name) > 253:
+            yield _invalid(f"{where}.name", ref.name, "must be 1 to 253 characters long")
+        yield from _pattern(f"{where}.namespace", ref.namespace, _NAMESPACE, 63)
+
+
+PENDING_CLASS_STATUS = {
+    "conditions": [
+        {
+            "type": "Accepted",
+            "status": "Unknown",
+            "reason": "Pending",
+            "message": "Waiting for controller",
+            "lastTransitionTime": "1970-01-01T00:00:00Z",
+        }
+    ]
+}
+
+
+def with_default_status(obj: dict[str, Any]) -> dict[str, Any]:
+    """A new GatewayClass as the CRD defaults it: Accepted Unknown until a controller says."""
+    if obj.get("status"):
+        return obj
+    return {**obj, "status": copy.deepcopy(PENDING_CLASS_STATUS)}
+
+
+def changed_immutably(old: Resource, new: Resource) -> Iterator[Finding]:
+    """The CRDs' ``self == oldSelf`` rules: a GatewayClass's controllerName never changes."""
+    if (
+        isinstance(old, GatewayClass)
+        and isinstance(new, GatewayClass)
+        and old.spec.controller_name != new.spec.controller_name
+    ):
+        yield _invalid("spec.controllerName", new.spec.controller_name, "Value is immutable")
 
 
 def _gateway(spec: KubeGatewaySpec) -> Iterator[Finding]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tcpmesh.api import gatewayapi, models, rollouts
-from tcpmesh.store import group_of, kind_key
+from tcpmesh.store import CLUSTER_SCOPED_KINDS, group_of, kind_key
 
 ISTIO_NETWORKING = "networking.istio.io"
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
@@ -64,6 +64,7 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("Endpoints", "", ("v1",), "endpoints", ("ep",), models.Endpoints, user_writable=False),
     KindInfo("Secret", "", ("v1",), "secrets", (), models.Secret),
     KindInfo("ConfigMap", "", ("v1",), "configmaps", ("cm",), models.ConfigMap),
+    KindInfo("Namespace", "", ("v1",), "namespaces", ("ns",), models.Namespace, namespaced=False),
     KindInfo("Event", "", ("v1",), "events", ("ev",), models.Event),
     KindInfo("Gateway", ISTIO_NETWORKING, ISTIO_VERSIONS, "gateways", ("gw",), models.Gateway),
     KindInfo(
@@ -99,6 +100,15 @@ KINDS: tuple[KindInfo, ...] = (
         models.WorkloadEntry,
     ),
     # Gateway API: after Istio's kinds, so an unqualified "gateways" stays Istio's.
+    KindInfo(
+        "GatewayClass",
+        gatewayapi.GROUP,
+        gatewayapi.GATEWAY_CLASS_VERSIONS,
+        "gatewayclasses",
+        ("gc",),
+        gatewayapi.GatewayClass,
+        namespaced=False,
+    ),
     KindInfo(
         "Gateway",
         gatewayapi.GROUP,
@@ -156,6 +166,8 @@ def _index(infos: tuple[KindInfo, ...]) -> dict[str, KindInfo]:
     shorts = [s for info in infos for s in info.short_names]
     if len(index) != len(infos) or len(set(shorts)) != len(shorts):
         raise AssertionError("api.kinds: two kinds share a kind key or a short name")
+    if {info.key for info in infos if not info.namespaced} != CLUSTER_SCOPED_KINDS:
+        raise AssertionError("api.kinds: the cluster-scoped kinds differ from the store's")
     return index
 
 

@@ -679,6 +679,17 @@ class Endpoints(Resource):
     subsets: list[EndpointSubset] = Field(default_factory=list)
 
 
+class NamespaceSpec(Model):
+    finalizers: list[str] = Field(default_factory=list)
+
+
+class Namespace(Resource):
+    """core/v1 Namespace, cluster-scoped. The API server writes its name label and its
+    phase (``Active``, ``Terminating`` while its objects are being deleted)."""
+
+    spec: NamespaceSpec | None = None
+
+
 class Secret(Resource):
     """core/v1 Secret. ``stringData`` is write-only, as in Kubernetes: merged into ``data``."""
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tcpmesh.api import kinds, models
+from tcpmesh.api import gatewayapi, kinds, models
 from tcpmesh.api.errors import InvalidInput
 from tcpmesh.api.shape import shape_findings
 from tcpmesh.api.validation import validate
@@ -95,6 +95,15 @@ def validate_object(obj: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """(errors, warnings) for an object arriving over the API; valid when errors is empty."""
     checked = check_object(obj)
     return checked.errors, checked.warnings
+
+
+def update_errors(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What an update of the stored ``old`` to ``new`` may not do (the CRDs' transition
+    rules, ``self == oldSelf``); both are admitted objects of one kind."""
+    before, after = from_dict(old), from_dict(new)
+    label = describe(after.kind, after.metadata.name, after.metadata.namespace)
+    findings = gatewayapi.changed_immutably(before, after)
+    return [f"{label} is invalid: {f.path}: {f.message}" for f in findings]
 
 
 def from_dict(obj: Mapping[str, Any]) -> models.Resource:

@@ -234,8 +234,9 @@ def _operation(info: KindInfo, version: str, action: str, v2: bool, ref: str) ->
 
 
 def _paths(info: KindInfo, version: str, v2: bool) -> Iterator[tuple[str, Schema]]:
+    """The collection and item paths; a cluster-scoped kind's have no namespace part."""
     prefix = f"/apis/{info.group}/{version}" if info.group else f"/{'api'}/{version}"
-    base = f"{prefix}/namespaces/{{namespace}}/{info.plural}"
+    base = f"{prefix}/{info.plural}"
     target = "#/definitions/" if v2 else "#/components/schemas/"
     ref = target + _kind_definition(info)
     ns_param: Schema = {"name": "namespace", "in": "path", "required": True}
@@ -245,12 +246,16 @@ def _paths(info: KindInfo, version: str, v2: bool) -> Iterator[tuple[str, Schema
             param["type"] = "string"
         else:
             param["schema"] = {"type": "string"}
+    scope: list[Schema] = []
+    if info.namespaced:
+        base = f"{prefix}/namespaces/{{namespace}}/{info.plural}"
+        scope = [ns_param]
     yield (
         base,
         {
             "get": _operation(info, version, "list", v2, ref),
             "post": _operation(info, version, "post", v2, ref),
-            "parameters": [ns_param],
+            "parameters": scope,
         },
     )
     yield (
@@ -260,7 +265,7 @@ def _paths(info: KindInfo, version: str, v2: bool) -> Iterator[tuple[str, Schema
             "put": _operation(info, version, "put", v2, ref),
             "patch": _operation(info, version, "patch", v2, ref),
             "delete": _operation(info, version, "delete", v2, ref),
-            "parameters": [ns_param, name_param],
+            "parameters": [*scope, name_param],
         },
     )
 

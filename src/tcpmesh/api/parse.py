@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from tcpmesh.api import limits
+from tcpmesh.api import kinds, limits
 from tcpmesh.api.errors import InvalidInput
 from tcpmesh.api.objects import check_object, describe
 
@@ -235,14 +235,28 @@ def _flatten(document: Any, where: str, into: list[tuple[str, Any]]) -> None:
         into.append((where, document))
 
 
+def _namespaced(obj: dict[str, Any]) -> bool:
+    """Whether the object's kind is namespaced (unknown kinds are, and fail later)."""
+    try:
+        return kinds.for_object(obj).namespaced
+    except kinds.UnknownKind:
+        return True
+
+
 def _default_namespace(obj: Any, namespace: str | None, where: str) -> str | None:
-    """Fill in ``metadata.namespace``; return the kubectl error on a conflicting one."""
+    """Fill in ``metadata.namespace``; return the kubectl error on a conflicting one.
+
+    A cluster-scoped object (Namespace, GatewayClass) has none: kubectl ignores ``-n`` for
+    it and the API server drops one written in the file, so it is dropped here too."""
     if not isinstance(obj, dict):
         return None
     if obj.get("metadata") is None:
         obj["metadata"] = {}
     metadata = obj["metadata"]
     if not isinstance(metadata, dict):
+        return None
+    if not _namespaced(obj):
+        metadata.pop("namespace", None)
         return None
     current = metadata.get("namespace")
     if not current:

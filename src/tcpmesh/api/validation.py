@@ -274,6 +274,8 @@ def _metadata(resource: models.Resource) -> Iterator[Finding]:
         # Services become DNS names, hence the stricter rule Kubernetes applies to them.
         if isinstance(resource, models.Service):
             problems = names.k8s_dns1035_problems(name)
+        elif isinstance(resource, models.Namespace):
+            problems = names.k8s_label_problems(name)
         else:
             problems = names.k8s_subdomain_problems(name)
         for problem in problems:

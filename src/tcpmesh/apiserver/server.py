@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import copy
 import hmac
 import json
@@ -20,11 +21,14 @@ from tcpmesh.api import (
     MAX_DOCUMENT_BYTES,
     MAX_INPUT_BYTES,
     LimitExceeded,
+    gatewayapi,
     kinds,
     load_json_body,
     load_yaml_body,
+    namespaces,
     openapi,
     size_problem,
+    update_errors,
 )
 from tcpmesh.api.kinds import KindInfo
 from tcpmesh.apiserver import discovery, managed, tables
@@ -43,6 +47,7 @@ from tcpmesh.apiserver.selectors import Predicate, SelectorError, field_selector
 from tcpmesh.control import SnapshotSource, StoreCurrency
 from tcpmesh.registry import ServiceRejected
 from tcpmesh.store import (
+    CLUSTER_SCOPE,
     AlreadyExists,
     Conflict,
     Expired,
@@ -147,23 +152,30 @@ def create_app(
     # Before the generic object routes, which would take "log" for a subresource.
     r.add_get("/api/{version}/namespaces/{namespace}/pods/{name}/log", api.pod_log)
     for prefix in ("/api/{version}", "/apis/{group}/{version}"):
-        collection = prefix + "/namespaces/{namespace}/{plural}"
-        item = collection + "/{name}"
-        r.add_get(prefix + "/{plural}", api.list)
-        r.add_get(collection, api.list)
-        r.add_post(collection, api.create)
-        r.add_get(item, api.get)
-        r.add_put(item, api.replace)
-        r.add_patch(item, api.patch)
-        r.add_delete(item, api.delete)
-        r.add_delete(collection, api.delete_collection)
-        r.add_get(item + "/status", api.get)
-        r.add_put(item + "/status", api.replace_status)
-        r.add_patch(item + "/status", api.patch_status)
+        # Cluster-scoped objects first: /api/v1/namespaces/NAME/status is a Namespace's
+        # status, not a collection "status" in namespace NAME. _Api._kind refuses a path
+        # of the other scope than its kind's, as Kubernetes does (404).
+        _object_routes(r, api, prefix + "/{plural}", scale=False)
+        _object_routes(r, api, prefix + "/namespaces/{namespace}/{plural}", scale=True)
+    return app
+
+
+def _object_routes(r: web.UrlDispatcher, api: _Api, collection: str, *, scale: bool) -> None:
+    item = collection + "/{name}"
+    r.add_get(collection, api.list)
+    r.add_post(collection, api.create)
+    r.add_delete(collection, api.delete_collection)
+    r.add_get(item, api.get)
+    r.add_put(item, api.replace)
+    r.add_patch(item, api.patch)
+    r.add_delete(item, api.delete)
+    r.add_get(item + "/status", api.get)
+    r.add_put(item + "/status", api.replace_status)
+    r.add_patch(item + "/status", api.patch_status)
+    if scale:
         r.add_get(item + "/scale", api.get_scale)
         r.add_put(item + "/scale", api.replace_scale)
         r.add_patch(item + "/scale", api.patch_scale)
-    return app
 
 
 def mount(
@@ -277,6 +289,10 @@ def _selector(request: web.Request, info: KindInfo, namespace: str | None) -> Pr
         return labels(obj) and fields(obj)
 
     return matches
+
+
+def _name_mismatch(given: object, path_name: str) -> str:
+    return f"the name of the object ({given}) does not match the name on the URL ({path_name})"
 
 
 def _line(value: Obj) -> bytes:
@@ -660,7 +676,17 @@ class _Api:
             kind = None
         if kind is None or info["version"] not in kind.versions:
             raise _Fail(404, "NotFound", "the server could not find the requested resource")
+        in_namespace = "namespace" in info
+        # A namespaced kind's list across namespaces is the one path without a namespace.
+        across = request.method == "GET" and "name" not in info
+        if in_namespace != kind.namespaced and not (kind.namespaced and across):
+            raise _Fail(404, "NotFound", "the server could not find the requested resource")
         return kind
+
+    @staticmethod
+    def _namespace(request: web.Request) -> str:
+        """The path's namespace; the cluster scope on a cluster-scoped kind's path."""
+        return request.match_info.get("namespace", CLUSTER_SCOPE)
 
     @staticmethod
     async def _body(request: web.Request, max_bytes: int = MAX_DOCUMENT_BYTES) -> Any:
@@ -710,6 +736,14 @@ class _Api:
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
             raise _Fail(400, "BadRequest", "metadata must be a JSON object")
+        if not info.namespaced:
+            # Kubernetes clears the namespace of a cluster-scoped object (BeforeCreate).
+            meta.pop("namespace", None)
+            obj = _cluster_defaults(info, obj)
+            meta = obj["metadata"]
+            if name is not None and meta.setdefault("name", name) != name:
+                raise _Fail(400, "BadRequest", _name_mismatch(meta["name"], name))
+            return obj
         namespace = request.match_info["namespace"]
         if meta.setdefault("namespace", namespace) != namespace:
             message = (
@@ -718,11 +752,7 @@ class _Api:
             )
             raise _Fail(400, "BadRequest", message)
         if name is not None and meta.setdefault("name", name) != name:
-            message = (
-                f"the name of the object ({meta['name']}) does not match the name on the URL "
-                f"({name})"
-            )
-            raise _Fail(400, "BadRequest", message)
+            raise _Fail(400, "BadRequest", _name_mismatch(meta["name"], name))
         return obj
 
     def _admitted(self, objects: list[Obj]) -> list[str]:
@@ -914,7 +944,7 @@ class _Api:
     async def get(self, request: web.Request) -> web.Response:
         info = self._kind(request)
         name = request.match_info["name"]
-        obj = self._store.get(info.key, request.match_info["namespace"], name)
+        obj = self._store.get(info.key, self._namespace(request), name)
         if obj is None:
             raise _not_found(info, name)
         table_api = tables.table_version(request.headers.get("Accept", ""))
@@ -964,9 +994,15 @@ class _Api:
         """Create (``live`` None) or replace ``live`` by ``obj``, or only pretend (dryRun)."""
         name = str(obj["metadata"].get("name", ""))
         expected = obj["metadata"].get("resourceVersion") or None
+        namespace = obj["metadata"].get("namespace", CLUSTER_SCOPE)
+        if live is not None:
+            errors = update_errors(live, obj)
+            if errors:
+                raise _invalid(errors, info, name)
+        self._prepare_namespaces([obj], dry_run=_dry_run(request))
         with _object_errors(info, name):
             if _dry_run(request):
-                if live is None and self._store.get(info.key, obj["metadata"]["namespace"], name):
+                if live is None and self._store.get(info.key, namespace, name):
                     raise AlreadyExists(name)
                 return self._store.apply([obj], dry_run=True)[0].object
             if live is None:
@@ -993,7 +1029,7 @@ class _Api:
 
     def _live(self, info: KindInfo, request: web.Request) -> Obj:
         name = request.match_info["name"]
-        live = self._store.get(info.key, request.match_info["namespace"], name)
+        live = self._store.get(info.key, self._namespace(request), name)
         if live is None:
             raise _not_found(info, name)
         return live
@@ -1010,7 +1046,7 @@ class _Api:
 
     def _patch_once(self, request: web.Request, info: KindInfo, body: Any) -> web.Response:
         """One attempt: read, patch, check, write; _Retry when the object moved meanwhile."""
-        name, namespace = request.match_info["name"], request.match_info["namespace"]
+        name, namespace = request.match_info["name"], self._namespace(request)
         live = self._store.get(info.key, namespace, name)
         if request.content_type == APPLY_PATCH:
             new = self._applied(request, info, live, body)
@@ -1085,7 +1121,7 @@ class _Api:
                 return {**live, "status": status}
             return self._store.update_status(
                 info.key,
-                obj["metadata"]["namespace"],
+                obj["metadata"].get("namespace", CLUSTER_SCOPE),
                 name,
                 status,
                 expected_resource_version=expected,
@@ -1153,13 +1189,55 @@ class _Api:
         if _dry_run(request):
             return web.json_response(self._live(info, request))
         with _object_errors(info, name):
-            deleted = self._store.delete(info.key, request.match_info["namespace"], name)
+            deleted = self._delete(info, self._namespace(request), name)
         return web.json_response(deleted)
+
+    def _delete(self, info: KindInfo, namespace: str, name: str) -> Obj:
+        """Delete one object; a Namespace only turns Terminating (NamespaceController ends it)."""
+        if info.key != namespaces.NAMESPACE_KEY:
+            return self._store.delete(info.key, namespace, name)
+        try:
+            namespaces.check_deletable(name)
+        except namespaces.NamespaceRefused as exc:
+            raise _forbidden(exc, info, name) from None
+        live = self._store.get(info.key, CLUSTER_SCOPE, name)
+        if live is None:
+            raise NotFound(name)
+        if namespaces.is_terminating(live):
+            return live
+        marked, status = namespaces.terminating(live)
+        self._store.replace(marked, expected_resource_version=live["metadata"]["resourceVersion"])
+        return self._store.update_status(info.key, CLUSTER_SCOPE, name, status)
+
+    def _prepare_namespaces(self, objects: builtins.list[Obj], *, dry_run: bool) -> None:
+        """Before a write: refuse new objects in a Terminating namespace, keep a Terminating
+        Namespace's deletionTimestamp, and create the Namespaces written into that do not
+        exist (tcpmesh's rule; see apiserver.namespaces)."""
+        for obj in objects:
+            if kinds.for_object(obj).key == namespaces.NAMESPACE_KEY:
+                live = self._store.get(namespaces.NAMESPACE_KEY, CLUSTER_SCOPE, _name(obj))
+                stamp = ((live or {}).get("metadata") or {}).get("deletionTimestamp")
+                if stamp:
+                    obj["metadata"]["deletionTimestamp"] = stamp
+        for name in namespaces.namespaces_of(objects):
+            stored = self._store.get(namespaces.NAMESPACE_KEY, CLUSTER_SCOPE, name)
+            if stored is None and not dry_run:
+                with suppress(AlreadyExists):
+                    self._store.create(namespaces.namespace_object(name))
+            elif namespaces.is_terminating(stored) and any(
+                self._is_new(o) for o in objects if _namespace_of(o) == name
+            ):
+                info = kinds.by_key(namespaces.NAMESPACE_KEY)
+                raise _forbidden(namespaces.refuse_new_content(name), info, name)
+
+    def _is_new(self, obj: Obj) -> bool:
+        key = kinds.for_object(obj).key
+        return self._store.get(key, _namespace_of(obj), _name(obj)) is None
 
     async def delete_collection(self, request: web.Request) -> web.Response:
         info = self._kind(request)
-        namespace = request.match_info["namespace"]
-        matches = _selector(request, info, namespace)
+        namespace = self._namespace(request)
+        matches = _selector(request, info, namespace if info.namespaced else None)
         items = [o for o in self._store.list(info.key, namespace) if matches(o)]
         deleted = []
         for obj in items:
@@ -1167,7 +1245,7 @@ class _Api:
                 deleted.append(obj)
                 continue
             with suppress(NotFound):
-                deleted.append(self._store.delete(info.key, namespace, obj["metadata"]["name"]))
+                deleted.append(self._delete(info, namespace, obj["metadata"]["name"]))
         return web.json_response(
             {
                 "apiVersion": info.api_version(request.match_info["version"]),
@@ -1234,17 +1312,21 @@ class _Api:
             raise _Fail(400, "BadRequest", "objects must be a list of JSON objects")
         if not isinstance(dry_run, bool):
             raise _Fail(400, "BadRequest", "dryRun must be true or false")
-        objects = [_with_namespace(o) for o in objects]
         errors = [e for e in map(_not_appliable, objects) if e]
         if errors:
             raise _invalid(errors)
+        objects = [_scoped(o) for o in objects]
         warnings = self._admitted(objects)
+        errors = [e for o in objects for e in self._update_errors(o)]
+        if errors:
+            raise _invalid(errors)
+        self._prepare_namespaces(objects, dry_run=dry_run)
         results = self._store.apply(objects, dry_run=dry_run)
         summary = [
             {
                 "apiVersion": r.object["apiVersion"],
                 "kind": r.object["kind"],
-                "namespace": r.object["metadata"]["namespace"],
+                "namespace": r.object["metadata"].get("namespace", CLUSTER_SCOPE),
                 "name": r.object["metadata"]["name"],
                 "action": r.action,
             }
@@ -1252,6 +1334,10 @@ class _Api:
         ]
         response = web.json_response({"results": summary, "warnings": warnings})
         return _with_warnings(response, warnings)
+
+    def _update_errors(self, obj: Obj) -> builtins.list[str]:
+        live = self._store.get(kinds.for_object(obj).key, _namespace_of(obj), _name(obj))
+        return [] if live is None else update_errors(live, obj)
 
     async def delete_many(self, request: web.Request) -> web.Response:
         """Deletes each object it can; missing ones are reported, not fatal (kubectl delete -f)."""
@@ -1276,7 +1362,7 @@ class _Api:
                 raise _invalid([f'unknown kind "{ref["kind"]}"']) from None
         results = []
         for ref, info in zip(refs, infos, strict=True):
-            namespace = ref.get("namespace") or "default"
+            namespace = (ref.get("namespace") or "default") if info.namespaced else CLUSTER_SCOPE
             result = {
                 "apiVersion": info.api_version(info.versions[0]),
                 "kind": info.kind,
@@ -1284,7 +1370,7 @@ class _Api:
                 "name": ref["name"],
             }
             try:
-                self._store.delete(info.key, namespace, ref["name"])
+                self._delete(info, namespace, ref["name"])
                 result["action"] = "deleted"
             except NotFound:
                 result["action"] = "not found"
@@ -1336,11 +1422,46 @@ class _Api:
         return web.Response(text=snapshot.to_json(), content_type="application/json")
 
 
-def _with_namespace(obj: Obj) -> Obj:
+def _scoped(obj: Obj) -> Obj:
+    """An applied object in its scope: a namespaced one in ``default`` unless it names one;
+    a cluster-scoped one without a namespace (dropped, as Kubernetes drops it)."""
     meta = obj.get("metadata")
-    if isinstance(meta, dict) and not meta.get("namespace"):
+    if not isinstance(meta, dict):
+        return obj
+    info = kinds.for_object(obj)
+    if not info.namespaced:
+        scoped = {**obj, "metadata": {k: v for k, v in meta.items() if k != "namespace"}}
+        return _cluster_defaults(info, scoped)
+    if not meta.get("namespace"):
         return {**obj, "metadata": {**meta, "namespace": "default"}}
     return obj
+
+
+def _cluster_defaults(info: KindInfo, obj: Obj) -> Obj:
+    """What the API server writes on a new cluster-scoped object: a Namespace's label and
+    phase, a GatewayClass's CRD default status (a stored object keeps its own status)."""
+    if info.key == namespaces.NAMESPACE_KEY:
+        return namespaces.as_stored(obj)
+    if info.model is gatewayapi.GatewayClass:
+        return gatewayapi.with_default_status(obj)
+    return obj
+
+
+def _name(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def _namespace_of(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("namespace") or CLUSTER_SCOPE)
+
+
+def _forbidden(exc: namespaces.NamespaceRefused, info: KindInfo, name: str) -> _Fail:
+    details = {
+        "name": name,
+        "kind": info.plural,
+        "causes": [{"reason": exc.cause, "message": exc.message, "field": "metadata.namespace"}],
+    }
+    return _Fail(403, "Forbidden", exc.message, details)
 
 
 def _not_appliable(obj: Obj) -> str | None:

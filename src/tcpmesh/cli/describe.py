@@ -43,9 +43,10 @@ ROUTING_KINDS = (
 
 def describe_object(client: ApiClient, info: kinds.KindInfo, obj: dict[str, Any]) -> str:
     meta = obj["metadata"]
-    lines = [
-        f"Name:         {meta['name']}",
-        f"Namespace:    {meta.get('namespace', 'default')}",
+    lines = [f"Name:         {meta['name']}"]
+    if info.namespaced:  # kubectl shows no Namespace line for a cluster-scoped object
+        lines.append(f"Namespace:    {meta.get('namespace', 'default')}")
+    lines += [
         f"Kind:         {obj['kind']}",
         f"API Version:  {obj['apiVersion']}",
         f"Labels:       {_pairs(meta.get('labels'))}",

@@ -443,7 +443,7 @@ def delete(
     if files:
         objects, _ = load_manifests(files, namespace or ctx.namespace)
         targets = [
-            (kinds.for_object(o), o["metadata"]["namespace"], o["metadata"]["name"])
+            (kinds.for_object(o), o["metadata"].get("namespace", ""), o["metadata"]["name"])
             for o in objects
         ]
     elif kind and names:
@@ -534,7 +534,8 @@ def get(
             for obj in objs:
                 click.echo(f"{_qualified(info)}/{obj['metadata']['name']}")
     elif not objects:
-        click.echo(printers.no_resources_message(ns), err=True)
+        scoped = ns if any(info.namespaced for info in infos) else None
+        click.echo(printers.no_resources_message(scoped), err=True)
     else:
         tables = [
             printers.print_table(info, objs, wide=output == "wide", all_namespaces=all_namespaces)

@@ -458,6 +458,31 @@ def _kube_gateway(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row:
     ]
 
 
+def _condition_status(obj: Mapping[str, Any], kind: str) -> str:
+    """``.status.conditions[?(@.type==kind)].status``, as a CRD printer column reads it."""
+    conditions = _get(obj, "status", "conditions") or []
+    return ",".join(str(c.get("status", "")) for c in conditions if c.get("type") == kind)
+
+
+def _gateway_class(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row:
+    """The GatewayClass CRD's printer columns: Controller, Accepted, Age (Description wide)."""
+    row = [
+        str(_get(obj, "spec", "controllerName") or ""),
+        _condition_status(obj, "Accepted"),
+        age(_get(obj, "metadata", "creationTimestamp"), now),
+    ]
+    if wide:
+        row.append(str(_get(obj, "spec", "description") or ""))
+    return row
+
+
+def _namespace(obj: Mapping[str, Any], wide: bool, now: datetime) -> _Row:
+    return [
+        str(_get(obj, "status", "phase") or ""),
+        age(_get(obj, "metadata", "creationTimestamp"), now),
+    ]
+
+
 _TABLES: dict[str, tuple[list[str], list[str], _Columns]] = {
     # kind: (headers after NAME, extra wide headers, row builder)
     "Deployment": (
@@ -478,6 +503,7 @@ _TABLES: dict[str, tuple[list[str], list[str], _Columns]] = {
     "Endpoints": (["ENDPOINTS", "AGE"], [], _endpoints),
     "Secret": (["TYPE", "DATA", "AGE"], [], _secret),
     "ConfigMap": (["DATA", "AGE"], [], _config_map),
+    "Namespace": (["STATUS", "AGE"], [], _namespace),
     "Gateway": (["AGE"], [], _age_only),
     "VirtualService": (["GATEWAYS", "HOSTS", "AGE"], [], _virtual_service),
     "DestinationRule": (["HOST", "AGE"], [], _destination_rule),
@@ -490,6 +516,11 @@ _TABLES: dict[str, tuple[list[str], list[str], _Columns]] = {
     ),
     "Rollout": (["PHASE", "STEP", "WEIGHTS", "AGE"], ["STABLE", "CANARY", "MESSAGE"], _rollout),
     # Gateway API kinds by kind key; TCPRoute, TLSRoute and ReferenceGrant print AGE only.
+    "GatewayClass.gateway.networking.k8s.io": (
+        ["CONTROLLER", "ACCEPTED", "AGE"],
+        ["DESCRIPTION"],
+        _gateway_class,
+    ),
     "Gateway.gateway.networking.k8s.io": (
         ["CLASS", "ADDRESS", "PROGRAMMED", "AGE"],
         [],

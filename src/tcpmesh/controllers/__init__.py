@@ -18,6 +18,7 @@ from tcpmesh.controllers.gates import (
     tally,
 )
 from tcpmesh.controllers.gatewayapi import GatewayApiController
+from tcpmesh.controllers.namespaces import NamespaceController
 from tcpmesh.controllers.rollouts import RolloutController
 from tcpmesh.controllers.scrape import MetricsSource, pod_metrics, query_number, scrape_targets
 from tcpmesh.controllers.steps import (
@@ -41,6 +42,7 @@ __all__ = [
     "GatewayApiController",
     "Measurement",
     "MetricsSource",
+    "NamespaceController",
     "Outcome",
     "Phase",
     "Report",

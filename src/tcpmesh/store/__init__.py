@@ -8,6 +8,8 @@ from pathlib import Path
 from tcpmesh.store.contract import Election, StoreBackend
 from tcpmesh.store.etcdurl import EtcdConfig, client_library_installed, parse_etcd_url
 from tcpmesh.store.objects import (
+    CLUSTER_SCOPE,
+    CLUSTER_SCOPED_KINDS,
     AlreadyExists,
     ApplyResult,
     Conflict,
@@ -77,6 +79,8 @@ def leader_election(
 
 
 __all__ = [
+    "CLUSTER_SCOPE",
+    "CLUSTER_SCOPED_KINDS",
     "EVENT_HISTORY",
     "SQLITE_FILE",
     "AlreadyExists",

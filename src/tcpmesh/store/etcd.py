@@ -171,7 +171,7 @@ class EtcdStore:
         response = self._conn.run(lambda c: c.get_prefix_response(prefix))
         objs = [_decode(kv.value, kv.mod_revision) for kv in response.kvs]
         # Key order puts "a-b/" before "a/"; the contract is (namespace, name) order.
-        objs.sort(key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"]))
+        objs.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
         return [o for o in objs if matches(o, label_selector)], int(response.header.revision)
 
     # ------------------------------------------------------------------ writes
@@ -448,7 +448,9 @@ class EtcdStore:
         # Its version is gone with the value: "group/" keeps the group, so key_of still
         # names the same kind.
         _, namespace, name = raw.key.decode()[len(self._prefix) :].split("/", 2)
-        meta = {"name": name, "namespace": namespace, "resourceVersion": str(revision)}
+        meta = {"name": name, "resourceVersion": str(revision)}
+        if namespace:  # "kind//name": a cluster-scoped object has no namespace
+            meta["namespace"] = namespace
         group, bare_kind = split_kind_key(kind)
         return {"apiVersion": f"{group}/" if group else "v1", "kind": bare_kind, "metadata": meta}
 

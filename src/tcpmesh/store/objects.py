@@ -16,6 +16,11 @@ from typing import Any, Literal
 
 Obj = dict[str, Any]
 Key = tuple[str, str, str]  # (kind key, namespace, name); see kind_key
+# The namespace part of a cluster-scoped object's key: it has no metadata.namespace.
+CLUSTER_SCOPE = ""
+# The cluster-scoped kinds (kind keys), so that the store refuses a namespace on one of
+# them and its absence on any other kind; api.kinds checks it agrees with its registry.
+CLUSTER_SCOPED_KINDS = frozenset({"Namespace", "GatewayClass.gateway.networking.k8s.io"})
 Action = Literal["created", "configured", "unchanged"]
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 
@@ -105,7 +110,10 @@ def object_kind_key(obj: Mapping[str, Any]) -> str:
 
 
 def key_of(obj: Mapping[str, Any]) -> Key:
-    """(kind key, namespace, name) of an object, or StoreError saying which part is missing."""
+    """(kind key, namespace, name) of an object, or StoreError saying which part is wrong.
+
+    A cluster-scoped kind's namespace is ``CLUSTER_SCOPE`` (it has none); every other kind
+    needs one."""
     kind = object_kind_key(obj)
     meta = obj.get("metadata")
     if not isinstance(meta, dict):
@@ -113,13 +121,17 @@ def key_of(obj: Mapping[str, Any]) -> Key:
     name, namespace = meta.get("name"), meta.get("namespace")
     if not isinstance(name, str) or not name:
         raise StoreError(f"{kind} has no metadata.name")
+    if kind in CLUSTER_SCOPED_KINDS:
+        if namespace:
+            raise StoreError(f'{kind} "{name}" is cluster-scoped: it has no metadata.namespace')
+        return kind, CLUSTER_SCOPE, name
     if not isinstance(namespace, str) or not namespace:
         raise StoreError(f'{kind} "{name}" has no metadata.namespace')
     return kind, namespace, name
 
 
 def describe(kind: str, namespace: str, name: str) -> str:
-    return f'{kind} "{namespace}/{name}"'
+    return f'{kind} "{namespace}/{name}"' if namespace else f'{kind} "{name}"'
 
 
 def _content(obj: Mapping[str, Any]) -> Obj:
