@@ -49,6 +49,7 @@ from tcpmesh.control import (
     NODE_PROXY_NAME,
     NODE_PROXY_NAMESPACE,
     ControlPlane,
+    builtin_gateway_classes,
 )
 from tcpmesh.controllers import Event as RolloutEvent
 from tcpmesh.controllers import GatewayApiController, NamespaceController, RolloutController
@@ -63,7 +64,13 @@ from tcpmesh.runtime import (
     replica_cap_errors,
 )
 from tcpmesh.statedir import make_private, private_umask
-from tcpmesh.store import leader_election, open_store
+from tcpmesh.store import (
+    AlreadyExists,
+    StoreBackend,
+    leader_election,
+    object_kind_key,
+    open_store,
+)
 from tcpmesh.telemetry import PROMETHEUS_PATH, PROMETHEUS_PORT
 from tcpmesh.xds import (
     read_xds_address,
@@ -367,6 +374,7 @@ class Mesh:
         system = [*default_gateway_objects(self.config), *node_proxy_objects(self.config)]
         in_use = namespaces.namespaces_in_use(self.store)
         namespaces.ensure_namespaces(self.store, [*namespaces.SYSTEM_NAMESPACES, *in_use])
+        _create_missing(self.store, builtin_gateway_classes())
         self.registry.apply(system)
         # Replicas of one etcd store share one CA, so a peer may fail over to any of them.
         if self.shared:
@@ -593,6 +601,15 @@ def _url_host(address: str) -> str:
 def _store_name(spec: str | None) -> str:
     """The store for `status`: its kind and endpoints, never its credentials (the query)."""
     return "sqlite" if spec is None else spec.split("?", 1)[0]
+
+
+def _create_missing(store: StoreBackend, objects: list[dict[str, Any]]) -> None:
+    """Create the objects that do not exist; ones that do are the user's now, kept as
+    they are (a built-in GatewayClass a user deleted comes back at the next ``up``)."""
+    for obj in objects:
+        if store.get(object_kind_key(obj), "", obj["metadata"]["name"]) is None:
+            with contextlib.suppress(AlreadyExists):
+                store.create(obj)
 
 
 def _validate(objects: list[dict[str, Any]]) -> tuple[list[str], list[str]]:

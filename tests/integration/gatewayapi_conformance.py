@@ -749,3 +749,74 @@ TLS_TRAFFIC_CASES["TLSRouteHostnameIntersection"] = documents(
         for route, hostname, backend in routes
     ),
 )
+
+
+# ---------------------------------------------------------------- GatewayClass, Namespaces
+
+# The base manifests' Namespaces (conformance/base/manifests.yaml), with their labels.
+NAMESPACE_LABELS = {INFRA: "infra", APP: "backend", WEB: "web-backend"}
+SELECTOR_GATEWAY = "tcp-backend-namespaces"
+USER_CLASS = "tcpmesh-user-class"
+FOREIGN_CLASS = "someone-elses-class"
+
+
+def namespace(name: str, label: str) -> str:
+    return f"""
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: {name}
+  labels: {{gateway-conformance: {label}}}
+"""
+
+
+def gateway_class(name: str, controller: str) -> str:
+    return f"""
+apiVersion: {G}/v1
+kind: GatewayClass
+metadata: {{name: {name}}}
+spec:
+  controllerName: {controller}
+"""
+
+
+def class_cases(controller: str) -> dict[str, str]:
+    """GatewayClassObservedGenerationBump's class; the base manifests' ``backend-namespaces``
+    Gateway (allowedRoutes from Selector gateway-conformance: backend) with a TCP listener;
+    a user's class of our controller and one of another controller, each with a Gateway."""
+    selector = (
+        "{name: tcp, protocol: TCP, port: 9330, allowedRoutes: {kinds: [{kind: TCPRoute}], "
+        "namespaces: {from: Selector, selector: {matchLabels: {gateway-conformance: backend}}}}}"
+    )
+    parent = f"{{name: {SELECTOR_GATEWAY}, namespace: {INFRA}}}"
+    user_gateway = gateway("tcp-user-class-gateway", tcp_listener("tcp", 9331)).replace(
+        f'"{CLASS}"', f'"{USER_CLASS}"'
+    )
+    foreign_gateway = gateway("tcp-foreign-class-gateway", tcp_listener("tcp", 9332)).replace(
+        f'"{CLASS}"', f'"{FOREIGN_CLASS}"'
+    )
+    return {
+        "Namespaces": documents(*(namespace(n, label) for n, label in NAMESPACE_LABELS.items())),
+        "GatewayClassObservedGenerationBump": gateway_class(
+            "gatewayclass-observed-generation-bump", controller
+        ),
+        "AllowedRoutesSelector": documents(
+            echo_backend("tcp-selected-backend", APP),
+            gateway(SELECTOR_GATEWAY, selector),
+            tcp_route("tcp-selected", parent, "[{name: tcp-selected-backend, port: 3000}]", APP),
+            tcp_route(
+                "tcp-not-selected", parent, "[{name: tcp-invalid-xns-backend, port: 3000}]", WEB
+            ),
+        ),
+        "UserClasses": documents(
+            gateway_class(USER_CLASS, controller),
+            gateway_class(FOREIGN_CLASS, "example.net/gateway-controller"),
+            user_gateway,
+            foreign_gateway,
+            tcp_route(
+                "tcp-user-class-route",
+                "{name: tcp-user-class-gateway}",
+                "[{name: tcp-echo-attach-all, port: 3000}]",
+            ),
+        ),
+    }

@@ -17,7 +17,13 @@ from tcpmesh.control import (
     ProxyNode,
     build_snapshot,
 )
-from tcpmesh.control.gatewayapi import REFUSED_HOST, Binding, bind_resources, workload_labels
+from tcpmesh.control.gatewayapi import (
+    REFUSED_HOST,
+    Binding,
+    bind_resources,
+    builtin_gateway_classes,
+    workload_labels,
+)
 
 Obj = dict[str, Any]
 G = "gateway.networking.k8s.io"
@@ -82,8 +88,10 @@ def backend(name: str, weight: int | None = None, **extra: Any) -> Obj:
     return ref
 
 
-def bound(*objects: Obj) -> Binding:
-    return bind_resources(MeshResources.from_objects(objects))
+def bound(*objects: Obj, classes: bool = True) -> Binding:
+    # The classes `up` creates, as on a running mesh.
+    given = [*objects, *(builtin_gateway_classes() if classes else [])]
+    return bind_resources(MeshResources.from_objects(given))
 
 
 def conditions(binding: Binding, route_name: str) -> dict[str, tuple[str, str]]:
@@ -217,7 +225,9 @@ def test_two_routes_on_one_listener_are_both_accepted_and_counted_and_the_oldest
             "ports": [{"name": "tcp", "port": 9300}],
         },
     }
-    snapshot = build_snapshot(MeshResources.from_objects([*objects, lb]), node)
+    snapshot = build_snapshot(
+        MeshResources.from_objects([*objects, lb, *builtin_gateway_classes()]), node
+    )
     (built,) = snapshot.listeners
     (served,) = built.routes
     assert (served.origin.kind, served.origin.name) == ("TCPRoute", "older")
@@ -257,7 +267,7 @@ def test_gateways_of_other_classes_are_left_alone() -> None:
     binding = bound(
         gateway(tcp("tcp", 9300), cls="someone-else"), service("v1"), route("r", [backend("v1")])
     )
-    assert binding == Binding()
+    assert binding == Binding(classes=binding.classes)
 
 
 # ---------------------------------------------------------------- certificateRefs
@@ -383,7 +393,7 @@ def test_a_cross_namespace_secret_needs_a_grant_from_gateways_and_is_then_served
         "spec": {"type": "LoadBalancer", "selector": dict(node.labels), "ports": [{"port": 8443}]},
     }
     tls_route_obj = route("r", [backend("v1")], kind="TLSRoute", hostnames=["tls.example.com"])
-    served = [*objects, lb, service("v1"), tls_route_obj]
+    served = [*objects, lb, service("v1"), tls_route_obj, *builtin_gateway_classes()]
     (chain,) = (
         build_snapshot(MeshResources.from_objects([*served, secret_grant("certs")]), node)
         .listeners[0]
@@ -428,10 +438,103 @@ def test_the_node_proxy_serves_a_gateway_api_gateways_load_balancer_address() ->
         tuple(sorted(NODE_PROXY_LABELS.items())),
         "127.0.32.1",
     )
-    snapshot = build_snapshot(MeshResources.from_objects([gw, lb]), node)
+    snapshot = build_snapshot(
+        MeshResources.from_objects([gw, lb, *builtin_gateway_classes()]), node
+    )
     (frontend,) = [li for li in snapshot.listeners if li.address == "127.0.32.2"]
     assert frontend.port == 9300
     (route_,) = frontend.routes
     assert [d.cluster_name for d in route_.destinations] == [
         f"outbound|9300||gw-tcpmesh.{INFRA}.svc.cluster.local"
     ]
+
+
+def gateway_class(name: str, controller: str, **spec: Any) -> Obj:
+    return {
+        "apiVersion": f"{G}/v1",
+        "kind": "GatewayClass",
+        "metadata": {"name": name, "generation": 3},
+        "spec": {"controllerName": controller, **spec},
+    }
+
+
+def namespace(name: str, **labels: str) -> Obj:
+    all_labels = {"kubernetes.io/metadata.name": name, **labels}
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": all_labels},
+    }
+
+
+def test_a_gateway_is_ours_only_through_a_stored_class_of_ours() -> None:
+    world = (service("v1"), route("r", [backend("v1")]))
+    # The built-in names mean nothing without their GatewayClass objects.
+    assert bound(gateway(tcp("tcp", 9300)), *world, classes=False).gateways == ()
+    foreign = gateway_class("theirs", "example.net/gateway-controller")
+    binding = bound(gateway(tcp("tcp", 9300), cls="theirs"), foreign, *world, classes=False)
+    assert binding == Binding()  # no status for their class, their Gateway or its routes
+    mine = gateway_class("mine", "tcpmesh.io/gateway-controller")
+    binding = bound(gateway(tcp("tcp", 9300), cls="mine"), mine, *world, classes=False)
+    [result] = binding.gateways
+    assert result.controller == "tcpmesh.io/gateway-controller"
+    assert conditions(binding, "r")["Accepted"] == ("True", "Accepted")
+    [cls] = binding.classes
+    assert {c.type: (c.status, c.reason) for c in cls.conditions} == {
+        "Accepted": ("True", "Accepted"),
+        "SupportedVersion": ("True", "SupportedVersion"),
+    }
+
+
+def test_a_class_with_parameters_is_not_accepted_and_programs_nothing() -> None:
+    ref = {"group": "", "kind": "ConfigMap", "name": "settings", "namespace": INFRA}
+    with_params = gateway_class("tuned", "istio.io/gateway-controller", parametersRef=ref)
+    binding = bound(gateway(tcp("tcp", 9300), cls="tuned"), with_params, classes=False)
+    assert binding.gateways == ()
+    [cls] = binding.classes
+    accepted = next(c for c in cls.conditions if c.type == "Accepted")
+    assert (accepted.status, accepted.reason) == ("False", "InvalidParameters")
+
+
+def test_allowed_routes_selector_matches_the_route_namespaces_labels() -> None:
+    def labelled_route(name: str, ns: str) -> Obj:
+        r = route(name, [backend("v1")], parent={"name": "gw", "namespace": INFRA})
+        r["metadata"]["namespace"] = ns
+        r["spec"]["rules"][0]["backendRefs"][0]["namespace"] = INFRA
+        return r
+
+    selector = {
+        "matchExpressions": [
+            {"key": "env", "operator": "In", "values": ["prod"]},
+        ]
+    }
+    listener = tcp(
+        "tcp", 9300, allowedRoutes={"namespaces": {"from": "Selector", "selector": selector}}
+    )
+    grant = {
+        "apiVersion": f"{G}/v1beta1",
+        "kind": "ReferenceGrant",
+        "metadata": meta("all"),
+        "spec": {
+            "from": [{"group": G, "kind": "TCPRoute", "namespace": ns} for ns in ("a", "b")],
+            "to": [{"group": "", "kind": "Service"}],
+        },
+    }
+    binding = bound(
+        gateway(listener),
+        service("v1"),
+        grant,
+        namespace("a", env="prod"),
+        namespace("b", env="dev"),
+        labelled_route("in-prod", "a"),
+        labelled_route("in-dev", "b"),
+    )
+    assert conditions(binding, "in-prod")["Accepted"] == ("True", "Accepted")
+    assert conditions(binding, "in-dev")["Accepted"] == ("False", "NotAllowedByListeners")
+    [result] = binding.gateways
+    assert [li.attached_routes for li in result.listeners] == [1]
+    # A namespace with no Namespace object has the name label the API server would write.
+    by_name = {"matchLabels": {"kubernetes.io/metadata.name": "c"}}
+    listener["allowedRoutes"]["namespaces"]["selector"] = by_name
+    binding = bound(gateway(listener), service("v1"), labelled_route("in-c", "c"))
+    assert conditions(binding, "in-c")["Accepted"] == ("True", "Accepted")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tcpmesh.analysis import analyze, format_message
-from tcpmesh.control import MeshResources, bind_resources
+from tcpmesh.control import MeshResources, bind_resources, builtin_gateway_classes
 from tcpmesh.controllers.gatewayapi import (
     conditions_doc,
     desired_service,
@@ -19,8 +19,10 @@ Obj = dict[str, Any]
 NOW, LATER = "2026-12-02T01:00:00Z", "2026-12-02T02:00:00Z"
 
 
-def binding_of(*objects: Obj) -> Any:
-    return bind_resources(MeshResources.from_objects(objects))
+def binding_of(*objects: Obj, classes: bool = True) -> Any:
+    # The classes `up` creates, as on a running mesh.
+    given = [*objects, *(builtin_gateway_classes() if classes else [])]
+    return bind_resources(MeshResources.from_objects(given))
 
 
 def test_route_status_echoes_the_parent_and_keeps_other_controllers() -> None:
@@ -79,6 +81,7 @@ def test_the_workload_service_exposes_each_listener_port_once() -> None:
 
 def test_analyze_reports_what_the_status_reports() -> None:
     objects = [gateway(tcp("tcp", 9300)), route("r", [backend("missing")])]
+    objects += builtin_gateway_classes()
     lines = [format_message(m) for m in analyze(objects) if m.code == "TCM0003"]
     assert lines == [
         "Error [TCM0003] (TCPRoute.gateway.networking.k8s.io infra/r) ResolvedRefs=False "
@@ -109,3 +112,20 @@ def test_a_requested_address_is_used_or_reported_unusable() -> None:
     status = gateway_status(result, [], None, NOW, unusable_address="10.1.2.3")
     programmed = next(c for c in status["conditions"] if c["type"] == "Programmed")
     assert (programmed["status"], programmed["reason"]) == ("False", "AddressNotUsable")
+
+
+def test_class_status_replaces_the_pending_default_and_tracks_the_generation() -> None:
+    from tcpmesh.api.gatewayapi import PENDING_CLASS_STATUS
+    from tcpmesh.controllers.gatewayapi import class_status
+
+    binding = binding_of()
+    tcpmesh = next(c for c in binding.classes if c.gateway_class.name == "tcpmesh")
+    status = class_status(tcpmesh, PENDING_CLASS_STATUS, NOW)
+    assert [(c["type"], c["status"], c["reason"]) for c in status["conditions"]] == [
+        ("Accepted", "True", "Accepted"),
+        ("SupportedVersion", "True", "SupportedVersion"),
+    ]
+    assert {c["lastTransitionTime"] for c in status["conditions"]} == {NOW}
+    assert {c["observedGeneration"] for c in status["conditions"]} == {1}
+    # Unchanged conditions keep their transition time.
+    assert class_status(tcpmesh, status, LATER) == status

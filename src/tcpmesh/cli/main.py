@@ -585,7 +585,10 @@ def analyze(
         fail(f"error: nothing to analyze: tcpmesh is not running ({ctx.state_dir}) and no -f given")
     else:
         # What `tcpmesh up` would create, so files are analyzed as they would be applied.
-        for obj in default_gateway_objects(MeshConfig(ctx.state_dir)):
+        from tcpmesh.control import builtin_gateway_classes
+
+        created = [*default_gateway_objects(MeshConfig(ctx.state_dir)), *builtin_gateway_classes()]
+        for obj in created:
             objects[_object_key(obj)] = obj
     sources: dict[tuple[str, str, str], str] = {}
     if files:

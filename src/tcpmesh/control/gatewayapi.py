@@ -1,7 +1,9 @@
 """The Kubernetes Gateway API as Istio config, and the status it earns: one pure binding.
 
-Like Istio's pilot/pkg/config/kube/gateway, a Gateway of class ``tcpmesh`` or ``istio``
-becomes an Istio Gateway (one server per listener, selecting the Gateway's own workload),
+Like Istio's pilot/pkg/config/kube/gateway, a Gateway whose GatewayClass names one of our
+controllers (``tcpmesh.io/gateway-controller``, ``istio.io/gateway-controller``: the built-in
+classes ``tcpmesh`` and ``istio``, or any class a user creates with them) becomes an Istio
+Gateway (one server per listener, selecting the Gateway's own workload),
 and each TCPRoute/TLSRoute attached to a listener becomes a VirtualService bound to it, so
 the one snapshot builder serves both APIs on both data planes. The same pass decides every
 status the spec asks for (route Accepted/ResolvedRefs per parent, listener conditions,
@@ -9,6 +11,11 @@ attachedRoutes, supportedKinds), so what is routed and what is reported cannot d
 ``controllers.gatewayapi`` only writes it.
 
 Rules, with the spec's reasons:
+- a Gateway whose class does not exist, or belongs to another controller, is not ours: it
+  is not programmed and gets no status from us; a class of ours with a ``parametersRef`` is
+  not Accepted (InvalidParameters: tcpmesh takes none) and its Gateways are not programmed;
+- ``allowedRoutes.namespaces.from: Selector`` matches the labels of the route's Namespace
+  (a namespace without a Namespace object has the one label the API server would give it);
 - a parentRef attaches to the listeners its ``sectionName`` and ``port`` name (all when
   neither), of those the route's kind and namespace are allowed on (NotAllowedByListeners),
   and for a TLSRoute whose hostnames intersect the listener's (NoMatchingListenerHostname);
@@ -39,12 +46,24 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tcpmesh.api import TLS_CERT_KEY, TLS_PRIVATE_KEY_KEY, models, secret_bytes
+from tcpmesh.api import (
+    TLS_CERT_KEY,
+    TLS_PRIVATE_KEY_KEY,
+    models,
+    namespaces,
+    secret_bytes,
+    selector_matches,
+)
 from tcpmesh.api import gatewayapi as g
 from tcpmesh.control.resources import MeshResources
 
-# The classes whose Gateways the mesh programs: class name -> controllerName.
-CONTROLLERS = {"tcpmesh": "tcpmesh.io/gateway-controller", "istio": "istio.io/gateway-controller"}
+# The controllerNames whose classes' Gateways the mesh programs, and the classes `up`
+# creates with them (as Istio creates its "istio" class): class name -> controllerName.
+BUILTIN_CLASSES = {
+    "tcpmesh": "tcpmesh.io/gateway-controller",
+    "istio": "istio.io/gateway-controller",
+}
+OUR_CONTROLLERS = frozenset(BUILTIN_CLASSES.values())
 # The label on a Gateway's workload pods (Istio's), which its Istio Gateway selects.
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 GATEWAY_NAMESPACE_LABEL = "tcpmesh.io/gateway-namespace"
@@ -112,7 +131,20 @@ class RouteResult:
 
 
 @dataclass(frozen=True)
+class ClassResult:
+    """A GatewayClass of ours and its conditions (Accepted, SupportedVersion)."""
+
+    gateway_class: g.GatewayClass
+    conditions: tuple[Condition, ...]
+
+    @property
+    def accepted(self) -> bool:
+        return all(c.status == "True" for c in self.conditions if c.type == "Accepted")
+
+
+@dataclass(frozen=True)
 class Binding:
+    classes: tuple[ClassResult, ...] = ()
     gateways: tuple[GatewayResult, ...] = ()
     routes: tuple[RouteResult, ...] = ()
     istio_gateways: tuple[models.Gateway, ...] = ()
@@ -125,6 +157,10 @@ class _Inputs:
     routes: Sequence[g.KubeTCPRoute | g.KubeTLSRoute]
     grants: Sequence[g.ReferenceGrant]
     services: Sequence[models.Service]
+    # Namespace name -> its labels, for allowedRoutes selectors.
+    namespace_labels: dict[str, dict[str, str]]
+    # Class name -> controllerName, of the accepted classes of ours.
+    controllers: dict[str, str]
     secrets: Sequence[models.Secret] = ()
 
 
@@ -133,11 +169,20 @@ def bind(
     routes: Sequence[g.KubeTCPRoute | g.KubeTLSRoute],
     grants: Sequence[g.ReferenceGrant],
     services: Sequence[models.Service],
+    classes: Sequence[g.GatewayClass],
+    namespace_objects: Sequence[models.Namespace],
     secrets: Sequence[models.Secret] = (),
 ) -> Binding:
     """Every Gateway of our classes, every route that names one, as Istio config and status."""
-    inputs = _Inputs(gateways, routes, grants, services, secrets)
-    ours = [gw for gw in gateways if gw.spec.gateway_class_name in CONTROLLERS]
+    class_results = tuple(_class_result(c) for c in classes if _is_ours(c))
+    controllers = {
+        r.gateway_class.name: r.gateway_class.spec.controller_name
+        for r in class_results
+        if r.accepted
+    }
+    labels = {ns.name: dict(ns.metadata.labels) for ns in namespace_objects}
+    inputs = _Inputs(gateways, routes, grants, services, labels, controllers, secrets)
+    ours = [gw for gw in gateways if gw.spec.gateway_class_name in controllers]
     listener_kinds = {(gw.namespace, gw.name): _listener_modes(inputs, gw) for gw in ours}
     attachments: dict[tuple[str, str, str], int] = {}
     route_results: list[RouteResult] = []
@@ -155,13 +200,53 @@ def bind(
                 virtual_services.append(_virtual_service(inputs, route, index, gw, listener))
         if parents:
             route_results.append(RouteResult(route, tuple(parents)))
-    gateway_results = tuple(_gateway_result(gw, listener_kinds, attachments) for gw in ours)
+    gateway_results = tuple(_gateway_result(inputs, gw, listener_kinds, attachments) for gw in ours)
     return Binding(
+        classes=class_results,
         gateways=gateway_results,
         routes=tuple(route_results),
         istio_gateways=tuple(_istio_gateway(inputs, r) for r in gateway_results),
         virtual_services=tuple(virtual_services),
     )
+
+
+def _is_ours(gateway_class: g.GatewayClass) -> bool:
+    return gateway_class.spec.controller_name in OUR_CONTROLLERS
+
+
+def _class_result(gateway_class: g.GatewayClass) -> ClassResult:
+    """Accepted unless it has parameters (tcpmesh takes none); the served API version is the
+    one the CRDs describe, since tcpmesh serves the kinds itself (SupportedVersion)."""
+    if gateway_class.spec.parameters_ref is not None:
+        ref = gateway_class.spec.parameters_ref
+        accepted = Condition(
+            "Accepted",
+            "False",
+            "InvalidParameters",
+            f"parametersRef {ref.kind} {ref.name}: tcpmesh's gateway classes take no parameters",
+        )
+    else:
+        accepted = Condition("Accepted", "True", "Accepted", "Handled by tcpmesh")
+    supported = Condition(
+        "SupportedVersion",
+        "True",
+        "SupportedVersion",
+        f"{g.GROUP} {', '.join(g.GATEWAY_CLASS_VERSIONS)} served by tcpmesh",
+    )
+    return ClassResult(gateway_class, (accepted, supported))
+
+
+def builtin_gateway_classes() -> list[dict[str, object]]:
+    """The GatewayClasses ``up`` creates when they do not exist (Istio creates ``istio``)."""
+    return [
+        {
+            "apiVersion": f"{g.GROUP}/v1",
+            "kind": "GatewayClass",
+            "metadata": {"name": name},
+            "spec": {"controllerName": controller},
+        }
+        for name, controller in BUILTIN_CLASSES.items()
+    ]
 
 
 def _creation_order(resource: models.Resource) -> tuple[str, str, str]:
@@ -241,6 +326,7 @@ def _listener_result(
 
 
 def _gateway_result(
+    inputs: _Inputs,
     gw: g.KubeGateway,
     listener_kinds: dict[tuple[str, str], dict[str, ListenerResult]],
     attachments: dict[tuple[str, str, str], int],
@@ -254,7 +340,7 @@ def _gateway_result(
         )
         for r in listener_kinds[(gw.namespace, gw.name)].values()
     )
-    return GatewayResult(gw, CONTROLLERS[gw.spec.gateway_class_name], listeners)
+    return GatewayResult(gw, inputs.controllers[gw.spec.gateway_class_name], listeners)
 
 
 # ---------------------------------------------------------------- certificates
@@ -354,7 +440,7 @@ def _attach(
     gw = next((x for x in ours if (x.namespace, x.name) == (namespace, ref.name)), None)
     if gw is None:
         return None, []
-    controller = CONTROLLERS[gw.spec.gateway_class_name]
+    controller = inputs.controllers[gw.spec.gateway_class_name]
     named = [
         li
         for li in gw.spec.listeners
@@ -412,8 +498,10 @@ def _namespace_allowed(
         return True
     if rule.from_or_default == "Same":
         return route.namespace == gw.namespace
-    # Selector: tcpmesh stores no Namespace objects, so no namespace has labels to match.
-    return False
+    if rule.selector is None:
+        return False  # the CRD asks for one with Selector; without it nothing is selected
+    default = {namespaces.NAME_LABEL: route.namespace}
+    return selector_matches(rule.selector, inputs.namespace_labels.get(route.namespace, default))
 
 
 def _sni_hosts(route: g.KubeTLSRoute, listener: g.Listener) -> list[str]:
@@ -645,5 +733,7 @@ def bind_resources(resources: MeshResources) -> Binding:
         resources.kube_routes,
         resources.reference_grants,
         resources.services,
+        resources.gateway_classes,
+        resources.namespaces,
         resources.secrets,
     )

@@ -55,6 +55,8 @@ WATCHED_KINDS = (
     "TCPRoute.gateway.networking.k8s.io",
     "TLSRoute.gateway.networking.k8s.io",
     "ReferenceGrant.gateway.networking.k8s.io",
+    "GatewayClass.gateway.networking.k8s.io",
+    "Namespace",
 )
 # The copy's size (objects) from which the heap is frozen once it doubled (see _freeze).
 FREEZE_AT = 1000

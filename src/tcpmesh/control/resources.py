@@ -102,6 +102,8 @@ class MeshResources:
     kube_gateways: tuple[gatewayapi.KubeGateway, ...] = ()
     kube_routes: tuple[gatewayapi.KubeTCPRoute | gatewayapi.KubeTLSRoute, ...] = ()
     reference_grants: tuple[gatewayapi.ReferenceGrant, ...] = ()
+    gateway_classes: tuple[gatewayapi.GatewayClass, ...] = ()
+    namespaces: tuple[models.Namespace, ...] = ()
     # Host name → IPv4 addresses, looked up by the control plane for DNS ServiceEntries so
     # that building stays pure; a name missing here has no endpoints yet.
     dns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -193,6 +195,8 @@ class MeshResources:
             gatewayapi.KubeTCPRoute: [],
             gatewayapi.KubeTLSRoute: [],
             gatewayapi.ReferenceGrant: [],
+            gatewayapi.GatewayClass: [],
+            models.Namespace: [],
         }
         for resource in resources:
             bucket = buckets.get(type(resource))
@@ -211,6 +215,8 @@ class MeshResources:
             kube_gateways=tuple(buckets[gatewayapi.KubeGateway]),
             kube_routes=(*buckets[gatewayapi.KubeTCPRoute], *buckets[gatewayapi.KubeTLSRoute]),
             reference_grants=tuple(buckets[gatewayapi.ReferenceGrant]),
+            gateway_classes=tuple(buckets[gatewayapi.GatewayClass]),
+            namespaces=tuple(buckets[models.Namespace]),
             dns=dict(dns or {}),
             cache=cache if cache is not None else BuildCache(),
         )

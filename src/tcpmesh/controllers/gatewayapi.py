@@ -5,10 +5,11 @@ dirty, and one sync recomputes everything from the store. What is routed and wha
 status says both come from ``control.gatewayapi.bind`` (pure); the status documents are
 built by the pure functions below, and this class only reads, compares and writes.
 
-A Gateway of class ``tcpmesh`` or ``istio`` gets, as Istio's deployment controller makes
-them, a Deployment ``<gateway>-<class>`` running the mesh's gateway proxy with the labels
-its Istio Gateway selects, and a LoadBalancer Service of the same name exposing the
-listener ports; both are owned by the Gateway and deleted with it.
+Every GatewayClass of our controllers gets its status (Accepted, SupportedVersion). A
+Gateway of such a class gets, as Istio's deployment controller makes them, a Deployment
+``<gateway>-<class>`` running the mesh's gateway proxy with the labels its Istio Gateway
+selects, and a LoadBalancer Service of the same name exposing the listener ports; both are
+owned by the Gateway and deleted with it.
 
 Addresses, as a cloud gives each LoadBalancer Service its own: the Service asks for
 ``spec.loadBalancerIP``, the Gateway's ``spec.addresses`` IPAddress when it names one
@@ -33,6 +34,7 @@ from tcpmesh.api import gatewayapi as g
 from tcpmesh.api import pod_ready
 from tcpmesh.control import (
     GATEWAY_NAME_LABEL,
+    ClassResult,
     Condition,
     GatewayResult,
     MeshResources,
@@ -51,11 +53,14 @@ Obj = dict[str, Any]
 # (name, namespace, labels, ports) -> the gateway proxy Deployment (mesh.py knows the image).
 WorkloadFactory = Callable[[str, str, Mapping[str, str]], Obj]
 GATEWAY_KEY = "Gateway.gateway.networking.k8s.io"
+CLASS_KEY = "GatewayClass.gateway.networking.k8s.io"
 ROUTE_KEYS = ("TCPRoute.gateway.networking.k8s.io", "TLSRoute.gateway.networking.k8s.io")
 WATCHED = (
     GATEWAY_KEY,
     *ROUTE_KEYS,
     "ReferenceGrant.gateway.networking.k8s.io",
+    CLASS_KEY,
+    "Namespace",
     "Service",
     "Pod",
     "Secret",
@@ -88,6 +93,15 @@ def conditions_doc(
             }
         )
     return out
+
+
+def class_status(result: ClassResult, old: Mapping[str, Any] | None, now: str) -> Obj:
+    """The class's conditions; the CRD's default "Pending" Accepted is replaced by ours."""
+    generation = result.gateway_class.metadata.generation or 1
+    ours = {c.type for c in result.conditions}
+    kept = [c for c in (old or {}).get("conditions") or [] if c.get("type") not in ours]
+    mine = conditions_doc(result.conditions, (old or {}).get("conditions") or [], generation, now)
+    return {**(old or {}), "conditions": [*mine, *kept]}
 
 
 def route_status(result: RouteResult, old: Mapping[str, Any] | None, now: str) -> Obj:
@@ -279,6 +293,10 @@ class GatewayApiController(Reconciler):
         objects = [o for key in WATCHED if key != "Pod" for o in self._store.list(key)]
         binding = bind_resources(MeshResources.from_objects(objects))
         now = _now()
+        for cls in binding.classes:
+            stored = self._store.get(CLASS_KEY, "", cls.gateway_class.name)
+            if stored is not None:
+                self._write_status(CLASS_KEY, stored, class_status(cls, stored.get("status"), now))
         taken = self._taken_addresses()
         for result in binding.gateways:
             gw = result.gateway
@@ -344,7 +362,7 @@ class GatewayApiController(Reconciler):
         meta = stored["metadata"]
         self._store.update_status(
             key,
-            meta["namespace"],
+            meta.get("namespace", ""),
             meta["name"],
             status,
             expected_resource_version=meta.get("resourceVersion"),
