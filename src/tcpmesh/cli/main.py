@@ -91,6 +91,16 @@ def friendly_errors(func: F) -> F:
 namespace_option = click.option(
     "-n", "--namespace", "namespace", default=None, help="The namespace of the objects."
 )
+# `up` and `gateway join` run the same data plane: one flag, one default, one variable.
+relay_option = click.option(
+    "--relay",
+    type=click.Choice(RELAY_CHOICES),
+    default="auto",
+    show_default=True,
+    envvar="TCPMESH_RELAY",
+    show_envvar=True,
+    help=RELAY_HELP,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -121,15 +131,7 @@ pass_context = click.make_pass_decorator(Context)
 @click.option("--dataplane", type=click.Choice(["python", "envoy"]), default="python")
 @click.option("--address", default="127.0.0.1", show_default=True, help="Gateway address.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Data plane processes.")
-@click.option(
-    "--relay",
-    type=click.Choice(RELAY_CHOICES),
-    default="auto",
-    show_default=True,
-    envvar="TCPMESH_RELAY",
-    show_envvar=True,
-    help=RELAY_HELP,
-)
+@relay_option
 @click.option(
     "--max-pods",
     type=click.IntRange(min=1),
@@ -1059,15 +1061,7 @@ def gateway() -> None:
     help="With --dataplane envoy: the servers' ADS port (their `up --xds-port`).",
 )
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option(
-    "--relay",
-    type=click.Choice(RELAY_CHOICES),
-    default="auto",
-    show_default=True,
-    envvar="TCPMESH_RELAY",
-    show_envvar=True,
-    help=RELAY_HELP,
-)
+@relay_option
 @namespace_option
 @pass_context
 def gateway_join(ctx: Context, /, **flags: Any) -> None:
