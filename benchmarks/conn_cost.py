@@ -26,7 +26,6 @@ Every process it starts is stopped by its pid; every loop is bounded in count.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -39,6 +38,7 @@ import time
 from pathlib import Path
 
 import relay_paths as rp
+import report
 
 PORT = 20030
 ENVOY_PORT = 20031
@@ -215,12 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                     stop(envoy)
         finally:
             backend.close()
-    result["loadavg_after"] = os.getloadavg()
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
-    return 0
+    return report.finish(result, args.out)
 
 
 if __name__ == "__main__":

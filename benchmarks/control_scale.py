@@ -41,6 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import report
+
 from tcpmesh.api import from_dict
 from tcpmesh.control import ControlPlane, MeshResources, ProxyNode, build_snapshot
 from tcpmesh.control.plane import FREEZE_DELAY
@@ -492,12 +494,7 @@ def main(argv: list[str] | None = None) -> int:
             row.update(asyncio.run(apply_to_envoy(n, objs, args.flips)))
         results["sizes"][n] = row
         print(f"N={n}: {json.dumps(row)}", file=sys.stderr, flush=True)
-    results["loadavg_after"] = os.getloadavg()
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
-    return 0
+    return report.finish(results, args.out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ is stopped by its pid; every loop is bounded in count.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import subprocess
@@ -31,6 +30,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import report
 
 from tcpmesh.control.snapshot import (
     Cluster,
@@ -222,12 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[path] = measure(path, args, backend, Path(tmp))
     finally:
         backend.close()
-    results["loadavg_after"] = os.getloadavg()
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
-    return 0
+    return report.finish(results, args.out)
 
 
 if __name__ == "__main__":
