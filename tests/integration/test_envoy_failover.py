@@ -10,36 +10,28 @@ namespaces cannot be made.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tcpmesh.apiserver.client import ApiClient, ApiError, Unreachable
-from tcpmesh.apiserver.credentials import read_credentials
-from tcpmesh.cli.inputs import load_manifests
-from tcpmesh.cli.send import run as send_run
+from tcpmesh.apiserver.client import ApiClient
 from tcpmesh.xds import missing_envoy_support
 from tests.etcd_cluster import ETCD
 from tests.integration.harness import SAMPLES
-from tests.netns import Lan, lan, netns_problem
+from tests.integration.lanmesh import API_PORT, ENVOY_GATEWAY, XDS_PORT, LanMesh, etcd_argv
+from tests.netns import lan, netns_problem
 
 pytestmark = [pytest.mark.integration]
 _PROBLEM = netns_problem() or missing_envoy_support()
 if _PROBLEM is not None:
     pytestmark.append(pytest.mark.skip(reason=f"needs network namespaces and Envoy: {_PROBLEM}"))
 
-API_PORT = 6443
-XDS_PORT = 15012
-GATEWAY_PORT = 31400
 REPLICAS = (1, 2)
 EDGE = 3
 NODE = "istio-system/istio-ingressgateway-h3"
@@ -56,38 +48,18 @@ spec:
 """
 
 
-def _python(*args: str) -> list[str]:
-    return [sys.executable, "-m", *args]
-
-
 @dataclass
-class TwoReplicas:
-    net: Lan
-    base: Path
+class TwoReplicas(LanMesh):
     replicas: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def state(self, name: str) -> Path:
-        return self.base / name
 
     def servers(self) -> str:
         return ",".join(f"https://{self.net.address(h)}:{API_PORT}" for h in REPLICAS)
 
     def client(self, host: int) -> ApiClient:
-        creds = read_credentials(self.state(f"h{host}"))
-        assert creds is not None and creds.ca_file is not None
-        url = f"https://{self.net.address(host)}:{API_PORT}"
-        return ApiClient(url, creds.token, ca_file=Path(creds.ca_file), timeout=10)
-
-    def on_switch(self, func: Callable[[], Any], timeout: float = 60.0) -> Any:
-        return self.net.run_in(self.net.switch, func, timeout)
+        return self.client_of(self.base / f"h{host}", host)
 
     def apply(self, host: int, *paths: Path, text: str = "") -> Any:
-        objects = [o for path in paths for o in load_manifests([str(path)], None)[0]]
-        if text:
-            source = self.base / f"apply-{time.monotonic_ns()}.yaml"
-            source.write_text(text)
-            objects += load_manifests([str(source)], None)[0]
-        return self.on_switch(lambda: self.client(host).apply(objects))
+        return self.apply_with(lambda: self.client(host), *paths, text=text)
 
     def envoy_node(self, host: int) -> dict[str, Any]:
         status = self.on_switch(lambda: self.client(host).status(), 15)
@@ -95,130 +67,47 @@ class TwoReplicas:
         return dict(nodes.get(NODE) or {})
 
     def start_replica(self, host: int) -> None:
-        address = self.net.address(host)
-        argv = _python(
-            "tcpmesh",
-            "--state-dir",
-            str(self.state(f"h{host}")),
-            "up",
-            "--store",
-            f"etcd://{self.net.address(1)}:2379",
-            "--address",
-            address,
-            "--bind-address",
-            address,
-            "--secure-port",
-            str(API_PORT),
-            "--xds-port",
-            str(XDS_PORT),
-            "--gateway-replicas",
-            "0",
-            "--workers",
-            "1",
-        )
+        store = ("--store", f"etcd://{self.net.address(1)}:2379", "--xds-port", str(XDS_PORT))
+        argv = self.up_argv(self.base / f"h{host}", host, *store)
         self.replicas[host] = self.net.popen(host, argv, self.base / f"h{host}-mesh.log")
 
-    def join(self, role: str, token: str, ca_hash: str, *flags: str) -> None:
-        argv = _python(
-            "tcpmesh",
-            "--state-dir",
-            str(self.state(f"h{EDGE}-{role}")),
-            role,
-            "join",
-            "--server",
-            self.servers(),
-            "--token",
-            token,
-            "--ca-cert-hash",
-            ca_hash,
-            "--address",
-            self.net.address(EDGE),
-            "--node-name",
-            f"h{EDGE}",
-            *flags,
-        )
-        self.net.popen(EDGE, argv, self.base / f"h{EDGE}-{role}.log")
+    def join_edge(self, role: str, *flags: str) -> None:
+        self.join(EDGE, role, self.base / f"h{EDGE}-{role}", self.servers(), *flags)
 
-
-def _wait(what: str, check: Callable[[], bool], timeout: float, mesh: TwoReplicas) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (OSError, ApiError, Unreachable, AssertionError, KeyError):
-            pass
-        time.sleep(0.1)
-    logs = "\n".join(
-        f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}"
-        for p in sorted(mesh.base.rglob("*.log"))
-    )
-    raise AssertionError(f"timed out waiting for {what}\n{logs}")
-
-
-def _words(mesh: TwoReplicas, count: int) -> dict[str, int]:
-    address = mesh.net.address(EDGE)
-
-    def words() -> dict[str, int]:
-        result = asyncio.run(send_run(address, GATEWAY_PORT, count=count, concurrency=1, timeout=5))
-        return {**result.groups, **{f"failed:{k}": v for k, v in result.failures.items()}}
-
-    found: dict[str, int] = mesh.on_switch(words, 60)
-    return found
+    def split(self, count: int) -> dict[str, int]:
+        return self.words(EDGE, count, timeout=60)
 
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoReplicas]:
-    from cryptography import x509
-
-    from tcpmesh.apiserver.pki import ca_public_key_hash
-    from tcpmesh.cli.join import token_create
-
     base = tmp_path_factory.mktemp("envoyfailover")
     with lan(3) as net:
         mesh = TwoReplicas(net, base)
         address = net.address(1)
-        etcd = [ETCD, "--name=h1", f"--data-dir={base / 'etcd'}"]
-        etcd += [f"--listen-client-urls=http://{address}:2379"]
-        etcd += [f"--advertise-client-urls=http://{address}:2379"]
-        etcd += [f"--listen-peer-urls=http://{address}:2380"]
-        etcd += [f"--initial-advertise-peer-urls=http://{address}:2380"]
-        etcd += [f"--initial-cluster=h1=http://{address}:2380"]
+        etcd = etcd_argv(ETCD, "h1", base / "etcd", address, f"h1=http://{address}:2380")
         net.popen(1, etcd, base / "etcd.log")
         for host in REPLICAS:
             mesh.start_replica(host)
         for host in REPLICAS:
-            _wait(
+            mesh.wait(
                 f"replica {host}",
                 lambda h=host: mesh.on_switch(mesh.client(h).status, 15)["listen"] is not None,
                 90,
-                mesh,
             )
-        token = mesh.on_switch(lambda: token_create(mesh.client(1), "1h", "failover test"))[0]
-        ca = x509.load_pem_x509_certificate((mesh.state("h1") / "pki" / "ca.crt").read_bytes())
-        ca_hash = ca_public_key_hash(ca)
+        mesh.take_token(mesh.client(1), base / "h1" / "pki" / "ca.crt", "failover test")
         mesh.apply(
             1,
             SAMPLES / "tcp-echo-service.yaml",
             SAMPLES / "tcp-echo-all-v1.yaml",
             text=WORKLOAD_GROUP,
         )
-        echo = _python("tcpmesh.runtime.tcpecho", "9000", "one")
-        env = {**os.environ, "POD_IP": net.address(EDGE)}
-        net.popen(EDGE, echo, base / "echo.log", env=env)
-        mesh.join("workload", token, ca_hash, "--group", "tcp-echo-v1", "-n", "default")
-        mesh.join(
+        mesh.start_echo(EDGE, "one", base / "echo.log")
+        mesh.join_edge("workload", "--group", "tcp-echo-v1", "-n", "default")
+        mesh.join_edge(
             "gateway",
-            token,
-            ca_hash,
-            "--gateway",
-            "istio-ingressgateway",
-            "--dataplane",
-            "envoy",
-            "--xds-port",
-            str(XDS_PORT),
+            *ENVOY_GATEWAY,
         )
-        _wait("the Envoy gateway answering", lambda: _words(mesh, 1) == {"one": 1}, 90, mesh)
+        mesh.wait("the Envoy gateway answering", lambda: mesh.split(1) == {"one": 1}, 90)
         yield mesh
 
 
@@ -231,7 +120,7 @@ def test_the_envoy_follows_the_surviving_replica_after_a_kill(replicas: TwoRepli
     mesh.replicas[victim].wait(timeout=10)
     killed = time.monotonic()
     # Envoy goes on serving its last configuration meanwhile.
-    assert _words(mesh, 10) == {"one": 10}
+    assert mesh.split(10) == {"one": 10}
     before = mesh.envoy_node(survivor).get("appliedSnapshot")
     mesh.apply(survivor, SAMPLES / "tcp-echo-20-v2.yaml")
 
@@ -239,7 +128,7 @@ def test_the_envoy_follows_the_surviving_replica_after_a_kill(replicas: TwoRepli
         node = mesh.envoy_node(survivor)
         return bool(node["connected"]) and node["appliedSnapshot"] != before
 
-    _wait("the Envoy ACKing a change through the survivor", taken, FAILOVER_BOUND, mesh)
+    mesh.wait("the Envoy ACKing a change through the survivor", taken, FAILOVER_BOUND)
     took = time.monotonic() - killed
     print(
         f"failover: kill -9 of replica {victim} -> a change ACKed via {survivor} {took:.2f} s after"

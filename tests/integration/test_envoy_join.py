@@ -10,69 +10,50 @@ rotations. Skipped only when network namespaces cannot be made.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tcpmesh.apiserver.client import ApiClient, ApiError, Unreachable
-from tcpmesh.apiserver.credentials import read_credentials
+from tcpmesh.apiserver.client import ApiClient
 from tcpmesh.cli import stats
-from tcpmesh.cli.inputs import load_manifests
-from tcpmesh.cli.send import run as send_run
 from tcpmesh.xds import missing_envoy_support
 from tests.integration.harness import SAMPLES
-from tests.netns import Lan, lan, netns_problem
+from tests.integration.lanmesh import (
+    API_PORT,
+    ENVOY_GATEWAY,
+    GATEWAY_PORT,
+    XDS_PORT,
+    LanMesh,
+    python_module,
+    workload_groups,
+)
+from tests.netns import lan, netns_problem
 
 pytestmark = [pytest.mark.integration]
 _PROBLEM = netns_problem() or missing_envoy_support()
 if _PROBLEM is not None:
     pytestmark.append(pytest.mark.skip(reason=f"needs network namespaces and Envoy: {_PROBLEM}"))
 
-API_PORT = 6443
-XDS_PORT = 15012
-GATEWAY_PORT = 31400
 SIGNING = "12s"
 # How soon after its link returns a cut-off Envoy has a change made meanwhile.
 RESYNC_BOUND = 3.0
-READY_TIMEOUT = 90.0
 CONTROL, EDGE = 1, 2
 NODE = "istio-system/istio-ingressgateway-h2"
 # The ECDS filter holding the gateway listener's weights (see xds/translate.py).
 ECDS = "extension_config_discovery.network_filter.0.0.0.0_31400~0"
 WORKLOADS = {"v1": (CONTROL, "one"), "v2": (EDGE, "two")}
-WORKLOAD_GROUP = """
-apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata: {name: tcp-echo-VERSION, namespace: default}
-spec:
-  metadata: {labels: {app: tcp-echo, version: VERSION}}
-  template: {ports: {tcp: 9000}}
-  probe: {periodSeconds: 1, failureThreshold: 1, tcpSocket: {port: 9000}}
-"""
-
-
-def _python(*args: str) -> list[str]:
-    return [sys.executable, "-m", *args]
 
 
 @dataclass
-class EdgeMesh:
-    net: Lan
-    base: Path
-    token: str = ""
-    ca_hash: str = ""
-
+class EdgeMesh(LanMesh):
     @property
     def mesh_state(self) -> Path:
         return self.base / "mesh"
@@ -81,43 +62,15 @@ class EdgeMesh:
     def gateway_state(self) -> Path:
         return self.base / "envoy-gateway"
 
-    def client(self) -> ApiClient:
-        creds = read_credentials(self.mesh_state)
-        assert creds is not None and creds.ca_file is not None
-        url = f"https://{self.net.address(CONTROL)}:{API_PORT}"
-        return ApiClient(url, creds.token, ca_file=Path(creds.ca_file), timeout=10)
+    @property
+    def server(self) -> str:
+        return f"https://{self.net.address(CONTROL)}:{API_PORT}"
 
-    def on_switch(self, func: Callable[[], Any], timeout: float = 60.0) -> Any:
-        return self.net.run_in(self.net.switch, func, timeout)
+    def client(self) -> ApiClient:
+        return self.client_of(self.mesh_state, CONTROL)
 
     def apply(self, *paths: Path, text: str = "") -> Any:
-        objects = [o for path in paths for o in load_manifests([str(path)], None)[0]]
-        if text:
-            source = self.base / f"apply-{time.monotonic_ns()}.yaml"
-            source.write_text(text)
-            objects += load_manifests([str(source)], None)[0]
-        return self.on_switch(lambda: self.client().apply(objects))
-
-    def join(self, host: int, role: str, state: Path, *flags: str) -> subprocess.Popen[bytes]:
-        argv = _python(
-            "tcpmesh",
-            "--state-dir",
-            str(state),
-            role,
-            "join",
-            "--server",
-            f"https://{self.net.address(CONTROL)}:{API_PORT}",
-            "--token",
-            self.token,
-            "--ca-cert-hash",
-            self.ca_hash,
-            "--address",
-            self.net.address(host),
-            "--node-name",
-            f"h{host}",
-            *flags,
-        )
-        return self.net.popen(host, argv, self.base / f"{state.name}.log")
+        return self.apply_with(self.client, *paths, text=text)
 
     def node(self) -> dict[str, Any]:
         """The joined Envoy's node as the xDS server reports it."""
@@ -138,32 +91,8 @@ class EdgeMesh:
         result: int = self.net.run_in(self.net.host(EDGE), fetch, 10)
         return result
 
-
-def _wait(what: str, check: Callable[[], bool], timeout: float, mesh: EdgeMesh) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (OSError, ApiError, Unreachable, AssertionError, KeyError, ValueError):
-            pass
-        time.sleep(0.1)
-    logs = "\n".join(
-        f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
-        for p in sorted(mesh.base.rglob("*.log"))
-    )
-    raise AssertionError(f"timed out waiting for {what}\n{logs}")
-
-
-def _split(mesh: EdgeMesh, count: int) -> dict[str, int]:
-    address = mesh.net.address(EDGE)
-
-    def words() -> dict[str, int]:
-        result = asyncio.run(send_run(address, GATEWAY_PORT, count=count, concurrency=1, timeout=5))
-        return {**result.groups, **{f"failed:{k}": v for k, v in result.failures.items()}}
-
-    found: dict[str, int] = mesh.on_switch(words, 120)
-    return found
+    def split(self, count: int) -> dict[str, int]:
+        return self.words(EDGE, count)
 
 
 @pytest.fixture(scope="module")
@@ -171,76 +100,44 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeMesh]:
     base = tmp_path_factory.mktemp("envoyjoin")
     with lan(2) as net:
         mesh = EdgeMesh(net, base)
-        address = net.address(CONTROL)
-        argv = _python(
-            "tcpmesh",
-            "--state-dir",
-            str(mesh.mesh_state),
-            "up",
-            "--address",
-            address,
-            "--bind-address",
-            address,
-            "--secure-port",
-            str(API_PORT),
-            "--xds-port",
-            str(XDS_PORT),
-            "--gateway-replicas",
-            "0",
-            "--workers",
-            "1",
-            "--cluster-signing-duration",
-            SIGNING,
-        )
-        net.popen(CONTROL, argv, base / "mesh.log")
-        _wait("the control plane", lambda: mesh.on_switch(mesh.client().status)["listen"], 90, mesh)
+        flags = ("--xds-port", str(XDS_PORT), "--cluster-signing-duration", SIGNING)
+        net.popen(CONTROL, mesh.up_argv(mesh.mesh_state, CONTROL, *flags), base / "mesh.log")
+        mesh.wait("the control plane", lambda: mesh.on_switch(mesh.client().status)["listen"], 90)
         yield _deploy(mesh)
 
 
 def _deploy(mesh: EdgeMesh) -> EdgeMesh:
-    from cryptography import x509
-
-    from tcpmesh.apiserver.pki import ca_public_key_hash
-    from tcpmesh.cli.join import token_create
-
-    mesh.token = mesh.on_switch(lambda: token_create(mesh.client(), "1h", "envoy join test"))[0]
-    ca = x509.load_pem_x509_certificate((mesh.mesh_state / "pki" / "ca.crt").read_bytes())
-    mesh.ca_hash = ca_public_key_hash(ca)
-    groups = "---".join(WORKLOAD_GROUP.replace("VERSION", v) for v in WORKLOADS)
+    mesh.take_token(mesh.client(), mesh.mesh_state / "pki" / "ca.crt", "envoy join test")
+    groups = workload_groups(*WORKLOADS)
     mesh.apply(SAMPLES / "tcp-echo-service.yaml", SAMPLES / "tcp-echo-all-v1.yaml", text=groups)
     for version, (host, word) in WORKLOADS.items():
-        echo = _python("tcpmesh.runtime.tcpecho", "9000", word)
-        env = {**os.environ, "POD_IP": mesh.net.address(host)}
-        mesh.net.popen(host, echo, mesh.base / f"echo-{version}.log", env=env)
+        mesh.start_echo(host, word, mesh.base / f"echo-{version}.log")
         state = mesh.base / f"workload-{version}"
-        mesh.join(host, "workload", state, "--group", f"tcp-echo-{version}", "-n", "default")
+        mesh.join(
+            host, "workload", state, mesh.server, "--group", f"tcp-echo-{version}", "-n", "default"
+        )
     mesh.join(
         EDGE,
         "gateway",
         mesh.gateway_state,
-        "--gateway",
-        "istio-ingressgateway",
-        "--dataplane",
-        "envoy",
-        "--xds-port",
-        str(XDS_PORT),
+        mesh.server,
+        *ENVOY_GATEWAY,
     )
-    _wait("the Envoy gateway answering 'one'", lambda: _split(mesh, 1) == {"one": 1}, 90, mesh)
+    mesh.wait("the Envoy gateway answering 'one'", lambda: mesh.split(1) == {"one": 1}, 90)
     return mesh
 
 
 def test_the_seed_through_a_joined_envoy_over_mtls(edge: EdgeMesh) -> None:
-    assert _split(edge, 20) == {"one": 20}
+    assert edge.split(20) == {"one": 20}
 
     def ingress() -> list[str]:
         service = edge.client().get("Service", "istio-system", "istio-ingressgateway")
         return [i["ip"] for i in service["status"]["loadBalancer"]["ingress"]]
 
-    _wait(
+    edge.wait(
         "the Envoy host in the load balancer",
         lambda: edge.on_switch(ingress) == [edge.net.address(EDGE)],
         10,
-        edge,
     )
     # The ADS connection is TLS, with the certificate the join got.
     assert edge.envoy_stat("cluster.tcpmesh-xds.ssl.handshake") >= 1
@@ -252,15 +149,14 @@ def test_an_80_20_change_reaches_the_joined_envoy(edge: EdgeMesh) -> None:
     sent = time.monotonic()
     edge.apply(SAMPLES / "tcp-echo-20-v2.yaml")
     # ACKed by Envoy for every resource type: in force there (an upper bound).
-    _wait(
+    edge.wait(
         "Envoy ACKing the 80/20 snapshot",
         lambda: edge.node()["appliedSnapshot"] != before,
         10,
-        edge,
     )
     delay = time.monotonic() - sent
     print(f"80/20: apply sent -> joined Envoy ACKed the whole snapshot in {delay * 1000:.0f} ms")
-    words = _split(edge, 100)
+    words = edge.split(100)
     verdict = stats.fit(words, 0, stats.parse_expectation("v1=80,v2=20"), alpha=1e-6)
     assert verdict.consistent, (words, verdict.note)
 
@@ -269,7 +165,7 @@ def _probe(edge: EdgeMesh, node: str, cert: Path | None = None, key: Path | None
     """What an ADS stream for ``node`` gets from the switch (a host with no certificate)."""
     ca = edge.mesh_state / "pki" / "ca.crt"
     target = f"{edge.net.address(CONTROL)}:{XDS_PORT}"
-    argv = [*_python("tests.integration.xds_probe", target, node, str(ca))]
+    argv = [*python_module("tests.integration.xds_probe", target, node, str(ca))]
     argv += [str(cert), str(key)] if cert and key else []
     done = subprocess.run(
         ["ip", "netns", "exec", edge.net.switch, *argv],
@@ -335,7 +231,7 @@ def test_the_certificate_rotates_under_an_open_connection(edge: EdgeMesh) -> Non
             # A certificate lives 12 s and is renewed at 8 s: within 2 x 12 s Envoy both
             # loaded a new one (SDS from files) and had a stream ended at an expiry, and
             # reconnected (an expired certificate fails the TLS handshake).
-            _wait("Envoy rotating and reconnecting", rotated_and_reconnected, 26, edge)
+            edge.wait("Envoy rotating and reconnecting", rotated_and_reconnected, 26)
             return first, converse(sock, b"after")
 
     first, after = edge.on_switch(across_rotation, 40)
@@ -343,9 +239,9 @@ def test_the_certificate_rotates_under_an_open_connection(edge: EdgeMesh) -> Non
     assert first.split()[0] == after.split()[0], "one connection, one upstream"
     # The reconnected stream carries changes (all to v2, then back to all v1).
     edge.apply(SAMPLES / "tcp-echo-all-v2.yaml")
-    _wait("all v2 over the new stream", lambda: _split(edge, 10) == {"two": 10}, 10, edge)
+    edge.wait("all v2 over the new stream", lambda: edge.split(10) == {"two": 10}, 10)
     edge.apply(SAMPLES / "tcp-echo-all-v1.yaml")
-    _wait("all v1 again", lambda: _split(edge, 10) == {"one": 10}, 10, edge)
+    edge.wait("all v1 again", lambda: edge.split(10) == {"one": 10}, 10)
 
 
 def test_a_cut_off_envoy_keeps_its_config_and_resyncs_when_the_link_returns(
@@ -363,13 +259,13 @@ def test_a_cut_off_envoy_keeps_its_config_and_resyncs_when_the_link_returns(
     finally:
         edge.net.mend(EDGE)
     mended = time.monotonic()
-    _wait("the Envoy resyncing", lambda: edge.node()["appliedSnapshot"] != before, 10, edge)
+    edge.wait("the Envoy resyncing", lambda: edge.node()["appliedSnapshot"] != before, 10)
     took = time.monotonic() - mended
     print(f"cut link: Envoy ACKed the change made meanwhile {took:.2f} s after the link")
     # 0.35-0.75 s seen (0.98 s with a 1 s retry); the bound leaves room for a loaded
     # machine (as test_multihost's).
     assert took <= RESYNC_BOUND
-    words = _split(edge, 100)
+    words = edge.split(100)
     verdict = stats.fit(words, 0, stats.parse_expectation("v1=80,v2=20"), alpha=1e-6)
     assert verdict.consistent, (words, verdict.note)
 
@@ -383,14 +279,14 @@ def test_deleting_the_token_ends_the_envoys_stream_and_it_keeps_serving(edge: Ed
     token_id = edge.token.split(".")[0]
     edge.on_switch(lambda: edge.client().delete("Secret", TOKEN_NAMESPACE, secret_name(token_id)))
     deleted = time.monotonic()
-    _wait("the ADS stream ending", lambda: edge.node()["connected"] is False, 5, edge)
+    edge.wait("the ADS stream ending", lambda: edge.node()["connected"] is False, 5)
     print(f"revocation: the Envoy's ADS stream ended {time.monotonic() - deleted:.2f} s after")
     time.sleep(1.5)  # Envoy retries every 0.1-0.5 s: each new stream is refused
     node = edge.node()
     assert node["connected"] is False and node["streamsOpened"] == opened
     log = (edge.base / "mesh.log").read_text()
     assert "certificate revoked: its bootstrap token was deleted" in log
-    words = _split(edge, 10)
+    words = edge.split(10)
     assert sum(words.values()) == 10 and set(words) <= {"one", "two"}, words
 
 
@@ -399,7 +295,7 @@ def test_an_xds_port_in_use_is_one_line_naming_the_flag(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        argv = _python("tcpmesh", "--state-dir", str(tmp_path / "mesh"), "up")
+        argv = python_module("tcpmesh", "--state-dir", str(tmp_path / "mesh"), "up")
         argv += ["--bind-address", "127.0.0.1", "--secure-port", "0", "--xds-port", str(port)]
         argv += ["--gateway-replicas", "0"]
         # In the foreground: it exits at the failure (had it started, SIGTERM stops it).

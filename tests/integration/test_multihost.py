@@ -8,18 +8,16 @@ under load, an etcd member killed. Skipped only when network namespaces cannot b
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +27,10 @@ import pytest
 from tcpmesh.apiserver.client import ApiClient, ApiError, Unreachable
 from tcpmesh.apiserver.credentials import read_credentials
 from tcpmesh.cli import stats
-from tcpmesh.cli.inputs import load_manifests
-from tcpmesh.cli.send import run as send_run
 from tests.etcd_cluster import ETCD, ETCDCTL
 from tests.integration.harness import SAMPLES
-from tests.netns import Lan, lan, netns_problem
+from tests.integration.lanmesh import API_PORT, GATEWAY_PORT, LanMesh, etcd_argv, workload_groups
+from tests.netns import lan, netns_problem
 
 pytestmark = [pytest.mark.integration]
 _PROBLEM = netns_problem()
@@ -41,8 +38,6 @@ if _PROBLEM is not None:
     pytestmark.append(pytest.mark.skip(reason=f"needs network namespaces: {_PROBLEM}"))
 
 HOSTS = (1, 2, 3)
-API_PORT = 6443
-GATEWAY_PORT = 31400
 STATUS_PORT = 15021
 READY_TIMEOUT = 90.0
 # How soon a cut-off gateway has a change made meanwhile, after its link returns (the issue's).
@@ -51,29 +46,12 @@ RECONNECT_BOUND = 1.0
 CUT_SETTLE = 4.5
 # Where the workloads run: v1 on host 3 (the one whose link is cut), v2 on host 2.
 WORKLOADS = {"v1": (3, "one"), "v2": (2, "two")}
-WORKLOAD_GROUPS = """
-apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
-metadata: {name: tcp-echo-VERSION, namespace: default}
-spec:
-  metadata: {labels: {app: tcp-echo, version: VERSION}}
-  template: {ports: {tcp: 9000}}
-  probe: {periodSeconds: 1, failureThreshold: 1, tcpSocket: {port: 9000}}
-"""
-
-
-def _python(*args: str) -> list[str]:
-    return [sys.executable, "-m", *args]
 
 
 @dataclass
-class Mesh3:
-    net: Lan
-    base: Path
+class Mesh3(LanMesh):
     replicas: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     etcd: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
-    token: str = ""
-    ca_hash: str = ""
 
     def state(self, host: int, role: str = "mesh") -> Path:
         return self.base / f"h{host}-{role}"
@@ -88,36 +66,16 @@ class Mesh3:
 
     def client(self, host: int) -> ApiClient:
         """A client of host ``host``'s replica over the LAN (use from the switch)."""
-        creds = read_credentials(self.state(host))
-        assert creds is not None and creds.ca_file is not None
-        url = f"https://{self.net.address(host)}:{API_PORT}"
-        return ApiClient(url, creds.token, ca_file=Path(creds.ca_file), timeout=10)
-
-    def on_switch(self, func: Callable[[], Any], timeout: float = 60.0) -> Any:
-        return self.net.run_in(self.net.switch, func, timeout)
+        return self.client_of(self.state(host), host)
 
     def apply(self, host: int, *paths: Path, text: str = "") -> Any:
-        objects = []
-        for path in paths:
-            objects += load_manifests([str(path)], None)[0]
-        if text:
-            source = self.base / f"apply-{time.monotonic_ns()}.yaml"
-            source.write_text(text)
-            objects += load_manifests([str(source)], None)[0]
-        return self.on_switch(lambda: self.client(host).apply(objects))
+        return self.apply_with(lambda: self.client(host), *paths, text=text)
 
     def start_etcd(self, host: int) -> None:
         address = self.net.address(host)
         cluster = ",".join(f"h{h}=http://{self.net.address(h)}:2380" for h in HOSTS)
-        argv = [
-            ETCD,
-            f"--name=h{host}",
-            f"--data-dir={self.base / f'h{host}-etcd'}",
-            f"--listen-client-urls=http://{address}:2379",
-            f"--advertise-client-urls=http://{address}:2379",
-            f"--listen-peer-urls=http://{address}:2380",
-            f"--initial-advertise-peer-urls=http://{address}:2380",
-            f"--initial-cluster={cluster}",
+        argv = etcd_argv(ETCD, f"h{host}", self.base / f"h{host}-etcd", address, cluster)
+        argv += [
             "--initial-cluster-state=new",
             "--initial-cluster-token=tcpmesh-multihost",
             "--heartbeat-interval=50",
@@ -128,69 +86,17 @@ class Mesh3:
         self.etcd[host] = self.net.popen(host, argv, self.base / f"h{host}-etcd.log")
 
     def start_replica(self, host: int) -> None:
-        address = self.net.address(host)
-        argv = _python(
-            "tcpmesh",
-            "--state-dir",
-            str(self.state(host)),
-            "up",
-            "--store",
-            self.store,
-            "--address",
-            address,
-            "--bind-address",
-            address,
-            "--secure-port",
-            str(API_PORT),
-            "--gateway-replicas",
-            "0",
-            "--workers",
-            "1",
-        )
+        argv = self.up_argv(self.state(host), host, "--store", self.store)
         self.replicas[host] = self.net.popen(host, argv, self.base / f"h{host}-mesh.log")
 
-    def join(self, host: int, role: str, *flags: str, name: str = "") -> subprocess.Popen[bytes]:
+    def join_on(self, host: int, role: str, *flags: str, name: str = "") -> subprocess.Popen[bytes]:
         """``tcpmesh ROLE join`` on ``host``; ``name`` tells apart its state and log."""
-        name = name or role
-        argv = _python(
-            "tcpmesh",
-            "--state-dir",
-            str(self.state(host, name)),
-            role,
-            "join",
-            "--server",
-            self.servers(host),
-            "--token",
-            self.token,
-            "--ca-cert-hash",
-            self.ca_hash,
-            "--address",
-            self.net.address(host),
-            "--node-name",
-            f"h{host}",
-            *flags,
-        )
-        return self.net.popen(host, argv, self.base / f"h{host}-{name}.log")
+        state = self.state(host, name or role)
+        return self.join(host, role, state, self.servers(host), *flags)
 
     def status(self, host: int) -> dict[str, Any]:
         result: dict[str, Any] = self.on_switch(lambda: self.client(host).status(), 15)
         return result
-
-
-def _wait(what: str, check: Callable[[], bool], timeout: float, mesh: Mesh3) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (OSError, ApiError, Unreachable, AssertionError):
-            pass
-        time.sleep(0.1)
-    logs = "\n".join(
-        f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}"
-        for p in sorted(mesh.base.glob("*.log"))
-    )
-    raise AssertionError(f"timed out waiting for {what}\n{logs}")
 
 
 def _healthy(mesh: Mesh3) -> bool:
@@ -212,19 +118,6 @@ def _gateway_version(mesh: Mesh3, host: int) -> str:
         return str(resp.read().decode().split()[-1])
 
 
-def _words(address: str, count: int) -> stats.Fit | dict[str, int]:
-    result = asyncio.run(send_run(address, GATEWAY_PORT, count=count, concurrency=1, timeout=5))
-    return {**result.groups, **{f"failed:{k}": v for k, v in result.failures.items()}}
-
-
-def _split(mesh: Mesh3, host: int, count: int, namespace: str | None = None) -> dict[str, int]:
-    address = mesh.net.address(host)
-    words: dict[str, int] = mesh.net.run_in(
-        namespace or mesh.net.switch, lambda: _words(address, count), 120
-    )
-    return words
-
-
 @pytest.fixture(scope="module")
 def mesh3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh3]:
     base = tmp_path_factory.mktemp("multihost")
@@ -232,50 +125,39 @@ def mesh3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh3]:
         mesh = Mesh3(net, base)
         for host in HOSTS:
             mesh.start_etcd(host)
-        _wait("the etcd cluster", lambda: _healthy(mesh), 30, mesh)
+        mesh.wait("the etcd cluster", lambda: _healthy(mesh), 30)
         for host in HOSTS:
             mesh.start_replica(host)
         for host in HOSTS:
-            _wait(
+            mesh.wait(
                 f"replica {host}",
                 lambda h=host: mesh.status(h)["listen"] is not None,
                 READY_TIMEOUT,
-                mesh,
             )
         yield _deploy(mesh)
 
 
 def _deploy(mesh: Mesh3) -> Mesh3:
-    from cryptography import x509
-
-    from tcpmesh.apiserver.pki import ca_public_key_hash
-    from tcpmesh.cli.join import token_create
-
-    mesh.token = mesh.on_switch(lambda: token_create(mesh.client(1), "1h", "multihost test"))[0]
-    ca = x509.load_pem_x509_certificate((mesh.state(1) / "pki" / "ca.crt").read_bytes())
-    mesh.ca_hash = ca_public_key_hash(ca)
-    groups = "---".join(WORKLOAD_GROUPS.replace("VERSION", v) for v in WORKLOADS)
+    mesh.take_token(mesh.client(1), mesh.state(1) / "pki" / "ca.crt", "multihost test")
+    groups = workload_groups(*WORKLOADS)
     mesh.apply(1, SAMPLES / "tcp-echo-service.yaml", SAMPLES / "tcp-echo-all-v1.yaml", text=groups)
     for version, (host, word) in WORKLOADS.items():
-        echo = _python("tcpmesh.runtime.tcpecho", "9000", word)
-        env = {**os.environ, "POD_IP": mesh.net.address(host)}
-        mesh.net.popen(host, echo, mesh.base / f"h{host}-echo.log", env=env)
-        mesh.join(host, "workload", "--group", f"tcp-echo-{version}", "-n", "default")
+        mesh.start_echo(host, word, mesh.base / f"h{host}-echo.log")
+        mesh.join_on(host, "workload", "--group", f"tcp-echo-{version}", "-n", "default")
     for host in HOSTS:
-        mesh.join(host, "gateway", "--gateway", "istio-ingressgateway")
+        mesh.join_on(host, "gateway", "--gateway", "istio-ingressgateway")
     for host in HOSTS:
-        _wait(
+        mesh.wait(
             f"gateway {host} answering 'one'",
-            lambda h=host: _split(mesh, h, 1) == {"one": 1},
+            lambda h=host: mesh.words(h, 1) == {"one": 1},
             READY_TIMEOUT,
-            mesh,
         )
     return mesh
 
 
 def test_the_seed_through_every_gateway_and_every_host_in_the_load_balancer(mesh3: Mesh3) -> None:
     for host in HOSTS:
-        assert _split(mesh3, host, 20) == {"one": 20}, f"gateway on host {host}"
+        assert mesh3.words(host, 20) == {"one": 20}, f"gateway on host {host}"
     hosts = [mesh3.net.address(h) for h in HOSTS]
 
     def ingress() -> list[str]:
@@ -283,7 +165,7 @@ def test_the_seed_through_every_gateway_and_every_host_in_the_load_balancer(mesh
         return [i["ip"] for i in service["status"]["loadBalancer"]["ingress"]]
 
     # Each host is listed once its gateway reported ready (a heartbeat after its probe).
-    _wait("every host in the load balancer", lambda: mesh3.on_switch(ingress) == hosts, 10, mesh3)
+    mesh3.wait("every host in the load balancer", lambda: mesh3.on_switch(ingress) == hosts, 10)
     entries = mesh3.on_switch(lambda: mesh3.client(1).list("WorkloadEntry", "default"))
     addresses = {e["metadata"]["labels"]["version"]: e["spec"]["address"] for e in entries}
     assert addresses == {v: mesh3.net.address(h) for v, (h, _) in WORKLOADS.items()}
@@ -313,7 +195,7 @@ def test_80_20_is_in_effect_on_all_three_gateways_within_1s(mesh3: Mesh3) -> Non
     assert max(delays.values()) <= 1.0, delays
     expectation = stats.parse_expectation("v1=80,v2=20")
     for host in HOSTS:
-        words = _split(mesh3, host, 100)
+        words = mesh3.words(host, 100)
         verdict = stats.fit(words, 0, expectation, alpha=1e-6)
         assert verdict.consistent, (host, words, verdict.note)
 
@@ -327,7 +209,7 @@ def test_a_peer_without_a_valid_token_is_refused(mesh3: Mesh3) -> None:
     saved, mesh3.token = mesh3.token, wrong
     try:
         # Their own state directories: a certificate from an earlier join would be reused.
-        processes = [mesh3.join(1, role, *flags, name=f"bad-{role}") for role, flags in attempts]
+        processes = [mesh3.join_on(1, role, *flags, name=f"bad-{role}") for role, flags in attempts]
     finally:
         mesh3.token = saved
     for (role, _), process in zip(attempts, processes, strict=True):
@@ -358,7 +240,7 @@ def _version_inside(mesh: Mesh3, host: int) -> str:
 def test_a_gateway_cut_off_for_10s_keeps_serving_and_converges_within_1s(mesh3: Mesh3) -> None:
     # All to v1, which runs on host 3 itself: reachable from its gateway during the cut.
     mesh3.apply(1, SAMPLES / "tcp-echo-all-v1.yaml")
-    _wait("gateway 3 all on v1", lambda: _split(mesh3, 3, 10) == {"one": 10}, 10, mesh3)
+    mesh3.wait("gateway 3 all on v1", lambda: mesh3.words(3, 10) == {"one": 10}, 10)
     mesh3.net.cut(3)
     cut_at = time.monotonic()
     try:
@@ -366,7 +248,7 @@ def test_a_gateway_cut_off_for_10s_keeps_serving_and_converges_within_1s(mesh3: 
         time.sleep(CUT_SETTLE)
         before = _version_inside(mesh3, 3)
         mesh3.apply(1, SAMPLES / "tcp-echo-20-v2.yaml")  # hosts 1 and 2 hold etcd's quorum
-        inside = _split(mesh3, 3, 20, namespace=mesh3.net.host(3))
+        inside = mesh3.words(3, 20, namespace=mesh3.net.host(3))
         assert inside == {"one": 20}, "the cut-off gateway serves its last routes"
         assert _version_inside(mesh3, 3) == before
         # Host 3's replica cannot reach etcd's quorum: it does not claim to be ready (503;
@@ -382,9 +264,9 @@ def test_a_gateway_cut_off_for_10s_keeps_serving_and_converges_within_1s(mesh3: 
     converged = time.monotonic() - mended_at
     print(f"cut 10 s: the gateway took the change {converged * 1000:.0f} ms after the link")
     assert converged <= RECONNECT_BOUND
-    verdict = stats.fit(_split(mesh3, 3, 100), 0, stats.parse_expectation("v1=80,v2=20"), 1e-6)
+    verdict = stats.fit(mesh3.words(3, 100), 0, stats.parse_expectation("v1=80,v2=20"), 1e-6)
     assert verdict.consistent, verdict.note
-    _wait("host 3's replica ready again", lambda: _readyz_inside(mesh3, 3) == 200, 10, mesh3)
+    mesh3.wait("host 3's replica ready again", lambda: _readyz_inside(mesh3, 3) == 200, 10)
 
 
 def _readyz_inside(mesh: Mesh3, host: int) -> int:
