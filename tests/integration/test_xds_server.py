@@ -74,10 +74,17 @@ class Source:
 class FakeEnvoy:
     """Speaks ADS like Envoy: wildcard CDS/LDS, EDS and ECDS names from what it received."""
 
-    def __init__(self, port: int, reject: Callable[[str, list[dict[str, Any]]], str | None]):
+    def __init__(
+        self,
+        port: int,
+        reject: Callable[[str, list[dict[str, Any]]], str | None],
+        lose: Callable[[str, list[dict[str, Any]]], bool] = lambda _t, _r: False,
+    ):
         self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         self._call: Any = None
         self._reject = reject
+        # Responses that never reach it (as one lost on the way): no answer at all.
+        self._lose = lose
         self.received: list[tuple[str, list[str]]] = []
         self._accepted: dict[str, str] = {}
         self._nonce: dict[str, str] = {}
@@ -120,6 +127,8 @@ class FakeEnvoy:
             resources = [json_format.MessageToDict(r) for r in response.resources]
             names = [str(r.get("name") or r.get("clusterName")) for r in resources]
             self.received.append((SHORT_NAMES[response.type_url], sorted(names)))
+            if self._lose(response.type_url, resources):
+                continue
             self._nonce[response.type_url] = response.nonce
             error = self._reject(response.type_url, resources)
             if error is not None:
@@ -170,15 +179,21 @@ async def eventually(what: str, predicate: Callable[[], bool]) -> None:
 
 
 class Rig:
-    def __init__(self, reject: Callable[[str, list[dict[str, Any]]], str | None]) -> None:
+    def __init__(
+        self,
+        reject: Callable[[str, list[dict[str, Any]]], str | None],
+        lose: Callable[[str, list[dict[str, Any]]], bool] = lambda _t, _r: False,
+        ack_timeout: float = 20.0,
+    ) -> None:
         self.source = Source()
-        self.server = XdsServer(self.source)
+        self.server = XdsServer(self.source, ack_timeout=ack_timeout)
         self.reject = reject
+        self.lose = lose
         self.envoy: FakeEnvoy | None = None
 
     async def __aenter__(self) -> Rig:
         port = await self.server.start()
-        self.envoy = FakeEnvoy(port, self.reject)
+        self.envoy = FakeEnvoy(port, self.reject, self.lose)
         await self.envoy.start()
         return self
 
@@ -266,8 +281,9 @@ async def test_nack_keeps_the_node_on_its_last_good_config_until_a_good_snapshot
         assert node["pendingSnapshot"] == bad.version
         await asyncio.sleep(0.2)
         after = rig.received()[before:]
-        # No route moves after the rejected clusters, and the clusters are rolled back.
-        assert [t for t, _ in after] == ["CDS", "EDS", "CDS"]
+        # No route moves after the rejected clusters, and the clusters are rolled back
+        # (the endpoints Envoy has did not change, and v3's it never asked for).
+        assert [t for t, _ in after] == ["CDS", "CDS"]
         assert after[0] == ("CDS", sorted([V1, V2, v3]))
         assert after[-1] == ("CDS", sorted([V1, V2]))
         fixed = make_snapshot({V2: 100})
@@ -299,3 +315,25 @@ async def test_a_repeated_request_is_answered_again() -> None:
         await asyncio.sleep(0.1)
         # The answer's ACK is not taken for another request.
         assert len(rig.received()) == before + 1
+
+
+@run_async
+async def test_a_node_that_missed_a_push_gets_the_current_state_again() -> None:
+    lost: list[str] = []
+
+    def lose_first_weight_change(type_url: str, resources: list[dict[str, Any]]) -> bool:
+        weighted = "weightedClusters" in str(resources)
+        if type_url == EXTENSION_CONFIG_TYPE and weighted and not lost:
+            lost.append(type_url)
+            return True
+        return False
+
+    async with Rig(never, lose_first_weight_change, ack_timeout=0.3) as rig:
+        await rig.push(make_snapshot({V1: 100}))
+        before = len(rig.received())
+        # The ECDS response of the change never arrives: no ACK, no NACK, no new change.
+        await rig.push(make_snapshot({V1: 80, V2: 20}))
+        assert lost == [EXTENSION_CONFIG_TYPE]
+        # After the timeout the filter config went again, and that one was ACKed.
+        assert rig.received()[before:] == [("ECDS", ["0.0.0.0_31400~0"])] * 2
+        assert rig.node()["resends"] == 1

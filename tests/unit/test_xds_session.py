@@ -104,10 +104,11 @@ def test_subscriptions_sent_before_envoy_saw_a_response_wait_for_its_answer() ->
     # >> Envoy subscribes to more names before the response reached it (no nonce yet)
     assert s.receive(Request(EDS, names=frozenset({"a", "b"}))) == Received(None)
     # >> its ACK of that response names everything it wants by then: one response for all
+    # it does not have yet
     received = s.receive(Request(EDS, nonce=first.nonce, names=frozenset({"a", "b"})))
     (second,) = received.responses
     assert received.answer is not None and received.answer.error is None
-    assert second.names == ["a", "b"]
+    assert second.names == ["b"]
 
 
 def test_a_repeated_request_is_answered_again() -> None:
@@ -127,3 +128,84 @@ def test_non_wildcard_types_send_only_the_names_asked_for() -> None:
     subscribed(s, EDS, frozenset({"b", "c"}))
     response, _ = s.offer(EDS, AB)
     assert response is not None and response.names == ["b"]
+
+
+def test_non_wildcard_types_send_only_what_changed() -> None:
+    s, _ = session()
+    subscribed(s, EDS, frozenset({"a", "b"}))
+    first, _ = s.offer(EDS, AB)
+    assert first is not None and first.names == ["a", "b"]
+    s.receive(Request(EDS, nonce=first.nonce, names=frozenset({"a", "b"})))  # ACK
+    # A new set where only b changed, and a is a rebuilt but equal dict: b goes alone.
+    changed, _ = s.offer(EDS, {"a": {"name": "a"}, "b": {"name": "b", "v": 2}})
+    assert changed is not None and changed.names == ["b"]
+    assert changed.version != first.version
+    s.receive(Request(EDS, nonce=changed.nonce, names=frozenset({"a", "b"})))  # ACK
+    # Equal content again: nothing to send, nothing awaited.
+    assert s.offer(EDS, {"a": {"name": "a"}, "b": {"name": "b", "v": 2}}) == (None, "")
+    assert s.good(EDS) == {"a": {"name": "a"}, "b": {"name": "b", "v": 2}}
+
+
+def test_wildcard_types_send_the_whole_set_when_one_resource_changed() -> None:
+    s, _ = session()
+    subscribed(s)
+    first, _ = s.offer(CDS, AB)
+    assert first is not None
+    s.receive(Request(CDS, nonce=first.nonce))  # ACK
+    new = {"a": AB["a"], "b": {"name": "b", "v": 2}}
+    changed, _ = s.offer(CDS, new)
+    assert changed is not None and changed.names == ["a", "b"]
+    # The very dict of the last offer again sends nothing, and awaits the same answer.
+    assert s.offer(CDS, new) == (None, changed.nonce)
+    # Back to the accepted set: its version again.
+    back, _ = s.offer(CDS, s.good(CDS))
+    assert back is not None and back.version == first.version
+
+
+def test_a_nack_of_a_partial_response_offers_the_good_versions_of_what_it_held() -> None:
+    s, node = session()
+    subscribed(s, EDS, frozenset({"a", "b"}))
+    first, _ = s.offer(EDS, AB)
+    assert first is not None
+    s.receive(Request(EDS, nonce=first.nonce, names=frozenset({"a", "b"})))  # ACK
+    bad, _ = s.offer(EDS, {"a": {"name": "a"}, "b": {"name": "b", "bad": True}})
+    assert bad is not None and bad.names == ["b"]
+    received = s.receive(Request(EDS, nonce=bad.nonce, names=frozenset({"a", "b"}), error="x"))
+    # Envoy may hold either b now: the accepted one goes again, a (never rejected) stays.
+    (again,) = received.responses
+    assert again.resources == (("b", {"name": "b"}),)
+    assert again.version == first.version and EDS in node.nacks
+
+
+def test_a_name_subscribed_again_is_sent_again() -> None:
+    s, _ = session()
+    subscribed(s, EDS, frozenset({"a", "b"}))
+    first, _ = s.offer(EDS, AB)
+    assert first is not None
+    s.receive(Request(EDS, nonce=first.nonce, names=frozenset({"a", "b"})))  # ACK
+    # >> Envoy drops b (its listener went), then asks for it again
+    assert s.receive(Request(EDS, nonce=first.nonce, names=frozenset({"a"}))) == Received(None)
+    (again,) = s.receive(Request(EDS, nonce=first.nonce, names=frozenset({"a", "b"}))).responses
+    assert again.names == ["b"]
+
+
+def test_resend_offers_everything_desired_again() -> None:
+    s, _ = session()
+    subscribed(s, EDS, frozenset({"a", "b"}))
+    lost, _ = s.offer(EDS, AB)
+    assert lost is not None
+    # No answer came: the whole current state goes again, under a new nonce.
+    again = s.resend(EDS)
+    assert again is not None and again.names == ["a", "b"] and again.nonce != lost.nonce
+    # Its ACK settles it, and an ACK of the lost one arriving late is stale.
+    s.receive(Request(EDS, nonce=again.nonce, names=frozenset({"a", "b"})))
+    assert s.offer(EDS, AB) == (None, "")
+
+
+def test_requests_set_aside_while_a_response_is_in_flight() -> None:
+    s, _ = session()
+    subscribed(s, EDS, frozenset({"a"}))
+    assert not s.waiting(EDS, "")
+    first, _ = s.offer(EDS, AB)
+    assert first is not None
+    assert s.waiting(EDS, "") and not s.waiting(EDS, first.nonce)

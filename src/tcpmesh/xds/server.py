@@ -8,9 +8,14 @@ mode orders it, and every step waits for Envoy's answer before the next:
 1. CDS with EDS (Envoy ACKs new clusters only once their endpoints arrived), then ECDS,
    each with the new resources added to the last accepted ones (whatever the routes
    still in force use stays),
-2. LDS,
+2. LDS (once Envoy asked for listeners: it does when its clusters are initialised),
 3. ECDS, then CDS with EDS, with exactly the new resources (what nothing uses any more
    goes).
+
+A step sends only what changed (``xds.session``): listeners and clusters as whole sets,
+and only when one of them changed; endpoints, filter configs and secrets one resource
+each. A weight change is thus one ECDS response holding one filter config, and CDS goes
+twice only when clusters were removed as well as added.
 
 ACKs and NACKs are tracked per node and type URL by a sans-IO ``AdsSession``
 (``xds.session``, where the rules are stated and tested as transcripts); this module is
@@ -19,7 +24,9 @@ stays on its last good configuration for that type and every later one, the NACK
 Envoy's ``error_detail`` text) is kept for ``status`` until a later snapshot is applied
 in full. Envoy applies the valid part of a rejected state-of-the-world response, so the
 server then offers that type's last accepted resources again, and never the rejected
-ones.
+ones. A response Envoy leaves unanswered for the ACK timeout is not given up on: the
+type's whole current state goes again (and again, waiting twice as long each time), so a
+node that missed a push converges without waiting for the next change.
 
 A request that repeats the last one (same nonce, same names, no ACK pending) is answered
 again: Envoy sends it for a cluster updated by CDS, which stays warming, and holds back
@@ -41,13 +48,13 @@ node (its bootstrap token was deleted).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import grpc
@@ -62,8 +69,9 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noq
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2, json_format
 
-from tcpmesh.control import BuildCache, SnapshotSource
+from tcpmesh.control import SnapshotSource
 from tcpmesh.xds.session import (
+    WILDCARD_TYPES,
     AdsSession,
     Answer,
     NodeState,
@@ -85,8 +93,14 @@ from tcpmesh.xds.translate import (
 
 log = logging.getLogger("tcpmesh.xds")
 
-# Envoy answers a response in milliseconds; a silent stream this long is broken.
+# Envoy answers a response in milliseconds, or seconds for thousands of new clusters on a
+# loaded machine: unanswered this long, the type's whole current state is sent again
+# (the response or its answer may be lost), waiting twice as long each time up to
+# ACK_TIMEOUT_MAX, until Envoy answers or the stream ends.
 ACK_TIMEOUT = 20.0
+ACK_TIMEOUT_MAX = 160.0
+# Encodings kept beyond twice the live ones before the cache is pruned.
+PRUNE_SLACK = 1024
 
 Transform = Callable[[EnvoyConfig], EnvoyConfig]
 # (client certificate PEM, node id): raises PermissionError (its text goes to the peer)
@@ -150,20 +164,46 @@ class Encodings:
 
     A rebuilt Snapshot reuses its unchanged parts and ``translate`` their resources
     (the same dicts), so a push encodes and hashes only what changed: at a thousand
-    listeners, encoding every resource again cost 1.4 s of CPU per push. What no push
-    used since the one before last is dropped (``control.BuildCache``)."""
+    listeners, encoding every resource again cost 1.4 s of CPU per push, and a first push
+    of 10,000 VirtualServices holds 100,000 resources (``json_format`` takes 0.4 ms for
+    one). An entry holds its resource, so no other dict can take its id. Entries live
+    while a stream holds their resource (``prune``); a stream that reconnects finds its
+    node's resources encoded already."""
 
     def __init__(self) -> None:
-        self._cache = BuildCache()
+        self._entries: dict[int, list[Any]] = {}
+        self._kept = 0
 
-    def advance(self) -> None:
-        self._cache.advance()
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _entry(self, resource: Resource) -> list[Any]:
+        entry = self._entries.get(id(resource))
+        if entry is None:
+            entry = self._entries[id(resource)] = [resource, None, None]
+        return entry
 
     def to_any(self, resource: Resource) -> Any:
-        return self._cache.get("any", (), (resource,), partial(to_any, resource))
+        entry = self._entry(resource)
+        if entry[1] is None:
+            entry[1] = to_any(resource)
+        return entry[1]
 
     def digest(self, resource: Resource) -> str:
-        return self._cache.get("digest", (), (resource,), partial(resource_digest, resource))
+        entry = self._entry(resource)
+        if entry[2] is None:
+            entry[2] = resource_digest(resource)
+        digest: str = entry[2]
+        return digest
+
+    def prune(self, held: Callable[[], Iterable[Resource]]) -> None:
+        """Drop what no stream holds, once the entries doubled since the last pruning:
+        its O(resources) walk then costs O(1) per resource added."""
+        if len(self._entries) <= 2 * self._kept + PRUNE_SLACK:
+            return
+        live = {id(resource) for resource in held()}
+        self._entries = {k: e for k, e in self._entries.items() if k in live}
+        self._kept = len(self._entries)
 
 
 def _response(response: Response, encodings: Encodings) -> Any:
@@ -189,6 +229,10 @@ class _Stream:
         # The answer Envoy gives each response, by nonce: None an ACK, text a NACK.
         self._answers: dict[str, asyncio.Future[str | None]] = {}
         self._pusher: asyncio.Task[None] | None = None
+        # Set once Envoy asked for the type on this stream.
+        self._asked: collections.defaultdict[str, asyncio.Event] = collections.defaultdict(
+            asyncio.Event
+        )
 
     async def responses(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         reader = asyncio.create_task(self._read(requests))
@@ -212,42 +256,53 @@ class _Stream:
                 if not answer.done():
                     answer.cancel()
             if self._session is not None:
+                self._server.sessions.discard(self._session)
                 self._session.node.streams -= 1
                 log.info("xDS stream of %s closed", self._session.node.node)
 
     async def _read(self, requests: AsyncIterator[Any]) -> None:
         async for message in requests:
-            if self._session is None:
-                node_id = message.node.id
-                if not node_id:
-                    raise ValueError("the first DiscoveryRequest names no node")
-                if not self._admit(node_id):
-                    return
-                node = self._server.node_state(node_id)
-                node.streams += 1
-                node.opened += 1
-                self._session = AdsSession(node, digest=self._server.encodings.digest)
-                log.info("xDS stream of %s opened", node_id)
-                self._pusher = asyncio.create_task(self._follow(node_id))
+            if self._session is None and not self._open(message.node.id):
+                return
             session = self._session
-            request = _request(message)
-            log.debug(
-                "%s: %s request version=%r nonce=%r names=%s error=%r",
-                session.node.node,
-                SHORT_NAMES.get(request.type_url, request.type_url),
-                request.version,
-                request.nonce,
-                sorted(request.names),
-                request.error,
-            )
-            if not session.serves(request.type_url):
-                log.warning("ignoring a request for unserved type %s", request.type_url)
+            assert session is not None
+            if not session.serves(message.type_url):
+                log.warning("ignoring a request for unserved type %s", message.type_url)
                 continue
+            self._asked[message.type_url].set()
+            if session.waiting(message.type_url, message.response_nonce):
+                continue  # set aside unread (AdsSession.waiting)
+            request = _request(message)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s: %s request version=%r nonce=%r names=%s error=%r",
+                    session.node.node,
+                    SHORT_NAMES.get(request.type_url, request.type_url),
+                    request.version,
+                    request.nonce,
+                    sorted(request.names),
+                    request.error,
+                )
             received = session.receive(request)
             if received.answer is not None:
                 self._settle(received.answer)
             for response in received.responses:
                 self._send(response)
+
+    def _open(self, node_id: str) -> bool:
+        """The stream's first request: admit the node, start following its snapshots."""
+        if not node_id:
+            raise ValueError("the first DiscoveryRequest names no node")
+        if not self._admit(node_id):
+            return False
+        node = self._server.node_state(node_id)
+        node.streams += 1
+        node.opened += 1
+        self._session = AdsSession(node, digest=self._server.encodings.digest)
+        self._server.sessions.add(self._session)
+        log.info("xDS stream of %s opened", node_id)
+        self._pusher = asyncio.create_task(self._follow(node_id))
+        return True
 
     def _admit(self, node_id: str) -> bool:
         """Authorize a remote peer for ``node_id``; end its stream at its certificate's
@@ -295,21 +350,22 @@ class _Stream:
         if future is not None and not future.done():
             future.set_result(answer.error)
 
-    def _send(self, response: Response) -> None:
-        self._answers[response.nonce] = asyncio.get_running_loop().create_future()
-        log.debug(
-            "%s: %s response version=%s nonce=%s names=%s",
-            self._session.node.node if self._session else "?",
-            SHORT_NAMES[response.type_url],
-            response.version,
-            response.nonce,
-            response.names,
-        )
+    def _send(self, response: Response) -> asyncio.Future[str | None]:
+        answer = self._answers[response.nonce] = asyncio.get_running_loop().create_future()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s: %s response version=%s nonce=%s names=%s",
+                self._session.node.node if self._session else "?",
+                SHORT_NAMES[response.type_url],
+                response.version,
+                response.nonce,
+                response.names,
+            )
         self._outbox.put_nowait(_response(response, self._server.encodings))
+        return answer
 
     async def _follow(self, node_id: str) -> None:
         async for snapshot in self._server.source.watch(node_id):
-            self._server.encodings.advance()
             try:
                 config = translate(snapshot)
                 if self._server.transform is not None:
@@ -318,6 +374,7 @@ class _Stream:
                 log.exception("%s: cannot translate a snapshot; keeping the last one", node_id)
                 continue
             await self._apply(config)
+            self._server.prune()
 
     async def _apply(self, config: EnvoyConfig) -> None:
         session = self._session
@@ -326,13 +383,15 @@ class _Stream:
         node.pending = config.snapshot_version
 
         def staged(type_url: str) -> tuple[str, dict[str, Resource]]:
-            return type_url, {**session.good(type_url), **config.of(type_url)}
+            return type_url, _with_kept(session.good(type_url), config.of(type_url))
 
         def final(type_url: str) -> tuple[str, dict[str, Resource]]:
             return type_url, config.of(type_url)
 
         # Envoy ACKs a CDS update only once its new clusters are warm, that is once their
-        # EDS arrived: clusters and endpoints go out together.
+        # EDS arrived: clusters and endpoints go out together. A step whose sets are the
+        # ones offered last sends nothing (AdsSession.offer): a weight change is one
+        # ECDS response, and CDS goes twice only when clusters were also removed.
         steps = [
             [staged(CLUSTER_TYPE), staged(ENDPOINT_TYPE)],
             [staged(SECRET_TYPE), staged(EXTENSION_CONFIG_TYPE)],
@@ -349,34 +408,77 @@ class _Stream:
         log.info("%s runs snapshot %s", node.node, config.snapshot_version)
 
     async def _push(self, step: list[tuple[str, dict[str, Resource]]]) -> bool:
-        """Offer resources and wait for Envoy's answers; False on a NACK (or no answer)."""
+        """Offer resources and wait for Envoy's answers; False on a NACK."""
         session = self._session
         assert session is not None
         node = session.node
         started = time.time()
-        answers: list[asyncio.Future[str | None]] = []
+        answers: dict[str, asyncio.Future[str | None]] = {}
+        for type_url, _ in step:
+            if type_url in WILDCARD_TYPES:
+                await self._until_asked(type_url)
         for type_url, resources in step:
             response, awaited = session.offer(type_url, resources)
             if response is not None:
                 self._send(response)
             if awaited and awaited in self._answers:
-                answers.append(self._answers[awaited])
-        if answers:
-            waiting = asyncio.gather(*(asyncio.shield(a) for a in answers))
-            try:
-                await asyncio.wait_for(waiting, ACK_TIMEOUT)
-            except TimeoutError:
-                log.warning("%s: no answer in %.0fs", node.node, ACK_TIMEOUT)
-                return False
-            finally:
-                # A stream closed mid-push leaves the gather failed with CancelledError:
-                # retrieved here, or asyncio logs it as never retrieved.
-                if waiting.done() and not waiting.cancelled():
-                    waiting.exception()
+                answers[type_url] = self._answers[awaited]
+        await self._answered(answers)
         # A NACK of a response sent meanwhile on Envoy's request counts too.
         return not any(
             (nack := node.nacks.get(t)) is not None and nack.at >= started for t, _ in step
         )
+
+    async def _until_asked(self, type_url: str) -> None:
+        """Until Envoy subscribed to a wildcard type: it asks for listeners only once its
+        clusters are initialised, and a push is not done before its listeners are."""
+        asked = self._asked[type_url]
+        while not asked.is_set():
+            try:
+                await asyncio.wait_for(asked.wait(), self._server.ack_timeout)
+            except TimeoutError:
+                assert self._session is not None
+                log.warning(
+                    "%s: has not asked for %s in %.0fs",
+                    self._session.node.node,
+                    SHORT_NAMES[type_url],
+                    self._server.ack_timeout,
+                )
+
+    async def _answered(self, answers: dict[str, asyncio.Future[str | None]]) -> None:
+        """Until Envoy answered each type's awaited response. A type unanswered for the
+        timeout gets its whole current state again (``AdsSession.resend``), which Envoy
+        answers in its turn: a node that missed a push converges without a new change."""
+        assert self._session is not None
+        timeout = self._server.ack_timeout
+        while waiting := {t: a for t, a in answers.items() if not a.done()}:
+            await asyncio.wait([asyncio.shield(a) for a in waiting.values()], timeout=timeout)
+            late = [t for t, a in waiting.items() if not a.done()]
+            if not late:
+                return
+            log.warning(
+                "%s: no answer for %s in %.0fs; sending the current state again",
+                self._session.node.node,
+                "/".join(SHORT_NAMES[t] for t in late),
+                timeout,
+            )
+            self._session.node.resends += 1
+            for type_url in late:
+                response = self._session.resend(type_url)
+                if response is None:  # nothing of it is desired or subscribed any more
+                    del answers[type_url]
+                else:
+                    answers[type_url] = self._send(response)
+            timeout = min(2 * timeout, self._server.ack_timeout_max)
+
+
+def _with_kept(good: dict[str, Resource], new: dict[str, Resource]) -> dict[str, Resource]:
+    """``new`` plus whatever was accepted last and is not in it (what the routes still in
+    force may use). ``new`` itself when nothing is kept: its very dict, which the session
+    then recognises as the set it offered last."""
+    if good is new or good.keys() <= new.keys():
+        return new
+    return {**good, **new}
 
 
 def _not_after(cert_pem: bytes) -> float:
@@ -392,7 +494,12 @@ def _peer_certificate(context: Any) -> bytes | None:
 
 
 class _Servicer:
-    """envoy.service.discovery.v3.AggregatedDiscoveryService, state of the world only."""
+    """envoy.service.discovery.v3.AggregatedDiscoveryService, state of the world only.
+
+    Delta xDS would send listeners and clusters by the resource too, and Envoy's filter
+    subscriptions as one name each (state of the world repeats every name it subscribed
+    so far, so a first push of N listeners brings N requests of up to N names); a
+    weight change, the common push, already costs one resource either way."""
 
     def __init__(self, server: XdsServer) -> None:
         self._server = server
@@ -429,8 +536,14 @@ class XdsServer:
         port: int = 0,
         transform: Transform | None = None,
         remote: RemoteListener | None = None,
+        ack_timeout: float = ACK_TIMEOUT,
+        ack_timeout_max: float = ACK_TIMEOUT_MAX,
     ) -> None:
         self.source = source
+        self.ack_timeout = ack_timeout
+        self.ack_timeout_max = ack_timeout_max
+        # The open streams' sessions: what they hold keeps its encodings.
+        self.sessions: set[AdsSession] = set()
         self.transform = transform
         self.host = host
         self.port = port
@@ -441,6 +554,10 @@ class XdsServer:
 
     def node_state(self, node_id: str) -> NodeState:
         return self._nodes.setdefault(node_id, NodeState(node_id))
+
+    def prune(self) -> None:
+        """Forget the encodings of resources no open stream holds any more."""
+        self.encodings.prune(lambda: (r for s in self.sessions for r in s.resources()))
 
     async def start(self) -> int:
         # No SO_REUSEPORT: a port another server holds must fail to bind, not be shared

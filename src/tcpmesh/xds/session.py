@@ -7,20 +7,31 @@ the rules below are tested as transcripts of requests in and responses out.
 
 The rules (state of the world, per type URL):
 
-- A response carries the desired resources, a content version and a fresh nonce. The
-  same resources and names are never sent twice while Envoy has (or is being sent)
-  them.
+- A response carries resources, a version and a fresh nonce. Listeners and clusters
+  (the wildcard types) go as the whole desired set, as the protocol requires; every
+  other type (endpoints, filter configs, secrets: resources Envoy subscribes to by name)
+  carries only the subscribed resources Envoy has not been sent as they are now, so a
+  weight change is one filter config, not a thousand. Nothing is sent twice while Envoy
+  has (or is being sent) it: resources are compared by identity (a Snapshot part a
+  rebuild reused keeps its translation), then by digest (a rebuilt but equal one).
+- The version labels the desired set: a new set gets a new label, the last accepted set
+  offered again gets its old one. It is not a digest of the set, so offering a set costs
+  what changed in it, not its size.
 - A request whose ``response_nonce`` names an unanswered response answers it: an ACK
   without ``error_detail``, a NACK with it. An ACK makes that response's resources the
-  type's last accepted ("good") set. A NACK is recorded on the node, and, if anything was
-  accepted on this stream, the good set becomes the desired one again (Envoy may have
-  applied the valid part of a rejected response; this puts it back on exactly what it
-  accepted) and is offered at once.
+  type's last accepted ("good") set (wildcard types), or part of it (the others). A
+  NACK is recorded on the node, and, if anything was accepted on this stream, the good
+  set becomes the desired one again and the rejected resources count as unknown to Envoy
+  (it may have applied the valid part of a rejected response): their good versions are
+  offered at once.
 - A request with a nonce other than the last one sent is stale (a newer response is on
   its way): it changes nothing and is not answered.
-- A request that repeats the last one (same names, nothing answered) is answered again:
-  Envoy sends it for a cluster updated by CDS, which stays warming until its endpoints
-  come once more.
+- A request that repeats the last one (same names, nothing answered) is answered again
+  with everything subscribed: Envoy sends it for a cluster updated by CDS, which stays
+  warming until its endpoints come once more.
+- A name Envoy no longer subscribes to is forgotten: subscribed again, it is sent again.
+- ``resend`` forgets what Envoy was sent of a type and offers all of it again: the server
+  calls it when a response went unanswered for too long.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ import hashlib
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,15 +56,6 @@ def resource_digest(resource: Resource) -> str:
     """A digest of one resource's content."""
     body = json.dumps(resource, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()
-
-
-def content_version(resources: dict[str, Resource], digest: Digest = resource_digest) -> str:
-    """Equal resource sets, equal versions, whatever snapshot they came from.
-
-    Made of each resource's digest, so a server that keeps those (``xds.server``: by
-    resource, as a reused Snapshot part keeps its resources) hashes only the new ones."""
-    body = "\n".join(f"{name} {digest(resources[name])}" for name in sorted(resources))
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,8 @@ class NodeState:
     pending: str = ""
     acked: dict[str, str] = field(default_factory=dict)
     nacks: dict[str, Nack] = field(default_factory=dict)
+    # How often a response went unanswered for the ACK timeout and was sent again.
+    resends: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -142,34 +146,47 @@ class NodeState:
             "pendingSnapshot": self.pending,
             "acked": {SHORT_NAMES.get(t, t): v for t, v in self.acked.items()},
             "nacks": [n.to_dict() for n in self.nacks.values()],
+            "resends": self.resends,
         }
 
 
 @dataclass
 class _TypeState:
     type_url: str
+    wildcard: bool
     subscribed: bool = False
     names: frozenset[str] = frozenset()
     desired: dict[str, Resource] | None = None
-    desired_version: str = ""
-    sent_version: str = ""
-    sent_names: frozenset[str] | None = None
+    # The desired set's label; "" until a response carries it (then a new one is made).
+    version: str = ""
+    # What Envoy has or is being sent: the whole set of the last response (wildcard
+    # types), or the last resource sent by name (the others).
+    sent: dict[str, Resource] = field(default_factory=dict)
     sent_nonce: str = ""
-    # What Envoy accepted last: every resource the server wanted it to have then.
+    # What Envoy accepted last: the whole set (wildcard types), or by name.
     good: dict[str, Resource] = field(default_factory=dict)
+    good_version: str = ""
     accepted: bool = False
     # Unanswered responses: nonce -> (version, resources).
     inflight: dict[str, tuple[str, dict[str, Resource]]] = field(default_factory=dict)
 
-    def set_desired(self, resources: dict[str, Resource], digest: Digest) -> None:
-        self.desired = resources
-        self.desired_version = content_version(resources, digest)
+    def subscribe(self, names: frozenset[str]) -> None:
+        """Envoy's subscription now: what it dropped is forgotten (a later subscription
+        to the same name is then sent the resource again)."""
+        if not self.wildcard and self.names and not names >= self.names:
+            for name in self.names - names:
+                self.sent.pop(name, None)
+                self.good.pop(name, None)
+        self.subscribed = True
+        self.names = names
 
-    def names_to_send(self) -> frozenset[str]:
+    def wanted(self) -> Iterable[str]:
+        """The desired names Envoy asks for."""
         assert self.desired is not None
-        if self.type_url in WILDCARD_TYPES or "*" in self.names:
-            return frozenset(self.desired)
-        return frozenset(n for n in self.names if n in self.desired)
+        if self.wildcard or "*" in self.names:
+            return self.desired
+        desired = self.desired
+        return (n for n in self.names if n in desired)
 
 
 class AdsSession:
@@ -184,15 +201,33 @@ class AdsSession:
         self.node = node
         self._clock = clock
         self._digest = digest
-        self._types = {t: _TypeState(t) for t in PUSH_ORDER}
+        self._types = {t: _TypeState(t, t in WILDCARD_TYPES) for t in PUSH_ORDER}
         self._nonces = itertools.count(1)
+        self._versions = itertools.count(1)
 
     def serves(self, type_url: str) -> bool:
         return type_url in self._types
 
     def good(self, type_url: str) -> dict[str, Resource]:
-        """The resources of the type Envoy accepted last on this stream."""
+        """The resources of the type Envoy accepted last on this stream (do not change)."""
         return self._types[type_url].good
+
+    def waiting(self, type_url: str, nonce: str) -> bool:
+        """Whether a request of the type with ``nonce`` is one ``receive`` sets aside
+        without reading its names (see there): the server then skips decoding them,
+        which during a first push of N listeners is N requests of up to N names."""
+        state = self._types.get(type_url)
+        return state is not None and not nonce and state.sent_nonce in state.inflight
+
+    def resources(self) -> list[Resource]:
+        """Every resource the session holds (desired, sent, accepted or in flight)."""
+        out: list[Resource] = []
+        for state in self._types.values():
+            for held in (state.desired or {}, state.sent, state.good):
+                out.extend(held.values())
+            for _, resources in state.inflight.values():
+                out.extend(resources.values())
+        return out
 
     def receive(self, request: Request) -> Received:
         state = self._types[request.type_url]
@@ -206,22 +241,35 @@ class AdsSession:
             # listeners O(N^2) filter configs; this way it is one response per round trip.
             return Received(answer)
         if answer is None and state.subscribed and request.names == state.names:
-            state.sent_names = None  # a repeated request: answer it again
-        state.subscribed = True
-        state.names = request.names
+            state.sent = {}  # a repeated request: answer it again, in full
+        state.subscribe(request.names)
         response = self._respond(state)
         return Received(answer, (response,) if response is not None else ())
 
     def offer(self, type_url: str, resources: dict[str, Resource]) -> tuple[Response | None, str]:
         """Make ``resources`` the desired set; the response to send (None: nothing new to
-        send) and the nonce whose answer settles the offer ("" when none is awaited)."""
+        send) and the nonce whose answer settles the offer ("" when none is awaited).
+
+        The session keeps ``resources`` as it is (never changed): offering the very dict
+        of the last offer again costs nothing."""
         state = self._types[type_url]
-        state.set_desired(resources, self._digest)
-        response = self._respond(state)
+        # What else changes what to send (a subscription, a NACK, a resend) responds there.
+        response = None
+        if resources is not state.desired:
+            state.desired = resources
+            state.version = state.good_version if resources is state.good else ""
+            response = self._respond(state)
         if response is not None:
             return response, response.nonce
-        pending = state.sent_nonce if state.sent_nonce in state.inflight else ""
-        return None, pending if state.sent_version == state.desired_version else ""
+        return None, state.sent_nonce if state.sent_nonce in state.inflight else ""
+
+    def resend(self, type_url: str) -> Response | None:
+        """Everything desired of the type again, as if Envoy had nothing of it: for a
+        response it never answered (lost, or its answer was), so that the node converges
+        on the current state rather than waiting for the next change."""
+        state = self._types[type_url]
+        state.sent = {}
+        return self._respond(state)
 
     def _answer(self, state: _TypeState, request: Request) -> Answer | None:
         entry = state.inflight.pop(request.nonce, None)
@@ -229,36 +277,69 @@ class AdsSession:
             return None
         version, resources = entry
         if request.error is not None:
-            error = request.error or "rejected without a message"
-            self.node.nacks[state.type_url] = Nack(
-                state.type_url, version, self.node.pending, error, self._clock()
-            )
-            if state.accepted:
-                state.set_desired(state.good, self._digest)
-                state.sent_names = None
-            return Answer(state.type_url, request.nonce, version, error)
-        state.good = resources
+            return self._rejected(state, request, version, resources)
+        if state.wildcard:
+            state.good = resources
+        else:
+            state.good = {**state.good, **resources}
+        state.good_version = version
         state.accepted = True
         self.node.acked[state.type_url] = version
         return Answer(state.type_url, request.nonce, version, None)
 
+    def _rejected(
+        self, state: _TypeState, request: Request, version: str, resources: dict[str, Resource]
+    ) -> Answer:
+        error = request.error or "rejected without a message"
+        self.node.nacks[state.type_url] = Nack(
+            state.type_url, version, self.node.pending, error, self._clock()
+        )
+        if state.accepted:
+            state.desired, state.version = state.good, state.good_version
+            if state.wildcard:
+                state.sent = {}
+            else:
+                for name in resources:
+                    state.sent.pop(name, None)
+        return Answer(state.type_url, request.nonce, version, error)
+
     def _respond(self, state: _TypeState) -> Response | None:
         if not state.subscribed or state.desired is None:
             return None
-        names = state.names_to_send()
-        if state.sent_version == state.desired_version and state.sent_names == names:
-            return None
-        nonce = str(next(self._nonces))
         desired = state.desired
-        state.inflight[nonce] = (state.desired_version, desired)
-        state.sent_version, state.sent_names, state.sent_nonce = (
-            state.desired_version,
-            names,
-            nonce,
-        )
+        if state.wildcard:
+            if self._same_set(state.sent, desired):
+                return None
+            # The whole set, kept as the very dict offered: offering it again is free.
+            sent = desired
+        else:
+            changed = sorted(
+                n for n in state.wanted() if not self._same(state.sent.get(n), desired[n])
+            )
+            if not changed:
+                return None
+            sent = {n: desired[n] for n in changed}
+            state.sent.update(sent)
+        if not state.version:
+            state.version = str(next(self._versions))
+        nonce = str(next(self._nonces))
+        state.inflight[nonce] = (state.version, sent)
+        if state.wildcard:
+            state.sent = sent
+        state.sent_nonce = nonce
         return Response(
-            state.type_url,
-            state.desired_version,
-            nonce,
-            tuple((n, desired[n]) for n in sorted(names)),
+            state.type_url, state.version, nonce, tuple((n, sent[n]) for n in sorted(sent))
         )
+
+    def _same(self, sent: Resource | None, resource: Resource) -> bool:
+        """Whether Envoy has (or is being sent) ``resource`` as it is."""
+        if sent is resource:
+            return True
+        return sent is not None and self._digest(sent) == self._digest(resource)
+
+    def _same_set(self, sent: dict[str, Resource], desired: dict[str, Resource]) -> bool:
+        if sent is desired:
+            return True
+        if len(sent) != len(desired):
+            return False
+        return all(n in sent and self._same(sent[n], r) for n, r in desired.items())

@@ -182,22 +182,38 @@ def translate(snapshot: Snapshot) -> EnvoyConfig:
         for route in listener.routes:
             if route.tls is not None:
                 secrets.update(secret_resources(route.tls))
+    clusters, endpoints = _cluster_resources(snapshot.clusters)
     return EnvoyConfig(
         snapshot.version,
         {
-            CLUSTER_TYPE: {
-                c.name: derived(c, "xds.cluster", partial(cluster_resource, c))
-                for c in snapshot.clusters
-            },
-            ENDPOINT_TYPE: {
-                c.name: derived(c, "xds.endpoints", partial(load_assignment, c))
-                for c in snapshot.clusters
-            },
+            CLUSTER_TYPE: clusters,
+            ENDPOINT_TYPE: endpoints,
             SECRET_TYPE: secrets,
             EXTENSION_CONFIG_TYPE: filters,
             LISTENER_TYPE: listeners,
         },
     )
+
+
+# The CDS and EDS sets of the last few clusters tuples (by identity): a rebuild that
+# changed no cluster hands its Snapshot the very tuple of the last one (control's build
+# cache), and then the sets are the very dicts of the last translation, which the ADS
+# server recognises as offered already without looking at their thousands of entries.
+_CLUSTER_TUPLES_KEPT = 4
+_by_clusters: dict[int, tuple[tuple[Cluster, ...], dict[str, Resource], dict[str, Resource]]] = {}
+
+
+def _cluster_resources(
+    clusters: tuple[Cluster, ...],
+) -> tuple[dict[str, Resource], dict[str, Resource]]:
+    entry = _by_clusters.get(id(clusters))
+    if entry is None or entry[0] is not clusters:
+        if len(_by_clusters) >= _CLUSTER_TUPLES_KEPT:
+            del _by_clusters[next(iter(_by_clusters))]
+        cds = {c.name: derived(c, "xds.cluster", partial(cluster_resource, c)) for c in clusters}
+        eds = {c.name: derived(c, "xds.endpoints", partial(load_assignment, c)) for c in clusters}
+        entry = _by_clusters[id(clusters)] = (clusters, cds, eds)
+    return entry[1], entry[2]
 
 
 def _filters(listener: Listener) -> dict[str, Resource]:
