@@ -9,7 +9,11 @@
 - ``docs/images/control-scale.png``: ``control_scale.py``'s curves against the number of
   VirtualServices (``benchmarks/results/control-scale.json``), log-log with a line of
   slope 1 (linear cost) for reference, and the apply cost before the incremental rebuild
-  (``control-scale-full-rebuild.json``, the 2026-12-02 01:50 run).
+  (``control-scale-full-rebuild.json``, the 2026-12-02 01:50 run);
+- ``docs/images/control-scale-envoy.png``: ``control_scale.py --envoy-only``'s curves
+  (``control-scale-envoy.json``): apply -> Envoy ACK and Envoy's first push against the
+  number of VirtualServices, with the apply -> ACK before the push sent only what changed
+  (``control-scale-envoy-before.json``, the 2026-12-02 05:00-05:30 runs).
 
 matplotlib (in the benchmark's own venv, installed by run.sh); it reads no tcpmesh code.
 """
@@ -139,6 +143,43 @@ def _curve(ax: Any, data: dict[str, Any], key: str, title: str, style: str) -> N
         ax.plot([n for n, _ in pts], [y for _, y in pts], style, label=title)
 
 
+ENVOY_CURVES = [
+    ("envoy_apply_to_ack_cpu_ms_p50", "apply → Envoy ACK, control-plane CPU p50", "-"),
+    ("envoy_apply_to_ack_cpu_ms_p99", "apply → Envoy ACK, control-plane CPU p99", "--"),
+    ("envoy_apply_to_ack_ms_p50", "apply → Envoy ACK, wall p50", "-."),
+    ("envoy_apply_to_ack_ms_p99", "apply → Envoy ACK, wall p99", ":"),
+]
+FIRST_PUSH_CURVES = [
+    ("envoy_first_snapshot_acked_ms", "first push, wall (stream to last ACK)", "-"),
+    ("envoy_first_push_server_cpu_ms", "first push, control-plane CPU", "--"),
+    ("envoy_first_push_envoy_cpu_ms", "Envoy's CPU (start + first push)", "-."),
+]
+
+
+def plot_envoy_scale(data: dict[str, Any], before: dict[str, Any] | None, out: Path) -> None:
+    fig, (ax, first) = plt.subplots(1, 2, figsize=(13, 5.2))
+    for key, title, style in ENVOY_CURVES:
+        _curve(ax, data, key, title, "o" + style)
+    if before is not None:
+        _curve(ax, before, ENVOY_CURVES[0][0], "CPU p50 before (whole sets per push)", "x:")
+        _curve(ax, before, ENVOY_CURVES[1][0], "CPU p99 before", "+:")
+    ax.axhline(100, color="tab:red", ls="--", lw=1, label="100 ms")
+    for axis, title in ((ax, "Apply → Envoy ACK (one weight flip)"), (first, "First push")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("VirtualServices (each with a Service, DestinationRule, 2 pods)")
+        axis.set_ylabel("ms")
+        axis.set_title(title, fontsize=10)
+    for key, title, style in FIRST_PUSH_CURVES:
+        _curve(first, data, key, title, "o" + style)
+    ax.legend(fontsize=6.5)
+    first.legend(fontsize=6.5)
+    fig.suptitle(f"control_scale.py --envoy-only ({data.get('note', '')})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=8, help="bench.py runs to show (the last)")
@@ -154,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(before.read_text()) if before.exists() else None
         plot_scale(json.loads(scale.read_text()), old, IMAGES / "control-scale.png")
         print(f"wrote {IMAGES / 'control-scale.png'}")
+    envoy = RESULTS / "control-scale-envoy.json"
+    envoy_before = RESULTS / "control-scale-envoy-before.json"
+    if envoy.exists():
+        old = json.loads(envoy_before.read_text()) if envoy_before.exists() else None
+        plot_envoy_scale(json.loads(envoy.read_text()), old, IMAGES / "control-scale-envoy.png")
+        print(f"wrote {IMAGES / 'control-scale-envoy.png'}")
     return 0
 
 

@@ -125,3 +125,27 @@ def test_envoy_dataplane_gateway_runs_the_launcher(tmp_path: Path) -> None:
     _, python = default_gateway_objects(MeshConfig(tmp_path))
     (container,) = python["spec"]["template"]["spec"]["containers"]
     assert container_argv(container)[1:3] == ["-m", "tcpmesh.dataplane"]
+
+
+def _kept(patterns: list[dict[str, str]], stat: str) -> bool:
+    """Envoy's inclusion list: a stat is kept when any prefix or suffix pattern matches."""
+    return any(
+        stat.startswith(p["prefix"]) if "prefix" in p else stat.endswith(p["suffix"])
+        for p in patterns
+    )
+
+
+def test_bootstrap_keeps_the_stats_tcpmesh_reads_and_drops_the_other_per_cluster_ones() -> None:
+    config = bootstrap("istio-system/gw-1", "gw", "127.0.0.1", 5000, "127.0.0.7", 15021)
+    patterns = config["stats_config"]["stats_matcher"]["inclusion_list"]["patterns"]
+    cluster = "cluster.outbound|9000|v1|tcp-echo.default.svc.cluster.local"
+    for stat in ("upstream_cx_total", "upstream_cx_connect_fail", "upstream_cx_length_ms"):
+        assert _kept(patterns, f"{cluster}.{stat}")
+    assert _kept(patterns, "tcp.echo.default.downstream_cx_no_route")
+    assert _kept(patterns, f"cluster.{XDS_CLUSTER}.ssl.handshake")
+    assert _kept(patterns, "extension_config_discovery.network_filter.x~0.update_success")
+    assert _kept(patterns, "listener_manager.total_listeners_active")
+    # What nothing reads, of every cluster and listener: not created at all.
+    assert not _kept(patterns, f"{cluster}.upstream_rq_total")
+    assert not _kept(patterns, f"{cluster}.membership_healthy")
+    assert not _kept(patterns, "listener.127.0.0.1_31400.downstream_cx_total")

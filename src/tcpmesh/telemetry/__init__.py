@@ -8,9 +8,9 @@ built-in proxy per endpoint, the Envoy plane from Envoy's cluster stats, see
 
 from tcpmesh.telemetry.channel import WorkerTotals, channel_name, fetch_counts, serve_counts
 from tcpmesh.telemetry.counts import DURATION_BUCKETS, Counts, total
-from tcpmesh.telemetry.envoy import STATS_CONFIG as ENVOY_STATS_CONFIG
 from tcpmesh.telemetry.envoy import envoy_counts
 from tcpmesh.telemetry.envoy import parse_prometheus as parse_envoy_prometheus
+from tcpmesh.telemetry.envoy import stats_config as envoy_stats_config
 from tcpmesh.telemetry.exposition import CountsCollector, families, render
 from tcpmesh.telemetry.families import (
     ALL_FAMILIES,
@@ -50,7 +50,6 @@ __all__ = [
     "ALL_FAMILIES",
     "DESTINATION_LABELS",
     "DURATION_BUCKETS",
-    "ENVOY_STATS_CONFIG",
     "ISTIO_LABELS",
     "NO_FLAGS",
     "PROMETHEUS_PATH",
@@ -79,6 +78,7 @@ __all__ = [
     "destination",
     "destination_totals",
     "envoy_counts",
+    "envoy_stats_config",
     "families",
     "fetch_counts",
     "make_app",

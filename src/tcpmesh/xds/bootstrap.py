@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tcpmesh.telemetry import ENVOY_STATS_CONFIG
+from tcpmesh.telemetry import envoy_stats_config
 
 XDS_CLUSTER = "tcpmesh-xds"
 HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -148,8 +148,9 @@ def _bootstrap(
     return {
         "node": {"id": node_id, "cluster": node_cluster},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        # Tags that keep whole cluster names: tcpmesh.telemetry.envoy reads them.
-        "stats_config": ENVOY_STATS_CONFIG,
+        # Tags that keep whole cluster names, and only the per-cluster stats
+        # tcpmesh.telemetry.envoy reads (all of the ADS cluster's).
+        "stats_config": envoy_stats_config([f"cluster.{XDS_CLUSTER}."]),
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "GRPC",
