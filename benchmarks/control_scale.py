@@ -1,5 +1,6 @@
 """The control plane at size: 10 to 10,000 VirtualServices, each with its own Service,
-DestinationRule (subsets v1, v2), two pods and Endpoints, and a TCP server on the gateway.
+DestinationRule (subsets v1, v2), two pods and Endpoints; each VirtualService routes a TCP
+server of the gateway and the sidecars' traffic to its Service (``gateways: [gw, mesh]``).
 
     .venv/bin/python benchmarks/control_scale.py [--sizes 10,100,1000,10000] [--flips 20]
         [--envoy [--envoy-sizes 10,100,1000] | --envoy-only]
@@ -13,14 +14,20 @@ For each size N it measures, in this process:
 - Envoy's side: ``xds.translate`` plus the protobuf ``Any`` encoding the ADS server sends;
 - wall and CPU time of each (this process's CPU: on a machine shared with other load the
   CPU figures show the cost, the wall figures what a user waited);
-- apply → in effect: a ``ControlPlane`` following a SQLite store, and a built-in ``Proxy``
-  applying what its watch yields; one VirtualService's weights are flipped ``--flips``
-  times with ``store.apply``, timing each from the write to the moment the proxy serves
-  the new Snapshot (the API server's HTTP hop and the worker's JSON fetch are not in it;
-  the JSON figures above bound them).
+- apply → in effect: a ``ControlPlane`` following a SQLite store, and for each proxy the
+  flip touches (the gateway and the node proxy) what the mesh does with its Snapshots:
+  the API server writes each one's JSON on the proxy's stream (here a pipe; the HTTP
+  hop is not in it), and the proxy, a process of its own with a built-in ``Proxy`` (one
+  worker), parses and applies it. One VirtualService's weights are flipped ``--flips``
+  times with ``store.apply``, timing each from the write until both proxies serve their
+  new Snapshot, with the CPU of each phase: the control plane's builds and JSON (this
+  process), each proxy's parse and apply (its own), and their sum;
+- apply → Envoy ACK (``--envoy``): the same flips through the ADS server and a real
+  Envoy gateway.
 
-Prints one JSON document (and writes it with ``--out``); asserts nothing. Listeners bind
-on 127.0.0.88 with ports from 40000 (N ≤ 10,000).
+Prints one JSON document (and writes it with ``--out``); asserts nothing. The gateway's
+listeners bind 127.0.0.88 from port 40000, the node proxy's the cluster IPs
+127.240.0.0/12 (N ≤ 10,000).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import contextlib
 import gc
 import json
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -45,7 +53,7 @@ from typing import Any
 import report
 
 from tcpmesh.api import from_dict
-from tcpmesh.control import ControlPlane, MeshResources, ProxyNode, build_snapshot
+from tcpmesh.control import ControlPlane, MeshResources, ProxyNode, Snapshot, build_snapshot
 from tcpmesh.control.plane import FREEZE_DELAY
 from tcpmesh.dataplane import Proxy
 from tcpmesh.store import open_store
@@ -57,6 +65,8 @@ GATEWAY_NODE = ("istio-system", "istio-ingressgateway-0")
 GATEWAY_LABELS = {"app": "istio-ingressgateway", "istio": "ingressgateway"}
 NODE_PROXY = ("kube-system", "tcpmesh-node-proxy")
 NODE_PROXY_LABELS = {"app": "tcpmesh-node-proxy", "tcpmesh.io/component": "node-proxy"}
+# Every proxy a flip touches: its rule is the gateway's route and the node proxy's.
+PROXY_NODES = ("/".join(GATEWAY_NODE), "/".join(NODE_PROXY))
 CREATED = "2026-01-01T00:00:00Z"
 # Envoy creating 40,000 clusters on a loaded machine takes minutes.
 FIRST_PUSH_TIMEOUT = 1800.0
@@ -70,18 +80,28 @@ def ip(i: int, base: int) -> str:
     return f"{base}.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
 
 
+def cluster_ip(i: int) -> str:
+    """In the mesh's cluster-IP range (127.240.0.0/12), so the node proxy can bind it."""
+    return f"127.{240 + ((i >> 16) & 15)}.{(i >> 8) & 255}.{i & 255}"
+
+
 def virtual_service(i: int, v1_weight: int) -> dict[str, Any]:
+    """The gateway's port BASE_PORT + i and the sidecars' (node proxy's) traffic to
+    svc-i, both to svc-i's v1 and v2 by weight (Istio's usual ``gateways: [gw, mesh]``)."""
     host = f"svc-{i}"
     return {
         "apiVersion": "networking.istio.io/v1beta1",
         "kind": "VirtualService",
         "metadata": meta(f"vs-{i}"),
         "spec": {
-            "hosts": ["*"],
-            "gateways": [f"{NS}/gw"],
+            "hosts": [host],
+            "gateways": [f"{NS}/gw", "mesh"],
             "tcp": [
                 {
-                    "match": [{"port": BASE_PORT + i}],
+                    "match": [
+                        {"port": BASE_PORT + i, "gateways": [f"{NS}/gw"]},
+                        {"gateways": ["mesh"]},
+                    ],
                     "route": [
                         {
                             "destination": {"host": host, "subset": "v1", "port": {"number": 9000}},
@@ -108,7 +128,7 @@ def service_objects(i: int) -> list[dict[str, Any]]:
             "kind": "Service",
             "metadata": meta(name),
             "spec": {
-                "clusterIP": ip(i, 11),
+                "clusterIP": cluster_ip(i),
                 "selector": {"app": name},
                 "ports": [{"name": "tcp", "port": 9000}],
             },
@@ -291,64 +311,191 @@ def envoy_costs(snapshot: Any, repeat: int) -> dict[str, Any]:
     return out
 
 
+class TimedPlane(ControlPlane):
+    """The control plane, with the CPU of its builds counted (ms, this process)."""
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        self.build_cpu_ms = 0.0
+
+    def snapshot(self, node_id: str) -> Any:
+        started = time.process_time()
+        try:
+            return super().snapshot(node_id)
+        finally:
+            self.build_cpu_ms += (time.process_time() - started) * 1000
+
+
+class DataPlane:
+    """One built-in proxy in a process of its own (``--data-plane``), fed as the API
+    server feeds a proxy's worker: one Snapshot JSON per line. It answers each line with
+    the version it applied and the CPU its parse and apply took."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.json_cpu_ms = 0.0
+
+    @classmethod
+    async def start(cls) -> DataPlane:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--data-plane",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=1 << 20,
+        )
+        return cls(process)
+
+    async def follow(self, plane: ControlPlane, node_id: str) -> None:
+        """The API server's side of the stream: each new Snapshot's JSON, one line."""
+        assert self.process.stdin is not None
+        async for snapshot in plane.watch(node_id):
+            started = time.process_time()
+            line = snapshot.to_json().encode() + b"\n"
+            self.json_cpu_ms += (time.process_time() - started) * 1000
+            self.process.stdin.write(line)
+            await self.process.stdin.drain()
+
+    async def applied(self) -> dict[str, Any]:
+        """The next Snapshot this proxy applied: its version, parse and apply CPU."""
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(self.process.stdout.readline(), 600)
+        if not line:
+            raise RuntimeError(f"the data plane exited ({await self.process.wait()})")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    async def stop(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), 30)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+
+async def serve_as_data_plane() -> None:
+    """``--data-plane``: parse and apply each Snapshot line from stdin (as
+    ``dataplane.feed`` and the worker do), answer on stdout."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=256 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    _raise_fd_limit(10000 + 1024)
+    proxy = Proxy(access_log=lambda record: None)
+    try:
+        while line := await reader.readline():
+            started = time.process_time()
+            snapshot = Snapshot.from_json(line)
+            parsed = time.process_time()
+            proxy.apply(snapshot)
+            done = time.process_time()
+            answer = {
+                "version": snapshot.version,
+                "parse_cpu_ms": (parsed - started) * 1000,
+                "apply_cpu_ms": (done - parsed) * 1000,
+            }
+            sys.stdout.write(json.dumps(answer) + "\n")
+            sys.stdout.flush()
+    finally:
+        await proxy.close()
+
+
 async def apply_to_effect(n: int, objs: list[dict[str, Any]], flips: int) -> dict[str, Any]:
-    """Write → the built-in proxy serves the new Snapshot, per flip of one VS's weights."""
+    """Write → every proxy the apply touches serves the new Snapshot, per flip of one
+    VirtualService's weights (its rule is the gateway's and the node proxy's route).
+
+    This process runs the control plane and the API server's JSON for each proxy's
+    stream; each proxy runs in a process of its own, as in a mesh (one worker each)."""
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(None, Path(tmp))
         store.apply(objs)
         gc.collect()
         rss_before = _rss_bytes()
-        plane = ControlPlane(store)
+        plane = TimedPlane(store)
         started = time.perf_counter()
         await plane.start()
         start_ms = (time.perf_counter() - started) * 1000
-        proxy = Proxy(access_log=lambda record: None)
-        node_id = "/".join(GATEWAY_NODE)
-        served: asyncio.Queue[str] = asyncio.Queue()
-
-        async def follow() -> None:
-            async for snapshot in plane.watch(node_id):
-                proxy.apply(snapshot)
-                served.put_nowait(snapshot.version)
-
-        follower = asyncio.get_running_loop().create_task(follow())
+        proxies = {node: await DataPlane.start() for node in PROXY_NODES}
+        loop = asyncio.get_running_loop()
+        followers = [loop.create_task(proxy.follow(plane, node)) for node, proxy in proxies.items()]
         try:
             first = time.perf_counter()
-            await asyncio.wait_for(served.get(), 600)
+            for proxy in proxies.values():
+                await proxy.applied()
             first_ms = (time.perf_counter() - first) * 1000
-            await proxy.settled()
             # The control plane freezes its heap a second after a bulk load
             # (ControlPlane._freeze); a user's next apply comes later than that.
             await asyncio.sleep(FREEZE_DELAY + 1.0)
             rss_loaded = _rss_bytes()
-            latencies, cpu = [], []
-            for k in range(flips):
-                changed = virtual_service(n // 2, 60 if k % 2 == 0 else 80)
-                t0, c0 = time.perf_counter(), time.process_time()
-                store.apply([changed])
-                await asyncio.wait_for(served.get(), 600)
-                latencies.append((time.perf_counter() - t0) * 1000)
-                cpu.append((time.process_time() - c0) * 1000)
+            flipped = await _flip(n, store, plane, list(proxies.values()), flips)
         finally:
-            follower.cancel()
+            for task in followers:
+                task.cancel()
             await plane.stop()
-            await proxy.close()
+            for proxy in proxies.values():
+                await proxy.stop()
             store.close()
-    latencies.sort()
     return {
         "control_plane_rss_bytes_per_object": round((rss_loaded - rss_before) / len(objs)),
         "control_plane_start_ms": round(start_ms, 1),
         "first_snapshot_served_ms": round(first_ms, 1),
-        "apply_to_effect_ms_p50": round(statistics.median(latencies), 2),
-        "apply_to_effect_ms_p99": round(
-            latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2
-        ),
-        "apply_to_effect_ms_max": round(latencies[-1], 2),
-        "apply_to_effect_cpu_ms_p50": round(statistics.median(cpu), 2),
-        "apply_to_effect_cpu_ms_p99": round(
-            sorted(cpu)[min(len(cpu) - 1, int(0.99 * len(cpu)))], 2
-        ),
+        **flipped,
     }
+
+
+async def _flip(
+    n: int, store: Any, plane: TimedPlane, proxies: list[DataPlane], flips: int
+) -> dict[str, Any]:
+    """Each flip timed from the write until both proxies applied their new Snapshot; CPU
+    by phase: the control plane's builds and JSON (this process), each proxy's parse
+    and apply (its own), and all of it together."""
+    phases: dict[str, list[float]] = {}
+    for k in range(flips):
+        changed = virtual_service(n // 2, 60 if k % 2 == 0 else 80)
+        plane.build_cpu_ms = 0.0
+        for proxy in proxies:
+            proxy.json_cpu_ms = 0.0
+        t0, c0 = time.perf_counter(), time.process_time()
+        store.apply([changed])
+        answers = [await proxy.applied() for proxy in proxies]
+        wall = (time.perf_counter() - t0) * 1000
+        control = (time.process_time() - c0) * 1000
+        spent = {
+            "apply_to_effect_ms": wall,
+            "control_plane_cpu_ms": control,
+            "build_cpu_ms": plane.build_cpu_ms,
+            "api_json_cpu_ms": sum(p.json_cpu_ms for p in proxies),
+            "dataplane_parse_cpu_ms": sum(a["parse_cpu_ms"] for a in answers),
+            "dataplane_apply_cpu_ms": sum(a["apply_cpu_ms"] for a in answers),
+        }
+        spent["apply_to_effect_cpu_ms"] = (
+            control + spent["dataplane_parse_cpu_ms"] + spent["dataplane_apply_cpu_ms"]
+        )
+        for phase, value in spent.items():
+            phases.setdefault(phase, []).append(value)
+    out: dict[str, Any] = {"apply_to_effect_ms_max": round(max(phases["apply_to_effect_ms"]), 2)}
+    for phase, values in phases.items():
+        out.update(_percentiles(phase, values))
+    return out
+
+
+def _percentiles(name: str, values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return {f"{name}_p50": round(statistics.median(ordered), 2), f"{name}_p99": round(p99, 2)}
+
+
+def _raise_fd_limit(need: int) -> None:
+    """Two proxies bind N listeners each: raise the open-file limit to fit, or say why not."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, max(hard, need)))
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"open-file limit {soft} < {need} and cannot be raised: {exc}") from None
 
 
 async def apply_to_envoy(n: int, objs: list[dict[str, Any]], flips: int) -> dict[str, Any]:
@@ -490,12 +637,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--envoy-only", action="store_true", help="only the Envoy flips (implies --envoy)"
     )
+    p.add_argument("--data-plane", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.data_plane:  # one proxy of apply_to_effect, in its own process
+        asyncio.run(serve_as_data_plane())
+        return 0
     args.envoy = args.envoy or args.envoy_only
     envoy_sizes = {int(x) for x in args.envoy_sizes.split(",")}
     results: dict[str, Any] = {"loadavg": os.getloadavg(), "sizes": {}}
     for n in (int(x) for x in args.sizes.split(",")):
         objs = mesh_objects(n)
+        _raise_fd_limit(n + 1024)
         row: dict[str, Any] = {"objects": len(objs)}
         if not args.envoy_only:
             row.update(pure_costs(n, objs))

@@ -188,6 +188,36 @@ def edit_source_labels(objs: Objects, i: int, x: int) -> None:
     objs[("VirtualService", NS, f"vs-{i}")] = vs
 
 
+def edit_mesh_wildcard(objs: Objects, i: int, x: int) -> None:
+    """A mesh rule for every Service of the namespace, listed after its exact ones."""
+    vs = virtual_service(i, x, 0, ["mesh"])
+    vs["spec"]["hosts"] = [f"*.{NS}.svc.cluster.local"]
+    objs[("VirtualService", NS, f"vs-{i}")] = vs
+
+
+def edit_export_to(objs: Objects, i: int, x: int) -> None:
+    """A mesh rule only its own namespace's sidecars see (outsiders keep the Service's)."""
+    vs = virtual_service(i, x, 0, ["mesh"])
+    vs["spec"]["exportTo"] = ["other" if x % 2 else "."]
+    objs[("VirtualService", NS, f"vs-{i}")] = vs
+
+
+def edit_source_namespace(objs: Objects, i: int, x: int) -> None:
+    """A client pod in another namespace (a class of its own) and a rule for it alone."""
+    objs[("Pod", "other", f"client-{i}")] = pod("other", f"client-{i}", {}, f"10.8.0.{i + 1}")
+    vs = virtual_service(i, x, 0, ["mesh"])
+    vs["spec"]["tcp"][0]["match"] = [{"sourceNamespace": "other" if x % 2 else NS}]
+    objs[("VirtualService", NS, f"vs-{i}")] = vs
+
+
+def edit_workload_selector(objs: Objects, i: int, x: int) -> None:
+    """A DestinationRule for the v1 pods only: the classes' labels start to matter."""
+    dr = _get(objs, "DestinationRule", f"svc-{i}")
+    if dr is not None:
+        dr["spec"]["workloadSelector"] = {"matchLabels": {"version": "v1"}}
+        dr["spec"]["trafficPolicy"] = {"connectionPool": {"tcp": {"idleTimeout": f"{x + 1}s"}}}
+
+
 def edit_delete_vs(objs: Objects, i: int, x: int) -> None:
     objs.pop(("VirtualService", NS, f"vs-{i}"), None)
 
@@ -264,6 +294,10 @@ EDITS: list[Callable[[Objects, int, int], None]] = [
     edit_port,
     edit_to_mesh,
     edit_source_labels,
+    edit_mesh_wildcard,
+    edit_export_to,
+    edit_source_namespace,
+    edit_workload_selector,
     edit_delete_vs,
     edit_subsets,
     edit_policy,
@@ -360,3 +394,22 @@ def test_a_cache_drops_what_no_build_used_since_the_last_advance() -> None:
     cache.advance()
     assert len(cache) == 0
     assert cache.get("step", 1, inputs, lambda: "again") == "again"
+
+
+def test_a_node_proxy_rebuild_makes_only_the_listener_its_mesh_rule_changes() -> None:
+    objs = mesh()
+    follower = Follower()
+    node_proxy = NODE_PROXY_POD[:2]
+    edit_to_mesh(objs, 1, 30)
+    before = build_snapshot(resources := follower.sync(objs), node_of(resources, *node_proxy))
+    edit_weight(objs, 0, 10)  # a gateway's rule: nothing of the node proxy's changes
+    same = build_snapshot(resources := follower.sync(objs), node_of(resources, *node_proxy))
+    assert same.version == before.version
+    assert all(a is b for a, b in zip(same.listeners, before.listeners, strict=True))
+    edit_weight(objs, 1, 40)  # the mesh rule of svc-1
+    after = build_snapshot(resources := follower.sync(objs), node_of(resources, *node_proxy))
+    by_name = {lst.name: lst for lst in before.listeners}
+    changed = [lst.name for lst in after.listeners if lst is not by_name[lst.name]]
+    assert changed == ["10.96.0.2_9000"]
+    weights = [d.weight for d in after.listeners[1].routes[-1].destinations]
+    assert weights == [40, 60]

@@ -92,17 +92,28 @@ OUTSIDE = SourceClass("", ())
 def outbound_snapshot(
     resources: MeshResources, node: ProxyNode, clusters: tuple[Cluster, ...]
 ) -> Snapshot:
+    # Three steps, so that a VirtualService's event does not group the pods again: the
+    # classes read the pods; whether labels matter reads the rules; the views read both.
     classes = resources.cache.get(
         "source_classes",
-        (resources.stamps("pods", "virtual_services", "destination_rules"), node),
+        (resources.stamps("pods"), node),
         (),
-        lambda: rule_views(resources, source_classes(resources, node)),
+        lambda: source_classes(resources, node),
+    )
+    matter = resources.cache.get(
+        "labels_matter",
+        resources.stamps("virtual_services", "destination_rules"),
+        (),
+        lambda: labels_matter(resources),
+    )
+    views = resources.cache.get(
+        "rule_views", matter, (classes,), lambda: rule_views(classes, labels_matter=matter)
     )
     # Equal classes, the same tuple: the listeners' steps take it by identity, and a
-    # VirtualService change that leaves the classes as they were must not miss them all.
-    classes = resources.cache.get("source_classes_value", classes, (), lambda: classes)
+    # pod change that leaves the classes as they were must not miss them all.
+    views = resources.cache.get("source_classes_value", views, (), lambda: views)
     listeners = itertools.chain(
-        cluster_ip_listeners(resources, classes),
+        cluster_ip_listeners(resources, views),
         node_port_listeners(resources, node),
         load_balancer_listeners(resources, node),
     )
@@ -129,7 +140,7 @@ def source_classes(resources: MeshResources, node: ProxyNode) -> tuple[SourceCla
         key = (pod.namespace, tuple(sorted(pod.metadata.labels.items())))
         grouped.setdefault(key, []).append(ip)
     return tuple(
-        SourceClass(namespace, labels, tuple(sorted(set(ips), key=ipaddress.ip_address)))
+        SourceClass(namespace, labels, _sorted_ips(ips))
         for (namespace, labels), ips in sorted(grouped.items())
     )
 
@@ -151,12 +162,22 @@ def _tcp_ports(service: models.Service) -> Iterator[tuple[int, models.ServicePor
 def cluster_ip_listeners(
     resources: MeshResources, classes: tuple[SourceClass, ...]
 ) -> Iterator[Listener]:
+    # The sidecars' VirtualServices depend on a class's namespace only, and namespaces
+    # that see the same ones share an index: each listener looks its host up once per
+    # distinct index, not once per class. ``sight`` maps each namespace (outsiders
+    # first) to its index's place, and goes into the listeners' keys.
+    namespaces = tuple(dict.fromkeys(("", *(c.namespace for c in classes))))
+    indexes = [_mesh_hosts_index(resources, namespace) for namespace in namespaces]
+    distinct = list({id(index): index for index in indexes}.values())
+    sight = tuple(next(i for i, d in enumerate(distinct) if d is x) for x in indexes)
     for service in resources.services_in_order:
         address = service_cluster_ip(service)
         if address is None:
             continue
+        fqdn = service_fqdn(service.name, service.namespace)
+        seen = [_virtual_services_for_host(index, fqdn) for index in distinct]
         for index, _ in _tcp_ports(service):
-            yield _cluster_ip_listener(resources, service, index, address, classes)
+            yield _cluster_ip_listener(resources, service, index, address, classes, sight, seen)
 
 
 # What a cluster-IP listener reads besides its Service, the source classes and the
@@ -170,14 +191,16 @@ def _cluster_ip_listener(
     index: int,
     address: str,
     classes: tuple[SourceClass, ...],
+    sight: tuple[int, ...],
+    seen: list[tuple[models.VirtualService, ...]],
 ) -> Listener:
-    """A step of the build cache: the VirtualServices it reads are those each class's
-    sidecar sees for the Service's host (``mesh_virtual_services``)."""
-    seen = [mesh_virtual_services(resources, service, source) for source in (OUTSIDE, *classes)]
+    """A step of the build cache: the VirtualServices it reads are those a sidecar in
+    each class's namespace sees for the Service's host (``seen``, one entry per distinct
+    view, ``sight`` saying which namespace has which); the classes fix which namespaces
+    those are, and are taken by identity."""
     return resources.cache.get(
         "cluster_ip_listener",
-        (resources.stamps(*ROUTE_KINDS), index, address, tuple(map(len, seen))),
-        # The classes by identity: the same tuple while the "source_classes" step holds.
+        (resources.stamps(*ROUTE_KINDS), index, address, sight, tuple(map(len, seen))),
         (service, classes, *itertools.chain.from_iterable(seen)),
         partial(_mesh_listener, resources, service, index, address, classes),
     )
@@ -220,32 +243,47 @@ def mesh_routes(
     return (*sourced, outside)
 
 
-def rule_views(resources: MeshResources, classes: Sequence[SourceClass]) -> tuple[SourceClass, ...]:
-    """The classes as the rules see them: namespace always, labels only where some
-    VirtualService matches sourceLabels or some DestinationRule selects workloads.
-    Classes that differ in nothing else merge (their addresses together), so a Service's
-    routes are worked out once per view, not once per pod label set."""
-    labels_matter = any(
-        dr.spec.workload_selector is not None for dr in resources.destination_rules
-    ) or any(
+def labels_matter(resources: MeshResources) -> bool:
+    """Whether a class's labels can change a route: some VirtualService matches
+    sourceLabels, or some DestinationRule selects workloads."""
+    return any(dr.spec.workload_selector is not None for dr in resources.destination_rules) or any(
         match is not None and match.source_labels
         for vs in resources.virtual_services
         for rule in vs.spec.tcp
         for match in rule.match or ()
     )
+
+
+def rule_views(classes: Sequence[SourceClass], *, labels_matter: bool) -> tuple[SourceClass, ...]:
+    """The classes as the rules see them: namespace always, labels only where they
+    matter (``labels_matter``). Classes that differ in nothing else merge (their
+    addresses together), so a Service's routes are worked out once per view, not once
+    per pod label set."""
     if labels_matter:
         return tuple(classes)
     merged: dict[str, list[str]] = {}
     for source in classes:
         merged.setdefault(source.namespace, []).extend(source.addresses)
     return tuple(
-        SourceClass(namespace, (), tuple(sorted(set(ips), key=ipaddress.ip_address)))
-        for namespace, ips in sorted(merged.items())
+        SourceClass(namespace, (), _sorted_ips(ips)) for namespace, ips in sorted(merged.items())
     )
 
 
+def _sorted_ips(ips: Iterable[str]) -> tuple[str, ...]:
+    """The distinct addresses in numeric order."""
+    return tuple(sorted(set(ips), key=_ip_order))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _ip_order(address: str) -> tuple[int, int]:
+    """An address's place in numeric order, parsed once (the pods' addresses are sorted
+    again whenever a pod changes, and parsing is most of that)."""
+    ip = ipaddress.ip_address(address)
+    return ip.version, int(ip)
+
+
 def _prefixes(addresses: Iterable[str]) -> tuple[str, ...]:
-    return tuple(f"{a}/32" for a in sorted(set(addresses), key=ipaddress.ip_address))
+    return tuple(f"{a}/32" for a in _sorted_ips(addresses))
 
 
 def sidecar_route(
@@ -286,7 +324,8 @@ def sidecar_tcp_chains(
     # The DestinationRules are looked up as a sidecar of the source class would.
     sidecar = ProxyNode(source.namespace, "", source.labels, "")
     chains: list[Chain] = []
-    for vs in mesh_virtual_services(resources, service, source):
+    fqdn = service_fqdn(service.name, service.namespace)
+    for vs in mesh_virtual_services(resources, fqdn, source.namespace):
         for rule_index, rule in enumerate(vs.spec.tcp):
             if not rule.route:
                 continue
@@ -307,35 +346,49 @@ def sidecar_tcp_chains(
 
 
 def mesh_virtual_services(
-    resources: MeshResources, service: models.Service, source: SourceClass
-) -> list[models.VirtualService]:
-    """getConfigsForHost over the ``mesh`` VirtualServices a sidecar of ``source`` sees
-    (exportTo from its namespace; outsiders see the public ones only)."""
-    fqdn = service_fqdn(service.name, service.namespace)
-    vss = virtual_services_for_gateway(resources, _sidecar(source), MESH_GATEWAY)
-    exact, wild = _mesh_hosts_index(resources, source.namespace, vss)
-    positions = set(exact.get(fqdn, ()))
+    resources: MeshResources, fqdn: str, namespace: str
+) -> tuple[models.VirtualService, ...]:
+    """getConfigsForHost over the ``mesh`` VirtualServices a sidecar in ``namespace``
+    sees (exportTo from its namespace; outsiders, namespace "", see the public ones only)."""
+    return _virtual_services_for_host(_mesh_hosts_index(resources, namespace), fqdn)
+
+
+def _virtual_services_for_host(
+    index: MeshHostsIndex, fqdn: str
+) -> tuple[models.VirtualService, ...]:
+    exact, wild, vss = index
+    found = exact.get(fqdn, ())
+    if not wild:
+        return tuple(vss[p] for p in found)
+    positions = set(found)
     positions.update(
         p
         for p in wild
         if any(hosts_overlap(resolve_host(h, vss[p].namespace), fqdn) for h in vss[p].spec.hosts)
     )
-    return [vss[p] for p in sorted(positions)]
+    return tuple(vss[p] for p in sorted(positions))
 
 
 @functools.lru_cache(maxsize=4096)
-def _sidecar(source: SourceClass) -> ProxyNode:
-    """The sidecar a class's pods would have (its namespace and labels; no address)."""
-    return ProxyNode(source.namespace, "", source.labels, "")
+def _sidecar(namespace: str) -> ProxyNode:
+    """A sidecar in ``namespace``, as ``virtual_services_for_gateway`` sees it (it reads
+    the namespace only)."""
+    return ProxyNode(namespace, "", (), "")
 
 
-def _mesh_hosts_index(
-    resources: MeshResources, namespace: str, vss: Sequence[models.VirtualService]
-) -> tuple[dict[str, list[int]], list[int]]:
-    """The positions in ``vss`` by exact host, and those with a wildcard host (which are
-    matched one by one): a Service's VirtualServices without scanning them all."""
-    key = ("mesh_hosts", namespace)
-    found: tuple[dict[str, list[int]], list[int]] | None = resources.memo.get(key)
+MeshHostsIndex = tuple[dict[str, list[int]], tuple[int, ...], tuple[models.VirtualService, ...]]
+
+
+def _mesh_hosts_index(resources: MeshResources, namespace: str) -> MeshHostsIndex:
+    """The ``mesh`` VirtualServices a sidecar in ``namespace`` sees, in order: by exact
+    host, the positions of those with a wildcard host (which are matched one by one),
+    and all of them. A Service's VirtualServices without scanning them all; worked out
+    once per set of resources and namespace."""
+    vss = virtual_services_for_gateway(resources, _sidecar(namespace), MESH_GATEWAY)
+    # By the tuple (the memo holds it, so its id stays its own): namespaces that see
+    # the same VirtualServices share one tuple, and one index.
+    key = ("mesh_hosts", id(vss))
+    found: MeshHostsIndex | None = resources.memo.get(key)
     if found is not None:
         return found
     exact: dict[str, list[int]] = {}
@@ -346,10 +399,11 @@ def _mesh_hosts_index(
             if resolved.startswith("*"):
                 if not wild or wild[-1] != position:
                     wild.append(position)
-            else:
+            elif not exact.get(resolved) or exact[resolved][-1] != position:
                 exact.setdefault(resolved, []).append(position)
-    resources.memo[key] = (exact, wild)
-    return exact, wild
+    found = exact, tuple(wild), vss
+    resources.memo[key] = found
+    return found
 
 
 def _match_tcp(

@@ -132,17 +132,33 @@ class MeshResources:
 
     @functools.cached_property
     def services_in_order(self) -> tuple[models.Service, ...]:
-        """The Services in creation order (the node proxy's listener order)."""
-        return tuple(sorted(self.services, key=creation_order_key))
+        """The Services in creation order (the node proxy's listener order); sorted again
+        only when a Service changed (every proxy's build of a generation reads it)."""
+        return self.cache.get(
+            "services_in_order",
+            self.stamps("services"),
+            (),
+            lambda: tuple(sorted(self.services, key=creation_order_key)),
+        )
 
     @functools.cached_property
     def virtual_services_in_order(self) -> tuple[models.VirtualService, ...]:
-        """The VirtualServices in Istio's creation order (configCompareByCreationTime)."""
-        return tuple(sorted(self.virtual_services, key=creation_order_key))
+        """The VirtualServices in Istio's creation order (configCompareByCreationTime),
+        sorted once per generation for all proxies."""
+        return self.cache.get(
+            "virtual_services_in_order",
+            self.stamps("virtual_services"),
+            (),
+            lambda: tuple(sorted(self.virtual_services, key=creation_order_key)),
+        )
 
     @functools.cached_property
     def services_by_fqdn(self) -> Mapping[str, models.Service]:
-        """Each Service by its FQDN (the first stored, should two share one)."""
+        """Each Service by its FQDN (the first stored, should two share one); indexed
+        again only when a Service changed."""
+        return self.cache.get("services_by_fqdn", self.stamps("services"), (), self._index_services)
+
+    def _index_services(self) -> Mapping[str, models.Service]:
         index: dict[str, models.Service] = {}
         for service in self.services:
             index.setdefault(service_fqdn(service.name, service.namespace), service)

@@ -47,20 +47,38 @@ def virtual_services_for_gateway(
     resources: MeshResources, node: ProxyNode, gateway_name: str
 ) -> tuple[models.VirtualService, ...]:
     """VirtualServicesForGateway: private, then exported to the proxy's namespace, then
-    public (worked out once per gateway and namespace: see ``MeshResources.memo``)."""
+    public (worked out once per gateway and namespace: see ``MeshResources.memo``).
+
+    Namespaces that no VirtualService of the gateway is private or exported to all get
+    the very same tuple, the public ones: the node proxy asks once per namespace of its
+    clients, and what is worked out from the tuple (``outbound``) is worked out once."""
     key = ("virtual_services_for_gateway", gateway_name, node.namespace)
     found: tuple[models.VirtualService, ...] | None = resources.memo.get(key)
     if found is None:
-        found = resources.memo[key] = _for_gateway(resources, node.namespace, gateway_name)
+        public, private, exported = _bound_to(resources, gateway_name)
+        mine = (*private.get(node.namespace, ()), *exported.get(node.namespace, ()))
+        found = resources.memo[key] = (*mine, *public) if mine else public
     return found
 
 
-def _for_gateway(
-    resources: MeshResources, namespace: str, gateway_name: str
-) -> tuple[models.VirtualService, ...]:
-    private: list[models.VirtualService] = []
-    exported: list[models.VirtualService] = []
+Bound = tuple[
+    tuple[models.VirtualService, ...],
+    dict[str, list[models.VirtualService]],
+    dict[str, list[models.VirtualService]],
+]
+
+
+def _bound_to(resources: MeshResources, gateway_name: str) -> Bound:
+    """The gateway's VirtualServices in creation order, by visibility (one pass for
+    every namespace): public ones, private ones by their namespace, and exported ones
+    by the namespaces they are exported to."""
+    key = ("bound_to", gateway_name)
+    found: Bound | None = resources.memo.get(key)
+    if found is not None:
+        return found
     public: list[models.VirtualService] = []
+    private: dict[str, list[models.VirtualService]] = {}
+    exported: dict[str, list[models.VirtualService]] = {}
     for vs in resources.virtual_services_in_order:
         bound = {resolve_gateway_name(g, vs.namespace) for g in vs.spec.gateways or ["mesh"]}
         if gateway_name not in bound:
@@ -68,11 +86,14 @@ def _for_gateway(
         export_to = vs.spec.export_to
         if not export_to or "*" in export_to:
             public.append(vs)
-        elif vs.namespace == namespace and "." in export_to:
-            private.append(vs)
-        elif namespace in export_to:
-            exported.append(vs)
-    return (*private, *exported, *public)
+            continue
+        if "." in export_to:
+            private.setdefault(vs.namespace, []).append(vs)
+        for namespace in dict.fromkeys(export_to):
+            if namespace != "." and not (namespace == vs.namespace and "." in export_to):
+                exported.setdefault(namespace, []).append(vs)
+    found = resources.memo[key] = (tuple(public), private, exported)
+    return found
 
 
 def gateway_route(
