@@ -1,7 +1,7 @@
 """What one short connection costs the built-in data plane: CPU and system calls.
 
     .venv/bin/python benchmarks/conn_cost.py [--conns 2000] [--reps 3] [--workers 1] [--no-strace]
-        [--envoy PATH]
+        [--engine auto|native|python] [--envoy PATH]
 
 Starts the data plane as ``tcpmesh up`` runs it (``python -m tcpmesh.dataplane``: the
 supervisor and ``--workers`` workers, pinned to core 0 when there are two) with the
@@ -78,8 +78,11 @@ def ticks(pids: list[int]) -> tuple[float, float]:
     return user, system
 
 
-def start_plane(snapshot_file: Path, workers: int, relay: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "TCPMESH_RELAY": relay, "TCPMESH_LOG_LEVEL": "WARNING"}
+def start_plane(
+    snapshot_file: Path, workers: int, relay: str, engine: str
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "TCPMESH_RELAY": relay, "TCPMESH_ENGINE": engine}
+    env["TCPMESH_LOG_LEVEL"] = "WARNING"
     cmd = [sys.executable, "-m", "tcpmesh.dataplane", "--snapshot-file", str(snapshot_file)]
     cmd += ["--workers", str(workers)]
     if len(os.sched_getaffinity(0)) > 1:
@@ -188,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--relay", default="auto", choices=rp.PATHS)
+    p.add_argument("--engine", default="auto", choices=("auto", "native", "python"))
     p.add_argument("--no-strace", action="store_true")
     p.add_argument("--envoy", default=None, help="also measure this Envoy binary")
     p.add_argument("--out", type=Path, default=None, help="write the JSON here too")
@@ -195,11 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     rp.pin(1)
     backend = rp.EchoBackend()
     result: dict[str, object] = {"loadavg": os.getloadavg(), "workers": args.workers}
+    result["engine"] = args.engine
     with tempfile.TemporaryDirectory() as tmp:
         snap = Path(tmp) / "snapshot.json"
         snap.write_text(rp.snapshot(PORT, backend.port).to_json())
         try:
-            plane = start_plane(snap, args.workers, args.relay)
+            plane = start_plane(snap, args.workers, args.relay, args.engine)
             try:
                 wait_listening(PORT, plane)
                 workers = worker_pids(plane.pid, args.workers)

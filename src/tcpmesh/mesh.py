@@ -129,6 +129,8 @@ class MeshConfig:
     dataplane: str = "python"
     # `--relay`: how the built-in data plane moves bytes (dataplane.splice.RelayMode).
     relay: str = "auto"
+    # `--engine`: the C engine or the Python relay (dataplane.native.EngineMode).
+    engine: str = "auto"
     max_pods: int = DEFAULT_MAX_PODS
     # `--store`: None (SQLite in the state directory) or an etcd://... URL.
     store: str | None = None
@@ -222,6 +224,7 @@ def gateway_deployment(
                             "env": [
                                 {"name": "TCPMESH_WORKERS", "value": str(config.effective_workers)},
                                 {"name": "TCPMESH_RELAY", "value": config.relay},
+                                {"name": "TCPMESH_ENGINE", "value": config.engine},
                                 {"name": "TCPMESH_STATUS_PORT", "value": str(STATUS_PORT)},
                                 {"name": "TCPMESH_PROMETHEUS_PORT", "value": str(PROMETHEUS_PORT)},
                                 {"name": "ISTIO_META_WORKLOAD_NAME", "value": name},
@@ -257,6 +260,7 @@ def node_proxy_objects(config: MeshConfig) -> list[dict[str, Any]]:
         "env": [
             {"name": "TCPMESH_WORKERS", "value": str(config.effective_workers)},
             {"name": "TCPMESH_RELAY", "value": config.relay},
+            {"name": "TCPMESH_ENGINE", "value": config.engine},
             {"name": "TCPMESH_STATUS_PORT", "value": str(NODE_PROXY_STATUS_PORT)},
             {"name": "TCPMESH_PROMETHEUS_PORT", "value": str(NODE_PROXY_PROMETHEUS_PORT)},
             {"name": "ISTIO_META_WORKLOAD_NAME", "value": NODE_PROXY_NAME},
@@ -561,6 +565,7 @@ class Mesh:
             "dataplane": self.config.dataplane,
             "workers": self.config.effective_workers,
             "relay": self.config.relay,
+            "engine": self.config.engine,
             "maxPods": self.config.max_pods,
             "uptimeSeconds": round(time.time() - self.started_at, 1),
             "store": _store_name(self.config.store),

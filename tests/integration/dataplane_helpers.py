@@ -317,3 +317,8 @@ def write_credentials(state_dir: Path, url: str, token: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"url": url, "token": token, "pid": os.getpid()}))
     tmp.replace(path)
+
+
+def spliced(relay_path: str) -> bool:
+    """Whether connections on ``relay_path`` (conftest.relay_path) move bytes by splice(2)."""
+    return relay_path.endswith("splice")

@@ -40,6 +40,7 @@ from tests.integration.dataplane_helpers import (
     run,
     send_line,
     snapshot,
+    spliced,
     start_backend,
     write_credentials,
 )
@@ -59,7 +60,7 @@ async def wait_for(predicate: object, timeout: float = 5.0) -> None:
 
 def assert_relay_path(proxy: Proxy, relay_path: str, connections: int) -> None:
     """Every finished connection took the path the test runs on (conftest.relay_path)."""
-    assert proxy.spliced_connections == (connections if relay_path == "splice" else 0)
+    assert proxy.spliced_connections == (connections if spliced(relay_path) else 0)
 
 
 async def started_proxy(snap: Snapshot, **kw: object) -> tuple[Proxy, list[AccessLogRecord]]:
@@ -173,7 +174,7 @@ def test_weighted_split_80_20_over_2000_connections(pick: str) -> None:
         ("UH", [cluster("v1")]),  # the cluster exists but has no endpoints
     ],
 )
-def test_nc_and_uh_close_the_client_at_once(flag: str, clusters: list[object]) -> None:
+def test_nc_and_uh_close_the_client_at_once(flag: str, clusters: list[object], engine: str) -> None:
     async def main() -> None:
         port = free_port()
         snap = snapshot([listener(port, route((cluster_name("v1"), 100)))], clusters)  # type: ignore[arg-type]
@@ -202,7 +203,7 @@ def test_nc_and_uh_close_the_client_at_once(flag: str, clusters: list[object]) -
     run(main())
 
 
-def test_refused_upstream_connect_is_uf() -> None:
+def test_refused_upstream_connect_is_uf(engine: str) -> None:
     async def main() -> None:
         port = free_port()
         dead = free_port(V1_HOST)
@@ -225,7 +226,7 @@ def test_refused_upstream_connect_is_uf() -> None:
     run(main())
 
 
-def test_upstream_connect_timeout_is_uf() -> None:
+def test_upstream_connect_timeout_is_uf(engine: str) -> None:
     async def main() -> None:
         # A listener whose accept queue is full drops SYNs, so connects hang.
         blocker = socket.socket()
@@ -626,7 +627,7 @@ def test_tcp_keepalive_options_on_upstream_socket() -> None:
     run(main())
 
 
-def test_keepalive_cluster_still_relays() -> None:
+def test_keepalive_cluster_still_relays(engine: str) -> None:
     async def main() -> None:
         v1, p1 = await start_backend(V1_HOST, lambda: LineEcho(b"one"))
         port = free_port()

@@ -2,7 +2,8 @@
 
 On loopback the handshake is done by the time ``connect()`` returns, so the relay skips
 waiting for writability; the waiting path (remote upstreams) is forced here by making the
-relay believe the connect is still in progress.
+relay believe the connect is still in progress. These are the Python relay's paths
+(``dataplane.pump``): every proxy here runs with the Python engine.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import pytest
 
 from tcpmesh.dataplane import pump
 from tcpmesh.dataplane.accesslog import AccessLogRecord
+from tcpmesh.dataplane.native import EngineMode
 from tcpmesh.dataplane.proxy import Proxy
+from tcpmesh.dataplane.splice import RelayMode, splice_available
 from tests.integration.dataplane_helpers import (
     PROXY_HOST,
     V1_HOST,
@@ -29,6 +32,7 @@ from tests.integration.dataplane_helpers import (
     route,
     run,
     snapshot,
+    spliced,
     start_backend,
 )
 
@@ -67,10 +71,13 @@ async def _wait_records(records: list[AccessLogRecord], n: int) -> None:
 
 @pytest.mark.parametrize("connect_path", PATHS, indirect=True)
 @pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("relay_path", ["copy", "splice"])
 def test_relay_and_half_close_on_either_connect_path(
     loop: str, connect_path: tuple[str, list[bool]], relay_path: str
 ) -> None:
     path, answers = connect_path
+    if relay_path == "splice" and not splice_available():
+        pytest.skip("splice(2) is not available here")
 
     async def main() -> list[AccessLogRecord]:
         lines, lines_port = await start_backend(V1_HOST, lambda: LineEcho(b"one"))
@@ -84,7 +91,9 @@ def test_relay_and_half_close_on_either_connect_path(
             [cluster("v1", (V1_HOST, lines_port)), cluster("v2", (V1_HOST, echo_port))],
         )
         records: list[AccessLogRecord] = []
-        proxy = Proxy(access_log=records.append)
+        proxy = Proxy(
+            access_log=records.append, relay=RelayMode(relay_path), engine=EngineMode.PYTHON
+        )
         proxy.apply(snap)
         await proxy.settled()
         try:
@@ -111,7 +120,7 @@ def test_relay_and_half_close_on_either_connect_path(
             assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
             await _wait_records(records, 2)
             assert proxy.connection_count == 0
-            assert proxy.spliced_connections == (2 if relay_path == "splice" else 0)
+            assert proxy.spliced_connections == (2 if spliced(relay_path) else 0)
             return records
         finally:
             await proxy.close()
@@ -145,7 +154,7 @@ def test_loopback_connects_complete_within_the_connect_call(
             [listener(port, route((cluster_name("v1"), 100)))],
             [cluster("v1", (V1_HOST, backend_port))],
         )
-        proxy = Proxy(access_log=lambda _: None)
+        proxy = Proxy(access_log=lambda _: None, engine=EngineMode.PYTHON)
         proxy.apply(snap)
         await proxy.settled()
         try:
@@ -203,7 +212,7 @@ def test_fin_to_the_client_with_and_without_libc_shutdown(
             [cluster("v1", (V1_HOST, backend_port))],
         )
         records: list[AccessLogRecord] = []
-        proxy = Proxy(access_log=records.append)
+        proxy = Proxy(access_log=records.append, engine=EngineMode.PYTHON)
         proxy.apply(snap)
         await proxy.settled()
         try:

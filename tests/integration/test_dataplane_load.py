@@ -33,6 +33,7 @@ from tests.integration.dataplane_helpers import (
     route,
     run,
     snapshot,
+    spliced,
 )
 from tests.integration.test_dataplane_workers import (
     Process,
@@ -219,7 +220,7 @@ def test_256_mib_each_way_byte_exact_through_a_worker(
         assert answer == b"%d %s\n" % (BIG, expected.encode())
         assert (got, digest) == (BIG, expected)
         # Spliced directions borrow pipes while their sink lags; copying uses none.
-        assert (peak_pipes[0] > baseline) == (relay_path == "splice")
+        assert (peak_pipes[0] > baseline) == (spliced(relay_path))
         assert proc.proc.poll() is None, proc.stderr()
     finally:
         proc.kill_all()
@@ -322,7 +323,7 @@ def test_slow_readers_do_not_grow_the_proxys_memory(
         print(f"worker RSS {baseline / MiB:.1f} MiB, peak growth {growth / MiB:.1f} MiB")
         # High-water 256 KiB per direction plus one read chunk; allocator slack on top.
         assert growth < 16 * MiB, growth
-        assert (peak_pipes[0] > pipes_before) == (relay_path == "splice")
+        assert (peak_pipes[0] > pipes_before) == (spliced(relay_path))
         assert proc.proc.poll() is None, proc.stderr()
     finally:
         proc.kill_all()

@@ -178,7 +178,7 @@ async def _hold(port: int, n: int) -> list[bytes]:
 
 
 def test_max_connections_one_admits_one_connection_across_four_workers(
-    backends: BackendThread, tmp_path: Path
+    backends: BackendThread, tmp_path: Path, engine: str
 ) -> None:
     """16 concurrent connections on 4 workers: one is relayed, 15 close with UO.
 
@@ -210,7 +210,7 @@ def test_max_connections_one_admits_one_connection_across_four_workers(
 
 
 def test_five_connect_failures_eject_the_endpoint_once_for_all_workers(
-    backends: BackendThread, tmp_path: Path
+    backends: BackendThread, tmp_path: Path, engine: str
 ) -> None:
     """60 connections, one at a time, to a cluster of a dead and a live endpoint.
 

@@ -18,6 +18,7 @@ from scipy.stats import binomtest
 from tcpmesh.control.snapshot import DownstreamTls, L4Match, Snapshot, TcpRoute
 from tcpmesh.dataplane.accesslog import AccessLogRecord
 from tcpmesh.dataplane.proxy import Proxy
+from tcpmesh.dataplane.splice import splice_available
 from tests.integration.dataplane_helpers import (
     PROXY_HOST,
     V1_HOST,
@@ -31,6 +32,7 @@ from tests.integration.dataplane_helpers import (
     route,
     run,
     snapshot,
+    spliced,
     start_backend,
 )
 from tests.integration.tls_helpers import (
@@ -41,6 +43,18 @@ from tests.integration.tls_helpers import (
 )
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["copy", "splice"])
+def relay_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The relay paths a ClientHello listener can take: the Python relay's two, whichever
+    engine runs (the C engine takes plain TCP listeners only), so on the default engine."""
+    path = str(request.param)
+    if path == "splice" and not splice_available():
+        pytest.skip("splice(2) is not available here")
+    monkeypatch.setenv("TCPMESH_RELAY", path)
+    return path
+
 
 ALPHA = 1e-6
 LOOPS = ["asyncio", "uvloop"]
@@ -141,7 +155,7 @@ def test_passthrough_splits_by_weight_and_routes_by_sni(
             assert all(r.flags == () for r in records)
             # Once routed, passthrough bytes are opaque: they may take the zero-copy path.
             await wait_records(records, 201)
-            assert proxy.spliced_connections == (201 if relay_path == "splice" else 0)
+            assert proxy.spliced_connections == (201 if spliced(relay_path) else 0)
         finally:
             await proxy.close()
             for server, _ in servers:

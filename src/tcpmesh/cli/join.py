@@ -96,6 +96,7 @@ def run_join(
     dataplane: str = "python",
     xds_port: int = 15012,
     relay: str = "auto",
+    engine: str = "auto",
 ) -> int:
     """Build the agent from the flags and run the gateway or workload until stopped."""
     from tcpmesh.join import (
@@ -134,7 +135,9 @@ def run_join(
     runner = (
         run_gateway(
             agent,
-            GatewayOptions(workers, relay=relay, dataplane=dataplane, xds_port=xds_port),
+            GatewayOptions(
+                workers, relay=relay, engine=engine, dataplane=dataplane, xds_port=xds_port
+            ),
         )
         if role == "gateway"
         else run_workload(agent)

@@ -147,7 +147,7 @@ def start_detached(config: MeshConfig) -> tuple[ApiClient, int]:
     ]
     if config.workers:
         argv += ["--workers", str(config.workers)]
-    argv += ["--relay", config.relay]
+    argv += ["--relay", config.relay, "--engine", config.engine]
     argv += ["--max-pods", str(config.max_pods)]
     if config.store:
         argv += ["--store", config.store]
@@ -240,9 +240,12 @@ def tail(path: Path, lines: int = 20) -> str:
 
 
 def _relay_text(status: dict[str, Any]) -> str:
-    """The built-in plane's relay choice (``up --relay``); Envoy has none to show."""
-    relay = status.get("relay")
-    return f", relay {relay}" if relay and status.get("dataplane") == "python" else ""
+    """The built-in plane's relay and engine (``up --relay``, ``--engine``); Envoy has
+    neither to show."""
+    if status.get("dataplane") != "python":
+        return ""
+    relay, engine = status.get("relay"), status.get("engine")
+    return (f", relay {relay}" if relay else "") + (f", engine {engine}" if engine else "")
 
 
 def summarize(status: dict[str, Any]) -> list[str]:

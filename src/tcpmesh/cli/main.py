@@ -35,6 +35,12 @@ RELAY_HELP = (
     "How the built-in data plane moves bytes: auto (copy, then splice(2) once a read "
     "fills 64 KiB), splice (zero-copy from the first byte) or copy (through user space)."
 )
+# `up --engine`, `gateway join --engine`: dataplane.native.EngineMode's values.
+ENGINE_CHOICES = ("auto", "native", "python")
+ENGINE_HELP = (
+    "Which code moves the built-in data plane's plain TCP connections: native (the C "
+    "extension built at install), python, or auto (native when it was built)."
+)
 
 
 class Context:
@@ -101,6 +107,35 @@ relay_option = click.option(
     show_envvar=True,
     help=RELAY_HELP,
 )
+engine_option = click.option(
+    "--engine",
+    type=click.Choice(ENGINE_CHOICES),
+    default="auto",
+    show_default=True,
+    envvar="TCPMESH_ENGINE",
+    show_envvar=True,
+    help=ENGINE_HELP,
+)
+
+
+def _engine_for(dataplane: str, engine: str) -> str:
+    """The engine the built-in plane's workers will use (auto resolved here, so that
+    status names it); exits in one line for a choice that cannot be had."""
+    from importlib.util import find_spec
+
+    if dataplane == "envoy":
+        if _given("engine") and engine != "auto":
+            fail(f"error: --engine {engine}: only the built-in data plane has an engine choice")
+        return "auto"
+    built = find_spec("tcpmesh.dataplane._engine") is not None
+    if engine == "native" and not built:
+        fail(
+            "error: --engine native: the C extension tcpmesh.dataplane._engine is not built "
+            "(reinstall with gcc and Python's headers, or use --engine python)"
+        )
+    if engine == "auto":
+        return "native" if built else "python"
+    return engine
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -132,6 +167,7 @@ pass_context = click.make_pass_decorator(Context)
 @click.option("--address", default="127.0.0.1", show_default=True, help="Gateway address.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Data plane processes.")
 @relay_option
+@engine_option
 @click.option(
     "--max-pods",
     type=click.IntRange(min=1),
@@ -192,6 +228,7 @@ def up(
     address: str,
     workers: int | None,
     relay: str,
+    engine: str,
     max_pods: int | None,
     detach: bool,
     store: str | None,
@@ -213,6 +250,7 @@ def up(
 
     if dataplane == "envoy" and _given("relay") and relay != "auto":
         fail(f"error: --relay {relay}: only the built-in data plane has a relay choice")
+    engine = _engine_for(dataplane, engine)
     if dataplane == "envoy":
         from tcpmesh.xds import missing_envoy_support
 
@@ -231,7 +269,7 @@ def up(
     if max_pods is not None:
         config = dataclasses.replace(config, max_pods=max_pods)
     if dataplane == "python":
-        config = dataclasses.replace(config, relay=relay)
+        config = dataclasses.replace(config, relay=relay, engine=engine)
     config = dataclasses.replace(
         config,
         bind_address=bind_address,
@@ -1062,6 +1100,7 @@ def gateway() -> None:
 )
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
 @relay_option
+@engine_option
 @namespace_option
 @pass_context
 def gateway_join(ctx: Context, /, **flags: Any) -> None:
@@ -1070,6 +1109,7 @@ def gateway_join(ctx: Context, /, **flags: Any) -> None:
 
     if flags["dataplane"] == "envoy" and _given("relay") and flags["relay"] != "auto":
         fail(f"error: --relay {flags['relay']}: only the built-in data plane has a relay choice")
+    flags["engine"] = _engine_for(flags["dataplane"], flags["engine"])
     if flags["dataplane"] == "envoy":
         from tcpmesh.xds import missing_envoy_support
 

@@ -33,7 +33,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from tcpmesh.control import (
     Cluster,
@@ -53,7 +53,8 @@ from tcpmesh.dataplane.balancer import LoadBalancer, SmoothWeighted, endpoint_ke
 from tcpmesh.dataplane.clienthello import Outcome, Peek
 from tcpmesh.dataplane.counters import CounterStore, EndpointKey, LocalCounters
 from tcpmesh.dataplane.inspect import PEEK_TIMEOUT, TlsContexts, peek_client_hello
-from tcpmesh.dataplane.pump import DEFAULT_HIGH_WATER, DOWNSTREAM, UPSTREAM, Relay, Termination
+from tcpmesh.dataplane.native import DONE, PENDING, EngineMode, NativeDriver, engine_mode
+from tcpmesh.dataplane.pump import DEFAULT_HIGH_WATER, Relay, Termination
 from tcpmesh.dataplane.rebalance import Rebalancer
 from tcpmesh.dataplane.routing import Decision, decide, match_route
 from tcpmesh.dataplane.splice import PipePool, RelayMode, relay_mode, splice_after
@@ -130,6 +131,8 @@ class _ListenSocket:
         self.inspect = inspect
         self._accepting: asyncio.Task[None] | None = None
         self.server: asyncio.AbstractServer | None = None
+        # On the C engine (dataplane.native): its listener id, and the socket it accepts on.
+        self._native: tuple[NativeDriver, int, socket.socket] | None = None
         self.sockname: tuple[str, int] | None = None
         self.first_attempt = asyncio.Event()
         self._closed = False
@@ -156,6 +159,13 @@ class _ListenSocket:
             if self.inspect:
                 self._accepting = loop.create_task(self._accept(sock))
                 log.info("listening on %s:%d (reading ClientHellos)", address, self.sockname[1])
+                self.first_attempt.set()
+                return
+            driver = self._proxy.native
+            if driver is not None:
+                accepted = functools.partial(self._proxy.native_accepted, self.key)
+                self._native = (driver, driver.listen(sock, accepted), sock)
+                log.info("listening on %s:%d (native engine)", address, self.sockname[1])
                 self.first_attempt.set()
                 return
             try:
@@ -195,7 +205,7 @@ class _ListenSocket:
 
     @property
     def bound(self) -> bool:
-        return self.server is not None or self._accepting is not None
+        return self.server is not None or self._accepting is not None or self._native is not None
 
     def close(self) -> None:
         self._closed = True
@@ -205,6 +215,11 @@ class _ListenSocket:
             self.server.close()
         if self._accepting is not None:
             self._accepting.cancel()
+        if self._native is not None:
+            driver, lid, sock = self._native
+            self._native = None
+            driver.unlisten(lid)
+            sock.close()
 
 
 class Proxy:
@@ -222,6 +237,7 @@ class Proxy:
         client_hello_timeout: float = PEEK_TIMEOUT,
         counters: CounterStore | None = None,
         relay: RelayMode | None = None,
+        engine: EngineMode | None = None,
     ) -> None:
         self.rng = rng if rng is not None else random.Random()
         self.balancer = LoadBalancer(self.rng, clock, counters)
@@ -234,10 +250,14 @@ class Proxy:
         self.splice_after = splice_after(self.relay)
         self.pipes = PipePool(high_water) if self.splice_after >= 0 else None
         self.spliced_connections = 0  # relays handed to the zero-copy path, ever
+        # Which code moves plain TCP listeners' bytes (dataplane.native): TCPMESH_ENGINE
+        # unless given; the driver is made by the first apply(), in the proxy's loop.
+        self.engine = engine_mode(engine or os.environ.get("TCPMESH_ENGINE"))
+        self.native: NativeDriver | None = None
         self.bind_retry = bind_retry
         self._state = _State(Snapshot(version=""))
         self._listeners: dict[ListenerKey, _ListenSocket] = {}
-        self._connections: set[_Connection] = set()
+        self._connections: set[_Accounting] = set()
         self._stats_task: asyncio.Task[None] | None = None
         # Smooth pickers by (listener, destinations): they outlive snapshots that leave
         # the route's destinations as they were.
@@ -258,6 +278,9 @@ class Proxy:
 
     def apply(self, snapshot: Snapshot) -> None:
         """Make ``snapshot`` the one new connections use; open connections are untouched."""
+        loop = self.loop = asyncio.get_running_loop()
+        if self.engine is EngineMode.NATIVE and self.native is None:
+            self.native = NativeDriver(loop, self.high_water, self.splice_after)
         state = _State(snapshot)
         self._prepare_pickers(state)
         self._state = state
@@ -276,7 +299,6 @@ class Proxy:
         self.tls_contexts.retain(
             {r.tls for p in state.listeners.values() for r in p.listener.routes if r.tls}
         )
-        loop = self.loop = asyncio.get_running_loop()
         if self._stats_task is None:
             self._stats_task = loop.create_task(self._report_stats())
         for plan in state.listeners.values():
@@ -366,6 +388,17 @@ class Proxy:
         # A certificate that cannot be loaded serves nobody (Envoy: warming listener).
         return (route, context) if context is not None else (None, None)
 
+    def native_accepted(self, key: ListenerKey, cid: int, peer: object, local: object) -> None:
+        """The C engine accepted a connection on ``key``: decide, then let it connect."""
+        driver = self.native
+        assert driver is not None
+        conn = _NativeConnection(self, driver, key, cid)
+        if not conn._open(local, peer):
+            driver.engine.abort(cid)
+            return
+        driver.owners[cid] = conn
+        conn._connect_first()
+
     @property
     def connection_count(self) -> int:
         return len(self._connections)
@@ -391,6 +424,9 @@ class Proxy:
                 break
             await asyncio.sleep(0.025)
         self.rebalancer.close()
+        if self.native is not None:
+            self.native.close()
+            self.native = None
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
@@ -478,39 +514,66 @@ _FLAG_CLUSTER_STATS = {
 }
 
 
-class _Connection(Relay):
-    """One client connection: the open-time decision, the upstream connect, the log."""
+# What both connection classes keep for the open-time decision and the bookkeeping.
+_ACCOUNTING_SLOTS = (
+    "_activity_at",
+    "_activity_seen",
+    "_attempts",
+    "_chosen",
+    "_connect_failed",
+    "_decision",
+    "_dest",
+    "_key",
+    "_local",
+    "_peer",
+    "_proxy",
+    "_reported_rx",
+    "_reported_tx",
+    "_start_mono",
+    "_start_wall",
+    "_tried",
+    "_upstream_open",
+)
 
-    __slots__ = (
-        "_activity_at",
-        "_activity_seen",
-        "_attempts",
-        "_chosen",
-        "_connect_failed",
-        "_decision",
-        "_dest",
-        "_key",
-        "_local",
-        "_peer",
-        "_proxy",
-        "_reported_rx",
-        "_reported_tx",
-        "_start_mono",
-        "_start_wall",
-        "_tried",
-        "_upstream_open",
-    )
 
-    def __init__(
-        self,
-        proxy: Proxy,
-        key: ListenerKey,
-        chosen: tuple[TcpRoute | None] | None = None,
+# Empty, and not a literal: the mixin's attributes live in its subclasses' slots.
+_MIXIN_SLOTS: tuple[str, ...] = ()
+
+
+class _Accounting:
+    """What a connection decides and reports, whichever code moves its bytes.
+
+    Shared by ``_Connection`` (the Python relay) and ``_NativeConnection`` (the C
+    engine, dataplane.native), so route, balancer, breaker, retry, timeouts, metrics
+    and the access log are one piece of code for both paths. No slots of its own (the
+    Relay's layout comes first); the attributes are the subclasses' slots."""
+
+    __slots__ = _MIXIN_SLOTS
+    _proxy: Proxy
+    _key: ListenerKey
+    _chosen: tuple[TcpRoute | None] | None
+    _decision: Decision
+    _connect_failed: bool
+    _attempts: int
+    _tried: frozenset[EndpointKey]
+    _upstream_open: bool
+    _start_wall: float
+    _start_mono: float
+    _local: object
+    _peer: object
+    _dest: Destination
+    _reported_rx: int
+    _reported_tx: int
+    _activity_seen: int
+    _activity_at: float
+    _loop: asyncio.AbstractEventLoop
+    done: bool
+    termination: str
+    was_spliced: bool
+
+    def _init_accounting(
+        self, proxy: Proxy, key: ListenerKey, chosen: tuple[TcpRoute | None] | None
     ) -> None:
-        # A route whose bytes the proxy reads (a TLS session it terminates) keeps copying:
-        # the splicer is only offered the plain socket (Relay._maybe_splice checks).
-        loop = proxy.loop or asyncio.get_running_loop()
-        super().__init__(loop, proxy.high_water, proxy.splice_after, proxy.pipes)
         self._proxy = proxy
         self._key = key
         # The route already chosen from the ClientHello, for connections that were peeked.
@@ -518,27 +581,34 @@ class _Connection(Relay):
         self._decision = _NO_DECISION
         self._connect_failed = False
         self._attempts = 1
-        self._tried: frozenset[EndpointKey] = frozenset()
+        self._tried = frozenset()
         self._upstream_open = False
         self._start_wall = 0.0
         self._start_mono = 0.0
-        self._local: object = None
-        self._peer: object = None
-        self._dest: Destination = _NO_DESTINATION
+        self._local = None
+        self._peer = None
+        self._dest = _NO_DESTINATION
         self._reported_rx = 0
         self._reported_tx = 0
         self._activity_seen = 0
         self._activity_at = 0.0
 
-    # -- asyncio.Protocol, downstream side ----------------------------------------------
+    # What the relay provides (annotations only: the relay's own methods are found).
+    connect: Callable[[str, int, float], None]
+    abort: Callable[..., None]
+    buffered: Callable[[], int]
+    _bytes: Callable[[], Sequence[int]]
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    # -- open ------------------------------------------------------------------------
+
+    def _open(self, local: object, peer: object) -> bool:
+        """Decide route, cluster and endpoint; False when refused (counted and logged)."""
         proxy = self._proxy
         self._start_wall = time.time()
         self._start_mono = self._activity_at = self._loop.time()
         state = proxy._state
-        local = self._local = transport.get_extra_info("sockname")
-        peer = self._peer = transport.get_extra_info("peername")
+        self._local = local
+        self._peer = peer
         plan = state.listeners.get(self._key)
         route: TcpRoute | None
         peer_ip = peer[0] if isinstance(peer, tuple) else None
@@ -560,19 +630,21 @@ class _Connection(Relay):
         proxy.stats.opened(dest, flag or NO_FLAGS)
         if flag is not None:
             self._count_refusal(flag, plan)
-            # Never relayed: connection_lost() must not report it a second time.
+            # Never relayed: the end of the relay must not report it a second time.
             self.done = True
-            transport.close()
             self._log(flag)
-            return
-        cluster, endpoint = decision.cluster, decision.endpoint
-        assert route is not None and cluster is not None and endpoint is not None
-        super().connection_made(transport)
+            return False
+        assert route is not None and decision.cluster is not None
         # The sweep interval already suits the route: apply() sized it for every route
         # of the state this connection took its route from.
         proxy._connections.add(self)
-        proxy.rebalancer.opened(self, self._key, route, cluster.name)
+        proxy.rebalancer.opened(self, self._key, route, decision.cluster.name)
         proxy.stats.relay_started(dest)
+        return True
+
+    def _connect_first(self) -> None:
+        cluster, endpoint = self._decision.cluster, self._decision.endpoint
+        assert cluster is not None and endpoint is not None
         self.connect(endpoint.address, endpoint.port, cluster.connect_timeout)
 
     def _count_refusal(self, flag: ResponseFlag, plan: _ListenerPlan | None) -> None:
@@ -590,16 +662,16 @@ class _Connection(Relay):
             if cluster_stat is not None and decision.cluster is not None:
                 stats.cluster_event(decision.cluster.name, cluster_stat)
 
-    # -- Relay hooks --------------------------------------------------------------------
+    # -- connect outcome -------------------------------------------------------------
 
-    def upstream_connected(self, sock: socket.socket) -> None:
+    def _upstream_ok(self) -> Cluster:
+        """The upstream accepted the connection: the balancer hears of it."""
         cluster, endpoint = self._decision.cluster, self._decision.endpoint
         assert cluster is not None and endpoint is not None
         self._upstream_open = True
         self._activity_at = self._loop.time()
         self._proxy.balancer.connect_succeeded(cluster, endpoint)
-        if cluster.tcp_keepalive is not None:
-            _apply_keepalive_sock(sock, cluster.tcp_keepalive)
+        return cluster
 
     def upstream_failed(self, timed_out: bool | None) -> bool:
         if timed_out is None:
@@ -639,6 +711,8 @@ class _Connection(Relay):
         self.connect(endpoint.address, endpoint.port, cluster.connect_timeout)
         return True
 
+    # -- close -----------------------------------------------------------------------
+
     def relay_done(self) -> None:
         proxy = self._proxy
         balancer = proxy.balancer
@@ -677,7 +751,8 @@ class _Connection(Relay):
         limit = route.idle_timeout
         if limit is None or limit <= 0 or not self._upstream_open:
             return
-        seen = self.bytes_from[DOWNSTREAM] + self.bytes_from[UPSTREAM]
+        received, sent = self._bytes()
+        seen = received + sent
         if seen != self._activity_seen:
             # Bytes moved since the last sweep: idle from now at the earliest.
             self._activity_seen = seen
@@ -690,7 +765,8 @@ class _Connection(Relay):
     @property
     def idle_since(self) -> float:
         """When bytes last moved, as far as sweeps and rebalances looked (idle ones go first)."""
-        seen = self.bytes_from[DOWNSTREAM] + self.bytes_from[UPSTREAM]
+        received, sent = self._bytes()
+        seen = received + sent
         if seen != self._activity_seen:
             self._activity_seen = seen
             self._activity_at = self._loop.time()
@@ -706,7 +782,7 @@ class _Connection(Relay):
         return self._decision.cluster_name
 
     def report_bytes(self, flags: str = NO_FLAGS) -> None:
-        received, sent = self.bytes_from
+        received, sent = self._bytes()
         d_rx, d_tx = received - self._reported_rx, sent - self._reported_tx
         if d_rx or d_tx:
             self._reported_rx, self._reported_tx = received, sent
@@ -715,7 +791,7 @@ class _Connection(Relay):
     def _log(self, flag: ResponseFlag | None, termination: str = "") -> None:
         proxy = self._proxy
         proxy.stats.closed(self._dest, flag or NO_FLAGS)
-        received, sent = self.bytes_from
+        received, sent = self._bytes()
         duration = self._loop.time() - self._start_mono
         proxy.access_log(
             AccessLogRecord(
@@ -731,3 +807,139 @@ class _Connection(Relay):
                 termination,
             )
         )
+
+
+class _Connection(_Accounting, Relay):
+    """One client connection on the Python relay (an asyncio Protocol, dataplane.pump)."""
+
+    __slots__ = _ACCOUNTING_SLOTS
+
+    def __init__(
+        self,
+        proxy: Proxy,
+        key: ListenerKey,
+        chosen: tuple[TcpRoute | None] | None = None,
+    ) -> None:
+        # A route whose bytes the proxy reads (a TLS session it terminates) keeps copying:
+        # the splicer is only offered the plain socket (Relay._maybe_splice checks).
+        loop = proxy.loop or asyncio.get_running_loop()
+        super().__init__(loop, proxy.high_water, proxy.splice_after, proxy.pipes)
+        self._init_accounting(proxy, key, chosen)
+
+    def _bytes(self) -> Sequence[int]:
+        return self.bytes_from
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        local = transport.get_extra_info("sockname")
+        peer = transport.get_extra_info("peername")
+        if not self._open(local, peer):
+            transport.close()
+            return
+        super().connection_made(transport)
+        self._connect_first()
+
+    def upstream_connected(self, sock: socket.socket) -> None:
+        cluster = self._upstream_ok()
+        if cluster.tcp_keepalive is not None:
+            _apply_keepalive_sock(sock, cluster.tcp_keepalive)
+
+
+class _NativeConnection(_Accounting):
+    """One client connection whose bytes the C engine moves (dataplane.native).
+
+    Python sees it three times in the usual case: accepted (the decision, then the
+    engine's connect, which to a local peer completes at once), and closed."""
+
+    __slots__ = (
+        *_ACCOUNTING_SLOTS,
+        "_cid",
+        "_driver",
+        "_final",
+        "_loop",
+        "_timer",
+        "done",
+        "termination",
+        "was_spliced",
+    )
+
+    def __init__(self, proxy: Proxy, driver: NativeDriver, key: ListenerKey, cid: int) -> None:
+        self._loop = proxy.loop or asyncio.get_running_loop()
+        self._init_accounting(proxy, key, None)
+        self._driver = driver
+        self._cid = cid
+        self._timer: asyncio.TimerHandle | None = None
+        self._final: tuple[int, int] | None = None
+        self.done = False
+        self.termination = ""
+        self.was_spliced = False
+
+    def _bytes(self) -> Sequence[int]:
+        final = self._final
+        if final is not None:
+            return final
+        counts: tuple[int, int] | None = self._driver.engine.counts(self._cid)
+        return counts if counts is not None else (0, 0)
+
+    def connect(self, address: str, port: int, timeout: float) -> None:
+        cluster = self._decision.cluster
+        ka = cluster.tcp_keepalive if cluster is not None else None
+        engine = self._driver.engine
+        if ka is None:
+            result = engine.connect(self._cid, address, port)
+        else:
+            # As _apply_keepalive_sock: whole seconds, at least 1; 0 keeps the default.
+            idle, interval = (
+                max(1, int(v)) if v is not None else 0 for v in (ka.time, ka.interval)
+            )
+            probes = max(1, ka.probes) if ka.probes is not None else 0
+            result = engine.connect(self._cid, address, port, True, idle, interval, probes)
+        if result == DONE:
+            self._upstream_ok()
+        elif result == PENDING:
+            self._timer = self._loop.call_later(timeout, self._connect_timed_out)
+        else:
+            self._connect_ended(False)
+
+    def _connect_timed_out(self) -> None:
+        self._timer = None
+        if self._driver.engine.connect_timeout(self._cid):
+            self._connect_ended(True)
+
+    def _connect_ended(self, timed_out: bool) -> None:
+        if not self.upstream_failed(timed_out):
+            self.abort()
+
+    def native_connected(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._upstream_ok()
+
+    def native_failed(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._connect_ended(False)
+
+    def native_closed(self, received: int, sent: int, spliced: bool) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._final = (received, sent)
+        self.was_spliced = spliced
+        self.done = True
+        self.relay_done()
+
+    def abort(self, termination: str = "") -> None:
+        if self.done:
+            return
+        if termination and not self.termination:
+            self.termination = termination
+        info = self._driver.engine.abort(self._cid)
+        if info is not None:
+            self._driver.owners.pop(self._cid, None)
+            self.native_closed(*info)
+
+    def buffered(self) -> int:
+        buffered: int = self._driver.engine.buffered(self._cid)
+        return buffered

@@ -12,7 +12,8 @@ over telemetry.channel), TCPMESH_LOG_LEVEL, TCPMESH_STATUS_PORT (Istio's
 15021: ``GET /healthz/ready`` on ``POD_IP`` or 127.0.0.1, shared by all workers with
 SO_REUSEPORT, opened once the first snapshot is applied so that a TCP readiness probe
 means "has its configuration"), TCPMESH_RELAY (``auto``, ``copy`` or ``splice``: how bytes
-are moved, see ``dataplane.splice``).
+are moved, see ``dataplane.splice``), TCPMESH_ENGINE (``auto``, ``native`` or ``python``: which
+code moves them, see ``dataplane.native``).
 """
 
 from __future__ import annotations
@@ -185,6 +186,8 @@ async def serve(config: WorkerConfig, proxy: Proxy | None = None) -> None:
         # The supervisor's shared counters (one circuit breaker and outlier state per
         # cluster for every worker), or this process's own when run alone.
         proxy = Proxy(counters=store_from_env(), relay=config.relay)
+    # auto resolves to native when the C extension imports (dataplane.native).
+    log.info("worker %d: engine %s, relay %s", config.index, proxy.engine, proxy.relay)
     stop = asyncio.Event()
     draining = False
 

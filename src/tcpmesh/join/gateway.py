@@ -42,6 +42,7 @@ XDS_PORT = 15012
 class GatewayOptions:
     workers: int
     relay: str = "auto"  # `gateway join --relay`: dataplane.splice.RelayMode
+    engine: str = "auto"  # `gateway join --engine`: dataplane.native.EngineMode
     status_port: int = STATUS_PORT
     dataplane: str = "python"
     # Envoy's ADS port on every --server host (the mesh's `up --xds-port`).
@@ -58,6 +59,7 @@ def data_plane_env(agent: PeerAgent, options: GatewayOptions) -> dict[str, str]:
         "TCPMESH_STATE_DIR": str(agent.state_dir),
         "TCPMESH_WORKERS": str(options.workers),
         "TCPMESH_RELAY": options.relay,
+        "TCPMESH_ENGINE": options.engine,
         "TCPMESH_STATUS_PORT": str(options.status_port),
         "TCPMESH_FEED_RETRY_SECONDS": str(FEED_RETRY_SECONDS),
         "ISTIO_META_WORKLOAD_NAME": identity.name,
