@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from tcpmesh.control.snapshot import TcpKeepalive
 from tcpmesh.dataplane.accesslog import AccessLogRecord
 from tcpmesh.dataplane.native import EngineMode
 from tcpmesh.dataplane.proxy import Proxy
@@ -32,12 +33,13 @@ from tests.integration.dataplane_helpers import (
 pytestmark = pytest.mark.integration
 
 
-async def _proxy(port: int, upstream: tuple[str, int], **kw: float) -> tuple[Proxy, list[object]]:
+async def _proxy(port: int, upstream: tuple[str, int], **kw: object) -> tuple[Proxy, list[object]]:
     records: list[AccessLogRecord] = []
     proxy = Proxy(access_log=records.append)
     proxy.apply(
         snapshot(
-            [listener(port, route((cluster_name("v1"), 100)))], [cluster("v1", upstream, **kw)]
+            [listener(port, route((cluster_name("v1"), 100)))],
+            [cluster("v1", upstream, **kw)],  # type: ignore[arg-type]
         )
     )
     await proxy.settled()
@@ -138,3 +140,39 @@ def test_a_client_reset_ends_the_upstream_and_is_logged_once(engine: str) -> Non
     assert held == (engine == EngineMode.NATIVE)
     record = records[0]
     assert (record.bytes_received, record.bytes_sent) == (3, 7)  # type: ignore[attr-defined]
+
+
+def test_a_keepalive_cluster_sets_keepalive_on_the_upstream_socket(engine: str) -> None:
+    """The cluster's TCP keepalive reaches the proxy's upstream socket on both engines:
+    ``ss -o`` shows its keepalive timer, counting down from the configured idle time."""
+
+    async def main() -> str:
+        backend, backend_port = await start_backend(V1_HOST, lambda: LineEcho(b"one"))
+        port = free_port()
+        proxy, _ = await _proxy(
+            port, (V1_HOST, backend_port), keepalive=TcpKeepalive(time=600.0, interval=7.0)
+        )
+        try:
+            reader, writer = await asyncio.open_connection(PROXY_HOST, port)
+            writer.write(b"ka\n")
+            assert await asyncio.wait_for(reader.readline(), 5) == b"one ka\n"
+            ss = await asyncio.create_subprocess_exec(
+                "ss",
+                "-tno",
+                "state",
+                "established",
+                "dst",
+                f"{V1_HOST}:{backend_port}",
+                stdout=asyncio.subprocess.PIPE,
+            )
+            out, _ = await ss.communicate()
+            writer.close()
+            return out.decode()
+        finally:
+            await proxy.close()
+            backend.close()
+
+    shown = run(main())
+    assert "timer:(keepalive," in shown, shown
+    # The idle time left is 600 s less the moment since connect (ss prints e.g. 9min59sec).
+    assert "9min" in shown or "10min" in shown, shown

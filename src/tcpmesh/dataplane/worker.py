@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -266,6 +267,9 @@ def setup_logging(index: int) -> None:
 
 def run(config: WorkerConfig) -> None:
     """Run one worker on uvloop when it is installed, else on the default loop."""
+    # What the imports made lives as long as the process: out of the collector's sight,
+    # a full collection no longer walks it (perf: 7% of a busy worker was the collector).
+    gc.freeze()
     try:
         import uvloop
     except ImportError:
