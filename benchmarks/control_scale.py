@@ -25,6 +25,10 @@ For each size N it measures, in this process:
 - apply → Envoy ACK (``--envoy``): the same flips through the ADS server and a real
   Envoy gateway.
 
+With ``--envoy`` (``--envoy-only``: nothing else), apply → Envoy ACK: the same flips
+through the ADS server and a real Envoy gateway, and Envoy's first push (wall, the
+control plane's and Envoy's CPU, how often the server resent a type it got no answer for).
+
 Prints one JSON document (and writes it with ``--out``); asserts nothing. The gateway's
 listeners bind 127.0.0.88 from port 40000, the node proxy's the cluster IPs
 127.240.0.0/12 (N ≤ 10,000).

@@ -135,6 +135,15 @@ def plot_scale(data: dict[str, Any], before: dict[str, Any] | None, out: Path) -
     plt.close(fig)
 
 
+def _linear(ax: Any, data: dict[str, Any], key: str) -> None:
+    """A line of slope 1 through the curve's largest point: linear cost, for reference."""
+    pts = [(int(n), row[key]) for n, row in data["sizes"].items() if row.get(key)]
+    if pts:
+        top, y = max(pts)
+        ns = sorted(n for n, _ in pts)
+        ax.plot(ns, [y * n / top for n in ns], "k:", lw=0.8, label="linear (slope 1)")
+
+
 def _curve(ax: Any, data: dict[str, Any], key: str, title: str, style: str) -> None:
     sizes = sorted(data["sizes"], key=int)
     pts = [(int(n), data["sizes"][n].get(key)) for n in sizes]
@@ -163,6 +172,7 @@ def plot_envoy_scale(data: dict[str, Any], before: dict[str, Any] | None, out: P
     if before is not None:
         _curve(ax, before, ENVOY_CURVES[0][0], "CPU p50 before (whole sets per push)", "x:")
         _curve(ax, before, ENVOY_CURVES[1][0], "CPU p99 before", "+:")
+    _linear(ax, data, ENVOY_CURVES[0][0])
     ax.axhline(100, color="tab:red", ls="--", lw=1, label="100 ms")
     for axis, title in ((ax, "Apply → Envoy ACK (one weight flip)"), (first, "First push")):
         axis.set_xscale("log")
