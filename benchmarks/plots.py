@@ -8,8 +8,10 @@
   other load on the machine), with the issue's target for tcpmesh as a dashed line;
 - ``docs/images/control-scale.png``: ``control_scale.py``'s curves against the number of
   VirtualServices (``benchmarks/results/control-scale.json``), log-log with a line of
-  slope 1 (linear cost) for reference, and the apply cost before the incremental rebuild
-  (``control-scale-full-rebuild.json``, the 2026-12-02 01:50 run);
+  slope 1 (linear cost) for reference, the apply cost before the incremental rebuild
+  (``control-scale-full-rebuild.json``, the 2026-12-02 01:50 run) and the first
+  incremental run's, which timed the gateway's Snapshot only
+  (``control-scale-gateway-only.json``, 05:00);
 - ``docs/images/control-scale-envoy.png``: ``control_scale.py --envoy-only``'s curves
   (``control-scale-envoy.json``): apply -> Envoy ACK and Envoy's first push against the
   number of VirtualServices, with the apply -> ACK before the push sent only what changed
@@ -88,17 +90,24 @@ SCALE_CURVES = [
     ("build_gateway_cpu_ms", "full build_snapshot, gateway (CPU ms)", "-"),
     ("build_node_proxy_cpu_ms", "full build_snapshot, node proxy (CPU ms)", "-"),
     ("xds_encode_cpu_ms", "xDS protobuf encode of everything (CPU ms)", "-"),
-    ("apply_to_effect_cpu_ms_p50", "apply → in effect, built-in (CPU ms, median)", "-"),
-    ("apply_to_effect_cpu_ms_p99", "apply → in effect, built-in (CPU ms, p99)", "-"),
-    ("envoy_apply_to_ack_cpu_ms_p99", "apply → Envoy ACK (control-plane CPU ms, p99)", "-"),
-    ("apply_to_effect_ms_p99", "apply → in effect, built-in (wall ms p99, loaded)", "--"),
-    ("envoy_apply_to_ack_ms_p99", "apply → Envoy ACK (wall ms p99, loaded)", "--"),
+    ("apply_to_effect_cpu_ms_p50", "apply → in effect, gateway + node proxy (CPU ms, p50)", "-"),
+    ("apply_to_effect_cpu_ms_p99", "apply → in effect, gateway + node proxy (CPU ms, p99)", "-"),
+    ("build_cpu_ms_p99", "  of it: the control plane's two builds (CPU ms, p99)", "--"),
+    ("dataplane_parse_cpu_ms_p99", "  of it: the two proxies' JSON parse (CPU ms, p99)", "--"),
+    ("apply_to_effect_ms_p99", "apply → in effect (wall ms, p99)", "-."),
 ]
-# The same benchmark before the incremental rebuild (every apply rebuilt everything).
+# The same benchmark before the incremental rebuild (every apply rebuilt everything), and
+# the first incremental run, which timed the gateway's Snapshot only, in one process.
 BEFORE = ("apply_to_effect_cpu_ms_p50", "before: apply → in effect, full rebuild (CPU ms)")
+GATEWAY_ONLY = ("apply_to_effect_cpu_ms_p99", "05:00 run: gateway's Snapshot only (CPU ms, p99)")
 
 
-def plot_scale(data: dict[str, Any], before: dict[str, Any] | None, out: Path) -> None:
+def plot_scale(
+    data: dict[str, Any],
+    before: dict[str, Any] | None,
+    gateway_only: dict[str, Any] | None,
+    out: Path,
+) -> None:
     sizes = sorted(data["sizes"], key=int)
     ns = [int(n) for n in sizes]
     fig, (ax, mem) = plt.subplots(1, 2, figsize=(13, 5.2))
@@ -106,6 +115,8 @@ def plot_scale(data: dict[str, Any], before: dict[str, Any] | None, out: Path) -
         _curve(ax, data, key, title, "o" + style)
     if before is not None:
         _curve(ax, before, BEFORE[0], BEFORE[1], "x:")
+    if gateway_only is not None:
+        _curve(ax, gateway_only, GATEWAY_ONLY[0], GATEWAY_ONLY[1], "+:")
     if ns:
         first = data["sizes"][sizes[0]].get("build_gateway_cpu_ms") or 1.0
         ax.plot(ns, [first * n / ns[0] for n in ns], "k:", lw=0.8, label="linear (slope 1)")
@@ -200,10 +211,15 @@ def main(argv: list[str] | None = None) -> int:
         plot_ratios(runs, IMAGES / "bench-ratios.png")
         print(f"wrote {IMAGES / 'bench-ratios.png'} ({len(runs)} runs)")
     scale = RESULTS / "control-scale.json"
-    before = RESULTS / "control-scale-full-rebuild.json"
     if scale.exists():
-        old = json.loads(before.read_text()) if before.exists() else None
-        plot_scale(json.loads(scale.read_text()), old, IMAGES / "control-scale.png")
+        old, gateway_only = (
+            json.loads(path.read_text()) if path.exists() else None
+            for path in (
+                RESULTS / "control-scale-full-rebuild.json",
+                RESULTS / "control-scale-gateway-only.json",
+            )
+        )
+        plot_scale(json.loads(scale.read_text()), old, gateway_only, IMAGES / "control-scale.png")
         print(f"wrote {IMAGES / 'control-scale.png'}")
     envoy = RESULTS / "control-scale-envoy.json"
     envoy_before = RESULTS / "control-scale-envoy-before.json"

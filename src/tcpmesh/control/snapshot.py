@@ -363,7 +363,11 @@ class Snapshot:
         Every part is framed by a tab on each side (JSON whitespace, which the compact
         text never holds elsewhere: a tab inside a string is written ``\\t``), so that
         ``from_json`` can cut the text into its parts without parsing it and parse only
-        the parts it has not seen (``PartReader``)."""
+        the parts it has not seen (``PartReader``). Made once per Snapshot: the API
+        server writes it on the stream of every worker of the proxy."""
+        return derived(self, "_tcpmesh_json", self._text)
+
+    def _text(self) -> str:
         clusters = _of_clusters(self.clusters, "json", lambda: _framed(self.clusters))
         listeners = _framed(self.listeners)
         version = json.dumps(self.version)
