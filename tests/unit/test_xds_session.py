@@ -162,6 +162,28 @@ def test_wildcard_types_send_the_whole_set_when_one_resource_changed() -> None:
     assert back is not None and back.version == first.version
 
 
+def test_a_changed_cluster_gets_its_unchanged_endpoints_again() -> None:
+    """Envoy warms a cluster CDS changed until its ClusterLoadAssignment comes again: the
+    endpoints of a changed cluster go with it, unchanged ones stay unsent."""
+    s, _ = session()
+    subscribed(s)
+    subscribed(s, EDS, frozenset({"a", "b"}))
+    clusters, _ = s.offer(CDS, AB)
+    assert clusters is not None
+    s.receive(Request(CDS, nonce=clusters.nonce))  # ACK
+    endpoints = {"a": {"cluster_name": "a"}, "b": {"cluster_name": "b"}}
+    first, _ = s.offer(EDS, endpoints)
+    assert first is not None and first.names == ["a", "b"]
+    s.receive(Request(EDS, nonce=first.nonce, names=frozenset({"a", "b"})))  # ACK
+    changed, _ = s.offer(CDS, {"a": AB["a"], "b": {"name": "b", "outlier": 3}})
+    assert changed is not None
+    # The very endpoint dict of the last offer: only b's goes again.
+    again, awaited = s.offer(EDS, endpoints)
+    assert again is not None and again.names == ["b"] and awaited == again.nonce
+    s.receive(Request(EDS, nonce=again.nonce, names=frozenset({"a", "b"})))  # ACK
+    assert s.offer(EDS, endpoints) == (None, "")
+
+
 def test_a_nack_of_a_partial_response_offers_the_good_versions_of_what_it_held() -> None:
     s, node = session()
     subscribed(s, EDS, frozenset({"a", "b"}))

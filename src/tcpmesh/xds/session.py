@@ -29,6 +29,8 @@ The rules (state of the world, per type URL):
 - A request that repeats the last one (same names, nothing answered) is answered again
   with everything subscribed: Envoy sends it for a cluster updated by CDS, which stays
   warming until its endpoints come once more.
+- A cluster a CDS response changes gets its endpoints again, changed or not: Envoy keeps
+  a changed cluster warming (unused) until its ClusterLoadAssignment comes once more.
 - A name Envoy no longer subscribes to is forgotten: subscribed again, it is sent again.
 - ``resend`` forgets what Envoy was sent of a type and offers all of it again: the server
   calls it when a response went unanswered for too long.
@@ -44,7 +46,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tcpmesh.xds.translate import CLUSTER_TYPE, LISTENER_TYPE, PUSH_ORDER, SHORT_NAMES, Resource
+from tcpmesh.xds.translate import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    PUSH_ORDER,
+    SHORT_NAMES,
+    Resource,
+)
 
 WILDCARD_TYPES = (LISTENER_TYPE, CLUSTER_TYPE)
 
@@ -167,6 +176,9 @@ class _TypeState:
     good: dict[str, Resource] = field(default_factory=dict)
     good_version: str = ""
     accepted: bool = False
+    # Some resource Envoy has was forgotten (``sent``) for another reason than a new
+    # desired set (a changed cluster's endpoints): the next offer responds even unchanged.
+    forgotten: bool = False
     # Unanswered responses: nonce -> (version, resources).
     inflight: dict[str, tuple[str, dict[str, Resource]]] = field(default_factory=dict)
 
@@ -259,6 +271,8 @@ class AdsSession:
             state.desired = resources
             state.version = state.good_version if resources is state.good else ""
             response = self._respond(state)
+        elif state.forgotten:
+            response = self._respond(state)
         if response is not None:
             return response, response.nonce
         return None, state.sent_nonce if state.sent_nonce in state.inflight else ""
@@ -306,12 +320,15 @@ class AdsSession:
     def _respond(self, state: _TypeState) -> Response | None:
         if not state.subscribed or state.desired is None:
             return None
+        state.forgotten = False
         desired = state.desired
         if state.wildcard:
             if self._same_set(state.sent, desired):
                 return None
             # The whole set, kept as the very dict offered: offering it again is free.
             sent = desired
+            if state.type_url == CLUSTER_TYPE:
+                self._cluster_changes(state.sent, sent)
         else:
             changed = sorted(
                 n for n in state.wanted() if not self._same(state.sent.get(n), desired[n])
@@ -330,6 +347,17 @@ class AdsSession:
         return Response(
             state.type_url, state.version, nonce, tuple((n, sent[n]) for n in sorted(sent))
         )
+
+    def _cluster_changes(self, before: dict[str, Resource], after: dict[str, Resource]) -> None:
+        """Forget the endpoints Envoy was sent for every cluster this CDS response changes:
+        Envoy warms a changed cluster until its ClusterLoadAssignment comes again, and
+        would otherwise wait for its EDS initial fetch timeout (15 s) with the new
+        cluster unused (Istio likewise pushes EDS with a cluster's update)."""
+        endpoints = self._types[ENDPOINT_TYPE]
+        for name, cluster in after.items():
+            if name in endpoints.sent and not self._same(before.get(name), cluster):
+                del endpoints.sent[name]
+                endpoints.forgotten = True
 
     def _same(self, sent: Resource | None, resource: Resource) -> bool:
         """Whether Envoy has (or is being sent) ``resource`` as it is."""
